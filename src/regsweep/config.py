@@ -1,0 +1,156 @@
+"""Where the config tree lives, how it is checked, and how it is flattened for MLflow.
+
+Everything that a user can get wrong in the config is checked here, before any data is read
+or any model is built, so a typo costs seconds, not a training run.
+"""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+from typing import Any
+
+from omegaconf import DictConfig, OmegaConf
+
+CONF_DIR = Path(__file__).resolve().parents[2] / "conf"
+
+FLIPS = ("none", "horizontal", "vertical", "horizontal_and_vertical")
+POOLINGS = ("avg", "max", "flatten")
+MIN_IMAGE_SIZE = 32  # keras.applications' smallest accepted input
+
+
+class RegsweepError(Exception):
+    """Bad input the user can fix: shown as one sentence, exit code 2, no traceback."""
+
+
+def compose(overrides: list[str] | None = None) -> DictConfig:
+    """The config `regsweep train <overrides>` would run with (for tests and scripts)."""
+    from hydra import compose as hydra_compose
+    from hydra import initialize_config_dir
+
+    with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3", job_name="train"):
+        return hydra_compose(config_name="config", overrides=list(overrides or []))
+
+
+def validate(cfg: DictConfig) -> None:
+    """Raises RegsweepError naming the first invalid key, its value and the fix."""
+    from regsweep.model import BACKBONES  # imports Keras; kept out of `--help` and `--cfg`
+
+    _check_types(cfg)
+    model, data, train, optim, augment = cfg.model, cfg.data, cfg.train, cfg.optim, cfg.augment
+    if model.backbone not in BACKBONES:
+        _fail(f"unknown backbone model.backbone={model.backbone}: choose one of {', '.join(BACKBONES)}")
+    blocks = len(BACKBONES[model.backbone].blocks)
+    _check(0 <= model.dropout < 1, f"model.dropout={model.dropout} is outside [0, 1): use a rate such as 0.5")
+    _check(optim.lr > 0, f"optim.lr={optim.lr} must be positive: use a learning rate such as 1e-3")
+    _check(
+        optim.fine_tune_factor > 0,
+        f"optim.fine_tune_factor={optim.fine_tune_factor} must be positive: use a factor such as 0.1",
+    )
+    _check(
+        0 <= augment.strength <= 1,
+        f"augment.strength={augment.strength} is outside [0, 1]: 0 turns augmentation off, 1 is the maximum",
+    )
+    _check(
+        isinstance(model.unfrozen_blocks, int) and 0 <= model.unfrozen_blocks <= blocks,
+        f"model.unfrozen_blocks={model.unfrozen_blocks} is not possible for {model.backbone}, "
+        f"which has {blocks} blocks: use an integer from 0 to {blocks}",
+    )
+    _check_weights(model.backbone, model.weights)
+    _check(
+        isinstance(model.image_size, int) and model.image_size >= MIN_IMAGE_SIZE,
+        f"model.image_size={model.image_size} is too small: use at least {MIN_IMAGE_SIZE} pixels",
+    )
+    _check(model.pooling in POOLINGS, f"model.pooling={model.pooling} is unknown: use one of {', '.join(POOLINGS)}")
+    _check(model.head_units >= 1, f"model.head_units={model.head_units} must be at least 1")
+    _check(data.flip in FLIPS, f"data.flip={data.flip} is unknown: use one of {', '.join(FLIPS)}")
+    _check(data.batch_size >= 1, f"data.batch_size={data.batch_size} must be at least 1")
+    _check(
+        0 < data.val_fraction < 1 and 0 <= data.test_fraction < 1 and data.val_fraction + data.test_fraction < 1,
+        f"data.val_fraction={data.val_fraction} and data.test_fraction={data.test_fraction} must leave "
+        "images for training: use fractions such as 0.2 and 0.1",
+    )
+    _check(
+        (data.train_dir is None) == (data.val_dir is None),
+        "data.train_dir and data.val_dir go together: set both (or neither, and use data.dir or the demo)",
+    )
+    _check(
+        data.dir is None or data.train_dir is None,
+        "data.dir and data.train_dir are alternatives: set data.dir to split one folder, "
+        "or data.train_dir and data.val_dir for ready-made splits",
+    )
+    _check(train.epochs >= 1, f"train.epochs={train.epochs} must be at least 1")
+    _check(
+        model.unfrozen_blocks == 0 or train.fine_tune_epochs >= 1,
+        f"model.unfrozen_blocks={model.unfrozen_blocks} needs train.fine_tune_epochs >= 1",
+    )
+    _check(train.early_stopping_patience >= 0, "train.early_stopping_patience must be 0 or more")
+
+
+NUMBER_KEYS = ("model.dropout", "optim.lr", "optim.fine_tune_factor", "augment.strength",
+               "data.val_fraction", "data.test_fraction")
+INTEGER_KEYS = ("model.unfrozen_blocks", "model.image_size", "model.head_units", "data.batch_size",
+                "train.seed", "train.epochs", "train.fine_tune_epochs", "train.early_stopping_patience")
+
+
+def _check_types(cfg: DictConfig) -> None:
+    for key in NUMBER_KEYS + INTEGER_KEYS:
+        value = OmegaConf.select(cfg, key)
+        wanted = int if key in INTEGER_KEYS else (int, float)
+        if isinstance(value, bool) or not isinstance(value, wanted):
+            kind = "an integer" if key in INTEGER_KEYS else "a number"
+            _fail(f"{key}={value} is not {kind}: give {key}=<{kind.split()[-1]}>")
+
+
+def _check_weights(backbone: str, weights: Any) -> None:
+    named = "digits" if backbone == "demo_cnn" else "imagenet"
+    if weights is None or weights == named:
+        return
+    if weights in ("digits", "imagenet"):
+        _fail(
+            f"model.weights={weights} does not apply to model.backbone={backbone}: "
+            f"use {named}, null, or a weights file path (model=<backbone> picks matching defaults)"
+        )
+    if not Path(str(weights)).expanduser().is_file():
+        _fail(f"model.weights={weights} is not a file: give the path of a weights file, {named}, or null")
+
+
+def _check(ok: bool, message: str) -> None:
+    if not ok:
+        _fail(message)
+
+
+def _fail(message: str) -> None:
+    raise RegsweepError(message)
+
+
+_URL_PASSWORD = re.compile(r"(://[^:/@\s]+:)[^@/\s]+@")
+
+
+def redact(text: str) -> str:
+    """Hides the password in URLs such as postgresql://user:secret@host/db."""
+    return _URL_PASSWORD.sub(r"\1***@", text)
+
+
+def flatten(cfg: DictConfig) -> dict[str, str]:
+    """The resolved config as dotted keys → strings (MLflow params), with secrets redacted."""
+    flat: dict[str, str] = {}
+
+    def walk(node: Any, prefix: str) -> None:
+        if isinstance(node, dict):
+            for key, value in node.items():
+                walk(value, f"{prefix}{key}.")
+        else:
+            flat[prefix[:-1]] = redact(str(node))
+
+    walk(OmegaConf.to_container(cfg, resolve=True), "")
+    return flat
+
+
+def run_name(cfg: DictConfig) -> str:
+    """A readable name from the four knobs, e.g. demo_cnn do0.50 aug0.50 lr1e-03 ub1."""
+    m = cfg.model
+    return (
+        f"{m.backbone} do{m.dropout:.2f} aug{cfg.augment.strength:.2f} "
+        f"lr{cfg.optim.lr:.0e} ub{m.unfrozen_blocks}"
+    )

@@ -1,0 +1,236 @@
+"""Image folders → tf.data pipelines, with one loader for every source.
+
+Ready-made splits (`data.train_dir`, `data.val_dir`, optional `data.test_dir`), one folder
+split by fractions (`data.dir`), and the digits demo all end up as class-folder trees read by
+Keras's own `image_dataset_from_directory`, so the demo exercises exactly the user's path.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import shutil
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+from omegaconf import DictConfig
+
+from regsweep.config import RegsweepError
+
+IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".gif")  # what Keras's loader reads
+
+
+@dataclass(frozen=True)
+class Splits:
+    train: Path
+    val: Path
+    test: Path | None
+    class_names: tuple[str, ...]
+
+
+@dataclass
+class Datasets:
+    train: "tf.data.Dataset"  # noqa: F821 - shuffled and augmented, for fitting
+    train_eval: "tf.data.Dataset"  # noqa: F821 - the same images, un-augmented, in order
+    val: "tf.data.Dataset"  # noqa: F821
+    class_names: tuple[str, ...]
+
+
+def resolve_splits(data: DictConfig, image_size: int, seed: int, store: Path) -> Splits:
+    """Finds (or makes) the split folders and checks that their classes agree."""
+    if data.train_dir is not None:
+        folders = {"train": Path(data.train_dir), "validation": Path(data.val_dir)}
+        keys = {"train": "data.train_dir", "validation": "data.val_dir"}
+        if data.test_dir is not None:
+            folders["test"] = Path(data.test_dir)
+            keys["test"] = "data.test_dir"
+    elif data.dir is not None:
+        _require_folder(Path(data.dir), "data.dir")
+        root = split_folder(Path(data.dir), data.val_fraction, data.test_fraction, seed, Path(store))
+        folders = {s: root / s for s in ("train", "validation", "test") if (root / s).is_dir()}
+        keys = {s: f"data.dir ({s} part)" for s in folders}
+    else:
+        from regsweep import demo
+
+        root = demo.ensure_demo_folders(
+            Path(store), image_size, data.demo.train_per_class, data.demo.val_per_class
+        )
+        folders = {s: root / s for s in ("train", "validation", "test")}
+        keys = {s: f"demo {s} split" for s in folders}
+    for split, folder in folders.items():
+        _require_folder(folder, keys[split])
+    class_names = check_class_folders(folders, keys)
+    return Splits(folders["train"], folders["validation"], folders.get("test"), class_names)
+
+
+def _require_folder(folder: Path, key: str) -> None:
+    if not folder.is_dir():
+        raise RegsweepError(f"{key}={folder} is not a folder: point it at a folder with one sub-folder per class")
+
+
+def class_folders(folder: Path) -> list[str]:
+    return sorted(p.name for p in folder.iterdir() if p.is_dir() and not p.name.startswith("."))
+
+
+def check_class_folders(folders: dict[str, Path], keys: dict[str, str]) -> tuple[str, ...]:
+    """The class names shared by every split; stops on any mismatch, naming it."""
+    train_classes = class_folders(folders["train"])
+    if len(train_classes) < 2:
+        raise RegsweepError(
+            f"{keys['train']}={folders['train']} has {len(train_classes)} class sub-folder(s): "
+            "a classifier needs at least 2, one sub-folder per class"
+        )
+    for split, folder in folders.items():
+        classes = class_folders(folder)
+        if classes != train_classes:
+            only_train = sorted(set(train_classes) - set(classes))
+            only_here = sorted(set(classes) - set(train_classes))
+            details = "; ".join(
+                part
+                for part in (
+                    f"only in train: {', '.join(only_train)}" if only_train else "",
+                    f"only in {split}: {', '.join(only_here)}" if only_here else "",
+                )
+                if part
+            )
+            raise RegsweepError(
+                f"class folders differ between {keys['train']}={folders['train']} and "
+                f"{keys[split]}={folder} ({details}): give every split the same class sub-folders"
+            )
+    return tuple(train_classes)
+
+
+def image_files(folder: Path, class_name: str) -> list[Path]:
+    return sorted(
+        p for p in (folder / class_name).iterdir() if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES
+    )
+
+
+def fingerprint(splits: Splits) -> str:
+    """A hash of every file's split, class, name and content: changes when any image does."""
+    digest = hashlib.sha256()
+    parts = {"train": splits.train, "validation": splits.val, "test": splits.test}
+    for split, folder in parts.items():
+        if folder is None:
+            continue
+        for class_name in splits.class_names:
+            for path in image_files(folder, class_name):
+                digest.update(f"{split}/{class_name}/{path.name}\0".encode())
+                digest.update(hashlib.sha256(path.read_bytes()).digest())
+    return digest.hexdigest()[:16]
+
+
+def split_folder(root: Path, val_fraction: float, test_fraction: float, seed: int, store: Path) -> Path:
+    """A stratified, seeded train/validation(/test) view of one class-folder tree.
+
+    The view is a tree of symlinks under `<store>/splits/`, named by a hash of the source's
+    file list, the fractions and the seed, so the same inputs always give the same split and
+    the split can be inspected (or reused by a teammate) as ordinary folders.
+    """
+    classes = class_folders(root)
+    listing = {c: image_files(root, c) for c in classes}
+    key = hashlib.sha256(
+        repr((str(root.resolve()), val_fraction, test_fraction, seed,
+              {c: [p.name for p in files] for c, files in listing.items()})).encode()
+    ).hexdigest()[:12]
+    view = store / "splits" / f"{root.name}-{key}"
+    if view.is_dir():
+        return view
+    rng = np.random.default_rng(seed)
+    view.parent.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(prefix=".split-", dir=view.parent))
+    for class_name, files in listing.items():
+        order = rng.permutation(len(files))
+        n_val = max(1, round(len(files) * val_fraction))
+        n_test = max(1, round(len(files) * test_fraction)) if test_fraction > 0 else 0
+        if len(files) - n_val - n_test < 1:
+            raise RegsweepError(
+                f"class {class_name} in data.dir={root} has {len(files)} image(s), too few to split "
+                f"by data.val_fraction={val_fraction} and data.test_fraction={test_fraction}: add images or lower the fractions"
+            )
+        assignment = {"validation": order[:n_val], "test": order[n_val : n_val + n_test], "train": order[n_val + n_test :]}
+        for split, indices in assignment.items():
+            if split == "test" and test_fraction == 0:
+                continue
+            target = staging / split / class_name
+            target.mkdir(parents=True)
+            for i in indices:
+                os.symlink(files[i].resolve(), target / files[i].name)
+    publish_folder(staging, view)
+    return view
+
+
+def publish_folder(staging: Path, final: Path) -> None:
+    """Renames a finished folder into place; if another process won the race, keeps theirs."""
+    try:
+        staging.rename(final)
+    except OSError:
+        shutil.rmtree(staging, ignore_errors=True)
+        if not final.is_dir():
+            raise
+
+
+def load_folder(folder: Path, class_names: tuple[str, ...], image_size: int) -> "tf.data.Dataset":  # noqa: F821
+    """Decoded, resized (image, label) pairs in file order, cached in memory after the first pass.
+
+    Images are converted to 3-channel RGB whatever their mode (grayscale, RGBA, palette).
+    """
+    import keras
+
+    dataset = keras.utils.image_dataset_from_directory(
+        folder,
+        labels="inferred",
+        label_mode="int",
+        class_names=list(class_names),
+        color_mode="rgb",
+        batch_size=None,
+        image_size=(image_size, image_size),
+        shuffle=False,
+        verbose=False,
+    )
+    return dataset.cache()
+
+
+def build_augmenter(strength: float, flip: str, augment: DictConfig, seed: int):
+    """Keras preprocessing layers, every range scaled by `strength` (None when it is 0).
+
+    At strength 1 the ranges are the `augment.max_*` values; flips (along `data.flip`) are on
+    for any strength > 0, since a flip has no magnitude.
+    """
+    if strength <= 0:
+        return None
+    import keras
+
+    layers = []
+    if flip != "none":
+        layers.append(keras.layers.RandomFlip(flip, seed=seed))
+    layers += [
+        keras.layers.RandomRotation(augment.max_rotation * strength, fill_mode="constant", seed=seed + 1),
+        keras.layers.RandomZoom(augment.max_zoom * strength, fill_mode="constant", seed=seed + 2),
+        keras.layers.RandomTranslation(
+            augment.max_translation * strength, augment.max_translation * strength, fill_mode="constant", seed=seed + 3
+        ),
+        keras.layers.RandomContrast(augment.max_contrast * strength, value_range=(0, 255), seed=seed + 4),
+        keras.layers.RandomBrightness(augment.max_brightness * strength, value_range=(0, 255), seed=seed + 5),
+    ]
+    return keras.Sequential(layers, name="augment")
+
+
+def make_datasets(splits: Splits, image_size: int, batch_size: int, augmenter, seed: int) -> Datasets:
+    """The training stream (shuffled each epoch, augmented) and the un-augmented evaluation sets."""
+    import tensorflow as tf
+
+    train_images = load_folder(splits.train, splits.class_names, image_size)
+    val_images = load_folder(splits.val, splits.class_names, image_size)
+    n_train = sum(len(image_files(splits.train, c)) for c in splits.class_names)
+    train = train_images.shuffle(n_train, seed=seed, reshuffle_each_iteration=True).batch(batch_size)
+    if augmenter is not None:
+        train = train.map(lambda x, y: (augmenter(x, training=True), y), num_parallel_calls=tf.data.AUTOTUNE)
+    return Datasets(
+        train=train.prefetch(tf.data.AUTOTUNE),
+        train_eval=train_images.batch(batch_size).prefetch(tf.data.AUTOTUNE),
+        val=val_images.batch(batch_size).prefetch(tf.data.AUTOTUNE),
+        class_names=splits.class_names,
+    )

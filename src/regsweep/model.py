@@ -1,0 +1,197 @@
+"""Backbones, their block tables, and the classifier head.
+
+A backbone is cut into *blocks* (not raw layers) so that `model.unfrozen_blocks=N` means
+"fine-tune the top N blocks" on every architecture, and the cut between the frozen and the
+trainable part is always a single tensor (the output of the last frozen block). Layers before
+the first block form the stem, which always stays frozen; layers after the last block's own
+layers (MobileNetV2's `Conv_1`, EfficientNet's `top_conv`) belong to the last block.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable
+
+import keras
+
+from regsweep.config import RegsweepError
+
+
+@dataclass(frozen=True)
+class Backbone:
+    name: str
+    blocks: tuple[str, ...]  # bottom to top; a layer belongs to block b if named b or b_*
+    preprocess: Callable  # the backbone's own preprocess_input, applied inside the model
+    constructor: Callable | None  # keras.applications constructor; None for the demo CNN
+
+
+def _demo_preprocess(images):
+    return images / 255.0
+
+
+def _efficientnet_blocks() -> tuple[str, ...]:
+    repeats = {1: 1, 2: 2, 3: 2, 4: 3, 5: 3, 6: 4, 7: 1}
+    return tuple(f"block{stage}{chr(ord('a') + i)}" for stage, n in repeats.items() for i in range(n))
+
+
+def _resnet50_blocks() -> tuple[str, ...]:
+    repeats = {2: 3, 3: 4, 4: 6, 5: 3}
+    return tuple(f"conv{stage}_block{i}" for stage, n in repeats.items() for i in range(1, n + 1))
+
+
+BACKBONES: dict[str, Backbone] = {
+    "demo_cnn": Backbone("demo_cnn", ("block1", "block2", "block3"), _demo_preprocess, None),
+    "vgg16": Backbone(
+        "vgg16",
+        tuple(f"block{i}" for i in range(1, 6)),
+        keras.applications.vgg16.preprocess_input,
+        keras.applications.VGG16,
+    ),
+    "mobilenet_v2": Backbone(
+        "mobilenet_v2",
+        tuple(f"block_{i}" for i in range(1, 17)),
+        keras.applications.mobilenet_v2.preprocess_input,
+        keras.applications.MobileNetV2,
+    ),
+    "efficientnet_b0": Backbone(
+        "efficientnet_b0",
+        _efficientnet_blocks(),
+        keras.applications.efficientnet.preprocess_input,
+        keras.applications.EfficientNetB0,
+    ),
+    "resnet50": Backbone(
+        "resnet50",
+        _resnet50_blocks(),
+        keras.applications.resnet50.preprocess_input,
+        keras.applications.ResNet50,
+    ),
+}
+
+
+@keras.saving.register_keras_serializable(package="regsweep")
+class BackbonePreprocess(keras.layers.Layer):
+    """Applies the backbone's own `preprocess_input` inside the model.
+
+    Keeping it in the graph means the saved model takes raw 0–255 RGB images, exactly what the
+    folder loader yields, so a reloaded model needs no separate preprocessing step.
+    """
+
+    def __init__(self, backbone: str, **kwargs):
+        super().__init__(**kwargs)
+        self.backbone = backbone
+
+    def call(self, images):
+        return BACKBONES[self.backbone].preprocess(images)
+
+    def get_config(self):
+        return {**super().get_config(), "backbone": self.backbone}
+
+
+def build_demo_cnn(image_size: int) -> keras.Model:
+    """The demo backbone: three conv blocks, small enough to train on 2 CPU cores in seconds."""
+    inputs = keras.Input((image_size, image_size, 3))
+    x = inputs
+    for i, filters in enumerate((16, 32, 64), start=1):
+        x = keras.layers.Conv2D(filters, 3, padding="same", use_bias=False, name=f"block{i}_conv")(x)
+        x = keras.layers.BatchNormalization(name=f"block{i}_bn")(x)
+        x = keras.layers.ReLU(name=f"block{i}_relu")(x)
+        x = keras.layers.MaxPooling2D(name=f"block{i}_pool")(x)
+    return keras.Model(inputs, x, name="demo_cnn")
+
+
+def _download_failure_message(backbone: str, error: Exception) -> str:
+    match = re.search(r"URL fetch failure on (\S+?):", str(error))
+    file_name = match.group(1).rsplit("/", 1)[-1] if match else f"the {backbone} no-top weights file"
+    cache = Path(os.environ.get("KERAS_HOME", Path.home() / ".keras")) / "models"
+    return (
+        f"ImageNet weights for model.backbone={backbone} could not be downloaded (no network?): "
+        f"put {file_name} into the Keras cache folder {cache}, "
+        f"or pass a local weights file with model.weights=<path>."
+    )
+
+
+def load_backbone(backbone: str, image_size: int, weights: str | None) -> keras.Model:
+    """Builds the headless backbone with `weights` = 'imagenet', None, or a file path."""
+    spec = BACKBONES[backbone]
+    shape = (image_size, image_size, 3)
+    if spec.constructor is None:
+        base = build_demo_cnn(image_size)
+        if weights is not None:
+            base.load_weights(weights)
+        return base
+    try:
+        return spec.constructor(include_top=False, weights=weights, input_shape=shape)
+    except Exception as error:
+        if "URL fetch failure" in str(error):
+            raise RegsweepError(_download_failure_message(backbone, error)) from error
+        raise
+
+
+def block_layers(base: keras.Model, backbone: str) -> dict[str, list[keras.layers.Layer]]:
+    """Maps each block name (bottom to top) to its layers; the stem is under the key ''."""
+    blocks = BACKBONES[backbone].blocks
+    assignment: dict[str, list] = {"": [], **{b: [] for b in blocks}}
+    current = ""
+    for layer in base.layers:
+        owner = next((b for b in blocks if layer.name == b or layer.name.startswith(b + "_")), None)
+        if owner is not None:
+            current = owner
+        assignment[current].append(layer)
+    return assignment
+
+
+def unfreeze_top_blocks(base: keras.Model, backbone: str, n: int) -> list[str]:
+    """Makes the top `n` blocks trainable, except BatchNormalization layers.
+
+    BN layers stay frozen as well as in inference mode (the backbone is always called with
+    training=False): with few images, updating BN's scale and shift undoes pretraining faster
+    than it helps. Returns the names of the layers made trainable.
+    """
+    base.trainable = True
+    for layer in base.layers:
+        layer.trainable = False
+    names = BACKBONES[backbone].blocks
+    unfrozen = []
+    if n <= 0:
+        return unfrozen
+    layers_by_block = block_layers(base, backbone)
+    for block in names[len(names) - n :]:
+        for layer in layers_by_block[block]:
+            if not isinstance(layer, keras.layers.BatchNormalization):
+                layer.trainable = True
+                unfrozen.append(layer.name)
+    return unfrozen
+
+
+def build_classifier(
+    backbone: str,
+    base: keras.Model,
+    num_classes: int,
+    pooling: str,
+    head_units: int,
+    dropout: float,
+    seed: int,
+) -> keras.Model:
+    """preprocess → frozen backbone (inference mode) → pooling → dense → dropout → softmax.
+
+    The output is always a softmax over the classes, trained with sparse categorical
+    cross-entropy: there is no setting that yields the seed's sigmoid-with-N-units mistake.
+    """
+    base.trainable = False
+    size = base.input_shape[1]
+    inputs = keras.Input((size, size, 3), name="image")
+    x = BackbonePreprocess(backbone, name="preprocess")(inputs)
+    x = base(x, training=False)
+    pool = {
+        "avg": keras.layers.GlobalAveragePooling2D,
+        "max": keras.layers.GlobalMaxPooling2D,
+        "flatten": keras.layers.Flatten,
+    }[pooling]
+    x = pool(name="head_pool")(x)
+    x = keras.layers.Dense(head_units, activation="relu", name="head_dense")(x)
+    x = keras.layers.Dropout(dropout, seed=seed, name="head_dropout")(x)
+    outputs = keras.layers.Dense(num_classes, activation="softmax", name="predictions")(x)
+    return keras.Model(inputs, outputs, name=f"regsweep_{backbone}")

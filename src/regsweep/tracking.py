@@ -1,0 +1,117 @@
+"""MLflow logging: one run per training, with everything needed to compare and replay it.
+
+Names are fixed so that `train`, sweep trials and the report agree: per-epoch curves are
+`epoch_loss`, `epoch_accuracy` (Keras's running accuracy: dropout on, augmented images),
+`epoch_val_loss`, `epoch_val_accuracy`; final figures are `train_accuracy`, `val_accuracy`,
+`gap` (both in inference mode, un-augmented) and `running_train_accuracy`.
+"""
+
+from __future__ import annotations
+
+import importlib.metadata
+import tempfile
+from contextlib import contextmanager
+from pathlib import Path
+
+import keras
+import matplotlib
+
+matplotlib.use("Agg")  # no display on servers; plots go to files
+import matplotlib.pyplot as plt  # noqa: E402
+import mlflow  # noqa: E402
+import numpy as np  # noqa: E402
+from omegaconf import DictConfig, OmegaConf  # noqa: E402
+
+from regsweep.config import flatten, redact  # noqa: E402
+
+LIBRARIES = ("regsweep", "tensorflow", "keras", "hydra-core", "optuna", "mlflow", "numpy", "scikit-learn")
+
+
+def use_store(tracking: DictConfig) -> str:
+    """Points MLflow at the configured store and experiment; returns the experiment id."""
+    uri = str(tracking.uri)
+    if uri.startswith("sqlite:///"):
+        Path(uri.removeprefix("sqlite:///")).parent.mkdir(parents=True, exist_ok=True)
+    mlflow.set_tracking_uri(uri)
+    experiment = mlflow.get_experiment_by_name(tracking.experiment)
+    if experiment is not None:
+        experiment_id = experiment.experiment_id
+    else:
+        artifacts = Path(tracking.artifact_root).resolve()
+        artifacts.mkdir(parents=True, exist_ok=True)
+        experiment_id = mlflow.create_experiment(tracking.experiment, artifact_location=artifacts.as_uri())
+    mlflow.set_experiment(experiment_id=experiment_id)
+    return experiment_id
+
+
+@contextmanager
+def training_run(cfg: DictConfig, name: str, class_names, dataset_fingerprint: str):
+    """An MLflow run holding the config, dataset identity and versions; FAILED if it raises."""
+    use_store(cfg.tracking)
+    with mlflow.start_run(run_name=name) as run:
+        mlflow.log_params(
+            {**flatten(cfg), "data.class_names": ",".join(class_names), "data.fingerprint": dataset_fingerprint}
+        )
+        mlflow.log_text(redact(OmegaConf.to_yaml(cfg, resolve=True)), "config.yaml")
+        mlflow.log_dict({"class_names": list(class_names)}, "class_names.json")
+        mlflow.set_tags({f"version.{lib}": _version(lib) for lib in LIBRARIES})
+        yield run
+
+
+def _version(library: str) -> str:
+    try:
+        return importlib.metadata.version(library)
+    except importlib.metadata.PackageNotFoundError:
+        return "not installed"
+
+
+class EpochLogger(keras.callbacks.Callback):
+    """Logs Keras's per-epoch logs as `epoch_<name>`, stepped by the global epoch."""
+
+    def on_epoch_end(self, epoch, logs=None):
+        mlflow.log_metrics({f"epoch_{k}": float(v) for k, v in (logs or {}).items()}, step=epoch)
+
+
+def log_results(metrics: dict[str, float], history: dict[str, list[float]], phase2_start: int | None,
+                confusion: np.ndarray, class_names, model: keras.Model, log_model: bool) -> None:
+    """Final metrics, the two plots and (optionally) the model as a `.keras` file."""
+    mlflow.log_metrics(metrics)
+    mlflow.log_figure(learning_curve_figure(history, phase2_start), "plots/learning_curve.png")
+    mlflow.log_figure(confusion_figure(confusion, class_names), "plots/confusion_matrix.png")
+    plt.close("all")
+    if log_model:
+        with tempfile.TemporaryDirectory() as folder:
+            path = Path(folder) / "model.keras"
+            model.save(path)
+            mlflow.log_artifact(str(path), artifact_path="model")
+
+
+def learning_curve_figure(history: dict[str, list[float]], phase2_start: int | None):
+    figure, (loss_axis, accuracy_axis) = plt.subplots(1, 2, figsize=(10, 4))
+    epochs = np.arange(1, len(history["loss"]) + 1)
+    for axis, metric in ((loss_axis, "loss"), (accuracy_axis, "accuracy")):
+        axis.plot(epochs, history[metric], label=f"train (running, augmented, dropout on)")
+        axis.plot(epochs, history[f"val_{metric}"], label="validation")
+        if phase2_start is not None:
+            axis.axvline(phase2_start + 0.5, color="grey", linestyle=":", label="fine-tuning starts")
+        axis.set_xlabel("epoch")
+        axis.set_title(metric)
+    accuracy_axis.legend(loc="lower right", fontsize="small")
+    figure.tight_layout()
+    return figure
+
+
+def confusion_figure(confusion: np.ndarray, class_names):
+    figure, axis = plt.subplots(figsize=(1.2 + 0.6 * len(class_names),) * 2)
+    axis.imshow(confusion, cmap="Blues")
+    ticks = np.arange(len(class_names))
+    axis.set_xticks(ticks, class_names, rotation=45, ha="right")
+    axis.set_yticks(ticks, class_names)
+    for (row, col), count in np.ndenumerate(confusion):
+        axis.text(col, row, int(count), ha="center", va="center",
+                  color="white" if count > confusion.max() / 2 else "black")
+    axis.set_xlabel("predicted")
+    axis.set_ylabel("true")
+    axis.set_title("validation confusion matrix")
+    figure.tight_layout()
+    return figure
