@@ -103,7 +103,7 @@ def build_demo_cnn(image_size: int) -> keras.Model:
 
 
 def _download_failure_message(backbone: str, error: Exception) -> str:
-    match = re.search(r"URL fetch failure on (\S+?):", str(error))
+    match = re.search(r"URL fetch failure on (\S+): ", str(error))
     file_name = match.group(1).rsplit("/", 1)[-1] if match else f"the {backbone} no-top weights file"
     cache = Path(os.environ.get("KERAS_HOME", Path.home() / ".keras")) / "models"
     return (

@@ -9,6 +9,7 @@ Names are fixed so that `train`, sweep trials and the report agree: per-epoch cu
 from __future__ import annotations
 
 import importlib.metadata
+import os
 import tempfile
 from contextlib import contextmanager
 from pathlib import Path
@@ -32,7 +33,14 @@ def use_store(tracking: DictConfig) -> str:
     uri = str(tracking.uri)
     if uri.startswith("sqlite:///"):
         Path(uri.removeprefix("sqlite:///")).parent.mkdir(parents=True, exist_ok=True)
+    user_uri = os.environ.get("MLFLOW_TRACKING_URI")
     mlflow.set_tracking_uri(uri)
+    # MLflow also exports the URI to MLFLOW_TRACKING_URI, which tracking.uri's ${oc.env:...}
+    # default would then read for every later run in this process (multirun, tests): undo that.
+    if user_uri is None:
+        os.environ.pop("MLFLOW_TRACKING_URI", None)
+    else:
+        os.environ["MLFLOW_TRACKING_URI"] = user_uri
     experiment = mlflow.get_experiment_by_name(tracking.experiment)
     if experiment is not None:
         experiment_id = experiment.experiment_id

@@ -8,6 +8,7 @@ rises even when nothing generalizes better, so it is logged but never called the
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
 from pathlib import Path
 
 import keras
@@ -19,8 +20,15 @@ from regsweep import model as models
 from regsweep.config import redact, run_name, validate
 
 
-def run(cfg: DictConfig) -> dict[str, float]:
-    """Trains and logs one run; returns its final metrics."""
+@dataclass
+class RunResult:
+    run_id: str
+    metrics: dict[str, float]
+    classifier: keras.Model
+
+
+def run(cfg: DictConfig) -> RunResult:
+    """Trains and logs one run to MLflow."""
     validate(cfg)
     store = Path(cfg.paths.store)
     seed = cfg.train.seed
@@ -59,7 +67,7 @@ def run(cfg: DictConfig) -> dict[str, float]:
     print(f"val_accuracy   {val_accuracy:.4f}")
     print(f"gap            {metrics['gap']:.4f}  (running train accuracy {metrics['running_train_accuracy']:.4f})")
     print(f"MLflow run {mlflow_run.info.run_id} ({run_name(cfg)}) in {redact(cfg.tracking.uri)}")
-    return metrics
+    return RunResult(mlflow_run.info.run_id, metrics, classifier)
 
 
 def resolve_weights(cfg: DictConfig, store: Path) -> str | None:

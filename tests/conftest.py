@@ -1,0 +1,70 @@
+"""Shared fixtures: a throwaway lab notebook, generated image folders, quick configs."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+os.environ.pop("MLFLOW_TRACKING_URI", None)  # tests never write to a user's tracking server
+
+REPO = Path(__file__).resolve().parents[1]
+SHARED_WEIGHTS = Path(os.environ.get("REGSWEEP_SHARED_WEIGHTS", REPO.parent / "shared" / "weights"))
+
+# Small budgets: a test checks behaviour, not accuracy.
+QUICK = ["train.epochs=3", "train.fine_tune_epochs=2", "train.early_stopping_patience=10"]
+
+
+@pytest.fixture(scope="session")
+def demo_store(tmp_path_factory) -> Path:
+    """One store for the session, so the demo backbone is pretrained once."""
+    return tmp_path_factory.mktemp("mlruns")
+
+
+@pytest.fixture
+def store(tmp_path, demo_store) -> Path:
+    """A fresh store per test that reuses the session's demo cache (data and backbone)."""
+    (tmp_path / "mlruns").mkdir()
+    (tmp_path / "mlruns" / "demo").symlink_to(_ensure_dir(demo_store / "demo"))
+    return tmp_path / "mlruns"
+
+
+def _ensure_dir(path: Path) -> Path:
+    path.mkdir(parents=True, exist_ok=True)
+    return path
+
+
+def quick_cfg(store: Path, *overrides: str):
+    from regsweep.config import compose
+
+    return compose([f"paths.store={store}", *QUICK, *overrides])
+
+
+def write_class_folders(root: Path, per_class: int, size: int = 40, classes=("circle", "square", "stripes"),
+                        modes=("RGB",), seed: int = 0) -> Path:
+    """Writes a learnable toy dataset: each class is a drawn pattern with random colour and position."""
+    from PIL import Image, ImageDraw
+
+    rng = np.random.default_rng(seed)
+    for class_index, name in enumerate(classes):
+        folder = root / name
+        folder.mkdir(parents=True, exist_ok=True)
+        for i in range(per_class):
+            image = Image.new("RGB", (size, size), tuple(int(v) for v in rng.integers(0, 80, 3)))
+            draw = ImageDraw.Draw(image)
+            colour = tuple(int(v) for v in rng.integers(150, 256, 3))
+            x, y = rng.integers(2, size // 3, 2)
+            extent = size // 2
+            if class_index % 3 == 0:
+                draw.ellipse([x, y, x + extent, y + extent], fill=colour)
+            elif class_index % 3 == 1:
+                draw.rectangle([x, y, x + extent, y + extent], fill=colour)
+            else:
+                for row in range(0, size, 6):
+                    draw.line([0, row, size, row], fill=colour, width=2)
+            mode = modes[i % len(modes)]
+            image.convert(mode).save(folder / f"{name}_{i:03d}.png")
+    return root

@@ -1,0 +1,83 @@
+"""Config composition, validation before training, and the CLI's behaviour on bad input."""
+
+from __future__ import annotations
+
+import re
+import subprocess
+import sys
+
+import pytest
+
+from regsweep.config import RegsweepError, compose, flatten, redact, validate
+
+
+def test_default_config_uses_the_canonical_knob_keys():
+    cfg = compose()
+    for key in ("model.dropout", "augment.strength", "optim.lr", "model.unfrozen_blocks",
+                "data.train_dir", "data.val_dir", "data.test_dir", "model.backbone", "model.weights",
+                "train.seed", "tracking.uri"):
+        assert key in flatten(cfg), key
+    assert cfg.model.backbone == "demo_cnn" and cfg.data.train_dir is None  # the offline demo
+    validate(cfg)
+
+
+@pytest.mark.parametrize(
+    "override, named",
+    [
+        ("model.dropout=1.0", "model.dropout=1.0"),
+        ("model.dropout=-0.1", "model.dropout"),
+        ("optim.lr=-0.001", "optim.lr=-0.001"),
+        ("optim.lr=0", "optim.lr"),
+        ("model.unfrozen_blocks=4", "model.unfrozen_blocks=4"),  # demo_cnn has 3 blocks
+        ("model.backbone=alexnet", "unknown backbone model.backbone=alexnet"),
+        ("augment.strength=1.5", "augment.strength"),
+        ("model.dropout=abc", "model.dropout=abc is not a number"),
+        ("model.weights=/no/such/file.h5", "model.weights=/no/such/file.h5 is not a file"),
+        ("model.weights=imagenet", "does not apply to model.backbone=demo_cnn"),
+        ("data.flip=diagonal", "data.flip"),
+        ("data.train_dir=/tmp", "data.train_dir and data.val_dir go together"),
+    ],
+)
+def test_invalid_values_are_rejected_with_a_message_naming_the_key(override, named):
+    with pytest.raises(RegsweepError, match=re.escape(named)):
+        validate(compose([override]))
+
+
+def test_unfrozen_blocks_limit_follows_the_backbone():
+    validate(compose(["model=mobilenet_v2", "model.unfrozen_blocks=16", "model.weights=null"]))
+    with pytest.raises(RegsweepError, match="mobilenet_v2, which has 16 blocks"):
+        validate(compose(["model=mobilenet_v2", "model.unfrozen_blocks=17", "model.weights=null"]))
+
+
+def test_secrets_in_urls_never_reach_params():
+    assert redact("postgresql://ada:s3cret@db:5432/optuna") == "postgresql://ada:***@db:5432/optuna"
+    flat = flatten(compose(["tracking.uri=http://ada:s3cret@127.0.0.1:5000"]))
+    assert "s3cret" not in str(flat) and flat["tracking.uri"] == "http://ada:***@127.0.0.1:5000"
+
+
+def regsweep(*args, **kwargs) -> subprocess.CompletedProcess:
+    command = [sys.executable, "-c", "from regsweep.cli import main; main()", *args]
+    return subprocess.run(command, capture_output=True, text=True, timeout=300, **kwargs)
+
+
+def test_cli_rejects_bad_values_with_one_sentence_and_exit_code_2(tmp_path):
+    result = regsweep("train", "model.dropout=1.0", f"paths.store={tmp_path}")
+    assert result.returncode == 2
+    assert "Traceback" not in result.stderr
+    assert "regsweep: error: model.dropout=1.0 is outside [0, 1)" in result.stderr
+    assert not (tmp_path / "mlflow.db").exists()  # rejected before anything was recorded
+
+
+def test_cli_help_and_cfg_job_work_as_in_hydra():
+    help_text = regsweep("train", "--help")
+    assert help_text.returncode == 0
+    assert "regsweep train" in help_text.stdout and "model: demo_cnn, efficientnet_b0" in help_text.stdout
+    job = regsweep("train", "--cfg", "job", "model.dropout=0.3", "model=mobilenet_v2")
+    assert job.returncode == 0
+    assert "dropout: 0.3" in job.stdout and "backbone: mobilenet_v2" in job.stdout
+
+
+def test_cli_without_command_prints_usage_and_unknown_command_exits_2():
+    assert "regsweep train" in regsweep().stdout
+    unknown = regsweep("trian")
+    assert unknown.returncode == 2 and "unknown command 'trian'" in unknown.stderr

@@ -1,0 +1,125 @@
+"""End-to-end training runs on the demo and on generated folders, checked through MLflow."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+
+import keras
+import mlflow
+import numpy as np
+import pytest
+from conftest import SHARED_WEIGHTS, quick_cfg, write_class_folders
+
+from regsweep import data, train
+
+pytestmark = pytest.mark.slow
+
+
+def client(store) -> mlflow.MlflowClient:
+    # An explicit client: mlflow.set_tracking_uri would export the URI to later runs' configs.
+    return mlflow.MlflowClient(f"sqlite:///{store}/mlflow.db")
+
+
+def all_runs(store):
+    experiment = client(store).get_experiment_by_name("regsweep")
+    return client(store).search_runs([experiment.experiment_id])
+
+
+def artifact_paths(store, run_id, path=""):
+    found = []
+    for item in client(store).list_artifacts(run_id, path):
+        found += artifact_paths(store, run_id, item.path) if item.is_dir else [item.path]
+    return found
+
+
+def test_demo_run_leaves_one_complete_mlflow_run_and_a_reloadable_model(store, capsys):
+    result = train.run(quick_cfg(store, "model.dropout=0.25"))
+
+    printed = capsys.readouterr().out
+    for name in ("train_accuracy", "val_accuracy", "gap"):
+        assert name in printed
+    run = client(store).get_run(result.run_id)
+    assert run.info.status == "FINISHED"
+    assert run.info.run_name == "demo_cnn do0.25 aug0.00 lr1e-03 ub0"
+    params, metrics = run.data.params, run.data.metrics
+    assert params["model.dropout"] == "0.25" and params["optim.lr"] == "0.001"
+    assert params["data.class_names"] == "0,1,2,3,4" and len(params["data.fingerprint"]) == 16
+    assert params["train.seed"] == "0"
+    assert metrics["gap"] == pytest.approx(metrics["train_accuracy"] - metrics["val_accuracy"])
+    for name in ("epoch_loss", "epoch_accuracy", "epoch_val_loss", "epoch_val_accuracy", "running_train_accuracy"):
+        assert name in metrics
+    history = client(store).get_metric_history(result.run_id, "epoch_val_accuracy")
+    assert [m.step for m in history] == list(range(int(metrics["epochs_trained"])))
+    assert run.data.tags["version.tensorflow"] and run.data.tags["version.keras"].startswith("3.")
+    assert set(artifact_paths(store, result.run_id)) >= {
+        "config.yaml", "class_names.json", "model/model.keras",
+        "plots/learning_curve.png", "plots/confusion_matrix.png",
+    }
+
+    model_file = client(store).download_artifacts(result.run_id, "model/model.keras", str(store))
+    reloaded = keras.saving.load_model(model_file)
+    splits = data.resolve_splits(quick_cfg(store).data, 32, 0, store)
+    images = np.concatenate([x for x, _ in data.load_folder(splits.val, splits.class_names, 32).batch(64)])
+    np.testing.assert_array_equal(reloaded.predict(images, verbose=0), result.classifier.predict(images, verbose=0))
+
+
+def test_unfrozen_blocks_run_both_phases_from_the_trained_head(store):
+    cfg = quick_cfg(store, "model.unfrozen_blocks=1", "model.dropout=0.5", "augment.strength=0.5",
+                    "tracking.log_model=false")
+    result = train.run(cfg)
+    assert result.metrics["epochs_trained"] == cfg.train.epochs + cfg.train.fine_tune_epochs
+    backbone = result.classifier.get_layer("demo_cnn")
+    assert backbone.get_layer("block3_conv").trainable and not backbone.get_layer("block3_bn").trainable
+    assert not backbone.get_layer("block2_conv").trainable
+    params = client(store).get_run(result.run_id).data.params
+    assert (params["model.unfrozen_blocks"], params["model.dropout"], params["augment.strength"]) == ("1", "0.5", "0.5")
+
+
+def test_honest_gap_differs_from_running_accuracy_under_heavy_regularization(store):
+    cfg = quick_cfg(store, "model.dropout=0.9", "augment.strength=1.0", "train.epochs=15",
+                    "tracking.log_model=false")
+    metrics = train.run(cfg).metrics
+    # Dropout and augmentation depress Keras's running accuracy; the inference-mode one is the real fit.
+    assert metrics["train_accuracy"] - metrics["running_train_accuracy"] >= 0.1
+
+
+def test_a_run_that_crashes_ends_failed_not_running(store, tmp_path):
+    write_class_folders(tmp_path / "train", 4, classes=("a", "b"))
+    write_class_folders(tmp_path / "val", 2, classes=("a", "b"))
+    (tmp_path / "train" / "a" / "broken.png").write_bytes(b"\x89PNG\r\n\x1a\n not really")
+    cfg = quick_cfg(store, f"data.train_dir={tmp_path / 'train'}", f"data.val_dir={tmp_path / 'val'}")
+    with pytest.raises(Exception):
+        train.run(cfg)
+    assert [r.info.status for r in all_runs(store)] == ["FAILED"]
+
+
+def test_hydra_multirun_trains_each_grid_point(tmp_path, demo_store):
+    (tmp_path / "mlruns").mkdir()
+    (tmp_path / "mlruns" / "demo").symlink_to(demo_store / "demo")
+    command = [sys.executable, "-c", "from regsweep.cli import main; main()", "train", "-m",
+               "model.dropout=0,0.5", "train.epochs=1", "tracking.log_model=false", "paths.store=mlruns"]
+    result = subprocess.run(command, cwd=tmp_path, capture_output=True, text=True, timeout=600)
+    assert result.returncode == 0, result.stderr[-2000:]
+    runs = all_runs(tmp_path / "mlruns")
+    assert sorted(r.data.params["model.dropout"] for r in runs) == ["0", "0.5"]
+    assert {r.info.status for r in runs} == {"FINISHED"}
+
+
+MOBILENET_V2 = SHARED_WEIGHTS / "mobilenet_v2_1.0_224_quant_notop.weights.h5"
+
+
+@pytest.mark.skipif(not MOBILENET_V2.is_file(), reason=f"real ImageNet weights not found at {MOBILENET_V2}")
+def test_mobilenet_v2_with_real_imagenet_weights_file_trains_on_generated_images(store, tmp_path):
+    write_class_folders(tmp_path / "images", 12, size=96)
+    cfg = quick_cfg(store, "model=mobilenet_v2", f"model.weights={MOBILENET_V2}", "model.image_size=96",
+                    f"data.dir={tmp_path / 'images'}", "data.val_fraction=0.25", "model.unfrozen_blocks=1",
+                    "train.epochs=4", "tracking.log_model=false")
+    result = train.run(cfg)
+    run = client(store).get_run(result.run_id)
+    assert run.info.status == "FINISHED" and run.data.params["model.weights"] == str(MOBILENET_V2)
+    backbone = next(layer for layer in result.classifier.layers if isinstance(layer, keras.Model))
+    # The file folds BatchNorm into beta (a fresh model has beta = 0), so non-zero beta means it loaded.
+    assert np.abs(np.asarray(backbone.get_layer("bn_Conv1").beta)).max() > 0
+    # Real ImageNet features separate circles, squares and stripes far above chance (1/3).
+    assert result.metrics["val_accuracy"] >= 0.7
