@@ -49,6 +49,13 @@ def test_unfrozen_blocks_limit_follows_the_backbone():
         validate(compose(["model=mobilenet_v2", "model.unfrozen_blocks=17", "model.weights=null"]))
 
 
+def test_tracking_store_defaults_to_sqlite_under_the_store_and_honours_the_environment(monkeypatch):
+    assert compose(["paths.store=/data/lab"]).tracking.uri == "sqlite:////data/lab/mlflow.db"
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", "http://127.0.0.1:5000")
+    assert compose().tracking.uri == "http://127.0.0.1:5000"
+    assert compose(["tracking.uri=sqlite:///elsewhere.db"]).tracking.uri == "sqlite:///elsewhere.db"
+
+
 def test_secrets_in_urls_never_reach_params():
     assert redact("postgresql://ada:s3cret@db:5432/optuna") == "postgresql://ada:***@db:5432/optuna"
     flat = flatten(compose(["tracking.uri=http://ada:s3cret@127.0.0.1:5000"]))

@@ -25,7 +25,23 @@ commands:
 """
 
 
+def _import_tensorflow_quietly() -> None:
+    """TensorFlow prints C++ start-up notices (oneDNN, CUDA) straight to file descriptor 2,
+    before any log level applies; they would bury regsweep's own messages."""
+    if os.environ.get("REGSWEEP_VERBOSE"):
+        return
+    saved, devnull = os.dup(2), os.open(os.devnull, os.O_WRONLY)
+    os.dup2(devnull, 2)
+    try:
+        import tensorflow  # noqa: F401
+    finally:
+        os.dup2(saved, 2)
+        os.close(saved)
+        os.close(devnull)
+
+
 def _train_task(cfg: DictConfig) -> None:
+    _import_tensorflow_quietly()
     from regsweep import train
 
     try:
