@@ -15,7 +15,7 @@ $(BIN)/regsweep: pyproject.toml
 setup: $(BIN)/regsweep
 
 run: setup
-	$(BIN)/regsweep train
+	$(BIN)/regsweep sweep
 
 test: setup
 	$(BIN)/pytest

@@ -15,25 +15,48 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")  # TensorFlow's C++ start-up 
 import hydra
 from omegaconf import DictConfig
 
-from regsweep.config import CONF_DIR, RegsweepError
+from regsweep.config import CONF_DIR, RegsweepError, redact, run_name
 
 USAGE = """usage: regsweep <command> [hydra overrides]
 
 commands:
   train    one transfer-learning run on the configured data, logged to MLflow
            (regsweep train --help lists every setting)
+  sweep    an Optuna study over the knobs: every trial a nested MLflow run, then the report
+           (regsweep sweep --help)
+  report   rebuild the report of a stored study: regsweep report [study] [overrides]
+
+add --verbose to see the Python traceback behind an error.
+"""
+
+SWEEP_HELP = """usage: regsweep sweep [sweep=<name>] [sweep.<setting>=<value>] [<key>=<value>] [<key>=<search>]
+
+Runs (or continues) the Optuna study defined by sweeps/<name>.yaml (default: regularization).
+Every trial is `regsweep train` composed from conf/ plus the trial's values, logged as a child
+of the study's MLflow parent run. The budget sweep.n_trials is the study's total: re-running
+the same command tops it up, or only prints the report.
+
+  sweep.n_trials=40 sweep.epsilon=0.05 sweep.objective=pareto   study settings
+  data.train_dir=... model=mobilenet_v2 model.dropout=0.3       fixed for every trial
+  model.dropout='interval(0.1, 0.6)' 'optim.lr=tag(log, interval(1e-5, 1e-3))'
+  model.unfrozen_blocks='range(0, 4)' model.pooling='choice(avg, max)'
+                                                                 searched (added to the space)
+  --cfg job                                                      print the composed study config
 """
 
 
 def _import_tensorflow_quietly() -> None:
     """TensorFlow prints C++ start-up notices (oneDNN, CUDA) straight to file descriptor 2,
-    before any log level applies; they would bury regsweep's own messages."""
+    before any log level applies; they would bury regsweep's own messages. Python errors
+    raised here still surface normally."""
     if os.environ.get("REGSWEEP_VERBOSE"):
         return
     saved, devnull = os.dup(2), os.open(os.devnull, os.O_WRONLY)
     os.dup2(devnull, 2)
     try:
-        import tensorflow  # noqa: F401
+        import tensorflow
+
+        tensorflow.config.list_physical_devices()  # the CUDA probe's notice, on machines without a GPU
     finally:
         os.dup2(saved, 2)
         os.close(saved)
@@ -45,17 +68,67 @@ def _train_task(cfg: DictConfig) -> None:
     from regsweep import train
 
     try:
-        train.run(cfg)
+        result = train.run(cfg)
     except RegsweepError as error:
         if os.environ.get("REGSWEEP_VERBOSE"):
             raise
         print(f"regsweep: error: {error}", file=sys.stderr)
         sys.exit(2)
+    metrics = result.metrics
+    print(f"train_accuracy {metrics['train_accuracy']:.4f}  (inference mode, un-augmented training images)")
+    print(f"val_accuracy   {metrics['val_accuracy']:.4f}")
+    print(f"gap            {metrics['gap']:.4f}  (running train accuracy {metrics['running_train_accuracy']:.4f})")
+    print(f"MLflow run {result.run_id} ({run_name(cfg)}) in {redact(cfg.tracking.uri)}")
 
 
 train_main = hydra.main(version_base="1.3", config_path=str(CONF_DIR), config_name="config")(_train_task)
 
-COMMANDS = {"train": train_main}
+def _sweep_command(args: list[str]) -> None:
+    if "--help" in args or "-h" in args:
+        print(SWEEP_HELP, end="")
+        return
+    if args[:2] == ["--cfg", "job"]:
+        from omegaconf import OmegaConf
+
+        from regsweep.config import compose
+
+        print(OmegaConf.to_yaml(compose(args[2:], config_name="study")), end="")
+        return
+    _import_tensorflow_quietly()
+    from regsweep import sweep
+
+    sweep.run(args)
+
+
+def _report_command(args: list[str]) -> None:
+    if "--help" in args or "-h" in args:
+        print("usage: regsweep report [study] [sweep=<name>] [sweep.<setting>=<value>] [overrides]\n")
+        return
+    _import_tensorflow_quietly()
+    from regsweep import report
+
+    report.run(args)
+
+
+def _without_hydra(command):
+    """Runs a command that composes configs itself, turning bad input into exit code 2."""
+
+    def run(args: list[str]) -> None:
+        try:
+            command(args)
+        except RegsweepError as error:
+            if os.environ.get("REGSWEEP_VERBOSE"):
+                raise
+            print(f"regsweep: error: {error}", file=sys.stderr)
+            sys.exit(2)
+        except KeyboardInterrupt:
+            print("\nregsweep: stopped. Re-run the same command to resume the study.", file=sys.stderr)
+            sys.exit(130)
+
+    return run
+
+
+COMMANDS = {"sweep": _without_hydra(_sweep_command), "report": _without_hydra(_report_command)}
 
 
 def main() -> None:
@@ -67,9 +140,12 @@ def main() -> None:
     if not args or args[0] in ("-h", "--help"):
         print(USAGE, end="")
         return
+    if args[0] == "train":
+        sys.argv = ["regsweep train", *args[1:]]
+        train_main()
+        return
     command = COMMANDS.get(args[0])
     if command is None:
-        print(f"regsweep: error: unknown command '{args[0]}': use one of {', '.join(COMMANDS)}", file=sys.stderr)
+        print(f"regsweep: error: unknown command '{args[0]}': use one of train, {', '.join(COMMANDS)}", file=sys.stderr)
         sys.exit(2)
-    sys.argv = [f"regsweep {args[0]}", *args[1:]]
-    command()
+    command(args[1:])

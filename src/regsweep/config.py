@@ -13,6 +13,7 @@ from typing import Any
 from omegaconf import DictConfig, OmegaConf
 
 CONF_DIR = Path(__file__).resolve().parents[2] / "conf"
+SWEEPS_DIR = CONF_DIR.parent / "sweeps"
 
 FLIPS = ("none", "horizontal", "vertical", "horizontal_and_vertical")
 POOLINGS = ("avg", "max", "flatten")
@@ -23,13 +24,43 @@ class RegsweepError(Exception):
     """Bad input the user can fix: shown as one sentence, exit code 2, no traceback."""
 
 
-def compose(overrides: list[str] | None = None) -> DictConfig:
-    """The config `regsweep train <overrides>` would run with (for tests and scripts)."""
+def compose(overrides: list[str] | None = None, config_name: str = "config") -> DictConfig:
+    """The config `regsweep train <overrides>` would run with ("study" adds a sweep definition).
+
+    Sweep trials and `regsweep train` compose from the same tree, so every trial can be
+    replayed with `regsweep train <its overrides>`. Bad overrides raise RegsweepError.
+    """
     from hydra import compose as hydra_compose
     from hydra import initialize_config_dir
+    from hydra.core.global_hydra import GlobalHydra
+    from hydra.errors import HydraException
 
-    with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3", job_name="train"):
-        return hydra_compose(config_name="config", overrides=list(overrides or []))
+    register_sweeps()
+    try:
+        if GlobalHydra.instance().is_initialized():
+            return hydra_compose(config_name=config_name, overrides=list(overrides or []))
+        with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3", job_name="train"):
+            return hydra_compose(config_name=config_name, overrides=list(overrides or []))
+    except HydraException as error:
+        raise RegsweepError(f"{_first_line(error)}: check the spelling against `regsweep train --cfg job`") from error
+
+
+def _first_line(error: Exception) -> str:
+    lines = [line.strip() for line in str(error).splitlines() if line.strip()]
+    return lines[0].rstrip(".") if lines else type(error).__name__
+
+
+def register_sweeps() -> None:
+    """Makes each sweeps/<name>.yaml selectable as the config group option `sweep=<name>`."""
+    from hydra.core.config_store import ConfigStore
+
+    store = ConfigStore.instance()
+    for path in sorted(SWEEPS_DIR.glob("*.yaml")):
+        try:
+            node = OmegaConf.load(path)
+        except Exception as error:
+            raise RegsweepError(f"{path} is not valid YAML ({_first_line(error)}): fix the file") from error
+        store.store(group="sweep", name=path.stem, node=node)
 
 
 def validate(cfg: DictConfig) -> None:

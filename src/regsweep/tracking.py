@@ -53,10 +53,16 @@ def use_store(tracking: DictConfig) -> str:
 
 
 @contextmanager
-def training_run(cfg: DictConfig, name: str, class_names, dataset_fingerprint: str):
-    """An MLflow run holding the config, dataset identity and versions; FAILED if it raises."""
+def training_run(cfg: DictConfig, name: str, class_names, dataset_fingerprint: str,
+                 parent_run_id: str | None = None, tags: dict[str, str] | None = None):
+    """An MLflow run holding the config, dataset identity and versions.
+
+    It ends FINISHED, FAILED (with the reason in the tag `regsweep.error`) or, on Ctrl-C,
+    KILLED: never left RUNNING. `parent_run_id` nests it under a study's parent run.
+    """
     use_store(cfg.tracking)
-    with mlflow.start_run(run_name=name) as run:
+    run = mlflow.start_run(run_name=name, parent_run_id=parent_run_id, tags=tags)
+    try:
         mlflow.log_params(
             {**flatten(cfg), "data.class_names": ",".join(class_names), "data.fingerprint": dataset_fingerprint}
         )
@@ -64,6 +70,17 @@ def training_run(cfg: DictConfig, name: str, class_names, dataset_fingerprint: s
         mlflow.log_dict({"class_names": list(class_names)}, "class_names.json")
         mlflow.set_tags({f"version.{lib}": _version(lib) for lib in LIBRARIES})
         yield run
+    except BaseException as error:
+        mlflow.set_tag("regsweep.error", error_summary(error))
+        mlflow.end_run("KILLED" if isinstance(error, KeyboardInterrupt) else "FAILED")
+        raise
+    mlflow.end_run("FINISHED")
+
+
+def error_summary(error: BaseException) -> str:
+    """`Type: first line of the message`, secrets masked, short enough for a tag."""
+    lines = str(error).strip().splitlines()
+    return redact(f"{type(error).__name__}: {lines[0] if lines else ''}")[:500]
 
 
 def _version(library: str) -> str:

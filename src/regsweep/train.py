@@ -17,7 +17,7 @@ from omegaconf import DictConfig
 
 from regsweep import data, tracking
 from regsweep import model as models
-from regsweep.config import redact, run_name, validate
+from regsweep.config import run_name, validate
 
 
 @dataclass
@@ -27,8 +27,13 @@ class RunResult:
     classifier: keras.Model
 
 
-def run(cfg: DictConfig) -> RunResult:
-    """Trains and logs one run to MLflow."""
+def run(cfg: DictConfig, parent_run_id: str | None = None, tags: dict[str, str] | None = None,
+        callbacks: tuple = (), on_run_started=None) -> RunResult:
+    """Trains and logs one run to MLflow.
+
+    A sweep passes its parent run, the trial's tags, Keras callbacks (pruning, progress) and
+    `on_run_started(run_id)`, which learns the run id before training can fail.
+    """
     validate(cfg)
     store = Path(cfg.paths.store)
     seed = cfg.train.seed
@@ -46,8 +51,11 @@ def run(cfg: DictConfig) -> RunResult:
         cfg.model.pooling, cfg.model.head_units, cfg.model.dropout, seed,
     )
 
-    with tracking.training_run(cfg, run_name(cfg), splits.class_names, dataset_fingerprint) as mlflow_run:
-        history, phase2_start = fit_two_phases(classifier, base, cfg, datasets)
+    with tracking.training_run(cfg, run_name(cfg), splits.class_names, dataset_fingerprint,
+                               parent_run_id, tags) as mlflow_run:
+        if on_run_started is not None:
+            on_run_started(mlflow_run.info.run_id)
+        history, phase2_start = fit_two_phases(classifier, base, cfg, datasets, callbacks)
         best_epoch = int(np.argmin(history["val_loss"]))
         train_accuracy, _ = accuracy_and_confusion(classifier, datasets.train_eval, len(splits.class_names))
         val_accuracy, confusion = accuracy_and_confusion(classifier, datasets.val, len(splits.class_names))
@@ -63,10 +71,6 @@ def run(cfg: DictConfig) -> RunResult:
         tracking.log_results(metrics, history, phase2_start, confusion, splits.class_names,
                              classifier, cfg.tracking.log_model)
 
-    print(f"train_accuracy {train_accuracy:.4f}  (inference mode, un-augmented training images)")
-    print(f"val_accuracy   {val_accuracy:.4f}")
-    print(f"gap            {metrics['gap']:.4f}  (running train accuracy {metrics['running_train_accuracy']:.4f})")
-    print(f"MLflow run {mlflow_run.info.run_id} ({run_name(cfg)}) in {redact(cfg.tracking.uri)}")
     return RunResult(mlflow_run.info.run_id, metrics, classifier)
 
 
@@ -82,7 +86,7 @@ def resolve_weights(cfg: DictConfig, store: Path) -> str | None:
     return str(Path(weights).expanduser())
 
 
-def fit_two_phases(classifier, base, cfg: DictConfig, datasets) -> tuple[dict[str, list[float]], int | None]:
+def fit_two_phases(classifier, base, cfg: DictConfig, datasets, callbacks: tuple = ()) -> tuple[dict[str, list[float]], int | None]:
     """Phase 1 trains the head on the frozen backbone; phase 2 fine-tunes the top blocks.
 
     Phase 2 starts from the trained head (never a random one) at optim.lr × fine_tune_factor.
@@ -91,7 +95,7 @@ def fit_two_phases(classifier, base, cfg: DictConfig, datasets) -> tuple[dict[st
     phases end to end and the epoch index where phase 2 began (None without phase 2).
     """
     train_cfg = cfg.train
-    history = _fit(classifier, datasets, cfg.optim.lr, 0, train_cfg.epochs, train_cfg)
+    history = _fit(classifier, datasets, cfg.optim.lr, 0, train_cfg.epochs, train_cfg, callbacks)
     unfrozen = cfg.model.unfrozen_blocks
     if unfrozen == 0:
         return history, None
@@ -101,7 +105,7 @@ def fit_two_phases(classifier, base, cfg: DictConfig, datasets) -> tuple[dict[st
     models.unfreeze_top_blocks(base, cfg.model.backbone, unfrozen)
     start = len(history["loss"])
     lr = cfg.optim.lr * cfg.optim.fine_tune_factor
-    phase2 = _fit(classifier, datasets, lr, start, start + train_cfg.fine_tune_epochs, train_cfg)
+    phase2 = _fit(classifier, datasets, lr, start, start + train_cfg.fine_tune_epochs, train_cfg, callbacks)
     if min(phase2["val_loss"]) >= phase1_best:
         classifier.set_weights(phase1_weights)
     for key, values in phase2.items():
@@ -109,7 +113,8 @@ def fit_two_phases(classifier, base, cfg: DictConfig, datasets) -> tuple[dict[st
     return history, start
 
 
-def _fit(classifier, datasets, lr: float, initial_epoch: int, epochs: int, train_cfg) -> dict[str, list[float]]:
+def _fit(classifier, datasets, lr: float, initial_epoch: int, epochs: int, train_cfg,
+         callbacks: tuple) -> dict[str, list[float]]:
     classifier.compile(
         optimizer=keras.optimizers.Adam(lr),
         loss="sparse_categorical_crossentropy",
@@ -123,7 +128,7 @@ def _fit(classifier, datasets, lr: float, initial_epoch: int, epochs: int, train
         validation_data=datasets.val,
         initial_epoch=initial_epoch,
         epochs=epochs,
-        callbacks=[early_stopping, keras.callbacks.TerminateOnNaN(), tracking.EpochLogger()],
+        callbacks=[early_stopping, keras.callbacks.TerminateOnNaN(), tracking.EpochLogger(), *callbacks],
         shuffle=False,  # the dataset reshuffles itself every epoch
         verbose=train_cfg.verbose,
     )

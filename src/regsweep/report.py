@@ -1,0 +1,321 @@
+"""`regsweep report`: the recommended settings, the whole trade-off, and how to replay them.
+
+The recommendation rule, the same in both objective modes: among COMPLETE trials whose gap is
+at most ε, the one with the highest val_accuracy (ties: the smaller gap, then the earlier
+trial). If no trial meets the constraint, the report says so and names the closest one: the
+smallest gap (ties: the higher val_accuracy).
+"""
+
+from __future__ import annotations
+
+import math
+import warnings
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+import mlflow  # noqa: E402
+import optuna  # noqa: E402
+from omegaconf import DictConfig, OmegaConf  # noqa: E402
+
+from regsweep import tracking  # noqa: E402
+from regsweep.config import RegsweepError, redact  # noqa: E402
+
+GROUPS = ("data", "model", "train", "tracking")  # config groups: replayed as defaults overrides
+
+
+@dataclass
+class TrialRow:
+    number: int
+    state: str
+    params: dict
+    val_accuracy: float = math.nan
+    train_accuracy: float = math.nan
+    gap: float = math.nan
+    overrides: list[str] = field(default_factory=list)
+    run_id: str = ""
+    baseline: bool = False
+    fail_reason: str = ""
+
+
+def trial_rows(study: optuna.Study) -> list[TrialRow]:
+    rows = []
+    for trial in study.get_trials(deepcopy=False):
+        attrs = trial.user_attrs
+        rows.append(TrialRow(
+            number=trial.number,
+            state=trial.state.name,
+            params=dict(trial.params),
+            val_accuracy=attrs.get("val_accuracy", math.nan),
+            train_accuracy=attrs.get("train_accuracy", math.nan),
+            gap=attrs.get("gap", math.nan),
+            overrides=list(attrs.get("overrides", [])),
+            run_id=attrs.get("mlflow_run_id", ""),
+            baseline=bool(attrs.get("baseline", False)),
+            fail_reason=attrs.get("fail_reason", ""),
+        ))
+    return rows
+
+
+def complete(rows: list[TrialRow]) -> list[TrialRow]:
+    return [r for r in rows if r.state == "COMPLETE" and not math.isnan(r.gap)]
+
+
+def recommend(rows: list[TrialRow], epsilon: float) -> tuple[TrialRow | None, bool]:
+    """(the recommended trial, whether it meets gap ≤ ε); see the module docstring."""
+    done = complete(rows)
+    feasible = [r for r in done if r.gap <= epsilon]
+    if feasible:
+        return min(feasible, key=lambda r: (-r.val_accuracy, r.gap, r.number)), True
+    if done:
+        return min(done, key=lambda r: (r.gap, -r.val_accuracy, r.number)), False
+    return None, False
+
+
+def pareto_front(rows: list[TrialRow]) -> list[TrialRow]:
+    """Non-dominated COMPLETE trials in (max val_accuracy, min gap), by increasing gap."""
+    done = complete(rows)
+
+    def dominated(r: TrialRow) -> bool:
+        return any(
+            o.val_accuracy >= r.val_accuracy and o.gap <= r.gap and (o.val_accuracy > r.val_accuracy or o.gap < r.gap)
+            for o in done
+        )
+
+    return sorted((r for r in done if not dominated(r)), key=lambda r: (r.gap, -r.val_accuracy))
+
+
+def importances(study: optuna.Study) -> dict[str, dict[str, float]]:
+    """Optuna's parameter importances for val_accuracy and for gap ({} when too few trials).
+
+    Optuna's default evaluator (PED-ANOVA) explains *low* target values: val_accuracy is negated.
+    """
+    signs = {"val_accuracy": -1.0, "gap": 1.0}
+    result = {}
+    for metric, sign in signs.items():
+        try:
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore", UserWarning)  # the "low target values" note: handled by sign
+                result[metric] = optuna.importance.get_param_importances(
+                    study, target=lambda t, m=metric, s=sign: s * t.user_attrs.get(m, math.nan)
+                )
+        except (ValueError, RuntimeError, ZeroDivisionError):
+            return {}
+    return result
+
+
+def replay_command(row: TrialRow) -> str:
+    return "regsweep train " + " ".join(_quote(o) for o in row.overrides)
+
+
+def _quote(override: str) -> str:
+    return f"'{override}'" if any(c in override for c in " ()[]{},*?$") else override
+
+
+def best_config(row: TrialRow) -> str:
+    """The trial's overrides as a Hydra `experiment` config (`# @package _global_`)."""
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+
+    parser = OverridesParser.create()
+    group_choices, values = [], OmegaConf.create()
+    for text in row.overrides:
+        override = parser.parse_override(text)
+        key = override.key_or_group
+        if key in GROUPS:
+            group_choices.append(f"  - override /{key}: {override.value()}")
+        else:
+            OmegaConf.update(values, key, override.value(), force_add=True)
+    header = f"# @package _global_\n# Recommended by regsweep: trial #{row.number} (MLflow run {row.run_id}).\n"
+    defaults = "defaults:\n" + "\n".join(group_choices) + "\n" if group_choices else ""
+    return header + defaults + OmegaConf.to_yaml(values)
+
+
+# --- figures ----------------------------------------------------------------------------------
+
+
+def front_figure(rows: list[TrialRow], front: list[TrialRow], chosen: TrialRow | None, epsilon: float):
+    figure, axis = plt.subplots(figsize=(6.5, 4.5))
+    done = complete(rows)
+    axis.scatter([r.gap for r in done], [r.val_accuracy for r in done], color="lightgrey", label="trials")
+    axis.plot([r.gap for r in front], [r.val_accuracy for r in front], "o-", color="tab:blue", label="front")
+    axis.axvline(epsilon, color="tab:red", linestyle="--", label=f"gap = ε ({epsilon:g})")
+    baseline = next((r for r in done if r.baseline), None)
+    if baseline is not None:
+        axis.scatter([baseline.gap], [baseline.val_accuracy], marker="s", s=90, color="black", label="baseline")
+    if chosen is not None:
+        axis.scatter([chosen.gap], [chosen.val_accuracy], marker="*", s=260, color="tab:orange", label="recommended")
+    axis.set_xlabel("gap = train_accuracy − val_accuracy (inference mode)")
+    axis.set_ylabel("val_accuracy")
+    axis.set_title("trade-off: validation accuracy vs gap")
+    axis.legend(fontsize="small")
+    figure.tight_layout()
+    return figure
+
+
+def effects_figure(rows: list[TrialRow], space: dict[str, optuna.distributions.BaseDistribution]):
+    keys = list(space)
+    done = complete(rows)
+    figure, axes = plt.subplots(2, len(keys), figsize=(3.6 * len(keys), 6), squeeze=False)
+    for column, key in enumerate(keys):
+        distribution = space[key]
+        categorical = isinstance(distribution, optuna.distributions.CategoricalDistribution)
+        for row_index, metric in enumerate(("val_accuracy", "gap")):
+            axis = axes[row_index][column]
+            points = [(r.params[key], getattr(r, metric)) for r in done if key in r.params]
+            if categorical:
+                labels = [str(c) for c in distribution.choices]
+                xs = [labels.index(str(x)) for x, _ in points]
+                axis.set_xticks(range(len(labels)), labels, rotation=30)
+            else:
+                xs = [x for x, _ in points]
+                if getattr(distribution, "log", False):
+                    axis.set_xscale("log")
+            axis.scatter(xs, [y for _, y in points], color="tab:blue" if metric == "val_accuracy" else "tab:red")
+            axis.set_xlabel(key)
+            axis.set_ylabel(metric)
+    figure.suptitle("effect of each knob (complete trials)")
+    figure.tight_layout()
+    return figure
+
+
+# --- the report -------------------------------------------------------------------------------
+
+
+def _fmt(value) -> str:
+    if isinstance(value, float):
+        return "—" if math.isnan(value) else f"{value:.4g}"
+    return str(value)
+
+
+def _table(header: list[str], body: list[list]) -> str:
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    lines += ["| " + " | ".join(_fmt(v) for v in row) + " |" for row in body]
+    return "\n".join(lines)
+
+
+def markdown(study, settings: DictConfig, rows, chosen, met, front, importance, replay: str, experiment: str) -> str:
+    keys = list(study.user_attrs.get("search_space", {}))
+    counts = {state: sum(r.state == state for r in rows) for state in ("COMPLETE", "PRUNED", "FAIL", "RUNNING")}
+    objective = (
+        f"maximize val_accuracy subject to gap ≤ ε = {settings.epsilon:g}" if settings.objective == "constrained"
+        else f"maximize val_accuracy and minimize gap (Pareto); recommended: the most accurate front point with gap ≤ ε = {settings.epsilon:g}"
+    )
+    out = [f"# regsweep report — study `{study.study_name}`", "", f"Objective: {objective}.", "",
+           f"Trials: {counts['COMPLETE']} complete, {counts['PRUNED']} pruned, {counts['FAIL']} failed"
+           + (f", {counts['RUNNING']} running" if counts["RUNNING"] else "") + ".", ""]
+    out += ["## Recommended settings", ""]
+    if chosen is None:
+        out += ["No trial has completed yet.", ""]
+    else:
+        if not met:
+            out += [f"**No trial met gap ≤ ε = {settings.epsilon:g}.** The closest (smallest gap) is shown below; "
+                    "consider stronger regularization in the search space, more trials, or a larger sweep.epsilon.", ""]
+        out += [_table(["knob", "value"], [[k, chosen.params.get(k, "—")] for k in keys]), ""]
+        out += [f"Trial #{chosen.number}: val_accuracy **{_fmt(chosen.val_accuracy)}**, gap **{_fmt(chosen.gap)}**, "
+                f"train_accuracy {_fmt(chosen.train_accuracy)} (MLflow run `{chosen.run_id}`).", ""]
+        baseline = next((r for r in complete(rows) if r.baseline), None)
+        if baseline is not None:
+            out += [f"Baseline (the config as given, trial #{baseline.number}): val_accuracy {_fmt(baseline.val_accuracy)}, "
+                    f"gap {_fmt(baseline.gap)}, train_accuracy {_fmt(baseline.train_accuracy)}.", ""]
+        out += ["Replay:", "", "```bash", replay, experiment, "```", ""]
+    out += ["## Trade-off front (non-dominated in val_accuracy vs gap)", ""]
+    out += [_table(["trial", "val_accuracy", "gap", *keys], [[r.number, r.val_accuracy, r.gap, *[r.params.get(k, "—") for k in keys]] for r in front]), ""]
+    out += ["![trade-off front](front.png)", ""]
+    out += ["## Parameter importances", ""]
+    if importance:
+        out += [_table(["knob", "for val_accuracy", "for gap"],
+                       [[k, importance["val_accuracy"].get(k, math.nan), importance["gap"].get(k, math.nan)] for k in keys]), ""]
+    else:
+        out += ["Not enough complete trials to estimate importances.", ""]
+    out += ["## Effect of each knob", "", "![effects](effects.png)", ""]
+    top = sorted(complete(rows), key=lambda r: (r.gap > settings.epsilon, -r.val_accuracy, r.gap))[:10]
+    out += ["## Top trials", "", _table(["trial", "val_accuracy", "gap", "train_accuracy", *keys],
+                                         [[r.number, r.val_accuracy, r.gap, r.train_accuracy, *[r.params.get(k, "—") for k in keys]] for r in top]), ""]
+    failed = [r for r in rows if r.state == "FAIL"]
+    if failed:
+        out += ["## Failed trials", "", _table(["trial", "reason"], [[r.number, r.fail_reason or "interrupted"] for r in failed]), ""]
+    return "\n".join(out)
+
+
+def terminal_summary(study, settings, rows, chosen, met, replay: str, experiment: str) -> str:
+    lines = [f"\nStudy '{study.study_name}': " + ", ".join(
+        f"{sum(r.state == s for r in rows)} {s.lower()}" for s in ("COMPLETE", "PRUNED", "FAIL"))]
+    if chosen is None:
+        return "\n".join(lines + ["No trial has completed yet."])
+    if not met:
+        lines.append(f"No trial met gap <= {settings.epsilon:g}; the closest is trial #{chosen.number}.")
+    lines.append(f"Recommended (trial #{chosen.number}): val_accuracy {chosen.val_accuracy:.4f}, gap {chosen.gap:.4f}")
+    for key, value in chosen.params.items():
+        lines.append(f"  {key:24s} {_fmt(value)}")
+    baseline = next((r for r in complete(rows) if r.baseline), None)
+    if baseline is not None:
+        lines.append(f"Baseline (trial #{baseline.number}):  val_accuracy {baseline.val_accuracy:.4f}, gap {baseline.gap:.4f}")
+    top = sorted(complete(rows), key=lambda r: (r.gap > settings.epsilon, -r.val_accuracy, r.gap))[:5]
+    lines.append("Top trials:   #  val_acc   gap    knobs")
+    for r in top:
+        knobs = " ".join(f"{k.rsplit('.', 1)[-1]}={_fmt(v)}" for k, v in r.params.items())
+        lines.append(f"           {r.number:4d}  {r.val_accuracy:.4f}  {r.gap:+.4f}  {knobs}")
+    lines += ["Replay:", f"  {replay}", f"  {experiment}"]
+    return "\n".join(lines)
+
+
+def report(study: optuna.Study, cfg: DictConfig, parent_run_id: str | None) -> Path:
+    """Writes report.md, its plots and the best-settings config; logs them to the parent run."""
+    from regsweep.sweep import parse_distribution
+
+    # The study's own objective and ε (fixed when it was created) define its answer.
+    recorded = {k: study.user_attrs[k] for k in ("objective", "epsilon") if k in study.user_attrs}
+    settings = OmegaConf.merge(cfg.sweep, recorded)
+    store = Path(cfg.paths.store)
+    out_dir = store / "reports" / study.study_name
+    out_dir.mkdir(parents=True, exist_ok=True)
+    space = {k: parse_distribution(k, v) for k, v in study.user_attrs.get("search_space", {}).items()}
+    rows = trial_rows(study)
+    chosen, met = recommend(rows, settings.epsilon)
+    front = pareto_front(rows)
+    replay = experiment = ""
+    if chosen is not None:
+        replay = replay_command(chosen)
+        config_dir = store / "configs" / "experiment"
+        config_dir.mkdir(parents=True, exist_ok=True)
+        (config_dir / f"{study.study_name}_best.yaml").write_text(best_config(chosen))
+        config_flag = "" if str(cfg.paths.store) == "mlruns" else f"--config-dir {store / 'configs'} "
+        experiment = f"regsweep train {config_flag}+experiment={study.study_name}_best"
+    front_figure(rows, front, chosen, settings.epsilon).savefig(out_dir / "front.png", dpi=110)
+    if space and complete(rows):
+        effects_figure(rows, space).savefig(out_dir / "effects.png", dpi=110)
+    plt.close("all")
+    text = markdown(study, settings, rows, chosen, met, front, importances(study), replay, experiment)
+    (out_dir / "report.md").write_text(text)
+    if parent_run_id is not None:
+        tracking.use_store(cfg.tracking)
+        client = mlflow.MlflowClient()
+        client.log_artifacts(parent_run_id, str(out_dir), artifact_path="report")
+        if chosen is not None:
+            for metric in ("val_accuracy", "gap", "train_accuracy"):
+                client.log_metric(parent_run_id, f"recommended_{metric}", getattr(chosen, metric))
+            client.set_tag(parent_run_id, "regsweep.recommended_trial", str(chosen.number))
+    print(terminal_summary(study, settings, rows, chosen, met, replay, experiment))
+    print(f"Report: {out_dir / 'report.md'}")
+    return out_dir / "report.md"
+
+
+def run(args: list[str]) -> Path:
+    """`regsweep report [study] [overrides]`: rebuilds the report from the stored study."""
+    from regsweep.sweep import prepare
+
+    if args and "=" not in args[0] and not args[0].startswith("-"):
+        args = [f"sweep.study={args[0]}", *args[1:]]
+    sweep = prepare(args)
+    s = sweep.settings
+    try:
+        study = optuna.load_study(study_name=s.study, storage=str(s.storage))
+    except KeyError:
+        raise RegsweepError(
+            f"no study named '{s.study}' in {redact(str(s.storage))}: run `regsweep sweep` first, "
+            "or name an existing study (sweep.study=<name>)"
+        ) from None
+    return report(study, sweep.cfg, study.user_attrs.get("mlflow_parent_run_id"))

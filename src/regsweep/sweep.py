@@ -1,0 +1,443 @@
+"""`regsweep sweep`: an Optuna study over config keys, every trial a nested MLflow run.
+
+Optuna drives the search and Hydra composes each trial from the same tree as
+`regsweep train`, plus the trial's values, so any trial replays with `regsweep train
+<its overrides>`. The study lives in Optuna storage (SQLite under mlruns/ by default) and
+its budget is a total: re-running the same command tops the study up, or only reports.
+"""
+
+from __future__ import annotations
+
+import math
+import sys
+from dataclasses import dataclass
+
+import keras
+import mlflow
+import optuna
+from hydra.core.override_parser.overrides_parser import OverridesParser
+from hydra.core.override_parser.types import ChoiceSweep, IntervalSweep, RangeSweep
+from omegaconf import DictConfig, OmegaConf
+
+from regsweep import tracking, train
+from regsweep.config import RegsweepError, compose, redact
+
+COUNTED = (optuna.trial.TrialState.COMPLETE, optuna.trial.TrialState.PRUNED)
+OBJECTIVES = ("constrained", "pareto")
+SAMPLERS = ("tpe", "random", "nsgaii")
+PRUNERS = ("median", "hyperband", "none")
+STATE_TAG = "regsweep.trial_state"
+
+
+@dataclass
+class Sweep:
+    """Everything a study needs, resolved from the composed `study` config and the CLI."""
+
+    settings: DictConfig  # cfg.sweep
+    space: dict[str, optuna.distributions.BaseDistribution]
+    expressions: dict[str, str]  # the search space as written, for the study's record
+    base_overrides: list[str]  # applied to every trial before its own values
+    cfg: DictConfig  # the composed study config (training settings + sweep)
+
+
+# --- the search space ------------------------------------------------------------------------
+
+
+def parse_distribution(key: str, expression: str) -> optuna.distributions.BaseDistribution:
+    """Hydra sweeper syntax → Optuna distribution.
+
+    interval(a, b) float · tag(log, interval(a, b)) log float · int(interval(a, b)) int ·
+    range(a, b) int from a to b inclusive · range(a, b, step=s) with floats: stepped float ·
+    choice(x, y, …) categorical.
+    """
+    try:
+        sweep = OverridesParser.create().parse_override(f"{key}={expression}").value()
+    except Exception as error:
+        raise RegsweepError(
+            f"sweep.params {key}: {expression!r} is not search-space syntax ({str(error).splitlines()[0]}): "
+            "use interval(a, b), tag(log, interval(a, b)), range(a, b) or choice(x, y)"
+        ) from None
+    log = "log" in getattr(sweep, "tags", set())
+    if isinstance(sweep, ChoiceSweep):
+        return optuna.distributions.CategoricalDistribution(list(sweep.list))
+    if isinstance(sweep, IntervalSweep) and sweep.start < sweep.end:
+        if isinstance(sweep.start, int) and isinstance(sweep.end, int):
+            return optuna.distributions.IntDistribution(sweep.start, sweep.end, log=log)
+        return optuna.distributions.FloatDistribution(float(sweep.start), float(sweep.end), log=log)
+    if isinstance(sweep, RangeSweep) and sweep.start < sweep.stop:
+        if all(isinstance(v, int) for v in (sweep.start, sweep.stop, sweep.step)):
+            return optuna.distributions.IntDistribution(sweep.start, sweep.stop, step=sweep.step, log=log)
+        return optuna.distributions.FloatDistribution(
+            float(sweep.start), float(sweep.stop), step=float(sweep.step), log=log
+        )
+    raise RegsweepError(
+        f"sweep.params {key}: {expression!r} is not a usable search dimension: "
+        "give interval(low, high) or range(low, high) with low < high, or choice(x, y, ...)"
+    )
+
+
+def split_cli_overrides(args: list[str]) -> tuple[list[str], dict[str, str]]:
+    """Separates plain overrides (fixed values) from sweep-syntax ones (searched keys)."""
+    parser = OverridesParser.create()
+    plain, searched = [], {}
+    for arg in args:
+        try:
+            override = parser.parse_override(arg)
+        except Exception:
+            plain.append(arg)  # let composition report it with its own message
+            continue
+        if override.is_sweep_override():
+            searched[override.key_or_group] = arg.split("=", 1)[1]
+        else:
+            plain.append(arg)
+    return plain, searched
+
+
+def prepare(args: list[str]) -> Sweep:
+    """Composes the study config from CLI args and checks the whole sweep before any trial."""
+    plain, searched = split_cli_overrides(args)
+    cfg = compose(plain, config_name="study")
+    settings = cfg.sweep
+    fixed_keys = {a.split("=", 1)[0].lstrip("+~") for a in plain if not a.startswith(("sweep.", "sweep="))}
+    expressions = {k: str(v) for k, v in (settings.params or {}).items() if k not in fixed_keys}
+    expressions.update(searched)
+    check_settings(settings, expressions)
+    space = {key: parse_distribution(key, expression) for key, expression in expressions.items()}
+    fixed = [f"{k}={_format(v)}" for k, v in (settings.fixed or {}).items()]
+    user = [a for a in plain if not a.startswith(("sweep.", "sweep=", "hydra."))]
+    base_overrides = fixed + user
+    base = compose(base_overrides)
+    for key in space:
+        if OmegaConf.select(base, key, default="__missing__") == "__missing__":
+            raise RegsweepError(f"sweep.params {key}: no such config key: check it against `regsweep train --cfg job`")
+    return Sweep(settings, space, expressions, base_overrides, cfg)
+
+
+def check_settings(settings: DictConfig, expressions: dict[str, str]) -> None:
+    if settings.objective not in OBJECTIVES:
+        raise RegsweepError(f"sweep.objective={settings.objective} is unknown: use one of {', '.join(OBJECTIVES)}")
+    if settings.sampler.name not in SAMPLERS:
+        raise RegsweepError(f"sweep.sampler.name={settings.sampler.name} is unknown: use one of {', '.join(SAMPLERS)}")
+    if settings.pruner.name not in PRUNERS:
+        raise RegsweepError(f"sweep.pruner.name={settings.pruner.name} is unknown: use one of {', '.join(PRUNERS)}")
+    if not isinstance(settings.n_trials, int) or settings.n_trials < 1:
+        raise RegsweepError(f"sweep.n_trials={settings.n_trials} must be a positive integer")
+    if not isinstance(settings.epsilon, (int, float)) or settings.epsilon < 0:
+        raise RegsweepError(f"sweep.epsilon={settings.epsilon} must be a number >= 0 (the largest acceptable gap)")
+    if not expressions:
+        raise RegsweepError("the search space is empty: give sweep.params in the sweep file or key=interval(a, b) on the command line")
+
+
+def _format(value) -> str:
+    """A config value as a Hydra override value (floats keep full precision for exact replay)."""
+    if value is None:
+        return "null"
+    if isinstance(value, float):
+        return repr(value)
+    return str(value)
+
+
+# --- the study --------------------------------------------------------------------------------
+
+
+def study_record(sweep: Sweep) -> dict:
+    """What makes two invocations the same study; a mismatch on resume is refused."""
+    s = sweep.settings
+    return {
+        "objective": s.objective,
+        "epsilon": float(s.epsilon),
+        "search_space": sweep.expressions,
+        "base_overrides": sweep.base_overrides,
+    }
+
+
+def open_study(sweep: Sweep) -> optuna.Study:
+    s = sweep.settings
+    constrained = s.objective == "constrained"
+    storage = str(s.storage)
+    if storage.startswith("sqlite:///"):
+        from pathlib import Path
+
+        Path(storage.removeprefix("sqlite:///")).parent.mkdir(parents=True, exist_ok=True)
+    existing = _existing_trials(storage, s.study)
+    study = optuna.create_study(
+        study_name=s.study,
+        storage=storage,
+        directions=["maximize"] if constrained else ["maximize", "minimize"],
+        sampler=make_sampler(s, existing),
+        pruner=make_pruner(s) if constrained else optuna.pruners.NopPruner(),
+        load_if_exists=True,
+    )
+    record = study_record(sweep)
+    previous = {key: study.user_attrs.get(key) for key in record}
+    if existing == 0 and not study.user_attrs:
+        for key, value in record.items():
+            study.set_user_attr(key, value)
+        baseline = baseline_values(sweep)
+        if baseline:
+            study.enqueue_trial(baseline, user_attrs={"baseline": True})
+    elif previous != record:
+        changed = [key for key in record if previous[key] != record[key]]
+        raise RegsweepError(
+            f"study '{s.study}' in {redact(storage)} was started with a different {', '.join(changed)} "
+            f"({'; '.join(f'{k}: {previous[k]}' for k in changed)}): re-run with the original settings, "
+            "or start a new study with sweep.study=<new name>"
+        )
+    return study
+
+
+def _existing_trials(storage: str, name: str) -> int:
+    try:
+        summaries = optuna.get_all_study_summaries(storage)
+    except Exception as error:
+        raise RegsweepError(
+            f"sweep.storage={redact(storage)} cannot be opened ({str(error).splitlines()[0][:200]}): "
+            "check the URL, or leave it unset for the local SQLite file"
+        ) from None
+    return next((summary.n_trials for summary in summaries if summary.study_name == name), 0)
+
+
+def make_sampler(settings: DictConfig, existing_trials: int) -> optuna.samplers.BaseSampler:
+    """TPE and NSGA-II honour each trial's `gap − ε` constraint (Trial.set_constraint)."""
+    # A resumed study must not replay the same random start-up points: offset the seed.
+    seed = None if settings.sampler.seed is None else settings.sampler.seed + existing_trials
+    name = settings.sampler.name
+    if name == "tpe":
+        return optuna.samplers.TPESampler(seed=seed, n_startup_trials=settings.sampler.n_startup_trials)
+    if name == "nsgaii":
+        return optuna.samplers.NSGAIISampler(seed=seed)
+    return optuna.samplers.RandomSampler(seed=seed)
+
+
+def make_pruner(settings: DictConfig) -> optuna.pruners.BasePruner:
+    pruner = settings.pruner
+    if pruner.name == "median":
+        return optuna.pruners.MedianPruner(
+            n_startup_trials=pruner.n_startup_trials, n_warmup_steps=pruner.n_warmup_steps
+        )
+    if pruner.name == "hyperband":
+        return optuna.pruners.HyperbandPruner(min_resource=pruner.get("min_resource", 3))
+    return optuna.pruners.NopPruner()
+
+
+def baseline_values(sweep: Sweep) -> dict:
+    """The searched keys at their un-swept values (your config as given), where in range.
+
+    Enqueued as trial 0, so every report can compare the recommendation with doing nothing.
+    """
+    base = compose(sweep.base_overrides)
+    values = {}
+    for key, distribution in sweep.space.items():
+        value = OmegaConf.select(base, key)
+        if isinstance(distribution, optuna.distributions.CategoricalDistribution):
+            inside = value in distribution.choices
+        else:
+            inside = isinstance(value, (int, float)) and distribution.low <= value <= distribution.high
+        if inside:
+            values[key] = value
+    return values
+
+
+# --- MLflow -----------------------------------------------------------------------------------
+
+
+def parent_run(study: optuna.Study, sweep: Sweep) -> str:
+    """The study's one parent run: found again on resume, created once."""
+    tracking.use_store(sweep.cfg.tracking)
+    client = mlflow.MlflowClient()
+    run_id = study.user_attrs.get("mlflow_parent_run_id")
+    if run_id is not None:
+        try:
+            run = client.get_run(run_id)
+            if run.info.lifecycle_stage == "active":
+                client.update_run(run_id, status="RUNNING")
+                return run_id
+        except mlflow.exceptions.MlflowException:
+            pass  # deleted from the tracking store: start a new parent
+    experiment_id = mlflow.get_experiment_by_name(sweep.cfg.tracking.experiment).experiment_id
+    s = sweep.settings
+    run = client.create_run(
+        experiment_id,
+        run_name=f"study {s.study}",
+        tags={"regsweep.study": s.study, "regsweep.role": "study"},
+    )
+    run_id = run.info.run_id
+    client.log_batch(run_id, params=[
+        mlflow.entities.Param(k, redact(str(v))[:6000]) for k, v in {
+            "sweep.study": s.study, "sweep.objective": s.objective, "sweep.epsilon": s.epsilon,
+            "sweep.n_trials": s.n_trials, "sweep.sampler": s.sampler.name, "sweep.pruner": s.pruner.name,
+            "sweep.storage": s.storage, **{f"search.{k}": v for k, v in sweep.expressions.items()},
+            "base_overrides": " ".join(sweep.base_overrides),
+        }.items()
+    ])
+    client.log_text(run_id, redact(OmegaConf.to_yaml(sweep.cfg.sweep, resolve=True)), "sweep.yaml")
+    study.set_user_attr("mlflow_parent_run_id", run_id)
+    return run_id
+
+
+# --- trials -----------------------------------------------------------------------------------
+
+
+class TrialMonitor(keras.callbacks.Callback):
+    """Per epoch: reports val_accuracy to the pruner and refreshes the progress line."""
+
+    def __init__(self, trial: optuna.Trial, prune: bool, progress: "Progress"):
+        super().__init__()
+        self.trial, self.prune, self.progress = trial, prune, progress
+
+    def on_epoch_end(self, epoch, logs=None):
+        val_accuracy = float((logs or {}).get("val_accuracy", math.nan))
+        self.progress.epoch(epoch + 1, val_accuracy)
+        if self.prune:
+            self.trial.report(val_accuracy, step=epoch)
+            if self.trial.should_prune():
+                raise optuna.TrialPruned(f"pruned at epoch {epoch + 1} (val_accuracy {val_accuracy:.4f})")
+
+
+class Progress:
+    """One live line per trial: trial k/N, knobs, epoch, val accuracy, best so far.
+
+    On a terminal the line updates in place every epoch; in a log, one line per trial.
+    """
+
+    def __init__(self, study: optuna.Study, settings: DictConfig):
+        self.study, self.settings = study, settings
+        self.live = sys.stdout.isatty()
+        self.header = self.best = ""
+
+    def _best(self, just_completed: tuple | None = None) -> str:
+        from regsweep.report import TrialRow, recommend, trial_rows
+
+        rows = trial_rows(self.study)
+        if just_completed is not None:  # not yet COMPLETE in storage while the objective returns
+            number, val_accuracy, gap = just_completed
+            rows.append(TrialRow(number, "COMPLETE", {}, val_accuracy=val_accuracy, gap=gap))
+        chosen, met = recommend(rows, self.settings.epsilon)
+        if chosen is None:
+            return "best: none yet"
+        return f"best #{chosen.number}: val {chosen.val_accuracy:.3f} gap {chosen.gap:.3f}" + ("" if met else " (gap > ε)")
+
+    def start(self, trial: optuna.Trial, label: str) -> None:
+        done = len(self.study.get_trials(deepcopy=False, states=COUNTED))
+        baseline = " baseline" if trial.user_attrs.get("baseline") else ""
+        self.header = f"trial {done + 1}/{self.settings.n_trials} (#{trial.number}{baseline}) {label}"
+        self.best = self._best()
+
+    def epoch(self, epoch: int, val_accuracy: float) -> None:
+        if self.live:
+            print(f"\r{self.header} | epoch {epoch} val {val_accuracy:.3f} | {self.best}\033[K", end="", flush=True)
+
+    def finish(self, state: str, detail: str, just_completed: tuple | None = None) -> None:
+        line = f"{self.header} | {state} {detail} | {self._best(just_completed)}"
+        print(f"\r{line}\033[K" if self.live else line, flush=True)
+
+
+def suggest(trial: optuna.Trial, key: str, distribution: optuna.distributions.BaseDistribution):
+    if isinstance(distribution, optuna.distributions.CategoricalDistribution):
+        return trial.suggest_categorical(key, distribution.choices)
+    if isinstance(distribution, optuna.distributions.IntDistribution):
+        return trial.suggest_int(key, distribution.low, distribution.high, step=distribution.step, log=distribution.log)
+    return trial.suggest_float(key, distribution.low, distribution.high, step=distribution.step, log=distribution.log)
+
+
+def knob_label(values: dict) -> str:
+    """`dropout=0.42 strength=0.61 lr=3.2e-04 unfrozen_blocks=1`: the last key segment and a short value."""
+    def short(value):
+        return f"{value:.3g}" if isinstance(value, float) else str(value)
+
+    return " ".join(f"{key.rsplit('.', 1)[-1]}={short(value)}" for key, value in values.items())
+
+
+def make_objective(sweep: Sweep, parent_run_id: str, progress: Progress):
+    s = sweep.settings
+    constrained = s.objective == "constrained"
+    client = mlflow.MlflowClient()
+    parent_experiment_id = client.get_run(parent_run_id).info.experiment_id
+
+    def objective(trial: optuna.Trial):
+        values = {key: suggest(trial, key, distribution) for key, distribution in sweep.space.items()}
+        overrides = sweep.base_overrides + [f"{key}={_format(value)}" for key, value in values.items()]
+        trial.set_user_attr("overrides", overrides)
+        run_ids: list[str] = []
+
+        def started(run_id: str) -> None:
+            run_ids.append(run_id)
+            trial.set_user_attr("mlflow_run_id", run_id)
+
+        def set_state(state: str) -> None:
+            if run_ids:
+                client.set_tag(run_ids[0], STATE_TAG, state)
+
+        progress.start(trial, knob_label(values))
+        tags = {"regsweep.study": s.study, "regsweep.trial_number": str(trial.number), STATE_TAG: "RUNNING"}
+        try:
+            cfg = compose(overrides)
+            monitor = TrialMonitor(trial, constrained and s.pruner.name != "none", progress)
+            result = train.run(cfg, parent_run_id=parent_run_id, tags=tags,
+                               callbacks=(monitor,), on_run_started=started)
+        except optuna.TrialPruned as pruned:
+            set_state("PRUNED")
+            if run_ids:  # the pruner's stop is a normal end, not a crash
+                client.delete_tag(run_ids[0], "regsweep.error")
+                client.set_terminated(run_ids[0], "FINISHED")
+            progress.finish("PRUNED", str(pruned))
+            raise
+        except Exception as error:
+            reason = tracking.error_summary(error)
+            trial.set_user_attr("fail_reason", reason)
+            if not run_ids:  # failed before training started (bad value, bad data): record it anyway
+                failed = client.create_run(parent_experiment_id, run_name=knob_label(values), tags={
+                    **tags, "mlflow.parentRunId": parent_run_id, "regsweep.error": reason})
+                started(failed.info.run_id)
+                client.set_terminated(failed.info.run_id, "FAILED")
+            set_state("FAIL")
+            progress.finish("FAIL", reason)
+            raise
+        except KeyboardInterrupt:
+            set_state("FAIL")
+            raise
+        metrics = result.metrics
+        for name in ("train_accuracy", "val_accuracy", "gap", "running_train_accuracy"):
+            trial.set_user_attr(name, float(metrics[name]))
+        if constrained:
+            trial.set_constraint("gap", float(metrics["gap"]) - float(s.epsilon))  # feasible when <= 0
+        set_state("COMPLETE")
+        progress.finish("COMPLETE", f"val {metrics['val_accuracy']:.3f} gap {metrics['gap']:.3f}",
+                        just_completed=(trial.number, metrics["val_accuracy"], metrics["gap"]))
+        if constrained:
+            return metrics["val_accuracy"]
+        return metrics["val_accuracy"], metrics["gap"]
+
+    return objective
+
+
+def run(args: list[str]) -> optuna.Study:
+    """Runs (or tops up) the study, then reports."""
+    from regsweep import report
+
+    sweep = prepare(args)
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    study = open_study(sweep)
+    parent_run_id = parent_run(study, sweep)
+    s = sweep.settings
+    done = len(study.get_trials(deepcopy=False, states=COUNTED))
+    remaining = s.n_trials - done
+    if remaining > 0:
+        print(f"Study '{s.study}' ({s.objective}, epsilon {s.epsilon}): {done} of {s.n_trials} trials done, "
+              f"running {remaining} more. Storage: {redact(str(s.storage))}", flush=True)
+        progress = Progress(study, s)
+        try:
+            study.optimize(
+                make_objective(sweep, parent_run_id, progress),
+                n_trials=remaining + s.max_failures,
+                catch=(Exception,),
+                callbacks=[optuna.study.MaxTrialsCallback(s.n_trials, states=COUNTED)],
+            )
+        except KeyboardInterrupt:
+            mlflow.MlflowClient().set_terminated(parent_run_id, "KILLED")
+            raise
+    else:
+        print(f"Study '{s.study}' already has its {s.n_trials} trials; reporting.", flush=True)
+    report.report(study, sweep.cfg, parent_run_id)
+    mlflow.MlflowClient().set_terminated(parent_run_id, "FINISHED")
+    return study

@@ -1,0 +1,202 @@
+"""`regsweep sweep` and `regsweep report` with real Optuna and real MLflow SQLite on the demo."""
+
+from __future__ import annotations
+
+import math
+import subprocess
+import sys
+
+import mlflow
+import optuna
+import pytest
+
+from regsweep import report, sweep, train
+from regsweep.config import RegsweepError
+from regsweep.report import TrialRow, pareto_front, recommend
+
+# Tiny trials: the demo CNN, 2 + 1 epochs, no model files.
+TINY = ["train.epochs=2", "train.fine_tune_epochs=1", "tracking.log_model=false"]
+
+
+def sweep_args(store, *extra):
+    return [f"paths.store={store}", *TINY, *extra]
+
+
+def client(store):
+    return mlflow.MlflowClient(f"sqlite:///{store}/mlflow.db")
+
+
+def runs_of(store):
+    c = client(store)
+    return c.search_runs([c.get_experiment_by_name("regsweep").experiment_id])
+
+
+def parents_and_children(store, study_name):
+    runs = [r for r in runs_of(store) if r.data.tags.get("regsweep.study") == study_name]
+    parents = [r for r in runs if r.data.tags.get("regsweep.role") == "study"]
+    children = [r for r in runs if r.data.tags.get("mlflow.parentRunId")]
+    return parents, children
+
+
+# --- pure rules -------------------------------------------------------------------------------
+
+
+def test_search_space_syntax_maps_to_optuna_distributions():
+    d = optuna.distributions
+    assert sweep.parse_distribution("a", "interval(0.0, 0.7)") == d.FloatDistribution(0.0, 0.7)
+    assert sweep.parse_distribution("a", "tag(log, interval(1e-4, 1e-2))") == d.FloatDistribution(1e-4, 1e-2, log=True)
+    assert sweep.parse_distribution("a", "range(0, 3)") == d.IntDistribution(0, 3)
+    assert sweep.parse_distribution("a", "range(0.0, 1.0, step=0.25)") == d.FloatDistribution(0.0, 1.0, step=0.25)
+    assert sweep.parse_distribution("a", "int(interval(1, 8))") == d.IntDistribution(1, 8)
+    assert sweep.parse_distribution("a", "choice(avg, max)") == d.CategoricalDistribution(["avg", "max"])
+    with pytest.raises(RegsweepError, match=r"sweep.params a: 'interval\(0, 1' is not search-space syntax"):
+        sweep.parse_distribution("a", "interval(0, 1")
+    with pytest.raises(RegsweepError, match="low < high"):
+        sweep.parse_distribution("a", "interval(1.0, 0.5)")
+
+
+def test_recommendation_is_the_most_accurate_trial_within_epsilon_else_the_smallest_gap():
+    rows = [
+        TrialRow(0, "COMPLETE", {}, val_accuracy=0.90, gap=0.20),
+        TrialRow(1, "COMPLETE", {}, val_accuracy=0.80, gap=0.04),
+        TrialRow(2, "COMPLETE", {}, val_accuracy=0.85, gap=0.05),
+        TrialRow(3, "PRUNED", {}),
+        TrialRow(4, "COMPLETE", {}, val_accuracy=0.30, gap=0.00),
+    ]
+    assert recommend(rows, 0.05) == (rows[2], True)
+    chosen, met = recommend(rows[:1], 0.05)
+    assert chosen is rows[0] and not met
+    assert [r.number for r in pareto_front(rows)] == [4, 1, 2, 0]
+    assert [r.number for r in pareto_front(rows + [TrialRow(5, "COMPLETE", {}, val_accuracy=0.8, gap=0.1)])] == [4, 1, 2, 0]
+
+
+# --- real sweeps ------------------------------------------------------------------------------
+
+
+@pytest.mark.slow
+def test_sweep_logs_one_parent_and_a_tagged_child_per_trial_then_reports_and_replays(store, tmp_path):
+    args = sweep_args(store, "sweep.study=main", "sweep.n_trials=4")
+    study = sweep.run(args)
+
+    trials = study.get_trials()
+    assert sum(t.state.name in ("COMPLETE", "PRUNED") for t in trials) == 4
+    assert trials[0].user_attrs["baseline"] and trials[0].params["model.dropout"] == 0.0
+    parents, children = parents_and_children(store, "main")
+    assert len(parents) == 1 and parents[0].info.status == "FINISHED"
+    assert len(children) == len(trials) >= 4
+    by_id = {c.info.run_id: c for c in children}
+    for trial in trials:
+        child = by_id[trial.user_attrs["mlflow_run_id"]]
+        assert child.data.tags["mlflow.parentRunId"] == parents[0].info.run_id
+        assert child.data.tags["regsweep.trial_number"] == str(trial.number)
+        assert child.data.tags["regsweep.trial_state"] == trial.state.name
+        if trial.state.name == "COMPLETE":
+            assert float(child.data.params["model.dropout"]) == pytest.approx(trial.params["model.dropout"])
+            assert child.data.metrics["gap"] == pytest.approx(trial.user_attrs["gap"])
+            assert trial.constraints["gap"] == pytest.approx(trial.user_attrs["gap"] - 0.08)
+
+    # The report: recommended settings, the front, and artifacts on the parent run.
+    chosen, _ = recommend(report.trial_rows(study), 0.08)
+    text = (store / "reports" / "main" / "report.md").read_text()
+    assert "## Recommended settings" in text and f"Trial #{chosen.number}:" in text
+    assert f"| model.dropout | {chosen.params['model.dropout']:.4g} |" in text
+    assert "## Trade-off front" in text and (store / "reports" / "main" / "front.png").is_file()
+    artifacts = {a.path for a in client(store).list_artifacts(parents[0].info.run_id, "report")}
+    assert {"report/report.md", "report/front.png"} <= artifacts
+
+    # Re-running completes nothing new and recommends the same trial.
+    again = sweep.run(args)
+    assert len(again.get_trials()) == len(trials)
+    assert recommend(report.trial_rows(again), 0.08)[0].number == chosen.number
+    assert len(parents_and_children(store, "main")[0]) == 1
+
+    # A different search space under the same name is refused, not mixed in.
+    with pytest.raises(RegsweepError, match="different search_space"):
+        sweep.run([*args, "model.dropout=interval(0.0, 0.9)"])
+
+    # The written best-settings config replays through `regsweep train`.
+    command = [sys.executable, "-c", "from regsweep.cli import main; main()", "train",
+               "--config-dir", str(store / "configs"), "+experiment=main_best", f"paths.store={store}"]
+    replay = subprocess.run(command, capture_output=True, text=True, timeout=600)
+    assert replay.returncode == 0, replay.stderr[-2000:]
+    replayed = [r for r in runs_of(store) if "regsweep.study" not in r.data.tags]
+    assert len(replayed) == 1
+    for key, value in chosen.params.items():
+        assert float(replayed[0].data.params[key]) == pytest.approx(value)
+    assert replayed[0].data.params["train.epochs"] == "2"
+
+
+@pytest.mark.slow
+def test_pareto_mode_runs_two_objectives_without_pruning(store):
+    study = sweep.run(sweep_args(store, "sweep.study=front", "sweep.n_trials=3", "sweep.objective=pareto"))
+    assert len(study.directions) == 2
+    complete = [t for t in study.get_trials() if t.state.name == "COMPLETE"]
+    assert len(complete) == 3
+    assert all(t.values == [t.user_attrs["val_accuracy"], t.user_attrs["gap"]] for t in complete)
+    assert "Pareto" in (store / "reports" / "front" / "report.md").read_text()
+
+
+# A plain value on the command line fixes a key, taking it out of the search space.
+FIX_ALL_BUT_ONE = ["augment.strength=0.0", "model.unfrozen_blocks=0"]
+
+
+def _enqueue(store, name, args, *params):
+    prepared = sweep.prepare(sweep_args(store, f"sweep.study={name}", *args))
+    study = sweep.open_study(prepared)
+    for values in params:
+        study.enqueue_trial(values)
+
+
+@pytest.mark.slow
+def test_a_pruned_trial_shows_as_pruned_in_mlflow(store):
+    args = ["sweep.n_trials=2", *FIX_ALL_BUT_ONE, "model.dropout=0.0", "optim.lr=choice(0.01, 1e-9)", "train.epochs=5",
+            "sweep.pruner.n_startup_trials=1", "sweep.pruner.n_warmup_steps=2"]
+    _enqueue(store, "prune", args, {"optim.lr": 0.01}, {"optim.lr": 1e-9})
+    study = sweep.run(sweep_args(store, "sweep.study=prune", *args))
+    states = [t.state.name for t in study.get_trials()]
+    assert states == ["COMPLETE", "PRUNED"]
+    pruned_run = client(store).get_run(study.get_trials()[1].user_attrs["mlflow_run_id"])
+    assert pruned_run.data.tags["regsweep.trial_state"] == "PRUNED"
+    assert pruned_run.info.status == "FINISHED" and "regsweep.error" not in pruned_run.data.tags
+
+
+@pytest.mark.slow
+def test_a_failing_trial_is_recorded_fail_with_its_reason_and_the_sweep_goes_on(store):
+    args = ["sweep.n_trials=2", *FIX_ALL_BUT_ONE, "optim.lr=0.001", "model.dropout=choice(0.0, 1.5, 0.3)"]
+    # Trial 0 is the enqueued baseline (dropout 0.0, the config as given).
+    _enqueue(store, "fail", args, {"model.dropout": 1.5}, {"model.dropout": 0.3})
+    study = sweep.run(sweep_args(store, "sweep.study=fail", *args))
+    trials = study.get_trials()
+    assert [t.state.name for t in trials] == ["COMPLETE", "FAIL", "COMPLETE"]
+    assert "model.dropout=1.5 is outside [0, 1)" in trials[1].user_attrs["fail_reason"]
+    failed_run = client(store).get_run(trials[1].user_attrs["mlflow_run_id"])
+    assert failed_run.info.status == "FAILED"
+    assert failed_run.data.tags["regsweep.trial_state"] == "FAIL"
+    assert "model.dropout=1.5" in failed_run.data.tags["regsweep.error"]
+    assert "Failed trials" in (store / "reports" / "fail" / "report.md").read_text()
+
+
+@pytest.mark.slow
+def test_an_interrupted_sweep_resumes_to_its_budget_with_one_parent_run(store, monkeypatch):
+    args = sweep_args(store, "sweep.study=resume", "sweep.n_trials=4")
+    real_run, calls = train.run, []
+
+    def interrupted_on_third_trial(*a, **k):
+        calls.append(1)
+        if len(calls) == 3:
+            raise KeyboardInterrupt
+        return real_run(*a, **k)
+
+    monkeypatch.setattr(train, "run", interrupted_on_third_trial)
+    with pytest.raises(KeyboardInterrupt):
+        sweep.run(args)
+    parents, _ = parents_and_children(store, "resume")
+    assert len(parents) == 1 and parents[0].info.status == "KILLED"
+
+    monkeypatch.setattr(train, "run", real_run)
+    study = sweep.run(args)
+    states = [t.state.name for t in study.get_trials()]
+    assert states.count("FAIL") == 1 and sum(s in ("COMPLETE", "PRUNED") for s in states) == 4
+    parents, _ = parents_and_children(store, "resume")
+    assert len(parents) == 1 and parents[0].info.status == "FINISHED"
+    assert all(not math.isnan(t.user_attrs.get("gap", math.nan)) for t in study.get_trials() if t.state.name == "COMPLETE")
