@@ -35,7 +35,9 @@ def test_default_config_uses_the_canonical_knob_keys():
         ("model.weights=/no/such/file.h5", "model.weights=/no/such/file.h5 is not a file"),
         ("model.weights=imagenet", "does not apply to model.backbone=demo_cnn"),
         ("data.flip=diagonal", "data.flip"),
-        ("data.train_dir=/tmp", "data.train_dir and data.val_dir go together"),
+        ("data.train_dir=/tmp", "data.train_dir is set but data=demo is selected: add data=folders"),
+        ("data=folders", "data=folders needs data.train_dir=<folder> and data.val_dir=<folder>"),
+        ("data=split", "data=split needs data.dir=<folder>"),
     ],
 )
 def test_invalid_values_are_rejected_with_a_message_naming_the_key(override, named):

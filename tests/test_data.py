@@ -19,7 +19,7 @@ def data_cfg(*overrides: str):
 def test_mismatched_class_folders_stop_the_run_naming_the_mismatch(tmp_path):
     write_class_folders(tmp_path / "train", 2, classes=("cat", "dog", "fox"))
     write_class_folders(tmp_path / "val", 2, classes=("cat", "dog", "owl"))
-    cfg = data_cfg(f"data.train_dir={tmp_path / 'train'}", f"data.val_dir={tmp_path / 'val'}")
+    cfg = data_cfg("data=folders", f"data.train_dir={tmp_path / 'train'}", f"data.val_dir={tmp_path / 'val'}")
     with pytest.raises(RegsweepError, match="only in train: fox; only in validation: owl"):
         data.resolve_splits(cfg, 32, 0, tmp_path / "store")
 
@@ -27,13 +27,13 @@ def test_mismatched_class_folders_stop_the_run_naming_the_mismatch(tmp_path):
 def test_a_single_class_is_refused(tmp_path):
     write_class_folders(tmp_path / "train", 2, classes=("cat",))
     write_class_folders(tmp_path / "val", 2, classes=("cat",))
-    cfg = data_cfg(f"data.train_dir={tmp_path / 'train'}", f"data.val_dir={tmp_path / 'val'}")
+    cfg = data_cfg("data=folders", f"data.train_dir={tmp_path / 'train'}", f"data.val_dir={tmp_path / 'val'}")
     with pytest.raises(RegsweepError, match="needs at least 2"):
         data.resolve_splits(cfg, 32, 0, tmp_path / "store")
 
 
 def test_missing_folder_is_named(tmp_path):
-    cfg = data_cfg(f"data.train_dir={tmp_path / 'nope'}", f"data.val_dir={tmp_path / 'nope'}")
+    cfg = data_cfg("data=folders", f"data.train_dir={tmp_path / 'nope'}", f"data.val_dir={tmp_path / 'nope'}")
     with pytest.raises(RegsweepError, match=r"data\.train_dir=.*nope is not a folder"):
         data.resolve_splits(cfg, 32, 0, tmp_path / "store")
 
@@ -65,7 +65,7 @@ def test_one_folder_split_is_stratified_seeded_and_disjoint(tmp_path):
 def test_fingerprint_changes_when_an_image_changes(tmp_path):
     write_class_folders(tmp_path / "train", 3, classes=("a", "b"))
     write_class_folders(tmp_path / "val", 2, classes=("a", "b"), seed=1)
-    cfg = data_cfg(f"data.train_dir={tmp_path / 'train'}", f"data.val_dir={tmp_path / 'val'}")
+    cfg = data_cfg("data=folders", f"data.train_dir={tmp_path / 'train'}", f"data.val_dir={tmp_path / 'val'}")
     splits = data.resolve_splits(cfg, 32, 0, tmp_path / "store")
     before = data.fingerprint(splits)
     assert data.fingerprint(splits) == before

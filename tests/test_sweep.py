@@ -200,3 +200,10 @@ def test_an_interrupted_sweep_resumes_to_its_budget_with_one_parent_run(store, m
     parents, _ = parents_and_children(store, "resume")
     assert len(parents) == 1 and parents[0].info.status == "FINISHED"
     assert all(not math.isnan(t.user_attrs.get("gap", math.nan)) for t in study.get_trials() if t.state.name == "COMPLETE")
+
+
+@pytest.mark.slow
+def test_hyperband_pruner_drives_a_study(store):
+    study = sweep.run(sweep_args(store, "sweep.study=hb", "sweep.n_trials=3", "sweep.pruner.name=hyperband"))
+    assert isinstance(study.pruner, optuna.pruners.HyperbandPruner)
+    assert sum(t.state.name in ("COMPLETE", "PRUNED") for t in study.get_trials()) == 3

@@ -74,7 +74,7 @@ def test_unfrozen_blocks_run_both_phases_from_the_trained_head(store):
 
 
 def test_honest_gap_differs_from_running_accuracy_under_heavy_regularization(store):
-    cfg = quick_cfg(store, "model.dropout=0.9", "augment.strength=1.0", "train.epochs=15",
+    cfg = quick_cfg(store, "model.dropout=0.5", "augment.strength=0.5", "train.epochs=15",
                     "tracking.log_model=false")
     metrics = train.run(cfg).metrics
     # Dropout and augmentation depress Keras's running accuracy; the inference-mode one is the real fit.
@@ -85,7 +85,7 @@ def test_a_run_that_crashes_ends_failed_not_running(store, tmp_path):
     write_class_folders(tmp_path / "train", 4, classes=("a", "b"))
     write_class_folders(tmp_path / "val", 2, classes=("a", "b"))
     (tmp_path / "train" / "a" / "broken.png").write_bytes(b"\x89PNG\r\n\x1a\n not really")
-    cfg = quick_cfg(store, f"data.train_dir={tmp_path / 'train'}", f"data.val_dir={tmp_path / 'val'}")
+    cfg = quick_cfg(store, "data=folders", f"data.train_dir={tmp_path / 'train'}", f"data.val_dir={tmp_path / 'val'}")
     with pytest.raises(Exception):
         train.run(cfg)
     assert [r.info.status for r in all_runs(store)] == ["FAILED"]
@@ -110,7 +110,7 @@ MOBILENET_V2 = SHARED_WEIGHTS / "mobilenet_v2_1.0_224_quant_notop.weights.h5"
 def test_mobilenet_v2_with_real_imagenet_weights_file_trains_on_generated_images(store, tmp_path):
     write_class_folders(tmp_path / "images", 12, size=96)
     cfg = quick_cfg(store, "model=mobilenet_v2", f"model.weights={MOBILENET_V2}", "model.image_size=96",
-                    f"data.dir={tmp_path / 'images'}", "data.val_fraction=0.25", "model.unfrozen_blocks=1",
+                    "data=split", f"data.dir={tmp_path / 'images'}", "data.val_fraction=0.25", "model.unfrozen_blocks=1",
                     "train.epochs=4", "tracking.log_model=false")
     result = train.run(cfg)
     run = client(store).get_run(result.run_id)

@@ -101,15 +101,7 @@ def validate(cfg: DictConfig) -> None:
         f"data.val_fraction={data.val_fraction} and data.test_fraction={data.test_fraction} must leave "
         "images for training: use fractions such as 0.2 and 0.1",
     )
-    _check(
-        (data.train_dir is None) == (data.val_dir is None),
-        "data.train_dir and data.val_dir go together: set both (or neither, and use data.dir or the demo)",
-    )
-    _check(
-        data.dir is None or data.train_dir is None,
-        "data.dir and data.train_dir are alternatives: set data.dir to split one folder, "
-        "or data.train_dir and data.val_dir for ready-made splits",
-    )
+    _check_data_source(data)
     _check(train.epochs >= 1, f"train.epochs={train.epochs} must be at least 1")
     _check(
         model.unfrozen_blocks == 0 or train.fine_tune_epochs >= 1,
@@ -131,6 +123,25 @@ def _check_types(cfg: DictConfig) -> None:
         if isinstance(value, bool) or not isinstance(value, wanted):
             kind = "an integer" if key in INTEGER_KEYS else "a number"
             _fail(f"{key}={value} is not {kind}: give {key}=<{kind.split()[-1]}>")
+
+
+DATA_SOURCES = {"demo": (), "folders": ("train_dir", "val_dir"), "split": ("dir",)}
+
+
+def _check_data_source(data: DictConfig) -> None:
+    """Each data source uses its own keys; a folder given to the wrong source is an error, not ignored."""
+    if data.source not in DATA_SOURCES:
+        _fail(f"data.source={data.source} is unknown: choose data=demo, data=folders or data=split")
+    for key in DATA_SOURCES[data.source]:
+        if OmegaConf.is_missing(data, key) or data[key] is None:
+            needed = " and ".join(f"data.{k}=<folder>" for k in DATA_SOURCES[data.source])
+            _fail(f"data={data.source} needs {needed}")
+    for source, keys in DATA_SOURCES.items():
+        stray = [k for k in keys if source != data.source and not OmegaConf.is_missing(data, k) and data[k] is not None]
+        if stray:
+            _fail(f"data.{stray[0]} is set but data={data.source} is selected: add data={source} to use it")
+    if data.source != "folders" and not OmegaConf.is_missing(data, "test_dir") and data.test_dir is not None:
+        _fail(f"data.test_dir is set but data={data.source} is selected: add data=folders to use it")
 
 
 def _check_weights(backbone: str, weights: Any) -> None:

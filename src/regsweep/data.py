@@ -40,13 +40,13 @@ class Datasets:
 
 def resolve_splits(data: DictConfig, image_size: int, seed: int, store: Path) -> Splits:
     """Finds (or makes) the split folders and checks that their classes agree."""
-    if data.train_dir is not None:
+    if data.source == "folders":
         folders = {"train": Path(data.train_dir), "validation": Path(data.val_dir)}
         keys = {"train": "data.train_dir", "validation": "data.val_dir"}
         if data.test_dir is not None:
             folders["test"] = Path(data.test_dir)
             keys["test"] = "data.test_dir"
-    elif data.dir is not None:
+    elif data.source == "split":
         _require_folder(Path(data.dir), "data.dir")
         root = split_folder(Path(data.dir), data.val_fraction, data.test_fraction, seed, Path(store))
         folders = {s: root / s for s in ("train", "validation", "test") if (root / s).is_dir()}

@@ -107,6 +107,30 @@ def importances(study: optuna.Study) -> dict[str, dict[str, float]]:
     return result
 
 
+def caveats(rows: list[TrialRow], chosen: TrialRow | None, met: bool, epsilon: float) -> list[str]:
+    """Plain warnings a user must read before adopting the recommendation."""
+    if chosen is None:
+        return []
+    notes = []
+    done = complete(rows)
+    if not met:
+        most_accurate = max(done, key=lambda r: (r.val_accuracy, -r.gap))
+        notes.append(
+            f"No trial met gap <= {epsilon:g}. Shown instead is the closest, trial #{chosen.number} "
+            f"(gap {chosen.gap:.4f}, val_accuracy {chosen.val_accuracy:.4f}); the most accurate is trial "
+            f"#{most_accurate.number} (val_accuracy {most_accurate.val_accuracy:.4f}, gap {most_accurate.gap:.4f}). "
+            "Consider a larger sweep.epsilon, more trials, or stronger regularization in the search space."
+        )
+    baseline = next((r for r in done if r.baseline), None)
+    if baseline is not None and baseline is not chosen and chosen.val_accuracy < baseline.val_accuracy:
+        notes.append(
+            f"The recommendation gives up {baseline.val_accuracy - chosen.val_accuracy:.4f} of val_accuracy "
+            f"against the baseline (trial #{baseline.number}) to bring the gap from {baseline.gap:.4f} "
+            f"to {chosen.gap:.4f}: adopt it only if that trade is worth it."
+        )
+    return notes
+
+
 def replay_command(row: TrialRow) -> str:
     return "regsweep train " + " ".join(_quote(o) for o in row.overrides)
 
@@ -210,9 +234,7 @@ def markdown(study, settings: DictConfig, rows, chosen, met, front, importance, 
     if chosen is None:
         out += ["No trial has completed yet.", ""]
     else:
-        if not met:
-            out += [f"**No trial met gap ≤ ε = {settings.epsilon:g}.** The closest (smallest gap) is shown below; "
-                    "consider stronger regularization in the search space, more trials, or a larger sweep.epsilon.", ""]
+        out += [f"**{note}**\n" for note in caveats(rows, chosen, met, settings.epsilon)]
         out += [_table(["knob", "value"], [[k, chosen.params.get(k, "—")] for k in keys]), ""]
         out += [f"Trial #{chosen.number}: val_accuracy **{_fmt(chosen.val_accuracy)}**, gap **{_fmt(chosen.gap)}**, "
                 f"train_accuracy {_fmt(chosen.train_accuracy)} (MLflow run `{chosen.run_id}`).", ""]
@@ -245,8 +267,7 @@ def terminal_summary(study, settings, rows, chosen, met, replay: str, experiment
         f"{sum(r.state == s for r in rows)} {s.lower()}" for s in ("COMPLETE", "PRUNED", "FAIL"))]
     if chosen is None:
         return "\n".join(lines + ["No trial has completed yet."])
-    if not met:
-        lines.append(f"No trial met gap <= {settings.epsilon:g}; the closest is trial #{chosen.number}.")
+    lines += [f"Note: {note}" for note in caveats(rows, chosen, met, settings.epsilon)]
     lines.append(f"Recommended (trial #{chosen.number}): val_accuracy {chosen.val_accuracy:.4f}, gap {chosen.gap:.4f}")
     for key, value in chosen.params.items():
         lines.append(f"  {key:24s} {_fmt(value)}")
