@@ -120,3 +120,11 @@ def test_mobilenet_v2_with_real_imagenet_weights_file_trains_on_generated_images
     assert np.abs(np.asarray(backbone.get_layer("bn_Conv1").beta)).max() > 0
     # Real ImageNet features separate circles, squares and stripes far above chance (1/3).
     assert result.metrics["val_accuracy"] >= 0.7
+
+
+def test_a_run_replays_exactly_with_augmentation_on(store):
+    """A sweep's promise: `regsweep train <a trial's overrides>` reproduces that trial."""
+    overrides = ("model.dropout=0.4", "augment.strength=0.7", "train.epochs=4", "tracking.log_model=false")
+    first = train.run(quick_cfg(store, *overrides)).metrics
+    second = train.run(quick_cfg(store, *overrides)).metrics
+    assert first == second

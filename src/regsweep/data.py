@@ -227,7 +227,9 @@ def make_datasets(splits: Splits, image_size: int, batch_size: int, augmenter, s
     n_train = sum(len(image_files(splits.train, c)) for c in splits.class_names)
     train = train_images.shuffle(n_train, seed=seed, reshuffle_each_iteration=True).batch(batch_size)
     if augmenter is not None:
-        train = train.map(lambda x, y: (augmenter(x, training=True), y), num_parallel_calls=tf.data.AUTOTUNE)
+        # Sequential on purpose: the augmentation layers draw from one seeded random state, and
+        # parallel calls would consume it in a varying order, so a trial would not replay.
+        train = train.map(lambda x, y: (augmenter(x, training=True), y))
     return Datasets(
         train=train.prefetch(tf.data.AUTOTUNE),
         train_eval=train_images.batch(batch_size).prefetch(tf.data.AUTOTUNE),

@@ -11,6 +11,7 @@ from __future__ import annotations
 import math
 import sys
 from dataclasses import dataclass
+from pathlib import Path
 
 import keras
 import mlflow
@@ -19,8 +20,8 @@ from hydra.core.override_parser.overrides_parser import OverridesParser
 from hydra.core.override_parser.types import ChoiceSweep, IntervalSweep, RangeSweep
 from omegaconf import DictConfig, OmegaConf
 
-from regsweep import tracking, train
-from regsweep.config import RegsweepError, compose, redact
+from regsweep import data, tracking, train
+from regsweep.config import RegsweepError, compose, redact, validate
 
 COUNTED = (optuna.trial.TrialState.COMPLETE, optuna.trial.TrialState.PRUNED)
 OBJECTIVES = ("constrained", "pareto")
@@ -37,6 +38,7 @@ class Sweep:
     space: dict[str, optuna.distributions.BaseDistribution]
     expressions: dict[str, str]  # the search space as written, for the study's record
     base_overrides: list[str]  # applied to every trial before its own values
+    base: DictConfig  # the training config every trial starts from
     cfg: DictConfig  # the composed study config (training settings + sweep)
 
 
@@ -110,7 +112,10 @@ def prepare(args: list[str]) -> Sweep:
     for key in space:
         if OmegaConf.select(base, key, default="__missing__") == "__missing__":
             raise RegsweepError(f"sweep.params {key}: no such config key: check it against `regsweep train --cfg job`")
-    return Sweep(settings, space, expressions, base_overrides, cfg)
+    # Bad settings or data stop here, before a study or an MLflow run exists.
+    validate(base)
+    data.resolve_splits(base.data, base.model.image_size, base.train.seed, Path(base.paths.store))
+    return Sweep(settings, space, expressions, base_overrides, base, cfg)
 
 
 def check_settings(settings: DictConfig, expressions: dict[str, str]) -> None:
@@ -156,8 +161,6 @@ def open_study(sweep: Sweep) -> optuna.Study:
     constrained = s.objective == "constrained"
     storage = str(s.storage)
     if storage.startswith("sqlite:///"):
-        from pathlib import Path
-
         Path(storage.removeprefix("sqlite:///")).parent.mkdir(parents=True, exist_ok=True)
     existing = _existing_trials(storage, s.study)
     study = optuna.create_study(
@@ -225,10 +228,9 @@ def baseline_values(sweep: Sweep) -> dict:
 
     Enqueued as trial 0, so every report can compare the recommendation with doing nothing.
     """
-    base = compose(sweep.base_overrides)
     values = {}
     for key, distribution in sweep.space.items():
-        value = OmegaConf.select(base, key)
+        value = OmegaConf.select(sweep.base, key)
         if isinstance(distribution, optuna.distributions.CategoricalDistribution):
             inside = value in distribution.choices
         else:
