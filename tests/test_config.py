@@ -90,3 +90,13 @@ def test_cli_without_command_prints_usage_and_unknown_command_exits_2():
     assert "regsweep train" in regsweep().stdout
     unknown = regsweep("trian")
     assert unknown.returncode == 2 and "unknown command 'trian'" in unknown.stderr
+
+
+def test_sweep_cli_explains_bad_study_settings_and_prints_its_help(tmp_path):
+    bad = regsweep("sweep", "sweep.objective=fastest", f"paths.store={tmp_path}")
+    assert bad.returncode == 2 and "Traceback" not in bad.stderr
+    assert "regsweep: error: sweep.objective=fastest is unknown: use one of constrained, pareto" in bad.stderr
+    assert not (tmp_path / "optuna.db").exists()
+    assert "sweeps/<name>.yaml" in regsweep("sweep", "--help").stdout
+    job = regsweep("sweep", "--cfg", "job", "sweep.n_trials=7")
+    assert "n_trials: 7" in job.stdout and "model.dropout: interval(0.0, 0.7)" in job.stdout

@@ -74,9 +74,12 @@ def test_recommendation_is_the_most_accurate_trial_within_epsilon_else_the_small
 
 
 @pytest.mark.slow
-def test_sweep_logs_one_parent_and_a_tagged_child_per_trial_then_reports_and_replays(store, tmp_path):
+def test_sweep_logs_one_parent_and_a_tagged_child_per_trial_then_reports_and_replays(store, capsys):
     args = sweep_args(store, "sweep.study=main", "sweep.n_trials=4")
     study = sweep.run(args)
+    printed = capsys.readouterr().out
+    assert "trial 1/4 (#0 baseline) dropout=0 strength=0 lr=0.001 unfrozen_blocks=0 | COMPLETE val" in printed
+    assert "trial 4/4" in printed and "Recommended (trial #" in printed
 
     trials = study.get_trials()
     assert sum(t.state.name in ("COMPLETE", "PRUNED") for t in trials) == 4
@@ -115,15 +118,16 @@ def test_sweep_logs_one_parent_and_a_tagged_child_per_trial_then_reports_and_rep
         sweep.run([*args, "model.dropout=interval(0.0, 0.9)"])
 
     # The written best-settings config replays through `regsweep train`.
-    command = [sys.executable, "-c", "from regsweep.cli import main; main()", "train",
-               "--config-dir", str(store / "configs"), "+experiment=main_best", f"paths.store={store}"]
-    replay = subprocess.run(command, capture_output=True, text=True, timeout=600)
+    # As the README says: from the folder holding mlruns/, `regsweep train +experiment=<study>_best`.
+    command = [sys.executable, "-c", "from regsweep.cli import main; main()", "train", "+experiment=main_best"]
+    replay = subprocess.run(command, cwd=store.parent, capture_output=True, text=True, timeout=600)
     assert replay.returncode == 0, replay.stderr[-2000:]
     replayed = [r for r in runs_of(store) if "regsweep.study" not in r.data.tags]
     assert len(replayed) == 1
     for key, value in chosen.params.items():
         assert float(replayed[0].data.params[key]) == pytest.approx(value)
     assert replayed[0].data.params["train.epochs"] == "2"
+    assert replayed[0].data.metrics["val_accuracy"] == pytest.approx(chosen.val_accuracy)  # replays exactly
 
 
 @pytest.mark.slow

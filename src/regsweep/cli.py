@@ -1,8 +1,9 @@
-"""The `regsweep` command: `regsweep train [hydra overrides]`.
+"""The `regsweep` command: `train`, `sweep` and `report`.
 
-Hydra owns the argument parsing of each subcommand, so `--help`, `--cfg job` and `-m`
-(multirun) work as Hydra users expect. Bad input the user can fix is reported as one sentence
-with exit code 2; `--verbose` (or HYDRA_FULL_ERROR=1) shows the traceback as well.
+`train` is a Hydra app, so `--help`, `--cfg job` and `-m` (multirun) work as Hydra users
+expect. `sweep` and `report` compose the same config tree with Hydra's compose API, because
+Optuna, not Hydra, decides what runs next. Bad input the user can fix is reported as one
+sentence with exit code 2; `--verbose` (or HYDRA_FULL_ERROR=1) shows the traceback as well.
 """
 
 from __future__ import annotations
@@ -37,7 +38,8 @@ of the study's MLflow parent run. The budget sweep.n_trials is the study's total
 the same command tops it up, or only prints the report.
 
   sweep.n_trials=40 sweep.epsilon=0.05 sweep.objective=pareto   study settings
-  data.train_dir=... model=mobilenet_v2 model.dropout=0.3       fixed for every trial
+  model=mobilenet_v2 data=folders data.train_dir=... data.val_dir=...
+  model.dropout=0.3                                              fixed for every trial
   model.dropout='interval(0.1, 0.6)' 'optim.lr=tag(log, interval(1e-5, 1e-3))'
   model.unfrozen_blocks='range(0, 4)' model.pooling='choice(avg, max)'
                                                                  searched (added to the space)
@@ -90,9 +92,9 @@ def _sweep_command(args: list[str]) -> None:
     if args[:2] == ["--cfg", "job"]:
         from omegaconf import OmegaConf
 
-        from regsweep.config import compose
+        from regsweep.config import compose_study
 
-        print(OmegaConf.to_yaml(compose(args[2:], config_name="study")), end="")
+        print(OmegaConf.to_yaml(compose_study(args[2:])), end="")
         return
     _import_tensorflow_quietly()
     from regsweep import sweep

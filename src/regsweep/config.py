@@ -24,8 +24,8 @@ class RegsweepError(Exception):
     """Bad input the user can fix: shown as one sentence, exit code 2, no traceback."""
 
 
-def compose(overrides: list[str] | None = None, config_name: str = "config") -> DictConfig:
-    """The config `regsweep train <overrides>` would run with ("study" adds a sweep definition).
+def compose(overrides: list[str] | None = None) -> DictConfig:
+    """The config `regsweep train <overrides>` would run with.
 
     Sweep trials and `regsweep train` compose from the same tree, so every trial can be
     replayed with `regsweep train <its overrides>`. Bad overrides raise RegsweepError.
@@ -38,11 +38,27 @@ def compose(overrides: list[str] | None = None, config_name: str = "config") -> 
     register_sweeps()
     try:
         if GlobalHydra.instance().is_initialized():
-            return hydra_compose(config_name=config_name, overrides=list(overrides or []))
+            return hydra_compose(config_name="config", overrides=list(overrides or []))
         with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3", job_name="train"):
-            return hydra_compose(config_name=config_name, overrides=list(overrides or []))
+            return hydra_compose(config_name="config", overrides=list(overrides or []))
     except HydraException as error:
         raise RegsweepError(f"{_first_line(error)}: check the spelling against `regsweep train --cfg job`") from error
+
+
+DEFAULT_SWEEP = "regularization"
+
+
+def compose_study(overrides: list[str]) -> DictConfig:
+    """The training config plus one sweep definition under `sweep` (`sweep=<name>` picks it).
+
+    config.yaml stays the primary config, as in `regsweep train`; the sweep group is appended.
+    """
+    choice = next((o.split("=", 1)[1] for o in overrides if o.startswith("sweep=")), DEFAULT_SWEEP)
+    rest = [o for o in overrides if not o.startswith("sweep=")]
+    if not (SWEEPS_DIR / f"{choice}.yaml").is_file():
+        known = ", ".join(p.stem for p in sorted(SWEEPS_DIR.glob("*.yaml")))
+        raise RegsweepError(f"sweep={choice}: no file sweeps/{choice}.yaml; the sweeps are: {known}")
+    return compose([f"+sweep={choice}", *rest])
 
 
 def _first_line(error: Exception) -> str:

@@ -21,7 +21,7 @@ from hydra.core.override_parser.types import ChoiceSweep, IntervalSweep, RangeSw
 from omegaconf import DictConfig, OmegaConf
 
 from regsweep import data, tracking, train
-from regsweep.config import RegsweepError, compose, redact, validate
+from regsweep.config import RegsweepError, compose, compose_study, redact, validate
 
 COUNTED = (optuna.trial.TrialState.COMPLETE, optuna.trial.TrialState.PRUNED)
 OBJECTIVES = ("constrained", "pareto")
@@ -39,7 +39,7 @@ class Sweep:
     expressions: dict[str, str]  # the search space as written, for the study's record
     base_overrides: list[str]  # applied to every trial before its own values
     base: DictConfig  # the training config every trial starts from
-    cfg: DictConfig  # the composed study config (training settings + sweep)
+    cfg: DictConfig  # the training settings plus the sweep definition under `sweep`
 
 
 # --- the search space ------------------------------------------------------------------------
@@ -98,7 +98,7 @@ def split_cli_overrides(args: list[str]) -> tuple[list[str], dict[str, str]]:
 def prepare(args: list[str]) -> Sweep:
     """Composes the study config from CLI args and checks the whole sweep before any trial."""
     plain, searched = split_cli_overrides(args)
-    cfg = compose(plain, config_name="study")
+    cfg = compose_study(plain)
     settings = cfg.sweep
     fixed_keys = {a.split("=", 1)[0].lstrip("+~") for a in plain if not a.startswith(("sweep.", "sweep="))}
     expressions = {k: str(v) for k, v in (settings.params or {}).items() if k not in fixed_keys}
