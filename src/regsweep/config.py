@@ -7,6 +7,7 @@ or any model is built, so a typo costs seconds, not a training run.
 from __future__ import annotations
 
 import re
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -14,6 +15,10 @@ from omegaconf import DictConfig, OmegaConf
 
 CONF_DIR = Path(__file__).resolve().parents[2] / "conf"
 SWEEPS_DIR = CONF_DIR.parent / "sweeps"
+
+# config.yaml searches mlruns/configs for the best settings a report writes; until a first
+# report exists the folder is missing, which is normal and not worth a warning per trial.
+warnings.filterwarnings("ignore", message=r"provider=hydra\.searchpath.*mlruns/configs is not available")
 
 FLIPS = ("none", "horizontal", "vertical", "horizontal_and_vertical")
 POOLINGS = ("avg", "max", "flatten")
