@@ -35,7 +35,6 @@ class Datasets:
     train: "tf.data.Dataset"  # noqa: F821 - shuffled and augmented, for fitting
     train_eval: "tf.data.Dataset"  # noqa: F821 - the same images, un-augmented, in order
     val: "tf.data.Dataset"  # noqa: F821
-    class_names: tuple[str, ...]
 
 
 def resolve_splits(data: DictConfig, image_size: int, seed: int, store: Path) -> Splits:
@@ -224,8 +223,7 @@ def make_datasets(splits: Splits, image_size: int, batch_size: int, augmenter, s
 
     train_images = load_folder(splits.train, splits.class_names, image_size)
     val_images = load_folder(splits.val, splits.class_names, image_size)
-    n_train = sum(len(image_files(splits.train, c)) for c in splits.class_names)
-    train = train_images.shuffle(n_train, seed=seed, reshuffle_each_iteration=True).batch(batch_size)
+    train = train_images.shuffle(int(train_images.cardinality()), seed=seed, reshuffle_each_iteration=True).batch(batch_size)
     if augmenter is not None:
         # Sequential on purpose: the augmentation layers draw from one seeded random state, and
         # parallel calls would consume it in a varying order, so a trial would not replay.
@@ -234,5 +232,4 @@ def make_datasets(splits: Splits, image_size: int, batch_size: int, augmenter, s
         train=train.prefetch(tf.data.AUTOTUNE),
         train_eval=train_images.batch(batch_size).prefetch(tf.data.AUTOTUNE),
         val=val_images.batch(batch_size).prefetch(tf.data.AUTOTUNE),
-        class_names=splits.class_names,
     )

@@ -22,9 +22,10 @@ import optuna  # noqa: E402
 from omegaconf import DictConfig, OmegaConf  # noqa: E402
 
 from regsweep import tracking  # noqa: E402
-from regsweep.config import RegsweepError, redact  # noqa: E402
+from regsweep.config import CONF_DIR, RegsweepError, compose_study, redact  # noqa: E402
 
-GROUPS = ("data", "model", "train", "tracking")  # config groups: replayed as defaults overrides
+# Config groups (the folders of conf/): an override of one becomes a defaults-list entry.
+GROUPS = frozenset(p.name for p in CONF_DIR.iterdir() if p.is_dir())
 
 
 @dataclass
@@ -325,13 +326,14 @@ def report(study: optuna.Study, cfg: DictConfig, parent_run_id: str | None) -> P
 
 
 def run(args: list[str]) -> Path:
-    """`regsweep report [study] [overrides]`: rebuilds the report from the stored study."""
-    from regsweep.sweep import prepare
+    """`regsweep report [study] [overrides]`: rebuilds the report from the stored study.
 
+    It needs only where the study and the runs are stored, not the data or a search space.
+    """
     if args and "=" not in args[0] and not args[0].startswith("-"):
         args = [f"sweep.study={args[0]}", *args[1:]]
-    sweep = prepare(args)
-    s = sweep.settings
+    cfg = compose_study(args)
+    s = cfg.sweep
     try:
         study = optuna.load_study(study_name=s.study, storage=str(s.storage))
     except KeyError:
@@ -339,4 +341,4 @@ def run(args: list[str]) -> Path:
             f"no study named '{s.study}' in {redact(str(s.storage))}: run `regsweep sweep` first, "
             "or name an existing study (sweep.study=<name>)"
         ) from None
-    return report(study, sweep.cfg, study.user_attrs.get("mlflow_parent_run_id"))
+    return report(study, cfg, study.user_attrs.get("mlflow_parent_run_id"))
