@@ -35,6 +35,7 @@ class Datasets:
     train: "tf.data.Dataset"  # noqa: F821 - shuffled and augmented, for fitting
     train_eval: "tf.data.Dataset"  # noqa: F821 - the same images, un-augmented, in order
     val: "tf.data.Dataset"  # noqa: F821
+    train_steps: int | None = None  # set when `train` is endless (one iterator for a whole fit)
 
 
 def resolve_splits(data: DictConfig, image_size: int, seed: int, store: Path) -> Splits:
@@ -110,15 +111,36 @@ def image_files(folder: Path, class_name: str) -> list[Path]:
 def fingerprint(splits: Splits) -> str:
     """A hash of every file's split, class, name and content: changes when any image does."""
     digest = hashlib.sha256()
-    parts = {"train": splits.train, "validation": splits.val, "test": splits.test}
-    for split, folder in parts.items():
-        if folder is None:
-            continue
-        for class_name in splits.class_names:
-            for path in image_files(folder, class_name):
-                digest.update(f"{split}/{class_name}/{path.name}\0".encode())
-                digest.update(hashlib.sha256(path.read_bytes()).digest())
+    for split, folder in (("train", splits.train), ("validation", splits.val), ("test", splits.test)):
+        if folder is not None:
+            digest.update(f"{split}:{folder_fingerprint(folder, splits.class_names)}\0".encode())
     return digest.hexdigest()[:16]
+
+
+def folder_fingerprint(folder: Path, class_names: tuple[str, ...]) -> str:
+    """A hash of one split's class names, file names and file contents."""
+    digest = hashlib.sha256()
+    for class_name in class_names:
+        for path in image_files(folder, class_name):
+            digest.update(f"{class_name}/{path.name}\0".encode())
+            digest.update(_content_hash(path))
+    return digest.hexdigest()[:16]
+
+
+_CONTENT_HASHES: dict[tuple, bytes] = {}
+
+
+def _content_hash(path: Path) -> bytes:
+    """sha256 of a file, remembered per (path, size, mtime, inode) so trials don't re-read images.
+
+    Content, not timestamps, decides: copying or touching an unchanged image keeps every
+    cache entry built from it; editing a single byte changes the fingerprint.
+    """
+    stat = path.stat()
+    key = (str(path.resolve()), stat.st_size, stat.st_mtime_ns, stat.st_ino)
+    if key not in _CONTENT_HASHES:
+        _CONTENT_HASHES[key] = hashlib.sha256(path.read_bytes()).digest()
+    return _CONTENT_HASHES[key]
 
 
 def split_folder(root: Path, val_fraction: float, test_fraction: float, seed: int, store: Path) -> Path:
@@ -172,24 +194,59 @@ def publish_folder(staging: Path, final: Path) -> None:
 
 
 def load_folder(folder: Path, class_names: tuple[str, ...], image_size: int) -> "tf.data.Dataset":  # noqa: F821
-    """Decoded, resized (image, label) pairs in file order, cached in memory after the first pass.
+    """Decoded, resized (image, label) pairs in file order, as float32 0–255 RGB.
 
     Images are converted to 3-channel RGB whatever their mode (grayscale, RGBA, palette).
     """
-    import keras
+    import tensorflow as tf
 
+    images, labels = load_images(folder, class_names, image_size)
+    return tf.data.Dataset.from_tensor_slices((images, labels)).map(_to_float, num_parallel_calls=tf.data.AUTOTUNE)
+
+
+_DECODED: dict[tuple, tuple[np.ndarray, np.ndarray]] = {}
+_DECODED_KEPT = 4  # folders: enough for train, validation and test of one dataset
+
+
+def load_images(folder: Path, class_names: tuple[str, ...], image_size: int) -> tuple[np.ndarray, np.ndarray]:
+    """All images of a split as one uint8 array (N, size, size, 3) and int32 labels, in file order.
+
+    Keras's loader decodes and resizes in parallel inside tf.data; the result is kept per
+    process (keyed by the folder's content fingerprint), so the trials of a sweep decode each
+    image once, and uint8 keeps that four times smaller than float.
+    """
+    import keras
+    import tensorflow as tf
+
+    key = (str(folder.resolve()), folder_fingerprint(folder, class_names), image_size)
+    if key in _DECODED:
+        _DECODED[key] = _DECODED.pop(key)  # most recently used last
+        return _DECODED[key]
     dataset = keras.utils.image_dataset_from_directory(
         folder,
         labels="inferred",
         label_mode="int",
         class_names=list(class_names),
         color_mode="rgb",
-        batch_size=None,
+        batch_size=256,
         image_size=(image_size, image_size),
         shuffle=False,
         verbose=False,
-    )
-    return dataset.cache()
+    ).map(lambda x, y: (tf.cast(tf.round(tf.clip_by_value(x, 0, 255)), tf.uint8), tf.cast(y, tf.int32)),
+          num_parallel_calls=tf.data.AUTOTUNE)
+    batches = list(dataset.as_numpy_iterator())
+    images = np.concatenate([x for x, _ in batches]) if batches else np.zeros((0, image_size, image_size, 3), np.uint8)
+    labels = np.concatenate([y for _, y in batches]) if batches else np.zeros((0,), np.int32)
+    _DECODED[key] = (images, labels)
+    while len(_DECODED) > _DECODED_KEPT:
+        _DECODED.pop(next(iter(_DECODED)))
+    return images, labels
+
+
+def _to_float(images, labels):
+    import tensorflow as tf
+
+    return tf.cast(images, tf.float32), labels
 
 
 def build_augmenter(strength: float, flip: str, augment: DictConfig, seed: int):
@@ -218,12 +275,14 @@ def build_augmenter(strength: float, flip: str, augment: DictConfig, seed: int):
 
 
 def make_datasets(splits: Splits, image_size: int, batch_size: int, augmenter, seed: int) -> Datasets:
-    """The training stream (shuffled each epoch, augmented) and the un-augmented evaluation sets."""
+    """Online pipelines on decoded images: the training stream (reshuffled and augmented every
+    epoch) and the un-augmented evaluation sets. Used when the feature cache is off."""
     import tensorflow as tf
 
     train_images = load_folder(splits.train, splits.class_names, image_size)
     val_images = load_folder(splits.val, splits.class_names, image_size)
-    train = train_images.shuffle(int(train_images.cardinality()), seed=seed, reshuffle_each_iteration=True).batch(batch_size)
+    size = len(load_images(splits.train, splits.class_names, image_size)[1])
+    train = train_images.shuffle(size, seed=seed, reshuffle_each_iteration=True).batch(batch_size)
     if augmenter is not None:
         # Sequential on purpose: the augmentation layers draw from one seeded random state, and
         # parallel calls would consume it in a varying order, so a trial would not replay.
