@@ -63,3 +63,28 @@ def test_missing_imagenet_weights_explain_where_to_put_the_file(tmp_path, monkey
     assert "mobilenet_v2_weights_tf_dim_ordering_tf_kernels_1.0_96_no_top.h5" in message
     assert str(tmp_path / "models") in message
     assert "model.weights=<path>" in message
+
+
+@pytest.mark.parametrize("backbone, unfrozen", [
+    ("demo_cnn", 0), ("demo_cnn", 1), ("demo_cnn", 3), ("mobilenet_v2", 0), ("mobilenet_v2", 3),
+    ("vgg16", 1), ("efficientnet_b0", 2), ("resnet50", 1),
+])
+def test_prefix_then_suffix_then_head_equals_the_whole_classifier(backbone, unfrozen):
+    """The feature cache trains suffix + head on prefix outputs: that must be the same function."""
+    import numpy as np
+
+    base = models.load_backbone(backbone, 32, None)
+    classifier = models.build_classifier(backbone, base, 3, "avg", 8, 0.0, seed=0)
+    prefix, suffix = models.split_backbone(backbone, base, unfrozen)
+    on_features = models.build_feature_classifier(classifier, suffix, prefix.output_shape[1:])
+    images = np.random.default_rng(0).uniform(0, 255, (4, 32, 32, 3)).astype("float32")
+    np.testing.assert_allclose(
+        on_features.predict(prefix.predict(images, verbose=0), verbose=0),
+        classifier.predict(images, verbose=0), rtol=1e-5, atol=1e-6,
+    )
+    assert (suffix is None) == (unfrozen == 0)
+    if suffix is not None:  # the cut is a block boundary: the suffix holds exactly the top blocks
+        top = set(models.BACKBONES[backbone].blocks[-unfrozen:])
+        owners = models.block_layers(base, backbone)
+        expected = {layer.name for block in top for layer in owners[block]}
+        assert {layer.name for layer in suffix.layers if not isinstance(layer, keras.layers.InputLayer)} == expected

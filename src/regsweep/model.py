@@ -166,6 +166,48 @@ def unfreeze_top_blocks(base: keras.Model, backbone: str, n: int) -> list[str]:
     return unfrozen
 
 
+def cut_layer(base: keras.Model, backbone: str, unfrozen_blocks: int) -> str:
+    """The layer whose output is the last frozen tensor: the top of the stem or of a block.
+
+    With 0 unfrozen blocks that is the backbone's output; with all blocks unfrozen, the stem's.
+    """
+    names = BACKBONES[backbone].blocks
+    layers_by_block = block_layers(base, backbone)
+    frozen = ["", *names[: len(names) - unfrozen_blocks]]
+    return next(layers_by_block[b][-1].name for b in reversed(frozen) if layers_by_block[b])
+
+
+def split_backbone(backbone: str, base: keras.Model, unfrozen_blocks: int) -> tuple[keras.Model, keras.Model | None]:
+    """The frozen prefix (raw 0–255 images → cut tensor, preprocessing included) and the
+    trainable suffix (cut tensor → backbone output; None when nothing is unfrozen).
+
+    Both share their layers with `base`, so training the suffix trains the backbone that the
+    full classifier (the one logged to MLflow) uses.
+    """
+    cut = base.get_layer(cut_layer(base, backbone, unfrozen_blocks)).output
+    trunk = keras.Model(base.input, cut, name=f"{backbone}_prefix_trunk")
+    inputs = keras.Input(base.input_shape[1:], name="image")
+    prefix = keras.Model(inputs, trunk(BackbonePreprocess(backbone)(inputs), training=False), name=f"{backbone}_prefix")
+    suffix = None if unfrozen_blocks == 0 else keras.Model(cut, base.output, name=f"{backbone}_suffix")
+    return prefix, suffix
+
+
+HEAD_LAYERS = ("head_pool", "head_dense", "head_dropout", "predictions")
+
+
+def build_feature_classifier(classifier: keras.Model, suffix: keras.Model | None, feature_shape: tuple) -> keras.Model:
+    """cached prefix features → suffix (inference mode) → the classifier's own head layers.
+
+    Training this model trains `classifier` too (the layers are shared), without running the
+    frozen prefix again.
+    """
+    inputs = keras.Input(feature_shape, name="features")
+    x = inputs if suffix is None else suffix(inputs, training=False)
+    for name in HEAD_LAYERS:
+        x = classifier.get_layer(name)(x)
+    return keras.Model(inputs, x, name=f"{classifier.name}_on_features")
+
+
 def build_classifier(
     backbone: str,
     base: keras.Model,
