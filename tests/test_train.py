@@ -122,9 +122,18 @@ def test_mobilenet_v2_with_real_imagenet_weights_file_trains_on_generated_images
     assert result.metrics["val_accuracy"] >= 0.7
 
 
-def test_a_run_replays_exactly_with_augmentation_on(store):
-    """A sweep's promise: `regsweep train <a trial's overrides>` reproduces that trial."""
-    overrides = ("model.dropout=0.4", "augment.strength=0.7", "train.epochs=4", "tracking.log_model=false")
+@pytest.mark.parametrize("cache", ["on", "off"])
+def test_a_run_replays_exactly_with_augmentation_on(store, cache):
+    """A sweep's promise: `regsweep train <a trial's overrides>` reproduces that trial,
+    whether it reads cached augmented views or augments online."""
+    overrides = ("model.dropout=0.4", "augment.strength=0.7", "model.unfrozen_blocks=1", "train.epochs=4",
+                 "tracking.log_model=false", f"cache={cache}")
     first = train.run(quick_cfg(store, *overrides)).metrics
     second = train.run(quick_cfg(store, *overrides)).metrics
-    assert first == second
+    if cache == "on":
+        assert (first["cache_misses"], second["cache_hits"], second["cache_misses"]) == (6, 6, 0)
+
+    def results(metrics):
+        return {k: v for k, v in metrics.items() if not k.startswith(("seconds_", "cache_"))}
+
+    assert results(first) == results(second)

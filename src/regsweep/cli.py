@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import os
 import sys
+import time
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")  # TensorFlow's C++ start-up chatter
 
@@ -26,6 +27,7 @@ commands:
   sweep    an Optuna study over the knobs: every trial a nested MLflow run, then the report
            (regsweep sweep --help)
   report   rebuild the report of a stored study: regsweep report [study] [overrides]
+  cache    the frozen-prefix feature cache: regsweep cache info | regsweep cache clear
 
 add --verbose to see the Python traceback behind an error.
 """
@@ -63,6 +65,18 @@ def _import_tensorflow_quietly() -> None:
         os.dup2(saved, 2)
         os.close(saved)
         os.close(devnull)
+
+
+def start_worker() -> None:
+    """Start-up of a sweep's trial worker process: quiet TensorFlow, and leave Ctrl-C to the
+    trial in progress (the sweep process decides what happens between trials)."""
+    import signal
+
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    _import_tensorflow_quietly()
+    import optuna
+
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
 
 
 def _train_task(cfg: DictConfig) -> None:
@@ -112,6 +126,42 @@ def _report_command(args: list[str]) -> None:
     report.run(args)
 
 
+CACHE_HELP = """usage: regsweep cache info|clear [paths.store=<folder>] [cache.dir=<folder>]
+
+  info    the cache folder, its size cap (cache.max_gb), and every entry, least recently used first
+  clear   delete every entry; the next trials recompute what they need
+"""
+
+
+def _cache_command(args: list[str]) -> None:
+    if not args or args[0] not in ("info", "clear") or "--help" in args or "-h" in args:
+        print(CACHE_HELP, end="")
+        if not args or args[0] not in ("info", "clear", "--help", "-h"):
+            raise RegsweepError("regsweep cache needs a subcommand: info or clear")
+        return
+    from regsweep import cache
+    from regsweep.config import compose
+
+    store = cache.store_for(compose(args[1:]))
+    if args[0] == "clear":
+        rows = store.listing()
+        store.clear()
+        print(f"Removed {len(rows)} entries ({_gigabytes(sum(r['bytes'] for r in rows))}) from {store.entries}")
+        return
+    rows = store.listing()
+    total = sum(row["bytes"] for row in rows)
+    print(f"Feature cache {store.entries}: {len(rows)} entries, {_gigabytes(total)} of {_gigabytes(store.max_bytes)} (cache.max_gb)")
+    for row in rows:
+        key = row["meta"].get("key", {})
+        shape = "x".join(str(d) for d in row["meta"].get("shape", [])) or "?"
+        used = time.strftime("%Y-%m-%d %H:%M", time.localtime(row["last_used"]))
+        print(f"  {row['path'].name}  {shape}  {_gigabytes(row['bytes'])}  last used {used}  data {key.get('data', '?')}")
+
+
+def _gigabytes(n: int) -> str:
+    return f"{n / 1e9:.3f} GB" if n >= 1e7 else f"{n / 1e6:.1f} MB"
+
+
 def _without_hydra(command):
     """Runs a command that composes configs itself, turning bad input into exit code 2."""
 
@@ -130,7 +180,11 @@ def _without_hydra(command):
     return run
 
 
-COMMANDS = {"sweep": _without_hydra(_sweep_command), "report": _without_hydra(_report_command)}
+COMMANDS = {
+    "sweep": _without_hydra(_sweep_command),
+    "report": _without_hydra(_report_command),
+    "cache": _without_hydra(_cache_command),
+}
 
 
 def main() -> None:

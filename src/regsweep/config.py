@@ -129,12 +129,23 @@ def validate(cfg: DictConfig) -> None:
         f"model.unfrozen_blocks={model.unfrozen_blocks} needs train.fine_tune_epochs >= 1",
     )
     _check(train.early_stopping_patience >= 0, "train.early_stopping_patience must be 0 or more")
+    _check(
+        isinstance(cfg.cache.enabled, bool),
+        f"cache.enabled={cfg.cache.enabled} is not true or false: choose cache=on or cache=off",
+    )
+    _check(
+        cfg.cache.augmented_views >= 1,
+        f"cache.augmented_views={cfg.cache.augmented_views} must be at least 1: "
+        "use a few views such as 4, or cache=off for online augmentation",
+    )
+    _check(cfg.cache.max_gb > 0, f"cache.max_gb={cfg.cache.max_gb} must be positive: give a size cap in GB such as 20")
 
 
 NUMBER_KEYS = ("model.dropout", "optim.lr", "optim.fine_tune_factor", "augment.strength",
-               "data.val_fraction", "data.test_fraction")
+               "data.val_fraction", "data.test_fraction", "cache.max_gb")
 INTEGER_KEYS = ("model.unfrozen_blocks", "model.image_size", "model.head_units", "data.batch_size",
-                "train.seed", "train.epochs", "train.fine_tune_epochs", "train.early_stopping_patience")
+                "train.seed", "train.epochs", "train.fine_tune_epochs", "train.early_stopping_patience",
+                "cache.augmented_views")
 
 
 def _check_types(cfg: DictConfig) -> None:

@@ -8,14 +8,16 @@ rises even when nothing generalizes better, so it is logged but never called the
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+import time
+from contextlib import contextmanager
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import keras
 import numpy as np
 from omegaconf import DictConfig
 
-from regsweep import data, tracking
+from regsweep import cache, data, tracking
 from regsweep import model as models
 from regsweep.config import run_name, validate
 
@@ -34,31 +36,42 @@ def run(cfg: DictConfig, parent_run_id: str | None = None, tags: dict[str, str] 
     A sweep passes its parent run, the trial's tags, Keras callbacks (pruning, progress) and
     `on_run_started(run_id)`, which learns the run id before training can fail.
     """
-    validate(cfg)
-    store = Path(cfg.paths.store)
-    seed = cfg.train.seed
-    splits = data.resolve_splits(cfg.data, cfg.model.image_size, seed, store)
-    dataset_fingerprint = data.fingerprint(splits)
-    weights = resolve_weights(cfg, store)  # may pretrain the demo backbone: before seeding
+    timer = Timer()
+    with timer("setup"):
+        validate(cfg)
+        store = Path(cfg.paths.store)
+        seed = cfg.train.seed
+        splits = data.resolve_splits(cfg.data, cfg.model.image_size, seed, store)
+        dataset_fingerprint = data.fingerprint(splits)
+        weights = resolve_weights(cfg, store)  # may pretrain the demo backbone: before seeding
 
-    keras.backend.clear_session()  # nothing from an earlier run in this process leaks in
-    keras.utils.set_random_seed(seed)
-    augmenter = data.build_augmenter(cfg.augment.strength, cfg.data.flip, cfg.augment, seed)
-    datasets = data.make_datasets(splits, cfg.model.image_size, cfg.data.batch_size, augmenter, seed)
-    base = models.load_backbone(cfg.model.backbone, cfg.model.image_size, weights)
-    classifier = models.build_classifier(
-        cfg.model.backbone, base, len(splits.class_names),
-        cfg.model.pooling, cfg.model.head_units, cfg.model.dropout, seed,
-    )
-
+        keras.backend.clear_session()  # nothing from an earlier run in this process leaks in
+        keras.utils.set_random_seed(seed)
+        base = models.load_backbone(cfg.model.backbone, cfg.model.image_size, weights)
+        classifier = models.build_classifier(
+            cfg.model.backbone, base, len(splits.class_names),
+            cfg.model.pooling, cfg.model.head_units, cfg.model.dropout, seed,
+        )
     with tracking.training_run(cfg, run_name(cfg), splits.class_names, dataset_fingerprint,
                                parent_run_id, tags) as mlflow_run:
         if on_run_started is not None:
             on_run_started(mlflow_run.info.run_id)
-        history, phase2_start = fit_two_phases(classifier, base, cfg, datasets, callbacks)
+        with timer("features"):
+            if cfg.cache.enabled:  # train suffix + head on cached prefix outputs
+                cached = cache.prepare(cfg, splits, base, classifier)
+                datasets, trained, cache_metrics = cached.datasets, cached.feature_classifier, {
+                    "cache_hits": cached.hits, "cache_misses": cached.misses}
+            else:  # the whole classifier on freshly augmented images, every epoch
+                augmenter = data.build_augmenter(cfg.augment.strength, cfg.data.flip, cfg.augment, seed)
+                datasets = data.make_datasets(splits, cfg.model.image_size, cfg.data.batch_size, augmenter, seed)
+                trained, cache_metrics = classifier, {}
+        with timer("fit"):  # includes seconds_callbacks: MLflow's epoch logging, pruning, progress
+            harness = timer.around("callbacks", (tracking.EpochLogger(), *callbacks))
+            history, phase2_start = fit_two_phases(trained, base, cfg, datasets, harness)
         best_epoch = int(np.argmin(history["val_loss"]))
-        train_accuracy, _ = accuracy_and_confusion(classifier, datasets.train_eval, len(splits.class_names))
-        val_accuracy, confusion = accuracy_and_confusion(classifier, datasets.val, len(splits.class_names))
+        with timer("evaluate"):
+            train_accuracy, _ = accuracy_and_confusion(trained, datasets.train_eval, len(splits.class_names))
+            val_accuracy, confusion = accuracy_and_confusion(trained, datasets.val, len(splits.class_names))
         metrics = {
             "train_accuracy": train_accuracy,
             "val_accuracy": val_accuracy,
@@ -67,11 +80,46 @@ def run(cfg: DictConfig, parent_run_id: str | None = None, tags: dict[str, str] 
             "best_val_loss": float(history["val_loss"][best_epoch]),
             "best_epoch": best_epoch + 1,
             "epochs_trained": len(history["loss"]),
+            **cache_metrics,
+            **{f"seconds_{name}": value for name, value in timer.seconds.items()},
         }
         tracking.log_results(metrics, history, phase2_start, confusion, splits.class_names,
                              classifier, cfg.tracking.log_model)
 
     return RunResult(mlflow_run.info.run_id, metrics, classifier)
+
+
+@dataclass
+class Timer:
+    """Wall seconds per stage of a run, logged as `seconds_<stage>`: where a trial's time went."""
+
+    seconds: dict[str, float] = field(default_factory=dict)
+    started: float = 0.0
+
+    @contextmanager
+    def __call__(self, stage: str):
+        start = time.perf_counter()
+        try:
+            yield
+        finally:
+            self.seconds[stage] = self.seconds.get(stage, 0.0) + time.perf_counter() - start
+
+    def around(self, stage: str, callbacks: tuple) -> tuple:
+        """Times Keras callbacks (logging, pruning) by stamping before and after them each epoch."""
+        return (_Stamp(self, stage, start=True), *callbacks, _Stamp(self, stage, start=False))
+
+
+class _Stamp(keras.callbacks.Callback):
+    def __init__(self, timer: Timer, stage: str, start: bool):
+        super().__init__()
+        self.timer, self.stage, self.start = timer, stage, start
+
+    def on_epoch_end(self, epoch, logs=None):
+        if self.start:
+            self.timer.started = time.perf_counter()
+        else:
+            elapsed = time.perf_counter() - self.timer.started
+            self.timer.seconds[self.stage] = self.timer.seconds.get(self.stage, 0.0) + elapsed
 
 
 def resolve_weights(cfg: DictConfig, store: Path) -> str | None:
@@ -128,7 +176,8 @@ def _fit(classifier, datasets, lr: float, initial_epoch: int, epochs: int, train
         validation_data=datasets.val,
         initial_epoch=initial_epoch,
         epochs=epochs,
-        callbacks=[early_stopping, keras.callbacks.TerminateOnNaN(), tracking.EpochLogger(), *callbacks],
+        steps_per_epoch=datasets.train_steps,
+        callbacks=[early_stopping, keras.callbacks.TerminateOnNaN(), *callbacks],
         shuffle=False,  # the dataset reshuffles itself every epoch
         verbose=train_cfg.verbose,
     )
