@@ -74,10 +74,10 @@ def test_recommendation_is_the_most_accurate_trial_within_epsilon_else_the_small
 
 
 @pytest.mark.slow
-def test_sweep_logs_one_parent_and_a_tagged_child_per_trial_then_reports_and_replays(store, capsys):
+def test_sweep_logs_one_parent_and_a_tagged_child_per_trial_then_reports_and_replays(store, capfd):
     args = sweep_args(store, "sweep.study=main", "sweep.n_trials=4")
-    study = sweep.run(args)
-    printed = capsys.readouterr().out
+    study = sweep.run(args)  # trials run in a worker process (the default), printing to the same stdout
+    printed = capfd.readouterr().out
     assert "trial 1/4 (#0 baseline) dropout=0 strength=0 lr=0.001 unfrozen_blocks=0 | COMPLETE val" in printed
     assert "trial 4/4" in printed and "Recommended (trial #" in printed
 
@@ -182,7 +182,8 @@ def test_a_failing_trial_is_recorded_fail_with_its_reason_and_the_sweep_goes_on(
 
 @pytest.mark.slow
 def test_an_interrupted_sweep_resumes_to_its_budget_with_one_parent_run(store, monkeypatch):
-    args = sweep_args(store, "sweep.study=resume", "sweep.n_trials=4")
+    # In-process trials, so the patched train.run is the one that runs.
+    args = sweep_args(store, "sweep.study=resume", "sweep.n_trials=4", "sweep.trials_per_worker=0")
     real_run, calls = train.run, []
 
     def interrupted_on_third_trial(*a, **k):

@@ -127,6 +127,11 @@ def check_settings(settings: DictConfig, expressions: dict[str, str]) -> None:
         raise RegsweepError(f"sweep.pruner.name={settings.pruner.name} is unknown: use one of {', '.join(PRUNERS)}")
     if not isinstance(settings.n_trials, int) or settings.n_trials < 1:
         raise RegsweepError(f"sweep.n_trials={settings.n_trials} must be a positive integer")
+    if not isinstance(settings.trials_per_worker, int) or settings.trials_per_worker < 0:
+        raise RegsweepError(
+            f"sweep.trials_per_worker={settings.trials_per_worker} must be an integer >= 0 "
+            "(0 runs trials in the sweep's own process)"
+        )
     if not isinstance(settings.epsilon, (int, float)) or settings.epsilon < 0:
         raise RegsweepError(f"sweep.epsilon={settings.epsilon} must be a number >= 0 (the largest acceptable gap)")
     if not expressions:
@@ -350,65 +355,153 @@ def knob_label(values: dict) -> str:
     return " ".join(f"{key.rsplit('.', 1)[-1]}={short(value)}" for key, value in values.items())
 
 
-def make_objective(sweep: Sweep, parent_run_id: str, progress: Progress):
+class TrialFailed(Exception):
+    """A trial's error, reduced to `Type: message` so it crosses the worker process boundary."""
+
+
+def run_trial(sweep: Sweep, trial: optuna.Trial, values: dict, parent_run_id: str) -> float | tuple[float, float]:
+    """One trial: compose, train, log, and record its outcome on the Optuna trial and MLflow run."""
     s = sweep.settings
     constrained = s.objective == "constrained"
+    overrides = sweep.base_overrides + [f"{key}={_format(value)}" for key, value in values.items()]
+    tracking.use_store(sweep.cfg.tracking)
     client = mlflow.MlflowClient()
-    parent_experiment_id = client.get_run(parent_run_id).info.experiment_id
+    progress = Progress(trial.study, s)
+    run_ids: list[str] = []
+
+    def started(run_id: str) -> None:
+        run_ids.append(run_id)
+        trial.set_user_attr("mlflow_run_id", run_id)
+
+    def set_state(state: str) -> None:
+        if run_ids:
+            client.set_tag(run_ids[0], STATE_TAG, state)
+
+    progress.start(trial, knob_label(values))
+    tags = {"regsweep.study": s.study, "regsweep.trial_number": str(trial.number), STATE_TAG: "RUNNING"}
+    try:
+        cfg = compose(overrides)
+        monitor = TrialMonitor(trial, constrained and s.pruner.name != "none", progress)
+        result = train.run(cfg, parent_run_id=parent_run_id, tags=tags,
+                           callbacks=(monitor,), on_run_started=started)
+    except optuna.TrialPruned as pruned:
+        set_state("PRUNED")
+        if run_ids:  # the pruner's stop is a normal end, not a crash
+            client.delete_tag(run_ids[0], "regsweep.error")
+            client.set_terminated(run_ids[0], "FINISHED")
+        progress.finish("PRUNED", str(pruned))
+        raise
+    except Exception as error:
+        reason = tracking.error_summary(error)
+        trial.set_user_attr("fail_reason", reason)
+        if not run_ids:  # failed before training started (bad value, bad data): record it anyway
+            experiment_id = client.get_run(parent_run_id).info.experiment_id
+            failed = client.create_run(experiment_id, run_name=knob_label(values), tags={
+                **tags, "mlflow.parentRunId": parent_run_id, "regsweep.error": reason})
+            started(failed.info.run_id)
+            client.set_terminated(failed.info.run_id, "FAILED")
+        set_state("FAIL")
+        progress.finish("FAIL", reason)
+        raise
+    except KeyboardInterrupt:
+        set_state("FAIL")
+        raise
+    metrics = result.metrics
+    for name in ("train_accuracy", "val_accuracy", "gap", "running_train_accuracy"):
+        trial.set_user_attr(name, float(metrics[name]))
+    if constrained:
+        trial.set_constraint("gap", float(metrics["gap"]) - float(s.epsilon))  # feasible when <= 0
+    set_state("COMPLETE")
+    progress.finish("COMPLETE", f"val {metrics['val_accuracy']:.3f} gap {metrics['gap']:.3f}",
+                    just_completed=(trial.number, metrics["val_accuracy"], metrics["gap"]))
+    if constrained:
+        return metrics["val_accuracy"]
+    return metrics["val_accuracy"], metrics["gap"]
+
+
+def _trial_in_worker(sweep: Sweep, trial_id: int, values: dict, parent_run_id: str):
+    """`run_trial` in the worker process, on the same study storage as the parent."""
+    import signal
+
+    s = sweep.settings
+    study = optuna.load_study(study_name=s.study, storage=str(s.storage), sampler=optuna.samplers.RandomSampler(),
+                              pruner=make_pruner(s) if s.objective == "constrained" else optuna.pruners.NopPruner())
+    signal.signal(signal.SIGINT, signal.default_int_handler)  # Ctrl-C stops the trial, which records it
+    try:
+        return run_trial(sweep, optuna.Trial(study, trial_id), values, parent_run_id)
+    except (optuna.TrialPruned, KeyboardInterrupt):
+        raise
+    except Exception as error:
+        raise TrialFailed(tracking.error_summary(error)) from None
+    finally:
+        signal.signal(signal.SIGINT, signal.SIG_IGN)  # idle between trials: the parent decides
+
+
+class TrialWorker:
+    """Runs trials in a child process that is replaced every `trials_per_worker` trials.
+
+    TensorFlow keeps several MiB per trained model in a process even after
+    keras.backend.clear_session() and gc (measured in benchmarks/README.md), so a long sweep
+    in one process creeps; a fresh child now and then keeps memory flat, and its start-up
+    (importing TensorFlow, a few seconds) is shared by the trials it runs.
+    """
+
+    def __init__(self, trials_per_worker: int):
+        self.trials_per_worker = trials_per_worker
+        self.pool = self._new_pool()
+
+    def _new_pool(self):
+        import multiprocessing
+        from concurrent.futures import ProcessPoolExecutor
+
+        from regsweep.cli import start_worker  # lives in a module that does not import TensorFlow
+
+        return ProcessPoolExecutor(max_workers=1, mp_context=multiprocessing.get_context("spawn"),
+                                   max_tasks_per_child=self.trials_per_worker, initializer=start_worker)
+
+    def run(self, sweep: Sweep, trial: optuna.Trial, values: dict, parent_run_id: str):
+        from concurrent.futures.process import BrokenProcessPool
+
+        future = self.pool.submit(_trial_in_worker, sweep, trial._trial_id, values, parent_run_id)
+        try:
+            return future.result()
+        except KeyboardInterrupt:
+            try:  # the worker got the same Ctrl-C: let it record its run as KILLED first
+                future.exception(timeout=60)
+            except BaseException:
+                pass
+            raise
+        except BrokenProcessPool:
+            self.pool = self._new_pool()
+            reason = "the trial's worker process died (killed, or out of memory)"
+            _end_orphaned_run(trial, reason)
+            raise TrialFailed(reason) from None
+
+    def close(self) -> None:
+        self.pool.shutdown(wait=True, cancel_futures=True)
+
+
+def _end_orphaned_run(trial: optuna.Trial, reason: str) -> None:
+    """Marks the MLflow run of a trial whose process died as FAILED, with the reason."""
+    trial.set_user_attr("fail_reason", reason)
+    run_id = trial.study._storage.get_trial(trial._trial_id).user_attrs.get("mlflow_run_id")
+    if run_id:
+        client = mlflow.MlflowClient()
+        client.set_tag(run_id, "regsweep.error", reason)
+        client.set_tag(run_id, STATE_TAG, "FAIL")
+        client.set_terminated(run_id, "FAILED")
+
+
+def make_objective(sweep: Sweep, parent_run_id: str, worker: TrialWorker | None):
+    """Optuna's objective: the sampler picks values here, the trial runs here or in the worker."""
 
     def objective(trial: optuna.Trial):
         values = {key: suggest(trial, key, distribution) for key, distribution in sweep.space.items()}
         overrides = sweep.base_overrides + [f"{key}={_format(value)}" for key, value in values.items()]
         trial.set_user_attr("overrides", overrides)
-        run_ids: list[str] = []
-
-        def started(run_id: str) -> None:
-            run_ids.append(run_id)
-            trial.set_user_attr("mlflow_run_id", run_id)
-
-        def set_state(state: str) -> None:
-            if run_ids:
-                client.set_tag(run_ids[0], STATE_TAG, state)
-
-        progress.start(trial, knob_label(values))
-        tags = {"regsweep.study": s.study, "regsweep.trial_number": str(trial.number), STATE_TAG: "RUNNING"}
-        try:
-            cfg = compose(overrides)
-            monitor = TrialMonitor(trial, constrained and s.pruner.name != "none", progress)
-            result = train.run(cfg, parent_run_id=parent_run_id, tags=tags,
-                               callbacks=(monitor,), on_run_started=started)
-        except optuna.TrialPruned as pruned:
-            set_state("PRUNED")
-            if run_ids:  # the pruner's stop is a normal end, not a crash
-                client.delete_tag(run_ids[0], "regsweep.error")
-                client.set_terminated(run_ids[0], "FINISHED")
-            progress.finish("PRUNED", str(pruned))
-            raise
-        except Exception as error:
-            reason = tracking.error_summary(error)
-            trial.set_user_attr("fail_reason", reason)
-            if not run_ids:  # failed before training started (bad value, bad data): record it anyway
-                failed = client.create_run(parent_experiment_id, run_name=knob_label(values), tags={
-                    **tags, "mlflow.parentRunId": parent_run_id, "regsweep.error": reason})
-                started(failed.info.run_id)
-                client.set_terminated(failed.info.run_id, "FAILED")
-            set_state("FAIL")
-            progress.finish("FAIL", reason)
-            raise
-        except KeyboardInterrupt:
-            set_state("FAIL")
-            raise
-        metrics = result.metrics
-        for name in ("train_accuracy", "val_accuracy", "gap", "running_train_accuracy"):
-            trial.set_user_attr(name, float(metrics[name]))
-        if constrained:
-            trial.set_constraint("gap", float(metrics["gap"]) - float(s.epsilon))  # feasible when <= 0
-        set_state("COMPLETE")
-        progress.finish("COMPLETE", f"val {metrics['val_accuracy']:.3f} gap {metrics['gap']:.3f}",
-                        just_completed=(trial.number, metrics["val_accuracy"], metrics["gap"]))
-        if constrained:
-            return metrics["val_accuracy"]
-        return metrics["val_accuracy"], metrics["gap"]
+        if worker is None:
+            return run_trial(sweep, trial, values, parent_run_id)
+        return worker.run(sweep, trial, values, parent_run_id)
 
     return objective
 
@@ -419,6 +512,10 @@ def run(args: list[str]) -> optuna.Study:
 
     sweep = prepare(args)
     optuna.logging.set_verbosity(optuna.logging.WARNING)
+    strength = sweep.space.get("augment.strength")
+    if sweep.base.cache.enabled and isinstance(strength, optuna.distributions.FloatDistribution) and strength.step is None:
+        print("Note: augment.strength is searched without a step, so each augmented trial computes its own "
+              "cached views; declare one to share them, e.g. 'augment.strength=range(0.0, 1.0, step=0.1)'.")
     study = open_study(sweep)
     parent_run_id = parent_run(study, sweep)
     s = sweep.settings
@@ -427,10 +524,10 @@ def run(args: list[str]) -> optuna.Study:
     if remaining > 0:
         print(f"Study '{s.study}' ({s.objective}, epsilon {s.epsilon}): {done} of {s.n_trials} trials done, "
               f"running {remaining} more. Storage: {redact(str(s.storage))}", flush=True)
-        progress = Progress(study, s)
+        worker = TrialWorker(s.trials_per_worker) if s.trials_per_worker > 0 else None
         try:
             study.optimize(
-                make_objective(sweep, parent_run_id, progress),
+                make_objective(sweep, parent_run_id, worker),
                 n_trials=remaining + s.max_failures,
                 catch=(Exception,),
                 callbacks=[optuna.study.MaxTrialsCallback(s.n_trials, states=COUNTED)],
@@ -438,6 +535,9 @@ def run(args: list[str]) -> optuna.Study:
         except KeyboardInterrupt:
             mlflow.MlflowClient().set_terminated(parent_run_id, "KILLED")
             raise
+        finally:
+            if worker is not None:
+                worker.close()
     else:
         print(f"Study '{s.study}' already has its {s.n_trials} trials; reporting.", flush=True)
     report.report(study, sweep.cfg, parent_run_id)
