@@ -62,7 +62,7 @@ def test_every_input_of_the_numbers_is_in_the_key(tmp_path, images):
         "augment.max_rotation=0.2": 2,
         "data.flip=vertical": 2,
         "train.seed=1": 4,  # seeded random backbone weights differ, so every entry does
-        "model.unfrozen_blocks=1": 4,  # another cut
+        "model.unfrozen_blocks=1": 4,  # another cut (phase 1 still reads the backbone's top)
         "model.image_size=36": 4,
         "cache.augmented_views=3": 1,  # views 0 and 1 are reused
     }
@@ -108,7 +108,7 @@ def test_a_hit_gives_bit_identical_features_to_a_fresh_computation(tmp_path, ima
 
     def arrays(result):
         return [np.concatenate([x for x, _ in dataset]) for dataset in
-                (result.datasets.train_eval, result.datasets.val)]
+                (result.head.datasets.train_eval, result.head.datasets.val)]
 
     for from_hit, from_fresh in zip(arrays(hit), arrays(fresh)):
         assert from_hit.tobytes() == from_fresh.tobytes()
@@ -126,21 +126,21 @@ def test_the_cached_features_are_the_prefix_of_the_un_augmented_images(tmp_path,
     import keras
 
     cfg = folders_cfg(tmp_path / "mlruns", images, "model.unfrozen_blocks=1")
-    result = prepare(cfg)
+    result = prepare(cfg)  # phase 2 reads the cut below the top block
     keras.utils.set_random_seed(0)  # the same seeded random backbone as the run's
     prefix, _ = models.split_backbone("demo_cnn", models.load_backbone("demo_cnn", 32, None), 1)
     splits = data.resolve_splits(cfg.data, 32, 0, tmp_path)
     raw, labels = data.load_images(splits.train, splits.class_names, 32)
-    cached = np.concatenate([x for x, _ in result.datasets.train_eval])
+    cached = np.concatenate([x for x, _ in result.tune.datasets.train_eval])
     np.testing.assert_allclose(cached, prefix.predict(raw.astype("float32"), verbose=0), rtol=1e-5, atol=1e-6)
-    assert np.array_equal(np.concatenate([y for _, y in result.datasets.train_eval]), labels)
+    assert np.array_equal(np.concatenate([y for _, y in result.tune.datasets.train_eval]), labels)
 
 
 @pytest.mark.parametrize("damage", ["flip a byte", "truncate", "delete meta", "half-written folder"])
 def test_a_damaged_or_half_written_entry_is_detected_and_recomputed(tmp_path, images, damage):
     store = tmp_path / "mlruns"
     cfg = folders_cfg(store, images)
-    good = np.concatenate([x for x, _ in prepare(cfg).datasets.val])
+    good = np.concatenate([x for x, _ in prepare(cfg).head.datasets.val])
     entry = next((store / "cache" / "features").glob("*-validation-*"))
     features = entry / "features.npy"
     if damage == "flip a byte":
@@ -156,7 +156,7 @@ def test_a_damaged_or_half_written_entry_is_detected_and_recomputed(tmp_path, im
             path.write_bytes(path.read_bytes()[: path.stat().st_size // 2])
     result = prepare(cfg)
     assert result.misses == 1 and result.hits == 1  # train hits; validation is recomputed
-    assert np.concatenate([x for x, _ in result.datasets.val]).tobytes() == good.tobytes()
+    assert np.concatenate([x for x, _ in result.head.datasets.val]).tobytes() == good.tobytes()
     assert json.loads((entry / "meta.json").read_text())["files"]["features.npy"]["bytes"] == features.stat().st_size
 
 
@@ -227,3 +227,24 @@ def test_eviction_keeps_the_cache_under_its_cap_least_recently_used_first(tmp_pa
     assert entry.path.is_dir() and entry.features.shape[0] == megabyte_rows
     tiny.get({"entry": "next"}, "next", fill)
     assert [row["path"].name.split("-")[0] for row in tiny.listing()] == ["next"]
+
+
+def test_cache_info_lists_entries_and_clear_empties_the_folder(tmp_path, images, capsys):
+    from regsweep import cli
+
+    store = tmp_path / "mlruns"
+    prepare(folders_cfg(store, images))
+    (store / "cache" / "features" / ".staging-left-by-a-killed-worker").mkdir()
+    cli.COMMANDS["cache"](["info", f"paths.store={store}"])
+    printed = capsys.readouterr().out
+    assert f"Feature cache {store / 'cache' / 'features'}: 2 entries" in printed
+    assert "demo_cnn-train-cut3-clean-" in printed and "demo_cnn-validation-cut3-clean-" in printed
+    assert "of 20.000 GB (cache.max_gb)" in printed
+
+    cli.COMMANDS["cache"](["clear", f"paths.store={store}"])
+    assert "Removed 2 entries" in capsys.readouterr().out
+    assert list((store / "cache" / "features").iterdir()) == []
+    with pytest.raises(SystemExit) as stopped:
+        cli.COMMANDS["cache"](["tidy"])
+    assert stopped.value.code == 2
+    assert "regsweep cache needs a subcommand: info or clear" in capsys.readouterr().err

@@ -244,19 +244,24 @@ def store_for(cfg: DictConfig) -> FeatureStore:
 
 def write_features(folder: Path, prefix, images: np.ndarray, labels: np.ndarray, augmenter=None) -> None:
     """Runs `images` (uint8) through the optional augmenter and the prefix, batch by batch,
-    straight into a memory-mapped .npy file: the whole array is never held in memory."""
+    straight into a memory-mapped .npy file: the whole array is never held in memory.
+
+    Augmentation runs in a tf.data map, sequentially on purpose: its seeded random state is
+    then consumed in file order, so the same view is computed bit for bit every time.
+    """
     import tensorflow as tf
 
-    def forward(batch):
-        x = tf.cast(batch, tf.float32)
-        if augmenter is not None:
-            x = augmenter(x, training=True)  # eager: a few ops per batch, seeded, in order
-        return prefix.predict_on_batch(x)  # Keras's compiled inference step, traced once
-
+    batches = tf.data.Dataset.from_tensor_slices(images).batch(COMPUTE_BATCH).map(
+        lambda x: tf.cast(x, tf.float32), num_parallel_calls=tf.data.AUTOTUNE)
+    if augmenter is not None:
+        batches = batches.map(lambda x: augmenter(x, training=True))
     shape = tuple(int(d) for d in prefix.output.shape[1:])
     out = np.lib.format.open_memmap(folder / FEATURES, mode="w+", dtype=np.float32, shape=(len(images), *shape))
-    for start in range(0, len(images), COMPUTE_BATCH):
-        out[start : start + COMPUTE_BATCH] = forward(images[start : start + COMPUTE_BATCH])
+    start = 0
+    for batch in batches.prefetch(tf.data.AUTOTUNE):
+        features = prefix.predict_on_batch(batch)  # Keras's compiled inference step, traced once
+        out[start : start + len(features)] = features
+        start += len(features)
     out.flush()
     del out
     np.save(folder / LABELS, labels.astype(np.int32))
@@ -266,65 +271,88 @@ def write_features(folder: Path, prefix, images: np.ndarray, labels: np.ndarray,
 
 
 @dataclass
+class Phase:
+    """A model and the datasets it trains on: features in place of images."""
+
+    model: "keras.Model"  # noqa: F821 - shares its layers with the classifier that gets logged
+    datasets: "data.Datasets"  # noqa: F821
+
+
+@dataclass
 class CachedData:
-    datasets: "data.Datasets"  # noqa: F821 - features in place of images
-    feature_classifier: "keras.Model"  # noqa: F821 - suffix + head, shares weights with the classifier
+    head: Phase  # phase 1: the head on the whole frozen backbone's output
+    tune: Phase | None  # phase 2: suffix + head on the cut's output (None: nothing unfrozen)
     hits: int
     misses: int
 
 
 def prepare(cfg: DictConfig, splits, base, classifier) -> CachedData:
-    """Looks up (or fills) the entries a run needs and builds its feature datasets."""
+    """Looks up (or fills) the entries a run needs and builds the models and datasets of its phases.
+
+    Phase 1 trains only the head, so it reads the backbone's final output (shared by every
+    trial at the same strength, whatever its cut); phase 2 reads the cut's output and trains
+    the top blocks as well.
+    """
+    from regsweep import model as models
+
+    unfrozen = cfg.model.unfrozen_blocks
+    entries: list[Entry] = []
+    head = _phase(cfg, splits, base, classifier, 0, entries)
+    tune = _phase(cfg, splits, base, classifier, unfrozen, entries) if unfrozen > 0 else None
+    store_for(cfg).evict(keep={e.path for e in entries})
+    hits = sum(e.hit for e in entries)
+    return CachedData(head, tune, hits, len(entries) - hits)
+
+
+def _phase(cfg: DictConfig, splits, base, classifier, unfrozen: int, entries: list[Entry]) -> Phase:
+    """The entries for the cut below the top `unfrozen` blocks, and the model that reads them."""
     from regsweep import data
     from regsweep import model as models
 
     backbone, size, seed = cfg.model.backbone, cfg.model.image_size, cfg.train.seed
-    prefix, suffix = models.split_backbone(backbone, base, cfg.model.unfrozen_blocks)
+    prefix, suffix = models.split_backbone(backbone, base, unfrozen)
     store = store_for(cfg)
+    frozen_blocks = len(models.BACKBONES[backbone].blocks) - unfrozen
     common = {
         "format": FORMAT,
         "backbone": backbone,
         "image_size": size,
-        "cut": {"frozen_blocks": len(models.BACKBONES[backbone].blocks) - cfg.model.unfrozen_blocks,
-                "layer": models.cut_layer(base, backbone, cfg.model.unfrozen_blocks)},
+        "cut": {"frozen_blocks": frozen_blocks, "layer": models.cut_layer(base, backbone, unfrozen)},
         "weights_sha256": weights_digest(prefix),
         "preprocess": _qualified_name(models.BACKBONES[backbone].preprocess),
         "decoder": "keras.utils.image_dataset_from_directory rgb bilinear, rounded to uint8",
         "versions": _versions(),
+        "classes": list(splits.class_names),
     }
-    entries: dict[str, list[Entry]] = {}
-    for split, folder in (("train", splits.train), ("validation", splits.val)):
-        fingerprint = data.folder_fingerprint(folder, splits.class_names)
-        parts = {**common, "split": split, "data": fingerprint, "classes": list(splits.class_names), "view": "clean"}
 
-        def fill(staging, folder=folder):
+    def clean(split: str, folder: Path) -> Entry:
+        parts = {**common, "split": split, "data": data.folder_fingerprint(folder, splits.class_names), "view": "clean"}
+
+        def fill(staging):
             images, labels = data.load_images(folder, splits.class_names, size)
             write_features(staging, prefix, images, labels)
 
-        entries[split] = [store.get(parts, f"{backbone}-{split}-cut{common['cut']['frozen_blocks']}-clean", fill)]
+        return store.get(parts, f"{backbone}-{split}-cut{frozen_blocks}-clean", fill)
 
+    def augmented(index: int, strength: float) -> Entry:
+        view = {"index": index, "strength": round(strength, 6), "flip": cfg.data.flip, "seed": seed,
+                "ranges": OmegaConf.to_container(cfg.augment, resolve=True) | {"strength": None}}
+        parts = {**common, "split": "train", "data": data.folder_fingerprint(splits.train, splits.class_names),
+                 "view": view}
+
+        def fill(staging):
+            images, labels = data.load_images(splits.train, splits.class_names, size)
+            augmenter = data.build_augmenter(strength, cfg.data.flip, cfg.augment, view_seed(seed, index))
+            write_features(staging, prefix, images, labels, augmenter)
+
+        return store.get(parts, f"{backbone}-train-cut{frozen_blocks}-s{strength:g}-v{index}", fill)
+
+    clean_train, val = clean("train", splits.train), clean("validation", splits.val)
     strength = float(cfg.augment.strength)
-    views = []
-    if strength > 0:
-        fingerprint = data.folder_fingerprint(splits.train, splits.class_names)
-        for index in range(cfg.cache.augmented_views):
-            view = {"index": index, "strength": round(strength, 6), "flip": cfg.data.flip, "seed": seed,
-                    "ranges": OmegaConf.to_container(cfg.augment, resolve=True) | {"strength": None}}
-            parts = {**common, "split": "train", "data": fingerprint, "classes": list(splits.class_names), "view": view}
-
-            def fill(staging, index=index):
-                images, labels = data.load_images(splits.train, splits.class_names, size)
-                augmenter = data.build_augmenter(strength, cfg.data.flip, cfg.augment, view_seed(seed, index))
-                write_features(staging, prefix, images, labels, augmenter)
-
-            label = f"{backbone}-train-cut{common['cut']['frozen_blocks']}-s{strength:g}-v{index}"
-            views.append(store.get(parts, label, fill))
-    all_entries = entries["train"] + entries["validation"] + views
-    store.evict(keep={e.path for e in all_entries})
+    views = [augmented(i, strength) for i in range(cfg.cache.augmented_views)] if strength > 0 else []
+    entries += [clean_train, val, *views]
 
     batch_size = cfg.data.batch_size
-    clean_train, val = entries["train"][0], entries["validation"][0]
-    feature_shape = clean_train.features.shape[1:]
     train, steps = training_stream([e.features for e in views] or [clean_train.features], clean_train.labels,
                                    batch_size, seed)
     datasets = data.Datasets(
@@ -333,9 +361,7 @@ def prepare(cfg: DictConfig, splits, base, classifier) -> CachedData:
         val=evaluation_set(val.features, val.labels, batch_size),
         train_steps=steps,
     )
-    hits = sum(e.hit for e in all_entries)
-    return CachedData(datasets, models.build_feature_classifier(classifier, suffix, feature_shape),
-                      hits, len(all_entries) - hits)
+    return Phase(models.build_feature_classifier(classifier, suffix, clean_train.features.shape[1:]), datasets)
 
 
 def view_seed(seed: int, index: int) -> int:

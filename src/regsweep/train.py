@@ -57,21 +57,24 @@ def run(cfg: DictConfig, parent_run_id: str | None = None, tags: dict[str, str] 
         if on_run_started is not None:
             on_run_started(mlflow_run.info.run_id)
         with timer("features"):
-            if cfg.cache.enabled:  # train suffix + head on cached prefix outputs
+            if cfg.cache.enabled:  # the head, then suffix + head, on cached prefix outputs
                 cached = cache.prepare(cfg, splits, base, classifier)
-                datasets, trained, cache_metrics = cached.datasets, cached.feature_classifier, {
-                    "cache_hits": cached.hits, "cache_misses": cached.misses}
+                head, tune = cached.head, cached.tune
+                cache_metrics = {"cache_hits": cached.hits, "cache_misses": cached.misses}
             else:  # the whole classifier on freshly augmented images, every epoch
                 augmenter = data.build_augmenter(cfg.augment.strength, cfg.data.flip, cfg.augment, seed)
                 datasets = data.make_datasets(splits, cfg.model.image_size, cfg.data.batch_size, augmenter, seed)
-                trained, cache_metrics = classifier, {}
+                head = cache.Phase(classifier, datasets)
+                tune = head if cfg.model.unfrozen_blocks > 0 else None
+                cache_metrics = {}
         with timer("fit"):  # includes seconds_callbacks: MLflow's epoch logging, pruning, progress
             harness = timer.around("callbacks", (tracking.EpochLogger(), *callbacks))
-            history, phase2_start = fit_two_phases(trained, base, cfg, datasets, harness)
+            history, phase2_start, final = fit_two_phases(head, tune, base, cfg, harness)
         best_epoch = int(np.argmin(history["val_loss"]))
         with timer("evaluate"):
-            train_accuracy, _ = accuracy_and_confusion(trained, datasets.train_eval, len(splits.class_names))
-            val_accuracy, confusion = accuracy_and_confusion(trained, datasets.val, len(splits.class_names))
+            num_classes = len(splits.class_names)
+            train_accuracy, _ = accuracy_and_confusion(final.model, final.datasets.train_eval, num_classes)
+            val_accuracy, confusion = accuracy_and_confusion(final.model, final.datasets.val, num_classes)
         metrics = {
             "train_accuracy": train_accuracy,
             "val_accuracy": val_accuracy,
@@ -134,31 +137,33 @@ def resolve_weights(cfg: DictConfig, store: Path) -> str | None:
     return str(Path(weights).expanduser())
 
 
-def fit_two_phases(classifier, base, cfg: DictConfig, datasets, callbacks: tuple = ()) -> tuple[dict[str, list[float]], int | None]:
+def fit_two_phases(head: cache.Phase, tune: cache.Phase | None, base, cfg: DictConfig,
+                   callbacks: tuple = ()) -> tuple[dict[str, list[float]], int | None, cache.Phase]:
     """Phase 1 trains the head on the frozen backbone; phase 2 fine-tunes the top blocks.
 
     Phase 2 starts from the trained head (never a random one) at optim.lr × fine_tune_factor.
     Each phase stops early on val_loss and restores its best weights; if fine-tuning never
-    beats phase 1's best val_loss, phase 1's weights are kept. Returns the history of both
-    phases end to end and the epoch index where phase 2 began (None without phase 2).
+    beats phase 1's best val_loss, phase 1's weights are kept. With the feature cache the two
+    phases are two models over shared layers (head on backbone outputs; suffix + head on cut
+    outputs); online, both are the whole classifier. Returns the history of both phases end
+    to end, the epoch index where phase 2 began (None without it) and the phase to evaluate.
     """
     train_cfg = cfg.train
-    history = _fit(classifier, datasets, cfg.optim.lr, 0, train_cfg.epochs, train_cfg, callbacks)
-    unfrozen = cfg.model.unfrozen_blocks
-    if unfrozen == 0:
-        return history, None
+    history = _fit(head.model, head.datasets, cfg.optim.lr, 0, train_cfg.epochs, train_cfg, callbacks)
+    if tune is None:
+        return history, None, head
 
-    phase1_weights = classifier.get_weights()
+    phase1_weights = tune.model.get_weights()
     phase1_best = min(history["val_loss"])
-    models.unfreeze_top_blocks(base, cfg.model.backbone, unfrozen)
+    models.unfreeze_top_blocks(base, cfg.model.backbone, cfg.model.unfrozen_blocks)
     start = len(history["loss"])
     lr = cfg.optim.lr * cfg.optim.fine_tune_factor
-    phase2 = _fit(classifier, datasets, lr, start, start + train_cfg.fine_tune_epochs, train_cfg, callbacks)
+    phase2 = _fit(tune.model, tune.datasets, lr, start, start + train_cfg.fine_tune_epochs, train_cfg, callbacks)
     if min(phase2["val_loss"]) >= phase1_best:
-        classifier.set_weights(phase1_weights)
+        tune.model.set_weights(phase1_weights)
     for key, values in phase2.items():
         history[key] = history[key] + values
-    return history, start
+    return history, start, tune
 
 
 def _fit(classifier, datasets, lr: float, initial_epoch: int, epochs: int, train_cfg,
