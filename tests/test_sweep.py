@@ -3,8 +3,12 @@
 from __future__ import annotations
 
 import math
+import os
+import signal
 import subprocess
 import sys
+import threading
+import time
 
 import mlflow
 import optuna
@@ -212,3 +216,41 @@ def test_hyperband_pruner_drives_a_study(store):
     study = sweep.run(sweep_args(store, "sweep.study=hb", "sweep.n_trials=3", "sweep.pruner.name=hyperband"))
     assert isinstance(study.pruner, optuna.pruners.HyperbandPruner)
     assert sum(t.state.name in ("COMPLETE", "PRUNED") for t in study.get_trials()) == 3
+
+
+@pytest.mark.slow
+def test_a_trial_whose_worker_dies_is_recorded_failed_and_the_next_trial_gets_a_new_worker(store):
+    """Trials run in a worker process: if it is killed (OOM killer, kill -9), the sweep goes on."""
+    prepared = sweep.prepare(sweep_args(store, "sweep.study=dies", "train.epochs=30", "model.dropout=interval(0.0, 0.5)",
+                                        "augment.strength=0.0", "optim.lr=0.001", "model.unfrozen_blocks=0"))
+    study = sweep.open_study(prepared)
+    parent = sweep.parent_run(study, prepared)
+    worker = sweep.TrialWorker(trials_per_worker=10)
+    try:
+        doomed = study.ask()
+        killer = threading.Thread(target=_kill_worker_once_its_run_started, args=(study, doomed._trial_id, worker))
+        killer.start()
+        with pytest.raises(sweep.TrialFailed, match="worker process died"):
+            worker.run(prepared, doomed, {"model.dropout": 0.0}, parent)
+        killer.join()
+        study.tell(doomed, state=optuna.trial.TrialState.FAIL)
+        survivor = study.ask()
+        value = worker.run(prepared, survivor, {"model.dropout": 0.1}, parent)
+        study.tell(survivor, value)
+    finally:
+        worker.close()
+    doomed_trial, survivor_trial = study.get_trials()
+    assert "worker process died" in doomed_trial.user_attrs["fail_reason"]
+    run = client(store).get_run(doomed_trial.user_attrs["mlflow_run_id"])
+    assert run.info.status == "FAILED" and run.data.tags["regsweep.trial_state"] == "FAIL"
+    assert survivor_trial.state.name == "COMPLETE" and 0 <= survivor_trial.value <= 1
+
+
+def _kill_worker_once_its_run_started(study, trial_id, worker):
+    deadline = time.time() + 120
+    while time.time() < deadline:
+        if "mlflow_run_id" in study._storage.get_trial(trial_id).user_attrs:
+            for pid in list(worker.pool._processes):  # the pool's worker processes
+                os.kill(pid, signal.SIGKILL)
+            return
+        time.sleep(0.05)

@@ -364,6 +364,7 @@ def run_trial(sweep: Sweep, trial: optuna.Trial, values: dict, parent_run_id: st
     s = sweep.settings
     constrained = s.objective == "constrained"
     overrides = sweep.base_overrides + [f"{key}={_format(value)}" for key, value in values.items()]
+    trial.set_user_attr("overrides", overrides)
     tracking.use_store(sweep.cfg.tracking)
     client = mlflow.MlflowClient()
     progress = Progress(trial.study, s)
@@ -443,25 +444,32 @@ class TrialWorker:
     TensorFlow keeps several MiB per trained model in a process even after
     keras.backend.clear_session() and gc (measured in benchmarks/README.md), so a long sweep
     in one process creeps; a fresh child now and then keeps memory flat, and its start-up
-    (importing TensorFlow, a few seconds) is shared by the trials it runs.
+    (importing TensorFlow, a few seconds) is shared by the trials it runs. The old child has
+    exited before the new one starts, so two never hold memory at once.
     """
 
     def __init__(self, trials_per_worker: int):
         self.trials_per_worker = trials_per_worker
-        self.pool = self._new_pool()
+        self.pool = None
+        self.trials_run = 0
 
-    def _new_pool(self):
+    def _fresh_pool(self):
         import multiprocessing
         from concurrent.futures import ProcessPoolExecutor
 
         from regsweep.cli import start_worker  # lives in a module that does not import TensorFlow
 
+        self.close()
+        self.trials_run = 0
         return ProcessPoolExecutor(max_workers=1, mp_context=multiprocessing.get_context("spawn"),
-                                   max_tasks_per_child=self.trials_per_worker, initializer=start_worker)
+                                   initializer=start_worker)
 
     def run(self, sweep: Sweep, trial: optuna.Trial, values: dict, parent_run_id: str):
         from concurrent.futures.process import BrokenProcessPool
 
+        if self.pool is None or self.trials_run >= self.trials_per_worker:
+            self.pool = self._fresh_pool()
+        self.trials_run += 1
         future = self.pool.submit(_trial_in_worker, sweep, trial._trial_id, values, parent_run_id)
         try:
             return future.result()
@@ -472,13 +480,16 @@ class TrialWorker:
                 pass
             raise
         except BrokenProcessPool:
-            self.pool = self._new_pool()
+            self.close()
             reason = "the trial's worker process died (killed, or out of memory)"
             _end_orphaned_run(trial, reason)
             raise TrialFailed(reason) from None
 
     def close(self) -> None:
-        self.pool.shutdown(wait=True, cancel_futures=True)
+        """Stops the worker and waits until it has exited."""
+        if self.pool is not None:
+            self.pool.shutdown(wait=True, cancel_futures=True)
+            self.pool = None
 
 
 def _end_orphaned_run(trial: optuna.Trial, reason: str) -> None:
@@ -497,8 +508,6 @@ def make_objective(sweep: Sweep, parent_run_id: str, worker: TrialWorker | None)
 
     def objective(trial: optuna.Trial):
         values = {key: suggest(trial, key, distribution) for key, distribution in sweep.space.items()}
-        overrides = sweep.base_overrides + [f"{key}={_format(value)}" for key, value in values.items()]
-        trial.set_user_attr("overrides", overrides)
         if worker is None:
             return run_trial(sweep, trial, values, parent_run_id)
         return worker.run(sweep, trial, values, parent_run_id)
