@@ -41,6 +41,8 @@ from typing import Callable
 import numpy as np
 from omegaconf import DictConfig, OmegaConf
 
+from regsweep import data
+
 FORMAT = 1
 FEATURES = "features.npy"
 LABELS = "labels.npy"
@@ -97,10 +99,10 @@ class FeatureStore:
             try:
                 fill(staging)
                 _write_meta(staging, parts)
-                os.rename(staging, final)
             except BaseException:
                 shutil.rmtree(staging, ignore_errors=True)
                 raise
+            data.publish_folder(staging, final)  # if a worker without our lock won the race, keep theirs
         self.evict(keep={final})
         entry = self._open(final)
         entry.hit = False
@@ -259,9 +261,11 @@ def write_features(folder: Path, prefix, images: np.ndarray, labels: np.ndarray,
     out = np.lib.format.open_memmap(folder / FEATURES, mode="w+", dtype=np.float32, shape=(len(images), *shape))
     start = 0
     for batch in batches.prefetch(tf.data.AUTOTUNE):
-        features = prefix.predict_on_batch(batch)  # Keras's compiled inference step, traced once
-        out[start : start + len(features)] = features
-        start += len(features)
+        n = int(batch.shape[0])
+        if n < COMPUTE_BATCH:  # pad the last batch: one input shape, so the step is traced once
+            batch = tf.pad(batch, [[0, COMPUTE_BATCH - n], [0, 0], [0, 0], [0, 0]])
+        out[start : start + n] = prefix.predict_on_batch(batch)[:n]
+        start += n
     out.flush()
     del out
     np.save(folder / LABELS, labels.astype(np.int32))
@@ -275,7 +279,7 @@ class Phase:
     """A model and the datasets it trains on: features in place of images."""
 
     model: "keras.Model"  # noqa: F821 - shares its layers with the classifier that gets logged
-    datasets: "data.Datasets"  # noqa: F821
+    datasets: data.Datasets
 
 
 @dataclass
@@ -293,8 +297,6 @@ def prepare(cfg: DictConfig, splits, base, classifier) -> CachedData:
     trial at the same strength, whatever its cut); phase 2 reads the cut's output and trains
     the top blocks as well.
     """
-    from regsweep import model as models
-
     unfrozen = cfg.model.unfrozen_blocks
     entries: list[Entry] = []
     head = _phase(cfg, splits, base, classifier, 0, entries)
@@ -306,8 +308,7 @@ def prepare(cfg: DictConfig, splits, base, classifier) -> CachedData:
 
 def _phase(cfg: DictConfig, splits, base, classifier, unfrozen: int, entries: list[Entry]) -> Phase:
     """The entries for the cut below the top `unfrozen` blocks, and the model that reads them."""
-    from regsweep import data
-    from regsweep import model as models
+    from regsweep import model as models  # Keras: kept out of `regsweep cache info`
 
     backbone, size, seed = cfg.model.backbone, cfg.model.image_size, cfg.train.seed
     prefix, suffix = models.split_backbone(backbone, base, unfrozen)

@@ -61,6 +61,7 @@ def _import_tensorflow_quietly() -> None:
         import tensorflow
 
         tensorflow.config.list_physical_devices()  # the CUDA probe's notice, on machines without a GPU
+        tensorflow.get_logger().setLevel("ERROR")  # retracing notices: a sweep builds a model per trial
     finally:
         os.dup2(saved, 2)
         os.close(saved)

@@ -115,7 +115,7 @@ def learning_curve_figure(history: dict[str, list[float]], phase2_start: int | N
     figure, (loss_axis, accuracy_axis) = plt.subplots(1, 2, figsize=(10, 4))
     epochs = np.arange(1, len(history["loss"]) + 1)
     for axis, metric in ((loss_axis, "loss"), (accuracy_axis, "accuracy")):
-        axis.plot(epochs, history[metric], label=f"train (running, augmented, dropout on)")
+        axis.plot(epochs, history[metric], label="train (running, augmented, dropout on)")
         axis.plot(epochs, history[f"val_{metric}"], label="validation")
         if phase2_start is not None:
             axis.axvline(phase2_start + 0.5, color="grey", linestyle=":", label="fine-tuning starts")
