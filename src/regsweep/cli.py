@@ -177,6 +177,9 @@ def _without_hydra(command):
         except KeyboardInterrupt:
             print("\nregsweep: stopped. Re-run the same command to resume the study.", file=sys.stderr)
             sys.exit(130)
+        except BrokenPipeError:  # `regsweep cache info | head`: the reader left, nothing is wrong
+            os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+            sys.exit(0)
 
     return run
 
