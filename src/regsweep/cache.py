@@ -216,8 +216,6 @@ def _verified_arrays(path: Path) -> tuple[np.ndarray, np.ndarray]:
             _VERIFIED.add(identity)
         features = np.load(path / FEATURES, mmap_mode="r")
         labels = np.load(path / LABELS)
-    except CacheDamaged:
-        raise
     except (OSError, ValueError, KeyError, TypeError) as error:
         raise CacheDamaged(f"{path}: {error}") from error
     if list(features.shape) != meta["shape"] or len(labels) != features.shape[0]:
