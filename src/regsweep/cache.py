@@ -323,9 +323,11 @@ def _phase(cfg: DictConfig, splits, base, classifier, unfrozen: int, entries: li
         "versions": _versions(),
         "classes": list(splits.class_names),
     }
+    # Listed and fingerprinted once per phase, not once per entry.
+    fingerprints = {folder: data.folder_fingerprint(folder, splits.class_names) for folder in (splits.train, splits.val)}
 
     def clean(split: str, folder: Path) -> Entry:
-        parts = {**common, "split": split, "data": data.folder_fingerprint(folder, splits.class_names), "view": "clean"}
+        parts = {**common, "split": split, "data": fingerprints[folder], "view": "clean"}
 
         def fill(staging):
             images, labels = data.load_images(folder, splits.class_names, size)
@@ -336,8 +338,7 @@ def _phase(cfg: DictConfig, splits, base, classifier, unfrozen: int, entries: li
     def augmented(index: int, strength: float) -> Entry:
         view = {"index": index, "strength": round(strength, 6), "flip": cfg.data.flip, "seed": seed,
                 "ranges": OmegaConf.to_container(cfg.augment, resolve=True) | {"strength": None}}
-        parts = {**common, "split": "train", "data": data.folder_fingerprint(splits.train, splits.class_names),
-                 "view": view}
+        parts = {**common, "split": "train", "data": fingerprints[splits.train], "view": view}
 
         def fill(staging):
             images, labels = data.load_images(splits.train, splits.class_names, size)
