@@ -41,7 +41,8 @@ def prepare(cfg):
     keras.utils.set_random_seed(cfg.train.seed)
     weights = None if cfg.model.weights is None else str(cfg.model.weights)
     base = models.load_backbone(cfg.model.backbone, cfg.model.image_size, weights)
-    classifier = models.build_classifier(cfg.model.backbone, base, len(splits.class_names), "flatten", 8, 0.0, 0)
+    classifier = models.build_classifier(cfg.model.backbone, base, len(splits.class_names),
+                                         cfg.model.pooling, 8, 0.0, 0)
     return cache.prepare(cfg, splits, base, classifier)
 
 
@@ -63,6 +64,7 @@ def test_every_input_of_the_numbers_is_in_the_key(tmp_path, images):
         "data.flip=vertical": 2,
         "train.seed=1": 4,  # seeded random backbone weights differ, so every entry does
         "model.unfrozen_blocks=1": 4,  # another cut (phase 1 still reads the backbone's top)
+        "model.pooling=avg": 4,  # phase 1 caches pooled vectors
         "model.image_size=36": 4,
         "cache.augmented_views=3": 1,  # views 0 and 1 are reused
     }
@@ -134,6 +136,22 @@ def test_the_cached_features_are_the_prefix_of_the_un_augmented_images(tmp_path,
     cached = np.concatenate([x for x, _ in result.tune.datasets.train_eval])
     np.testing.assert_allclose(cached, prefix.predict(raw.astype("float32"), verbose=0), rtol=1e-5, atol=1e-6)
     assert np.array_equal(np.concatenate([y for _, y in result.tune.datasets.train_eval]), labels)
+
+
+def test_one_pass_over_the_images_stores_every_cut_up_to_the_top(tmp_path, images, monkeypatch):
+    """A study mixes unfrozen-block counts: the pass a deep cut needs serves the shallower ones."""
+    passes = []
+    write = cache.write_features
+    monkeypatch.setattr(cache, "write_features", lambda folders, *args, **kw: (passes.append(len(folders)),
+                                                                             write(folders, *args, **kw)))
+    store = tmp_path / "mlruns"
+    views = ("augment.strength=0.5", "cache.augmented_views=2")
+    deep = prepare(folders_cfg(store, images, *views, "model.unfrozen_blocks=2"))
+    assert (deep.hits, deep.misses) == (0, 12) and passes == [3, 3, 3, 3]  # 4 views × cuts 0, 1, 2
+    for unfrozen in (1, 0):
+        shallow = prepare(folders_cfg(store, images, *views, f"model.unfrozen_blocks={unfrozen}"))
+        assert (shallow.hits, shallow.misses) == (4 * (unfrozen + 1), 0)
+    assert len(passes) == 4
 
 
 @pytest.mark.parametrize("damage", ["flip a byte", "truncate", "delete meta", "half-written folder"])
@@ -238,7 +256,8 @@ def test_cache_info_lists_entries_and_clear_empties_the_folder(tmp_path, images,
     cli.COMMANDS["cache"](["info", f"paths.store={store}"])
     printed = capsys.readouterr().out
     assert f"Feature cache {store / 'cache' / 'features'}: 2 entries" in printed
-    assert "demo_cnn-train-cut3-clean-" in printed and "demo_cnn-validation-cut3-clean-" in printed
+    assert "demo_cnn-train-cut0-flatten-clean-" in printed
+    assert "demo_cnn-validation-cut0-flatten-clean-" in printed
     assert "of 20.000 GB (cache.max_gb)" in printed
 
     cli.COMMANDS["cache"](["clear", f"paths.store={store}"])

@@ -75,13 +75,17 @@ def test_prefix_then_suffix_then_head_equals_the_whole_classifier(backbone, unfr
 
     base = models.load_backbone(backbone, 32, None)
     classifier = models.build_classifier(backbone, base, 3, "avg", 8, 0.0, seed=0)
-    prefix, suffix = models.split_backbone(backbone, base, unfrozen)
-    on_features = models.build_feature_classifier(classifier, suffix, prefix.output_shape[1:])
+    cuts = sorted({0, unfrozen})  # phase 1's pooled cut and phase 2's, from one pass
+    prefix = models.cached_prefix(classifier, backbone, base, cuts)
     images = np.random.default_rng(0).uniform(0, 255, (4, 32, 32, 3)).astype("float32")
-    np.testing.assert_allclose(
-        on_features.predict(prefix.predict(images, verbose=0), verbose=0),
-        classifier.predict(images, verbose=0), rtol=1e-5, atol=1e-6,
-    )
+    outputs = prefix.predict(images, verbose=0)
+    features = dict(zip(cuts, outputs if isinstance(outputs, list) else [outputs]))
+    assert features[0].ndim == 2  # phase 1 caches one pooled vector per image, not a feature map
+    for cut in cuts:
+        on_features = models.classifier_on_features(classifier, backbone, base, cut, features[cut].shape[1:])
+        np.testing.assert_allclose(on_features.predict(features[cut], verbose=0),
+                                   classifier.predict(images, verbose=0), rtol=1e-5, atol=1e-6)
+    _, suffix = models.split_backbone(backbone, base, unfrozen)
     assert (suffix is None) == (unfrozen == 0)
     if suffix is not None:  # the cut is a block boundary: the suffix holds exactly the top blocks
         top = set(models.BACKBONES[backbone].blocks[-unfrozen:])

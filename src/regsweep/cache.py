@@ -33,7 +33,7 @@ import os
 import shutil
 import tempfile
 import time
-from contextlib import contextmanager
+from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
@@ -43,7 +43,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from regsweep import data
 
-FORMAT = 1
+FORMAT = 2  # 2: phase 1 entries hold pooled vectors
 FEATURES = "features.npy"
 LABELS = "labels.npy"
 META = "meta.json"
@@ -83,30 +83,49 @@ class FeatureStore:
         `fill` writes FEATURES and LABELS into the staging folder; the store adds the checksums
         and publishes the folder with one rename.
         """
-        name = f"{label}-{entry_key(parts)}"
-        final = self.entries / name
-        entry = self._open(final)
-        if entry is not None:
-            return entry
+        return self.get_many([(parts, label)], lambda folders: fill(folders[0]))[0]
+
+    def get_many(self, requests: list[tuple[dict, str]], fill: Callable[[dict[int, Path]], None]) -> list[Entry]:
+        """The entries for several (parts, label) requests; the missing ones filled by one call.
+
+        One pass of the images through the backbone yields every cut above the first one, so
+        a run asks for all its cuts of one view together. `fill({request index: staging
+        folder})` writes only the missing ones. Locks are taken in name order, so two workers
+        asking for overlapping sets cannot deadlock.
+        """
+        names = [f"{label}-{entry_key(parts)}" for parts, label in requests]
+        entries = [self._open(self.entries / name) for name in names]
+        if all(entries):
+            return entries
         self.entries.mkdir(parents=True, exist_ok=True)
-        with self._lock(name):
-            entry = self._open(final)  # another worker may have filled it while we waited
-            if entry is not None:
-                return entry
-            if final.exists():  # a folder without a valid meta.json: not ours to trust
-                self.remove(final)
-            staging = Path(tempfile.mkdtemp(prefix=f".staging-{name}-", dir=self.entries))
-            try:
-                fill(staging)
-                _write_meta(staging, parts)
-            except BaseException:
-                shutil.rmtree(staging, ignore_errors=True)
-                raise
-            data.publish_folder(staging, final)  # if a worker without our lock won the race, keep theirs
-        self.evict(keep={final})
-        entry = self._open(final)
-        entry.hit = False
-        return entry
+        with ExitStack() as locks:
+            for name in sorted({names[i] for i, entry in enumerate(entries) if entry is None}):
+                locks.enter_context(self._lock(name))
+            stagings = {}
+            for i, name in enumerate(names):
+                if entries[i] is None:
+                    entries[i] = self._open(self.entries / name)  # another worker may have filled it
+                if entries[i] is None and i not in stagings:
+                    if (self.entries / name).exists():  # a folder without a valid meta.json: not ours to trust
+                        self.remove(self.entries / name)
+                    stagings[i] = Path(tempfile.mkdtemp(prefix=f".staging-{name}-", dir=self.entries))
+            if stagings:
+                try:
+                    fill(stagings)
+                    for i, staging in stagings.items():
+                        _write_meta(staging, requests[i][0])
+                except BaseException:
+                    for staging in stagings.values():
+                        shutil.rmtree(staging, ignore_errors=True)
+                    raise
+                for i, staging in stagings.items():
+                    # If a worker without our lock won the race, keep theirs.
+                    data.publish_folder(staging, self.entries / names[i])
+        self.evict(keep={self.entries / name for name in names})
+        for i in stagings:
+            entries[i] = self._open(self.entries / names[i])
+            entries[i].hit = False
+        return entries
 
     def _open(self, path: Path) -> Entry | None:
         if not (path / META).is_file():
@@ -242,9 +261,10 @@ def store_for(cfg: DictConfig) -> FeatureStore:
 # --- filling entries --------------------------------------------------------------------------
 
 
-def write_features(folder: Path, prefix, images: np.ndarray, labels: np.ndarray, augmenter=None) -> None:
+def write_features(folders: list[Path], prefix, images: np.ndarray, labels: np.ndarray, augmenter=None) -> None:
     """Runs `images` (uint8) through the optional augmenter and the prefix, batch by batch,
-    straight into a memory-mapped .npy file: the whole array is never held in memory.
+    writing output k into `folders[k]` as a memory-mapped .npy file: no whole array is ever
+    held in memory.
 
     Augmentation runs in a tf.data map, sequentially on purpose: its seeded random state is
     then consumed in file order, so the same view is computed bit for bit every time.
@@ -255,18 +275,22 @@ def write_features(folder: Path, prefix, images: np.ndarray, labels: np.ndarray,
         lambda x: tf.cast(x, tf.float32), num_parallel_calls=tf.data.AUTOTUNE)
     if augmenter is not None:
         batches = batches.map(lambda x: augmenter(x, training=True))
-    shape = tuple(int(d) for d in prefix.output.shape[1:])
-    out = np.lib.format.open_memmap(folder / FEATURES, mode="w+", dtype=np.float32, shape=(len(images), *shape))
+    outputs = [np.lib.format.open_memmap(folder / FEATURES, mode="w+", dtype=np.float32,
+                                         shape=(len(images), *(int(d) for d in output.shape[1:])))
+               for folder, output in zip(folders, prefix.outputs, strict=True)]
     start = 0
     for batch in batches.prefetch(tf.data.AUTOTUNE):
         n = int(batch.shape[0])
         if n < COMPUTE_BATCH:  # pad the last batch: one input shape, so the step is traced once
             batch = tf.pad(batch, [[0, COMPUTE_BATCH - n], [0, 0], [0, 0], [0, 0]])
-        out[start : start + n] = prefix.predict_on_batch(batch)[:n]
+        results = prefix.predict_on_batch(batch)
+        for out, result in zip(outputs, results if isinstance(results, (list, tuple)) else [results]):
+            out[start : start + n] = result[:n]
         start += n
-    out.flush()
-    del out
-    np.save(folder / LABELS, labels.astype(np.int32))
+    for folder, out in zip(folders, outputs):
+        out.flush()
+        np.save(folder / LABELS, labels.astype(np.int32))
+    del outputs
 
 
 # --- cached datasets for one run --------------------------------------------------------------
@@ -282,7 +306,7 @@ class Phase:
 
 @dataclass
 class CachedData:
-    head: Phase  # phase 1: the head on the whole frozen backbone's output
+    head: Phase  # phase 1: the head on the whole frozen backbone's pooled output
     tune: Phase | None  # phase 2: suffix + head on the cut's output (None: nothing unfrozen)
     hits: int
     misses: int
@@ -291,77 +315,86 @@ class CachedData:
 def prepare(cfg: DictConfig, splits, base, classifier) -> CachedData:
     """Looks up (or fills) the entries a run needs and builds the models and datasets of its phases.
 
-    Phase 1 trains only the head, so it reads the backbone's final output (shared by every
-    trial at the same strength, whatever its cut); phase 2 reads the cut's output and trains
-    the top blocks as well.
+    Phase 1 trains only the head, so it reads the backbone's pooled output (cut 0, shared by
+    every trial at the same strength, whatever its cut); phase 2 reads the output of the cut
+    below the top `model.unfrozen_blocks` blocks and trains those blocks as well. A miss runs
+    the images through the backbone once and stores every cut from the run's own up to cut 0:
+    the pass computes them anyway, and they are the cuts other trials of a study ask for.
     """
-    unfrozen = cfg.model.unfrozen_blocks
-    entries: list[Entry] = []
-    head = _phase(cfg, splits, base, classifier, 0, entries)
-    tune = _phase(cfg, splits, base, classifier, unfrozen, entries) if unfrozen > 0 else None
-    store_for(cfg).evict(keep={e.path for e in entries})
-    hits = sum(e.hit for e in entries)
-    return CachedData(head, tune, hits, len(entries) - hits)
-
-
-def _phase(cfg: DictConfig, splits, base, classifier, unfrozen: int, entries: list[Entry]) -> Phase:
-    """The entries for the cut below the top `unfrozen` blocks, and the model that reads them."""
     from regsweep import model as models  # Keras: kept out of `regsweep cache info`
 
     backbone, size, seed = cfg.model.backbone, cfg.model.image_size, cfg.train.seed
-    prefix, suffix = models.split_backbone(backbone, base, unfrozen)
+    unfrozen = cfg.model.unfrozen_blocks
+    cuts = list(range(unfrozen + 1))
     store = store_for(cfg)
-    frozen_blocks = len(models.BACKBONES[backbone].blocks) - unfrozen
+    digests = prefix_digests(base, backbone, cuts)
     common = {
         "format": FORMAT,
         "backbone": backbone,
         "image_size": size,
-        "cut": {"frozen_blocks": frozen_blocks, "layer": models.cut_layer(base, backbone, unfrozen)},
-        "weights_sha256": weights_digest(prefix),
         "preprocess": _qualified_name(models.BACKBONES[backbone].preprocess),
         "decoder": "keras.utils.image_dataset_from_directory rgb bilinear, rounded to uint8",
         "versions": _versions(),
         "classes": list(splits.class_names),
     }
-    # Listed and fingerprinted once per phase, not once per entry.
-    fingerprints = {folder: data.folder_fingerprint(folder, splits.class_names) for folder in (splits.train, splits.val)}
-
-    def clean(split: str, folder: Path) -> Entry:
-        parts = {**common, "split": split, "data": fingerprints[folder], "view": "clean"}
-
-        def fill(staging):
-            images, labels = data.load_images(folder, splits.class_names, size)
-            write_features(staging, prefix, images, labels)
-
-        return store.get(parts, f"{backbone}-{split}-cut{frozen_blocks}-clean", fill)
-
-    def augmented(index: int, strength: float) -> Entry:
-        view = {"index": index, "strength": round(strength, 6), "flip": cfg.data.flip, "seed": seed,
-                "ranges": OmegaConf.to_container(cfg.augment, resolve=True) | {"strength": None}}
-        parts = {**common, "split": "train", "data": fingerprints[splits.train], "view": view}
-
-        def fill(staging):
-            images, labels = data.load_images(splits.train, splits.class_names, size)
-            augmenter = data.build_augmenter(strength, cfg.data.flip, cfg.augment, view_seed(seed, index))
-            write_features(staging, prefix, images, labels, augmenter)
-
-        return store.get(parts, f"{backbone}-train-cut{frozen_blocks}-s{strength:g}-v{index}", fill)
-
-    clean_train, val = clean("train", splits.train), clean("validation", splits.val)
+    folders = {"train": splits.train, "validation": splits.val}
+    # Listed and fingerprinted once per run, not once per entry.
+    fingerprints = {split: data.folder_fingerprint(folder, splits.class_names) for split, folder in folders.items()}
     strength = float(cfg.augment.strength)
-    views = [augmented(i, strength) for i in range(cfg.cache.augmented_views)] if strength > 0 else []
-    entries += [clean_train, val, *views]
+    views = [("train", None), ("validation", None)]
+    views += [("train", index) for index in range(cfg.cache.augmented_views)] if strength > 0 else []
 
-    batch_size = cfg.data.batch_size
-    train, steps = training_stream([e.features for e in views] or [clean_train.features], clean_train.labels,
-                                   batch_size, seed)
-    datasets = data.Datasets(
-        train=train,
-        train_eval=evaluation_set(clean_train.features, clean_train.labels, batch_size),
-        val=evaluation_set(val.features, val.labels, batch_size),
-        train_steps=steps,
-    )
-    return Phase(models.build_feature_classifier(classifier, suffix, clean_train.features.shape[1:]), datasets)
+    def request(cut: int, split: str, index: int | None) -> tuple[dict, str]:
+        cut_parts = {"unfrozen_blocks": cut, "layer": models.cut_layer(base, backbone, cut),
+                     "weights_sha256": digests[cut]}
+        if cut == 0:  # the prefix ends with the head's pooling
+            cut_parts["pooling"] = cfg.model.pooling
+        view = "clean" if index is None else {
+            "index": index, "strength": round(strength, 6), "flip": cfg.data.flip, "seed": seed,
+            "ranges": OmegaConf.to_container(cfg.augment, resolve=True) | {"strength": None}}
+        parts = {**common, "cut": cut_parts, "split": split, "data": fingerprints[split], "view": view}
+        cut_label = f"cut{cut}" + (f"-{cfg.model.pooling}" if cut == 0 else "")
+        view_label = "clean" if index is None else f"s{strength:g}-v{index}"
+        return parts, f"{backbone}-{split}-{cut_label}-{view_label}"
+
+    prefixes = {}  # by the cuts a fill needs: one model, so predict traces once, not once per view
+
+    def filler(split: str, index: int | None):
+        def fill(stagings: dict[int, Path]) -> None:
+            wanted = tuple(sorted(stagings))
+            if wanted not in prefixes:
+                prefixes[wanted] = models.cached_prefix(classifier, backbone, base, [cuts[i] for i in wanted])
+            prefix = prefixes[wanted]
+            images, labels = data.load_images(folders[split], splits.class_names, size)
+            augmenter = None if index is None else data.build_augmenter(
+                strength, cfg.data.flip, cfg.augment, view_seed(seed, index))
+            write_features([stagings[i] for i in wanted], prefix, images, labels, augmenter)
+        return fill
+
+    entries: dict[tuple, dict[int, Entry]] = {}
+    for split, index in views:
+        found = store.get_many([request(cut, split, index) for cut in cuts], filler(split, index))
+        entries[split, index] = dict(zip(cuts, found))
+    everything = [entry for by_cut in entries.values() for entry in by_cut.values()]
+    store.evict(keep={entry.path for entry in everything})
+    hits = sum(entry.hit for entry in everything)
+
+    def phase(cut: int) -> Phase:
+        clean_train, val = entries["train", None][cut], entries["validation", None][cut]
+        augmented = [entries["train", index][cut] for _, index in views[2:]]
+        batch_size = cfg.data.batch_size
+        train, steps = training_stream([e.features for e in augmented] or [clean_train.features],
+                                       clean_train.labels, batch_size, seed)
+        datasets = data.Datasets(
+            train=train,
+            train_eval=evaluation_set(clean_train.features, clean_train.labels, batch_size),
+            val=evaluation_set(val.features, val.labels, batch_size),
+            train_steps=steps,
+        )
+        trained = models.classifier_on_features(classifier, backbone, base, cut, clean_train.features.shape[1:])
+        return Phase(trained, datasets)
+
+    return CachedData(phase(0), phase(unfrozen) if unfrozen > 0 else None, hits, len(everything) - hits)
 
 
 def view_seed(seed: int, index: int) -> int:
@@ -369,15 +402,25 @@ def view_seed(seed: int, index: int) -> int:
     return seed * 1000 + 10 * (index + 1)
 
 
-def weights_digest(model) -> str:
-    """Identifies the prefix's loaded weights by value: a file, 'imagenet' or a seeded random
-    init all hash to what the numbers actually are."""
-    digest = hashlib.sha256()
-    for weight in model.weights:
-        value = np.ascontiguousarray(weight.numpy())
-        digest.update(f"{weight.path}:{value.dtype}:{value.shape}\0".encode())
-        digest.update(value.tobytes())
-    return digest.hexdigest()[:24]
+def prefix_digests(base, backbone: str, cuts: list[int]) -> dict[int, str]:
+    """Identifies each cut's prefix weights by value: a file, 'imagenet' or a seeded random init
+    all hash to what the numbers actually are. One pass over the layers, bottom to top."""
+    from regsweep import model as models
+
+    blocks = models.BACKBONES[backbone].blocks
+    owners = models.block_layers(base, backbone)
+    frozen_blocks = {cut: len(blocks) - cut for cut in cuts}
+    digest, digests = hashlib.sha256(), {}
+    for depth, block in enumerate(["", *blocks]):  # the stem, then the blocks
+        for layer in owners[block]:
+            for weight in layer.weights:
+                value = np.ascontiguousarray(weight.numpy())
+                digest.update(f"{weight.path}:{value.dtype}:{value.shape}\0".encode())
+                digest.update(value.tobytes())
+        for cut, frozen in frozen_blocks.items():
+            if frozen == depth:
+                digests[cut] = digest.copy().hexdigest()[:24]
+    return digests
 
 
 def _qualified_name(function) -> str:
