@@ -195,7 +195,7 @@ def prepare_demo(work: Path) -> Path:
     """Pretrains the demo backbone once, outside the timed sweeps (a `regsweep train` with 1 epoch)."""
     store = work / "demo-store" / "mlruns"
     store.mkdir(parents=True)
-    subprocess.run([*REGSWEEP, "train", f"paths.store={store}", "train.epochs=1", "tracking.log_model=false"],
+    subprocess.run([*REGSWEEP, "train", f"paths.store={store}", "train.epochs=1", "tracking.artifacts=none"],
                    cwd=store.parent, check=True, stdout=subprocess.DEVNULL,
                    env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3"})
     return store / "demo"

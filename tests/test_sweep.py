@@ -19,7 +19,7 @@ from regsweep.config import RegsweepError
 from regsweep.report import TrialRow, pareto_front, recommend
 
 # Tiny trials: the demo CNN, 2 + 1 epochs, no model files.
-TINY = ["train.epochs=2", "train.fine_tune_epochs=1", "tracking.log_model=false"]
+TINY = ["train.epochs=2", "train.fine_tune_epochs=1", "tracking.artifacts=none"]
 
 
 def sweep_args(store, *extra):
@@ -75,6 +75,23 @@ def test_recommendation_is_the_most_accurate_trial_within_epsilon_else_the_small
 
 
 # --- real sweeps ------------------------------------------------------------------------------
+
+
+def test_with_artifacts_best_only_a_trial_that_leads_its_study_logs_plots_and_model():
+    import optuna
+    from omegaconf import OmegaConf
+
+    study = optuna.create_study(direction="maximize")
+    for val, gap in ((0.80, 0.05), (0.90, 0.20)):  # one within ε = 0.1, one over it
+        study.add_trial(optuna.trial.create_trial(value=val, user_attrs={"val_accuracy": val, "gap": gap}))
+    trial = study.ask()
+    constrained = OmegaConf.create({"objective": "constrained", "epsilon": 0.1})
+    assert sweep.leads(trial, {"val_accuracy": 0.85, "gap": 0.05}, constrained)  # the new best within ε
+    assert not sweep.leads(trial, {"val_accuracy": 0.79, "gap": 0.0}, constrained)
+    assert not sweep.leads(trial, {"val_accuracy": 0.95, "gap": 0.15}, constrained)  # over ε
+    pareto = OmegaConf.create({"objective": "pareto", "epsilon": 0.1})
+    assert sweep.leads(trial, {"val_accuracy": 0.95, "gap": 0.15}, pareto)  # joins the front
+    assert not sweep.leads(trial, {"val_accuracy": 0.79, "gap": 0.06}, pareto)  # dominated by 0.80/0.05
 
 
 @pytest.mark.slow

@@ -50,7 +50,7 @@ def test_demo_run_leaves_one_complete_mlflow_run_and_a_reloadable_model(store):
     assert [m.step for m in history] == list(range(int(metrics["epochs_trained"])))
     assert run.data.tags["version.tensorflow"] and run.data.tags["version.keras"].startswith("3.")
     assert set(artifact_paths(store, result.run_id)) >= {
-        "config.yaml", "class_names.json", "model/model.keras",
+        "config.yaml", "class_names.json", "confusion_matrix.json", "model/model.keras",
         "plots/learning_curve.png", "plots/confusion_matrix.png",
     }
 
@@ -63,7 +63,7 @@ def test_demo_run_leaves_one_complete_mlflow_run_and_a_reloadable_model(store):
 
 def test_unfrozen_blocks_run_both_phases_from_the_trained_head(store):
     cfg = quick_cfg(store, "model.unfrozen_blocks=1", "model.dropout=0.5", "augment.strength=0.5",
-                    "tracking.log_model=false")
+                    "tracking.artifacts=none")
     result = train.run(cfg)
     assert result.metrics["epochs_trained"] == cfg.train.epochs + cfg.train.fine_tune_epochs
     backbone = result.classifier.get_layer("demo_cnn")
@@ -71,11 +71,13 @@ def test_unfrozen_blocks_run_both_phases_from_the_trained_head(store):
     assert not backbone.get_layer("block2_conv").trainable
     params = client(store).get_run(result.run_id).data.params
     assert (params["model.unfrozen_blocks"], params["model.dropout"], params["augment.strength"]) == ("1", "0.5", "0.5")
+    # tracking.artifacts=none: the numbers only, no plots or model file
+    assert set(artifact_paths(store, result.run_id)) == {"config.yaml", "class_names.json", "confusion_matrix.json"}
 
 
 def test_honest_gap_differs_from_running_accuracy_under_heavy_regularization(store):
     cfg = quick_cfg(store, "model.dropout=0.5", "augment.strength=0.5", "train.epochs=15",
-                    "tracking.log_model=false")
+                    "tracking.artifacts=none")
     metrics = train.run(cfg).metrics
     # Dropout and augmentation depress Keras's running accuracy; the inference-mode one is the real fit.
     assert metrics["train_accuracy"] - metrics["running_train_accuracy"] >= 0.1
@@ -93,7 +95,7 @@ def test_a_run_that_crashes_ends_failed_not_running(store, tmp_path):
 
 def test_hydra_multirun_trains_each_grid_point(store):
     command = [sys.executable, "-c", "from regsweep.cli import main; main()", "train", "-m",
-               "model.dropout=0,0.5", "train.epochs=1", "tracking.log_model=false", "paths.store=mlruns"]
+               "model.dropout=0,0.5", "train.epochs=1", "tracking.artifacts=none", "paths.store=mlruns"]
     result = subprocess.run(command, cwd=store.parent, capture_output=True, text=True, timeout=600)
     assert result.returncode == 0, result.stderr[-2000:]
     for name in ("train_accuracy", "val_accuracy", "gap"):
@@ -111,7 +113,7 @@ def test_mobilenet_v2_with_real_imagenet_weights_file_trains_on_generated_images
     write_class_folders(tmp_path / "images", 12, size=96)
     cfg = quick_cfg(store, "model=mobilenet_v2", f"model.weights={MOBILENET_V2}", "model.image_size=96",
                     "data=split", f"data.dir={tmp_path / 'images'}", "data.val_fraction=0.25", "model.unfrozen_blocks=1",
-                    "train.epochs=4", "tracking.log_model=false")
+                    "train.epochs=4", "tracking.artifacts=none")
     result = train.run(cfg)
     run = client(store).get_run(result.run_id)
     assert run.info.status == "FINISHED" and run.data.params["model.weights"] == str(MOBILENET_V2)
@@ -127,7 +129,7 @@ def test_a_run_replays_exactly_with_augmentation_on(store, cache):
     """A sweep's promise: `regsweep train <a trial's overrides>` reproduces that trial,
     whether it reads cached augmented views or augments online."""
     overrides = ("model.dropout=0.4", "augment.strength=0.7", "model.unfrozen_blocks=1", "train.epochs=4",
-                 "tracking.log_model=false", f"cache={cache}")
+                 "tracking.artifacts=none", f"cache={cache}")
     first = train.run(quick_cfg(store, *overrides)).metrics
     second = train.run(quick_cfg(store, *overrides)).metrics
     if cache == "on":  # clean train, validation and 4 views, at the backbone's top and at the cut

@@ -138,9 +138,14 @@ def validate(cfg: DictConfig) -> None:
         f"cache.augmented_views={cfg.cache.augmented_views} must be at least 1: "
         "use a few views such as 4, or cache=off for online augmentation",
     )
+    _check(
+        cfg.tracking.artifacts in ARTIFACTS,
+        f"tracking.artifacts={cfg.tracking.artifacts} is unknown: use one of {', '.join(ARTIFACTS)}",
+    )
     _check(cfg.cache.max_gb > 0, f"cache.max_gb={cfg.cache.max_gb} must be positive: give a size cap in GB such as 20")
 
 
+ARTIFACTS = ("all", "best", "none")
 NUMBER_KEYS = ("model.dropout", "optim.lr", "optim.fine_tune_factor", "augment.strength",
                "data.val_fraction", "data.test_fraction", "cache.max_gb")
 INTEGER_KEYS = ("model.unfrozen_blocks", "model.image_size", "model.head_units", "data.batch_size",

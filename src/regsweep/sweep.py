@@ -355,6 +355,23 @@ def knob_label(values: dict) -> str:
     return " ".join(f"{key.rsplit('.', 1)[-1]}={short(value)}" for key, value in values.items())
 
 
+def leads(trial: optuna.Trial, metrics: dict, settings: DictConfig) -> bool:
+    """Whether the finished trial would be recommended (constrained) or is on the front
+    (pareto) among the study's complete trials and itself.
+
+    A trial the report finally recommends necessarily led when it ended, so with
+    tracking.artifacts=best every recommendable trial has its plots and model.
+    """
+    from regsweep.report import TrialRow, pareto_front, recommend, trial_rows
+
+    rows = [r for r in trial_rows(trial.study) if r.number != trial.number]
+    rows.append(TrialRow(trial.number, "COMPLETE", {}, val_accuracy=metrics["val_accuracy"], gap=metrics["gap"]))
+    if settings.objective == "constrained":
+        chosen, _ = recommend(rows, settings.epsilon)
+        return chosen is not None and chosen.number == trial.number
+    return any(row.number == trial.number for row in pareto_front(rows))
+
+
 class TrialFailed(Exception):
     """A trial's error, reduced to `Type: message` so it crosses the worker process boundary."""
 
@@ -383,8 +400,8 @@ def run_trial(sweep: Sweep, trial: optuna.Trial, values: dict, parent_run_id: st
     try:
         cfg = compose(overrides)
         monitor = TrialMonitor(trial, constrained and s.pruner.name != "none", progress)
-        result = train.run(cfg, parent_run_id=parent_run_id, tags=tags,
-                           callbacks=(monitor,), on_run_started=started)
+        result = train.run(cfg, parent_run_id=parent_run_id, tags=tags, callbacks=(monitor,),
+                           on_run_started=started, leads=lambda metrics: leads(trial, metrics, s))
     except optuna.TrialPruned as pruned:
         set_state("PRUNED")
         if run_ids:  # the pruner's stop is a normal end, not a crash
@@ -524,7 +541,7 @@ def run(args: list[str]) -> optuna.Study:
     strength = sweep.space.get("augment.strength")
     if sweep.base.cache.enabled and isinstance(strength, optuna.distributions.FloatDistribution) and strength.step is None:
         print("Note: augment.strength is searched without a step, so each augmented trial computes its own "
-              "cached views; declare one to share them, e.g. 'augment.strength=range(0.0, 1.0, step=0.1)'.")
+              "cached views; declare one to share them, e.g. 'augment.strength=range(0.0, 1.0, step=0.25)'.")
     study = open_study(sweep)
     parent_run_id = parent_run(study, sweep)
     s = sweep.settings

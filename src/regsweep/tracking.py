@@ -98,17 +98,25 @@ class EpochLogger(keras.callbacks.Callback):
 
 
 def log_results(metrics: dict[str, float], history: dict[str, list[float]], phase2_start: int | None,
-                confusion: np.ndarray, class_names, model: keras.Model, log_model: bool) -> None:
-    """Final metrics, the two plots and (optionally) the model as a `.keras` file."""
+                confusion: np.ndarray, class_names, model: keras.Model, artifacts: bool) -> None:
+    """Final metrics and the confusion matrix (as numbers); with `artifacts`, the two plots and
+    the model as a `.keras` file.
+
+    Rendering the plots and saving the model take most of a cached trial's logging time, so a
+    sweep keeps them for the trials that can be recommended (tracking.artifacts=best).
+    """
     mlflow.log_metrics(metrics)
+    mlflow.log_dict({"class_names": list(class_names), "rows_true_columns_predicted": confusion.tolist()},
+                    "confusion_matrix.json")
+    if not artifacts:
+        return
     mlflow.log_figure(learning_curve_figure(history, phase2_start), "plots/learning_curve.png")
     mlflow.log_figure(confusion_figure(confusion, class_names), "plots/confusion_matrix.png")
     plt.close("all")
-    if log_model:
-        with tempfile.TemporaryDirectory() as folder:
-            path = Path(folder) / "model.keras"
-            model.save(path)
-            mlflow.log_artifact(str(path), artifact_path="model")
+    with tempfile.TemporaryDirectory() as folder:
+        path = Path(folder) / "model.keras"
+        model.save(path)
+        mlflow.log_artifact(str(path), artifact_path="model")
 
 
 def learning_curve_figure(history: dict[str, list[float]], phase2_start: int | None):

@@ -30,11 +30,12 @@ class RunResult:
 
 
 def run(cfg: DictConfig, parent_run_id: str | None = None, tags: dict[str, str] | None = None,
-        callbacks: tuple = (), on_run_started=None) -> RunResult:
+        callbacks: tuple = (), on_run_started=None, leads=None) -> RunResult:
     """Trains and logs one run to MLflow.
 
-    A sweep passes its parent run, the trial's tags, Keras callbacks (pruning, progress) and
-    `on_run_started(run_id)`, which learns the run id before training can fail.
+    A sweep passes its parent run, the trial's tags, Keras callbacks (pruning, progress),
+    `on_run_started(run_id)`, which learns the run id before training can fail, and
+    `leads(metrics)`: whether the finished trial leads its study (tracking.artifacts=best).
     """
     timer = Timer()
     with timer("setup"):
@@ -45,9 +46,13 @@ def run(cfg: DictConfig, parent_run_id: str | None = None, tags: dict[str, str] 
         dataset_fingerprint = data.fingerprint(splits)
         weights = resolve_weights(cfg, store)  # may pretrain the demo backbone: before seeding
 
-        keras.backend.clear_session()  # nothing from an earlier run in this process leaks in
-        keras.utils.set_random_seed(seed)
-        base = models.load_backbone(cfg.model.backbone, cfg.model.image_size, weights)
+        # Nothing from an earlier run in this process leaks in. The garbage collection that
+        # clear_session would also run costs ~0.4 s a trial; the sweep's worker processes are
+        # replaced every sweep.trials_per_worker trials, which bounds memory instead.
+        keras.backend.clear_session(free_memory=False)
+        keras.utils.set_random_seed(seed)  # a random-init backbone draws from it
+        base = models.reusable_backbone(cfg.model.backbone, cfg.model.image_size, weights, seed)
+        keras.utils.set_random_seed(seed)  # the head's init: the same whether base was built or reused
         classifier = models.build_classifier(
             cfg.model.backbone, base, len(splits.class_names),
             cfg.model.pooling, cfg.model.head_units, cfg.model.dropout, seed,
@@ -86,8 +91,10 @@ def run(cfg: DictConfig, parent_run_id: str | None = None, tags: dict[str, str] 
             **cache_metrics,
             **{f"seconds_{name}": value for name, value in timer.seconds.items()},
         }
+        artifacts = cfg.tracking.artifacts
+        log_artifacts = artifacts == "all" or (artifacts == "best" and (leads is None or leads(metrics)))
         tracking.log_results(metrics, history, phase2_start, confusion, splits.class_names,
-                             classifier, cfg.tracking.log_model)
+                             classifier, log_artifacts)
 
     return RunResult(mlflow_run.info.run_id, metrics, classifier)
 
