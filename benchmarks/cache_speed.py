@@ -94,6 +94,7 @@ def study_figures(store: Path, study: str = "regularization") -> dict:
     client = mlflow.MlflowClient(f"sqlite:///{store}/mlflow.db")
     counted = [t for t in trials if t.state.name in ("COMPLETE", "PRUNED")]
     epochs, shares, hits, misses = 0, [], 0, 0
+    stages = {name: [] for name in ("wall", "setup", "features", "fit", "evaluate", "harness")}
     for trial in counted:
         run = client.get_run(trial.user_attrs["mlflow_run_id"])
         m = run.data.metrics
@@ -105,6 +106,11 @@ def study_figures(store: Path, study: str = "regularization") -> dict:
             compute = (m["seconds_setup"] + m["seconds_features"] + m["seconds_fit"] - m["seconds_callbacks"]
                        + m["seconds_evaluate"])
             shares.append(max(wall - compute, 0.0) / wall)
+            for name in ("setup", "features", "evaluate"):
+                stages[name].append(m[f"seconds_{name}"])
+            stages["fit"].append(m["seconds_fit"] - m["seconds_callbacks"])
+            stages["wall"].append(wall)
+            stages["harness"].append(max(wall - compute, 0.0))
     complete = [t for t in counted if t.state.name == "COMPLETE"]
     return {
         "trials": len(counted),
@@ -112,8 +118,10 @@ def study_figures(store: Path, study: str = "regularization") -> dict:
         "epochs": epochs,
         "best_val": max((t.user_attrs["val_accuracy"] for t in complete), default=math.nan),
         "overhead_share": statistics.mean(shares) if shares else math.nan,
+        "overhead_of_time": sum(stages["harness"]) / sum(stages["wall"]) if shares else math.nan,
         "cache_hits": int(hits),
         "cache_misses": int(misses),
+        "mean_trial_s": {name: round(statistics.mean(v), 2) if v else math.nan for name, v in stages.items()},
     }
 
 
@@ -129,6 +137,7 @@ def compare(name: str, work: Path, overrides: list[str], demo: Path | None) -> d
         print(f"  {name:<24} {mode:<10} {rows[mode]['wall']:7.1f} s  {rows[mode]['trials']} trials "
               f"({rows[mode]['complete']} complete)  {rows[mode]['epochs']} epochs  "
               f"best val {rows[mode]['best_val']:.4f}", flush=True)
+        print(f"    mean complete trial (s): {json.dumps(rows[mode]['mean_trial_s'])}", flush=True)
     on, off = rows["cache"], rows["cache=off"]
     summary = {
         "case": name,
@@ -143,6 +152,8 @@ def compare(name: str, work: Path, overrides: list[str], demo: Path | None) -> d
         "best_val_off": round(off["best_val"], 4),
         "harness_share_cache": round(on["overhead_share"], 3),
         "harness_share_off": round(off["overhead_share"], 3),
+        "harness_of_trial_time_cache": round(on["overhead_of_time"], 3),
+        "harness_of_trial_time_off": round(off["overhead_of_time"], 3),
         "cache_hits_misses": f"{on['cache_hits']}/{on['cache_misses']}",
     }
     print("  " + json.dumps(summary), flush=True)

@@ -49,7 +49,7 @@ the same command tops it up, or only prints the report.
 """
 
 
-def _import_tensorflow_quietly() -> None:
+def import_tensorflow_quietly() -> None:
     """TensorFlow prints C++ start-up notices (oneDNN, CUDA) straight to file descriptor 2,
     before any log level applies; they would bury regsweep's own messages. Python errors
     raised here still surface normally."""
@@ -74,14 +74,14 @@ def start_worker() -> None:
     import signal
 
     signal.signal(signal.SIGINT, signal.SIG_IGN)
-    _import_tensorflow_quietly()
+    import_tensorflow_quietly()
     import optuna
 
     optuna.logging.set_verbosity(optuna.logging.WARNING)
 
 
 def _train_task(cfg: DictConfig) -> None:
-    _import_tensorflow_quietly()
+    import_tensorflow_quietly()
     from regsweep import train
 
     try:
@@ -111,8 +111,7 @@ def _sweep_command(args: list[str]) -> None:
 
         print(OmegaConf.to_yaml(compose_study(args[2:])), end="")
         return
-    _import_tensorflow_quietly()
-    from regsweep import sweep
+    from regsweep import sweep  # trials import TensorFlow in their worker process
 
     sweep.run(args)
 
@@ -121,7 +120,6 @@ def _report_command(args: list[str]) -> None:
     if "--help" in args or "-h" in args:
         print("usage: regsweep report [study] [sweep=<name>] [sweep.<setting>=<value>] [overrides]\n")
         return
-    _import_tensorflow_quietly()
     from regsweep import report
 
     report.run(args)

@@ -84,15 +84,35 @@ def register_sweeps() -> None:
         store.store(group="sweep", name=path.stem, node=node)
 
 
+def _efficientnet_blocks() -> tuple[str, ...]:
+    repeats = {1: 1, 2: 2, 3: 2, 4: 3, 5: 3, 6: 4, 7: 1}
+    return tuple(f"block{stage}{chr(ord('a') + i)}" for stage, n in repeats.items() for i in range(n))
+
+
+def _resnet50_blocks() -> tuple[str, ...]:
+    repeats = {2: 3, 3: 4, 4: 6, 5: 3}
+    return tuple(f"conv{stage}_block{i}" for stage, n in repeats.items() for i in range(1, n + 1))
+
+
+# Each backbone's blocks, bottom to top: `model.unfrozen_blocks=N` fine-tunes the top N. A layer
+# belongs to block b if it is named b or b_* (see regsweep.model). Kept here, free of Keras, so
+# that validating a config (in the sweep's own process, too) does not import TensorFlow.
+BLOCKS: dict[str, tuple[str, ...]] = {
+    "demo_cnn": ("block1", "block2", "block3"),
+    "vgg16": tuple(f"block{i}" for i in range(1, 6)),
+    "mobilenet_v2": tuple(f"block_{i}" for i in range(1, 17)),
+    "efficientnet_b0": _efficientnet_blocks(),
+    "resnet50": _resnet50_blocks(),
+}
+
+
 def validate(cfg: DictConfig) -> None:
     """Raises RegsweepError naming the first invalid key, its value and the fix."""
-    from regsweep.model import BACKBONES  # imports Keras; kept out of `--help` and `--cfg`
-
     _check_types(cfg)
     model, data, train, optim, augment = cfg.model, cfg.data, cfg.train, cfg.optim, cfg.augment
-    if model.backbone not in BACKBONES:
-        _fail(f"unknown backbone model.backbone={model.backbone}: choose one of {', '.join(BACKBONES)}")
-    blocks = len(BACKBONES[model.backbone].blocks)
+    if model.backbone not in BLOCKS:
+        _fail(f"unknown backbone model.backbone={model.backbone}: choose one of {', '.join(BLOCKS)}")
+    blocks = len(BLOCKS[model.backbone])
     _check(0 <= model.dropout < 1, f"model.dropout={model.dropout} is outside [0, 1): use a rate such as 0.5")
     _check(optim.lr > 0, f"optim.lr={optim.lr} must be positive: use a learning rate such as 1e-3")
     _check(

@@ -17,7 +17,7 @@ from typing import Callable
 
 import keras
 
-from regsweep.config import RegsweepError
+from regsweep.config import BLOCKS, RegsweepError
 
 
 @dataclass(frozen=True)
@@ -32,39 +32,29 @@ def _demo_preprocess(images):
     return images / 255.0
 
 
-def _efficientnet_blocks() -> tuple[str, ...]:
-    repeats = {1: 1, 2: 2, 3: 2, 4: 3, 5: 3, 6: 4, 7: 1}
-    return tuple(f"block{stage}{chr(ord('a') + i)}" for stage, n in repeats.items() for i in range(n))
-
-
-def _resnet50_blocks() -> tuple[str, ...]:
-    repeats = {2: 3, 3: 4, 4: 6, 5: 3}
-    return tuple(f"conv{stage}_block{i}" for stage, n in repeats.items() for i in range(1, n + 1))
-
-
 BACKBONES: dict[str, Backbone] = {
-    "demo_cnn": Backbone("demo_cnn", ("block1", "block2", "block3"), _demo_preprocess, None),
+    "demo_cnn": Backbone("demo_cnn", BLOCKS["demo_cnn"], _demo_preprocess, None),
     "vgg16": Backbone(
         "vgg16",
-        tuple(f"block{i}" for i in range(1, 6)),
+        BLOCKS["vgg16"],
         keras.applications.vgg16.preprocess_input,
         keras.applications.VGG16,
     ),
     "mobilenet_v2": Backbone(
         "mobilenet_v2",
-        tuple(f"block_{i}" for i in range(1, 17)),
+        BLOCKS["mobilenet_v2"],
         keras.applications.mobilenet_v2.preprocess_input,
         keras.applications.MobileNetV2,
     ),
     "efficientnet_b0": Backbone(
         "efficientnet_b0",
-        _efficientnet_blocks(),
+        BLOCKS["efficientnet_b0"],
         keras.applications.efficientnet.preprocess_input,
         keras.applications.EfficientNetB0,
     ),
     "resnet50": Backbone(
         "resnet50",
-        _resnet50_blocks(),
+        BLOCKS["resnet50"],
         keras.applications.resnet50.preprocess_input,
         keras.applications.ResNet50,
     ),

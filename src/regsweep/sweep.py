@@ -13,14 +13,13 @@ import sys
 from dataclasses import dataclass
 from pathlib import Path
 
-import keras
 import mlflow
 import optuna
 from hydra.core.override_parser.overrides_parser import OverridesParser
 from hydra.core.override_parser.types import ChoiceSweep, IntervalSweep, RangeSweep
 from omegaconf import DictConfig, OmegaConf
 
-from regsweep import data, tracking, train
+from regsweep import data, tracking
 from regsweep.config import RegsweepError, compose, compose_study, redact, validate
 
 COUNTED = (optuna.trial.TrialState.COMPLETE, optuna.trial.TrialState.PRUNED)
@@ -285,11 +284,11 @@ def parent_run(study: optuna.Study, sweep: Sweep) -> str:
 # --- trials -----------------------------------------------------------------------------------
 
 
-class TrialMonitor(keras.callbacks.Callback):
-    """Per epoch: reports val_accuracy to the pruner and refreshes the progress line."""
+class TrialMonitor:
+    """Per epoch (as a Keras callback's on_epoch_end): reports val_accuracy to the pruner and
+    refreshes the progress line."""
 
     def __init__(self, trial: optuna.Trial, prune: bool, progress: "Progress"):
-        super().__init__()
         self.trial, self.prune, self.progress = trial, prune, progress
 
     def on_epoch_end(self, epoch, logs=None):
@@ -398,9 +397,14 @@ def run_trial(sweep: Sweep, trial: optuna.Trial, values: dict, parent_run_id: st
     progress.start(trial, knob_label(values))
     tags = {"regsweep.study": s.study, "regsweep.trial_number": str(trial.number), STATE_TAG: "RUNNING"}
     try:
+        import keras  # here, not at the top: the sweep's own process never needs TensorFlow
+
+        from regsweep import train
+
         cfg = compose(overrides)
         monitor = TrialMonitor(trial, constrained and s.pruner.name != "none", progress)
-        result = train.run(cfg, parent_run_id=parent_run_id, tags=tags, callbacks=(monitor,),
+        callback = keras.callbacks.LambdaCallback(on_epoch_end=monitor.on_epoch_end)
+        result = train.run(cfg, parent_run_id=parent_run_id, tags=tags, callbacks=(callback,),
                            on_run_started=started, leads=lambda metrics: leads(trial, metrics, s))
     except optuna.TrialPruned as pruned:
         set_state("PRUNED")
@@ -481,6 +485,12 @@ class TrialWorker:
         return ProcessPoolExecutor(max_workers=1, mp_context=multiprocessing.get_context("spawn"),
                                    initializer=start_worker)
 
+    def start(self) -> None:
+        """Starts the first worker now: it imports TensorFlow while the sweep opens its study."""
+        if self.pool is None:
+            self.pool = self._fresh_pool()
+            self.pool.submit(_warm_up)
+
     def run(self, sweep: Sweep, trial: optuna.Trial, values: dict, parent_run_id: str):
         from concurrent.futures.process import BrokenProcessPool
 
@@ -507,6 +517,10 @@ class TrialWorker:
         if self.pool is not None:
             self.pool.shutdown(wait=True, cancel_futures=True)
             self.pool = None
+
+
+def _warm_up() -> None:
+    from regsweep import train  # noqa: F401 - Keras, TensorFlow and the training code, ahead of the first trial
 
 
 def _end_orphaned_run(trial: optuna.Trial, reason: str) -> None:
@@ -537,35 +551,41 @@ def run(args: list[str]) -> optuna.Study:
     from regsweep import report
 
     sweep = prepare(args)
+    s = sweep.settings
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     strength = sweep.space.get("augment.strength")
     if sweep.base.cache.enabled and isinstance(strength, optuna.distributions.FloatDistribution) and strength.step is None:
         print("Note: augment.strength is searched without a step, so each augmented trial computes its own "
               "cached views; declare one to share them, e.g. 'augment.strength=range(0.0, 1.0, step=0.25)'.")
     study = open_study(sweep)
-    parent_run_id = parent_run(study, sweep)
-    s = sweep.settings
-    done = len(study.get_trials(deepcopy=False, states=COUNTED))
-    remaining = s.n_trials - done
-    if remaining > 0:
-        print(f"Study '{s.study}' ({s.objective}, epsilon {s.epsilon}): {done} of {s.n_trials} trials done, "
-              f"running {remaining} more. Storage: {redact(str(s.storage))}", flush=True)
-        worker = TrialWorker(s.trials_per_worker) if s.trials_per_worker > 0 else None
-        try:
-            study.optimize(
-                make_objective(sweep, parent_run_id, worker),
-                n_trials=remaining + s.max_failures,
-                catch=(Exception,),
-                callbacks=[optuna.study.MaxTrialsCallback(s.n_trials, states=COUNTED)],
-            )
-        except KeyboardInterrupt:
-            mlflow.MlflowClient().set_terminated(parent_run_id, "KILLED")
-            raise
-        finally:
-            if worker is not None:
-                worker.close()
-    else:
-        print(f"Study '{s.study}' already has its {s.n_trials} trials; reporting.", flush=True)
+    remaining = s.n_trials - len(study.get_trials(deepcopy=False, states=COUNTED))
+    worker = TrialWorker(s.trials_per_worker) if remaining > 0 and s.trials_per_worker > 0 else None
+    if worker is not None:
+        worker.start()  # it imports TensorFlow while this process sets up the MLflow parent run
+    elif remaining > 0:
+        from regsweep.cli import import_tensorflow_quietly
+
+        import_tensorflow_quietly()  # trials run in this process
+    try:
+        parent_run_id = parent_run(study, sweep)
+        if remaining > 0:
+            print(f"Study '{s.study}' ({s.objective}, epsilon {s.epsilon}): {s.n_trials - remaining} of "
+                  f"{s.n_trials} trials done, running {remaining} more. Storage: {redact(str(s.storage))}", flush=True)
+            try:
+                study.optimize(
+                    make_objective(sweep, parent_run_id, worker),
+                    n_trials=remaining + s.max_failures,
+                    catch=(Exception,),
+                    callbacks=[optuna.study.MaxTrialsCallback(s.n_trials, states=COUNTED)],
+                )
+            except KeyboardInterrupt:
+                mlflow.MlflowClient().set_terminated(parent_run_id, "KILLED")
+                raise
+        else:
+            print(f"Study '{s.study}' already has its {s.n_trials} trials; reporting.", flush=True)
+    finally:
+        if worker is not None:
+            worker.close()
     report.report(study, sweep.cfg, parent_run_id)
     mlflow.MlflowClient().set_terminated(parent_run_id, "FINISHED")
     return study

@@ -14,7 +14,6 @@ import tempfile
 from contextlib import contextmanager
 from pathlib import Path
 
-import keras
 import matplotlib
 
 matplotlib.use("Agg")  # no display on servers; plots go to files
@@ -90,15 +89,13 @@ def _version(library: str) -> str:
         return "not installed"
 
 
-class EpochLogger(keras.callbacks.Callback):
-    """Logs Keras's per-epoch logs as `epoch_<name>`, stepped by the global epoch."""
-
-    def on_epoch_end(self, epoch, logs=None):
-        mlflow.log_metrics({f"epoch_{k}": float(v) for k, v in (logs or {}).items()}, step=epoch)
+def log_epoch(epoch: int, logs: dict | None) -> None:
+    """Keras's per-epoch logs as `epoch_<name>`, stepped by the global epoch."""
+    mlflow.log_metrics({f"epoch_{k}": float(v) for k, v in (logs or {}).items()}, step=epoch)
 
 
 def log_results(metrics: dict[str, float], history: dict[str, list[float]], phase2_start: int | None,
-                confusion: np.ndarray, class_names, model: keras.Model, artifacts: bool) -> None:
+                confusion: np.ndarray, class_names, model, artifacts: bool) -> None:
     """Final metrics and the confusion matrix (as numbers); with `artifacts`, the two plots and
     the model as a `.keras` file.
 

@@ -73,7 +73,8 @@ def run(cfg: DictConfig, parent_run_id: str | None = None, tags: dict[str, str] 
                 tune = head if cfg.model.unfrozen_blocks > 0 else None
                 cache_metrics = {}
         with timer("fit"):  # includes seconds_callbacks: MLflow's epoch logging, pruning, progress
-            harness = timer.around("callbacks", (tracking.EpochLogger(), *callbacks))
+            epoch_logger = keras.callbacks.LambdaCallback(on_epoch_end=tracking.log_epoch)
+            harness = timer.around("callbacks", (epoch_logger, *callbacks))
             history, phase2_start, final = fit_two_phases(head, tune, base, cfg, harness)
         best_epoch = int(np.argmin(history["val_loss"]))
         with timer("evaluate"):
