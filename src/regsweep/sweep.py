@@ -463,7 +463,7 @@ class TrialWorker:
     """Runs trials in a child process that is replaced every `trials_per_worker` trials.
 
     TensorFlow keeps several MiB per trained model in a process even after
-    keras.backend.clear_session() and gc (measured in benchmarks/README.md), so a long sweep
+    keras.backend.clear_session() (measured in benchmarks/README.md), so a long sweep
     in one process creeps; a fresh child now and then keeps memory flat, and its start-up
     (importing TensorFlow, a few seconds) is shared by the trials it runs. The old child has
     exited before the new one starts, so two never hold memory at once.
@@ -486,7 +486,7 @@ class TrialWorker:
                                    initializer=start_worker)
 
     def start(self) -> None:
-        """Starts the first worker now: it imports TensorFlow while the sweep opens its study."""
+        """Starts the first worker now: it imports TensorFlow while the sweep sets up its MLflow run."""
         if self.pool is None:
             self.pool = self._fresh_pool()
             self.pool.submit(_warm_up)
