@@ -95,9 +95,9 @@ def log_epoch(epoch: int, logs: dict | None) -> None:
 
 
 def log_results(metrics: dict[str, float], history: dict[str, list[float]], phase2_start: int | None,
-                confusion: np.ndarray, class_names, model, artifacts: bool) -> None:
-    """Final metrics and the confusion matrix (as numbers); with `artifacts`, the two plots and
-    the model as a `.keras` file.
+                confusion: np.ndarray, class_names, model, plots_and_model: bool) -> None:
+    """Final metrics and the confusion matrix (as numbers); with `plots_and_model`, the two
+    plots and the model as a `.keras` file.
 
     Rendering the plots and saving the model take most of a cached trial's logging time, so a
     sweep keeps them for the trials that can be recommended (tracking.artifacts=best).
@@ -105,7 +105,7 @@ def log_results(metrics: dict[str, float], history: dict[str, list[float]], phas
     mlflow.log_metrics(metrics)
     mlflow.log_dict({"class_names": list(class_names), "rows_true_columns_predicted": confusion.tolist()},
                     "confusion_matrix.json")
-    if not artifacts:
+    if not plots_and_model:
         return
     mlflow.log_figure(learning_curve_figure(history, phase2_start), "plots/learning_curve.png")
     mlflow.log_figure(confusion_figure(confusion, class_names), "plots/confusion_matrix.png")

@@ -93,9 +93,9 @@ def run(cfg: DictConfig, parent_run_id: str | None = None, tags: dict[str, str] 
             **{f"seconds_{name}": value for name, value in timer.seconds.items()},
         }
         artifacts = cfg.tracking.artifacts
-        log_artifacts = artifacts == "all" or (artifacts == "best" and (leads is None or leads(metrics)))
+        plots_and_model = artifacts == "all" or (artifacts == "best" and (leads is None or leads(metrics)))
         tracking.log_results(metrics, history, phase2_start, confusion, splits.class_names,
-                             classifier, log_artifacts)
+                             classifier, plots_and_model)
 
     return RunResult(mlflow_run.info.run_id, metrics, classifier)
 
