@@ -312,7 +312,7 @@ class CachedData:
     misses: int
 
 
-def prepare(cfg: DictConfig, splits, base, classifier) -> CachedData:
+def prepare(cfg: DictConfig, splits, base, classifier, fingerprints: dict[str, str] | None = None) -> CachedData:
     """Looks up (or fills) the entries a run needs and builds the models and datasets of its phases.
 
     Phase 1 trains only the head, so it reads the backbone's pooled output (cut 0, shared by
@@ -338,8 +338,7 @@ def prepare(cfg: DictConfig, splits, base, classifier) -> CachedData:
         "classes": list(splits.class_names),
     }
     folders = {"train": splits.train, "validation": splits.val}
-    # Listed and fingerprinted once per run, not once per entry.
-    fingerprints = {split: data.folder_fingerprint(folder, splits.class_names) for split, folder in folders.items()}
+    fingerprints = fingerprints or data.split_fingerprints(splits)  # the run's, when it passes them
     strength = float(cfg.augment.strength)
     views = [("train", None), ("validation", None)]
     views += [("train", index) for index in range(cfg.cache.augmented_views)] if strength > 0 else []

@@ -108,12 +108,21 @@ def image_files(folder: Path, class_name: str) -> list[Path]:
     )
 
 
-def fingerprint(splits: Splits) -> str:
-    """A hash of every file's split, class, name and content: changes when any image does."""
+def split_fingerprints(splits: Splits) -> dict[str, str]:
+    """`folder_fingerprint` of each split, by split name: the feature cache keys on them too."""
+    folders = {"train": splits.train, "validation": splits.val, "test": splits.test}
+    return {split: folder_fingerprint(folder, splits.class_names) for split, folder in folders.items()
+            if folder is not None}
+
+
+def fingerprint(splits: Splits, by_split: dict[str, str] | None = None) -> str:
+    """A hash of every file's split, class, name and content: changes when any image does.
+
+    Pass `by_split` (from `split_fingerprints`) when already computed, so no folder is listed twice.
+    """
     digest = hashlib.sha256()
-    for split, folder in (("train", splits.train), ("validation", splits.val), ("test", splits.test)):
-        if folder is not None:
-            digest.update(f"{split}:{folder_fingerprint(folder, splits.class_names)}\0".encode())
+    for split, value in (by_split or split_fingerprints(splits)).items():
+        digest.update(f"{split}:{value}\0".encode())
     return digest.hexdigest()[:16]
 
 

@@ -204,8 +204,15 @@ def split_backbone(backbone: str, base: keras.Model, unfrozen_blocks: int) -> tu
     trunk = keras.Model(base.input, cut, name=f"{backbone}_prefix_trunk")
     inputs = keras.Input(base.input_shape[1:], name="image")
     prefix = keras.Model(inputs, trunk(BackbonePreprocess(backbone)(inputs), training=False), name=f"{backbone}_prefix")
-    suffix = None if unfrozen_blocks == 0 else keras.Model(cut, base.output, name=f"{backbone}_suffix")
-    return prefix, suffix
+    return prefix, suffix_model(backbone, base, unfrozen_blocks)
+
+
+def suffix_model(backbone: str, base: keras.Model, unfrozen_blocks: int) -> keras.Model | None:
+    """Cut tensor → backbone output: the top `unfrozen_blocks` blocks (None when nothing is unfrozen)."""
+    if unfrozen_blocks == 0:
+        return None
+    cut = base.get_layer(cut_layer(base, backbone, unfrozen_blocks)).output
+    return keras.Model(cut, base.output, name=f"{backbone}_suffix")
 
 
 HEAD_LAYERS = ("head_pool", "head_dense", "head_dropout", "predictions")
@@ -234,7 +241,7 @@ def classifier_on_features(classifier: keras.Model, backbone: str, base: keras.M
     It shares its layers with `classifier`, so training it trains the classifier that gets
     logged, without running the frozen prefix again.
     """
-    _, suffix = split_backbone(backbone, base, unfrozen_blocks)
+    suffix = suffix_model(backbone, base, unfrozen_blocks)
     inputs = keras.Input(feature_shape, name="features")
     x, head = (inputs, HEAD_LAYERS[1:]) if suffix is None else (suffix(inputs, training=False), HEAD_LAYERS)
     for name in head:

@@ -43,7 +43,8 @@ def run(cfg: DictConfig, parent_run_id: str | None = None, tags: dict[str, str] 
         store = Path(cfg.paths.store)
         seed = cfg.train.seed
         splits = data.resolve_splits(cfg.data, cfg.model.image_size, seed, store)
-        dataset_fingerprint = data.fingerprint(splits)
+        by_split = data.split_fingerprints(splits)  # listed once: the cache keys on them too
+        dataset_fingerprint = data.fingerprint(splits, by_split)
         weights = resolve_weights(cfg, store)  # may pretrain the demo backbone: before seeding
 
         # Nothing from an earlier run in this process leaks in. The garbage collection that
@@ -63,7 +64,7 @@ def run(cfg: DictConfig, parent_run_id: str | None = None, tags: dict[str, str] 
             on_run_started(mlflow_run.info.run_id)
         with timer("features"):
             if cfg.cache.enabled:  # the head, then suffix + head, on cached prefix outputs
-                cached = cache.prepare(cfg, splits, base, classifier)
+                cached = cache.prepare(cfg, splits, base, classifier, by_split)
                 head, tune = cached.head, cached.tune
                 cache_metrics = {"cache_hits": cached.hits, "cache_misses": cached.misses}
             else:  # the whole classifier on freshly augmented images, every epoch
