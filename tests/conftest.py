@@ -68,3 +68,25 @@ def write_class_folders(root: Path, per_class: int, size: int = 40, classes=("ci
             mode = modes[i % len(modes)]
             image.convert(mode).save(folder / f"{name}_{i:03d}.png")
     return root
+
+
+def service_url(variable: str, what: str) -> str:
+    """The URL of a real service that .ci/run starts (PostgreSQL, an mlflow server).
+
+    Locally a test that needs one is skipped, visibly; in CI (CI=true) its absence is a failure.
+    """
+    url = os.environ.get(variable)
+    if url:
+        return url
+    message = f"{what} is not running: {variable} is unset (bash .ci/run starts it)"
+    if os.environ.get("CI", "").lower() == "true":
+        pytest.fail(message)
+    pytest.skip(message)
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+def optuna_storage(request, tmp_path) -> str:
+    """The embedded SQLite file, and (where .ci/run started it) a real PostgreSQL database."""
+    if request.param == "sqlite":
+        return f"sqlite:///{tmp_path}/optuna.db"
+    return service_url("REGSWEEP_TEST_POSTGRES_URL", "PostgreSQL")

@@ -72,12 +72,23 @@ def start_worker() -> None:
     """Start-up of a sweep's trial worker process: quiet TensorFlow, and leave Ctrl-C to the
     trial in progress (the sweep process decides what happens between trials)."""
     import signal
+    import threading
 
     signal.signal(signal.SIGINT, signal.SIG_IGN)
+    threading.Thread(target=_exit_with_parent, args=(os.getppid(),), daemon=True).start()
     import_tensorflow_quietly()
     import optuna
 
     optuna.logging.set_verbosity(optuna.logging.WARNING)
+
+
+def _exit_with_parent(parent_pid: int) -> None:
+    """A worker whose sweep was killed (kill -9) must not finish its trial alone: the restarted
+    sweep marks that trial FAIL, and nothing may record it COMPLETE behind its back."""
+    while True:
+        time.sleep(0.5)
+        if os.getppid() != parent_pid:
+            os._exit(1)
 
 
 def _train_task(cfg: DictConfig) -> None:

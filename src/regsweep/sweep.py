@@ -131,6 +131,10 @@ def check_settings(settings: DictConfig, expressions: dict[str, str]) -> None:
             f"sweep.trials_per_worker={settings.trials_per_worker} must be an integer >= 0 "
             "(0 runs trials in the sweep's own process)"
         )
+    if not isinstance(settings.heartbeat_seconds, int) or settings.heartbeat_seconds < 1:
+        raise RegsweepError(
+            f"sweep.heartbeat_seconds={settings.heartbeat_seconds} must be a whole number of seconds >= 1"
+        )
     if not isinstance(settings.epsilon, (int, float)) or settings.epsilon < 0:
         raise RegsweepError(f"sweep.epsilon={settings.epsilon} must be a number >= 0 (the largest acceptable gap)")
     if not expressions:
@@ -161,45 +165,107 @@ def study_record(sweep: Sweep) -> dict:
 
 
 def open_study(sweep: Sweep) -> optuna.Study:
+    """Creates the study, or loads it and checks that it is the same study.
+
+    Exactly one process creates a study (the storage refuses a second name), and only the
+    creator records its definition and enqueues the baseline: two workers started at once on
+    a new study never enqueue two baselines.
+    """
     s = sweep.settings
     constrained = s.objective == "constrained"
-    storage = str(s.storage)
-    if storage.startswith("sqlite:///"):
-        Path(storage.removeprefix("sqlite:///")).parent.mkdir(parents=True, exist_ok=True)
+    storage = open_storage(sweep)
     existing = _existing_trials(storage, s.study)
-    study = optuna.create_study(
+    options = dict(
         study_name=s.study,
         storage=storage,
         directions=["maximize"] if constrained else ["maximize", "minimize"],
         sampler=make_sampler(s, existing),
         pruner=make_pruner(s) if constrained else optuna.pruners.NopPruner(),
-        load_if_exists=True,
     )
     record = study_record(sweep)
-    previous = {key: study.user_attrs.get(key) for key in record}
-    if existing == 0 and not study.user_attrs:
+    try:
+        study = optuna.create_study(**options)
+        created = True
+    except optuna.exceptions.DuplicatedStudyError:
+        study = optuna.create_study(**options, load_if_exists=True)
+        created = False
+    if not created and not study.user_attrs:  # another worker has just created it
+        study = _wait_for_record(study, s.study)
+    if not study.user_attrs:  # created here, or left unrecorded by a creator that died at once
         for key, value in record.items():
             study.set_user_attr(key, value)
         baseline = baseline_values(sweep)
         if baseline:
             study.enqueue_trial(baseline, user_attrs={"baseline": True})
-    elif previous != record:
+        return study
+    previous = {key: study.user_attrs.get(key) for key in record}
+    if previous != record:
         changed = [key for key in record if previous[key] != record[key]]
         raise RegsweepError(
-            f"study '{s.study}' in {redact(storage)} was started with a different {', '.join(changed)} "
+            f"study '{s.study}' in {redact(str(s.storage))} was started with a different {', '.join(changed)} "
             f"({'; '.join(f'{k}: {previous[k]}' for k in changed)}): re-run with the original settings, "
             "or start a new study with sweep.study=<new name>"
         )
     return study
 
 
-def _existing_trials(storage: str, name: str) -> int:
+def _wait_for_record(study: optuna.Study, name: str, seconds: float = 15.0) -> optuna.Study:
+    import time
+
+    deadline = time.monotonic() + seconds
+    while not study.user_attrs and not study.get_trials(deepcopy=False) and time.monotonic() < deadline:
+        time.sleep(0.2)
+    return study
+
+
+def open_storage(sweep: Sweep) -> optuna.storages.BaseStorage:
+    """The study's Optuna storage, with a heartbeat: a trial whose process was killed (kill -9,
+    reboot, pre-emption) stops beating, and is marked FAIL once it has been silent for
+    2 × sweep.heartbeat_seconds; its MLflow run is then ended FAILED (see `end_stale_trial`).
+    """
+    s = sweep.settings
+    url = str(s.storage)
+    if url.startswith("sqlite:///"):
+        Path(url.removeprefix("sqlite:///")).parent.mkdir(parents=True, exist_ok=True)
+    try:
+        return optuna.storages.RDBStorage(
+            url, heartbeat_interval=int(s.heartbeat_seconds), grace_period=2 * int(s.heartbeat_seconds),
+            heartbeat_stale_trial_callback=lambda study, trial: end_stale_trial(study, trial, sweep.cfg.tracking),
+        )
+    except Exception as error:
+        raise RegsweepError(
+            f"sweep.storage={redact(url)} cannot be opened ({redact(str(error).splitlines()[0])[:200]}): "
+            "check the URL and that its database is reachable, or leave it unset for the local SQLite file"
+        ) from None
+
+
+INTERRUPTED = "interrupted: the process running this trial stopped before the trial ended (killed, rebooted or out of memory)"
+
+
+def end_stale_trial(study: optuna.Study, trial: optuna.trial.FrozenTrial, tracking_cfg: DictConfig) -> None:
+    """Optuna has just marked a silent trial FAIL: its MLflow run must not stay RUNNING either.
+
+    The trial already carries its reason: every trial starts with `fail_reason` = INTERRUPTED,
+    replaced when it ends by itself.
+    """
+    run_id = trial.user_attrs.get("mlflow_run_id")
+    if not run_id:
+        return
+    tracking.use_store(tracking_cfg)
+    client = mlflow.MlflowClient()
+    if client.get_run(run_id).info.status == "RUNNING":
+        client.set_tag(run_id, "regsweep.error", trial.user_attrs.get("fail_reason") or INTERRUPTED)
+        client.set_tag(run_id, STATE_TAG, "FAIL")
+        client.set_terminated(run_id, "FAILED")
+
+
+def _existing_trials(storage: optuna.storages.BaseStorage, name: str) -> int:
     try:
         summaries = optuna.get_all_study_summaries(storage)
     except Exception as error:
         raise RegsweepError(
-            f"sweep.storage={redact(storage)} cannot be opened ({str(error).splitlines()[0][:200]}): "
-            "check the URL, or leave it unset for the local SQLite file"
+            f"the Optuna storage cannot be read ({redact(str(error).splitlines()[0])[:200]}): "
+            "check sweep.storage, or leave it unset for the local SQLite file"
         ) from None
     return next((summary.n_trials for summary in summaries if summary.study_name == name), 0)
 
@@ -381,6 +447,7 @@ def run_trial(sweep: Sweep, trial: optuna.Trial, values: dict, parent_run_id: st
     constrained = s.objective == "constrained"
     overrides = sweep.base_overrides + [f"{key}={_format(value)}" for key, value in values.items()]
     trial.set_user_attr("overrides", overrides)
+    trial.set_user_attr("fail_reason", INTERRUPTED)  # stays only if this process dies mid-trial
     tracking.use_store(sweep.cfg.tracking)
     client = mlflow.MlflowClient()
     progress = Progress(trial.study, s)
@@ -407,6 +474,7 @@ def run_trial(sweep: Sweep, trial: optuna.Trial, values: dict, parent_run_id: st
         result = train.run(cfg, parent_run_id=parent_run_id, tags=tags, callbacks=(callback,),
                            on_run_started=started, leads=lambda metrics: leads(trial, metrics, s))
     except optuna.TrialPruned as pruned:
+        trial.set_user_attr("fail_reason", "")
         set_state("PRUNED")
         if run_ids:  # the pruner's stop is a normal end, not a crash
             client.delete_tag(run_ids[0], "regsweep.error")
@@ -426,9 +494,11 @@ def run_trial(sweep: Sweep, trial: optuna.Trial, values: dict, parent_run_id: st
         progress.finish("FAIL", reason)
         raise
     except KeyboardInterrupt:
+        trial.set_user_attr("fail_reason", "KeyboardInterrupt: stopped with Ctrl-C")
         set_state("FAIL")
         raise
     metrics = result.metrics
+    trial.set_user_attr("fail_reason", "")
     for name in ("train_accuracy", "val_accuracy", "gap", "running_train_accuracy"):
         trial.set_user_attr(name, float(metrics[name]))
     if constrained:
@@ -568,6 +638,7 @@ def run(args: list[str]) -> optuna.Study:
         import_tensorflow_quietly()  # trials run in this process
     try:
         parent_run_id = parent_run(study, sweep)
+        fail_stale_trials(study)  # a killed earlier run's trial: FAIL, and its MLflow run FAILED
         if remaining > 0:
             print(f"Study '{s.study}' ({s.objective}, epsilon {s.epsilon}): {s.n_trials - remaining} of "
                   f"{s.n_trials} trials done, running {remaining} more. Storage: {redact(str(s.storage))}", flush=True)
@@ -586,6 +657,16 @@ def run(args: list[str]) -> optuna.Study:
     finally:
         if worker is not None:
             worker.close()
+    fail_stale_trials(study)
     report.report(study, sweep.cfg, parent_run_id)
     mlflow.MlflowClient().set_terminated(parent_run_id, "FINISHED")
     return study
+
+
+def fail_stale_trials(study: optuna.Study) -> None:
+    """Optuna checks for silent trials before each new trial; also at start and before the report."""
+    import warnings
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+        optuna.storages.fail_stale_trials(study)

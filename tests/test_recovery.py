@@ -1,0 +1,118 @@
+"""Nothing lost: a sweep killed with SIGKILL resumes to its budget, keeping every finished result."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+import uuid
+from pathlib import Path
+
+import mlflow
+import optuna
+import pytest
+
+from regsweep import cache
+
+REGSWEEP = str(Path(sys.executable).with_name("regsweep"))
+TINY = ["train.epochs=6", "train.fine_tune_epochs=2", "tracking.artifacts=none", "sweep.pruner.name=none"]
+
+
+def sweep_command(store: Path, storage: str, study: str, *extra: str) -> list[str]:
+    return [REGSWEEP, "sweep", f"paths.store={store}", f"sweep.storage={storage}", f"sweep.study={study}",
+            "sweep.heartbeat_seconds=1", *TINY, *extra]
+
+
+def descendants(pid: int) -> list[int]:
+    children = []
+    for task in Path(f"/proc/{pid}/task").iterdir():
+        for child in (task / "children").read_text().split():
+            children += [int(child), *descendants(int(child))]
+    return children
+
+
+def wait_for(condition, seconds: float, what: str):
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline:
+        value = condition()
+        if value:
+            return value
+        time.sleep(0.1)
+    raise AssertionError(f"timed out after {seconds} s waiting for {what}")
+
+
+def trials(storage: str, study: str) -> list[optuna.trial.FrozenTrial]:
+    try:
+        return optuna.load_study(study_name=study, storage=storage).get_trials()
+    except KeyError:  # not created yet
+        return []
+
+
+@pytest.mark.slow
+def test_a_sweep_killed_mid_trial_resumes_to_its_budget_and_loses_nothing(store, optuna_storage):
+    study = f"kill-{uuid.uuid4().hex[:8]}"
+    command = sweep_command(store, optuna_storage, study, "sweep.n_trials=4", "augment.strength=choice(0.0, 0.5)")
+    env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3"}
+    process = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, env=env)
+
+    def second_trial_training():  # one trial finished, the next has its MLflow run
+        states = trials(optuna_storage, study)
+        done = [t for t in states if t.state.name == "COMPLETE"]
+        running = [t for t in states if t.state.name == "RUNNING" and "mlflow_run_id" in t.user_attrs]
+        return (done, running[0]) if done and running else None
+
+    try:
+        done_before, victim = wait_for(second_trial_training, 300, "a complete trial and a running one")
+        worker_pids = descendants(process.pid)
+        time.sleep(1.0)  # in the middle of its epochs
+        process.send_signal(signal.SIGKILL)
+        process.wait(timeout=30)
+    finally:
+        if process.poll() is None:
+            process.kill()
+    # The trial's worker goes with its sweep: nothing finishes the trial behind the restart's back.
+    wait_for(lambda: not any(Path(f"/proc/{pid}").exists() and "zombie" not in _state(pid) for pid in worker_pids),
+             10, "the sweep's worker to exit")
+    tracking = mlflow.MlflowClient(f"sqlite:///{store}/mlflow.db")
+    assert tracking.get_run(victim.user_attrs["mlflow_run_id"]).info.status == "RUNNING"
+
+    resumed = subprocess.run(command, capture_output=True, text=True, env=env, timeout=600)
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+
+    after = {t.number: t for t in trials(optuna_storage, study)}
+    for before in done_before:  # finished results are kept, exactly
+        assert after[before.number].state.name == "COMPLETE"
+        assert after[before.number].user_attrs["val_accuracy"] == before.user_attrs["val_accuracy"]
+        assert tracking.get_run(before.user_attrs["mlflow_run_id"]).info.status == "FINISHED"
+    killed = after[victim.number]
+    assert killed.state.name == "FAIL"
+    assert killed.user_attrs["fail_reason"].startswith("interrupted")
+    killed_run = tracking.get_run(victim.user_attrs["mlflow_run_id"])
+    assert killed_run.info.status == "FAILED"
+    assert killed_run.data.tags["regsweep.error"].startswith("interrupted")
+    states = [t.state.name for t in after.values()]
+    assert "RUNNING" not in states
+    assert sum(state in ("COMPLETE", "PRUNED") for state in states) == 4
+
+    experiment = tracking.get_experiment_by_name("regsweep").experiment_id
+    runs = tracking.search_runs([experiment], f"tags.`regsweep.study` = '{study}'")
+    parents = [r for r in runs if r.data.tags.get("regsweep.role") == "study"]
+    assert len(parents) == 1 and parents[0].info.status == "FINISHED"
+    children = [r for r in runs if r.data.tags.get("mlflow.parentRunId") == parents[0].info.run_id]
+    assert "RUNNING" not in {r.info.status for r in children}
+    assert {t.user_attrs["mlflow_run_id"] for t in after.values()} == {r.info.run_id for r in children}
+
+    # The feature cache holds only whole entries: each one reads back against its checksums.
+    rows = cache.FeatureStore(store / "cache", 10**12).listing()
+    assert rows
+    for row in rows:
+        cache._verified_arrays(row["path"])
+
+
+def _state(pid: int) -> str:
+    try:
+        return Path(f"/proc/{pid}/status").read_text().split("State:")[1].split("\n")[0]
+    except (FileNotFoundError, IndexError):
+        return "zombie"
