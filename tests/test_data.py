@@ -90,3 +90,57 @@ def test_augmentation_is_off_at_strength_zero_and_changes_images_above(tmp_path)
     out = np.asarray(augmenter(batch, training=True))
     assert out.shape == batch.shape and not np.allclose(out, batch)
     np.testing.assert_array_equal(np.asarray(augmenter(batch, training=False)), batch)
+
+
+def _write_bad_files(folder: Path) -> dict[str, str]:
+    """One of each kind of unusable file, by name → the words its message must contain."""
+    good = next(folder.glob("*.png")).read_bytes()
+    (folder / "corrupt.jpg").write_bytes(b"\xff\xd8\xff\xe0" + b"not really a jpeg" * 20)
+    (folder / "truncated.png").write_bytes(good[: len(good) // 2])
+    (folder / "empty.jpg").write_bytes(b"")
+    (folder / "notes.txt").write_text("shot on a phone")
+    (folder / ".DS_Store").write_bytes(b"\0\0")  # hidden: ignored, as Keras ignores it
+    return {"corrupt.jpg": "cannot be decoded", "truncated.png": "cannot be decoded",
+            "empty.jpg": "empty (zero-byte)", "notes.txt": "not an image file"}
+
+
+def test_unreadable_files_stop_the_run_naming_one_and_the_fix(tmp_path):
+    write_class_folders(tmp_path / "train", 3)
+    write_class_folders(tmp_path / "val", 2)
+    _write_bad_files(tmp_path / "train" / "square")
+    cfg = data_cfg("data=folders", f"data.train_dir={tmp_path / 'train'}", f"data.val_dir={tmp_path / 'val'}")
+    with pytest.raises(RegsweepError, match=r"square/\w+\.\w+ in data\.train_dir=.* and 3 more: .*data\.on_bad_image=skip"):
+        data.resolve_splits(cfg, 32, 0, tmp_path / "store")
+
+
+def test_skip_leaves_out_each_unreadable_file_with_a_warning_and_a_new_fingerprint(tmp_path, capfd):
+    write_class_folders(tmp_path / "train", 3)
+    write_class_folders(tmp_path / "val", 2)
+    cfg = data_cfg("data=folders", f"data.train_dir={tmp_path / 'train'}", f"data.val_dir={tmp_path / 'val'}",
+                   "data.on_bad_image=skip")
+    clean = data.resolve_splits(cfg, 32, 0, tmp_path / "store")
+    clean_fingerprint = data.fingerprint(clean)
+    expected = _write_bad_files(tmp_path / "train" / "square")
+    splits = data.resolve_splits(cfg, 32, 0, tmp_path / "store")
+    warning = capfd.readouterr().err
+    for name, words in expected.items():
+        assert f"square/{name}: " in warning and words in warning.split(f"square/{name}: ")[1].splitlines()[0]
+    assert ".DS_Store" not in warning
+    assert sorted(Path(p).name for p in splits.skipped) == sorted(expected)
+    # The usable images are exactly the clean set, so the data fingerprint matches it...
+    assert data.fingerprint(splits) == clean_fingerprint
+    images, labels = data.load_images(splits.train, splits.class_names, 32)
+    assert len(images) == 9 and sorted(np.bincount(labels)) == [3, 3, 3]
+    # ...and differs from that of the folder with the unreadable files in it.
+    raw = data.Splits(tmp_path / "train", splits.val, None, splits.class_names)
+    assert data.fingerprint(raw) != clean_fingerprint
+
+
+def test_an_empty_class_folder_is_named(tmp_path):
+    write_class_folders(tmp_path / "train", 2)
+    write_class_folders(tmp_path / "val", 2)
+    for image in (tmp_path / "val" / "stripes").iterdir():
+        image.unlink()
+    cfg = data_cfg("data=folders", f"data.train_dir={tmp_path / 'train'}", f"data.val_dir={tmp_path / 'val'}")
+    with pytest.raises(RegsweepError, match=r"class folder stripes in data\.val_dir=.* has no usable images"):
+        data.resolve_splits(cfg, 32, 0, tmp_path / "store")

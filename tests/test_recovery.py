@@ -116,3 +116,55 @@ def _state(pid: int) -> str:
         return Path(f"/proc/{pid}/status").read_text().split("State:")[1].split("\n")[0]
     except (FileNotFoundError, IndexError):
         return "zombie"
+
+
+def tracking_uri(kind: str, store: Path) -> str:
+    if kind == "sqlite":
+        return f"sqlite:///{store}/mlflow.db"
+    from conftest import service_url
+
+    return service_url("REGSWEEP_TEST_MLFLOW_URL", "The mlflow server")
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("services", ["sqlite", "postgresql"])
+def test_two_sweeps_on_one_study_share_the_budget_without_losing_or_repeating_a_trial(store, tmp_path, services):
+    """Two `regsweep sweep` processes started together on one new study: embedded SQLite
+    (Optuna and MLflow), or PostgreSQL plus an mlflow server."""
+    from conftest import service_url
+
+    study = f"pair-{uuid.uuid4().hex[:8]}"
+    optuna_url = f"sqlite:///{store}/optuna.db" if services == "sqlite" else service_url(
+        "REGSWEEP_TEST_POSTGRES_URL", "PostgreSQL")
+    mlflow_url = tracking_uri(services, store)
+    budget, workers = 6, 2
+    command = sweep_command(store, optuna_url, study, f"sweep.n_trials={budget}", f"tracking.uri={mlflow_url}",
+                            "model.dropout=interval(0.0, 0.5)", "augment.strength=choice(0.0, 0.5)")
+    env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3"}
+    processes = [subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
+                 for _ in range(workers)]
+    outputs = [p.communicate(timeout=900) for p in processes]
+    for process, (out, err) in zip(processes, outputs):
+        assert process.returncode == 0, (out + err)[-3000:]
+
+    finished = trials(optuna_url, study)
+    states = [t.state.name for t in finished]
+    counted = sum(state in ("COMPLETE", "PRUNED") for state in states)
+    assert budget <= counted <= budget + workers - 1  # the README's bound: at most one extra per worker
+    assert states.count("FAIL") == 0 and "RUNNING" not in states
+    assert sum(bool(t.user_attrs.get("baseline")) for t in finished) == 1
+
+    tracking = mlflow.MlflowClient(mlflow_url)
+    experiment = tracking.get_experiment_by_name("regsweep").experiment_id
+    runs = tracking.search_runs([experiment], f"tags.`regsweep.study` = '{study}'")
+    parents = [r for r in runs if r.data.tags.get("regsweep.role") == "study"]
+    assert len(parents) == 1
+    children = [r for r in runs if r.data.tags.get("mlflow.parentRunId") == parents[0].info.run_id]
+    run_ids = [t.user_attrs["mlflow_run_id"] for t in finished]
+    assert len(set(run_ids)) == len(run_ids) == len(children)  # one run per trial, none twice
+    assert set(run_ids) == {r.info.run_id for r in children}
+    assert {r.info.status for r in children} == {"FINISHED"}
+    rows = cache.FeatureStore(store / "cache", 10**12).listing()  # filled by both, whole entries only
+    assert rows
+    for row in rows:
+        cache._verified_arrays(row["path"])

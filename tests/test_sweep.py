@@ -198,7 +198,17 @@ def test_a_failing_trial_is_recorded_fail_with_its_reason_and_the_sweep_goes_on(
     assert failed_run.info.status == "FAILED"
     assert failed_run.data.tags["regsweep.trial_state"] == "FAIL"
     assert "model.dropout=1.5" in failed_run.data.tags["regsweep.error"]
-    assert "Failed trials" in (store / "reports" / "fail" / "report.md").read_text()
+    report_text = (store / "reports" / "fail" / "report.md").read_text()
+    assert "## Failed trials, by reason" in report_text
+    assert f"| {trials[1].user_attrs['fail_reason']} | 1 | #1 |" in report_text
+
+
+def test_the_report_counts_failures_by_reason_most_frequent_first():
+    rows = [TrialRow(0, "COMPLETE", {}, 0.9, gap=0.05), TrialRow(1, "FAIL", {}, fail_reason="MemoryError: out"),
+            TrialRow(2, "FAIL", {}, fail_reason=sweep.INTERRUPTED), TrialRow(3, "FAIL", {}, fail_reason=sweep.INTERRUPTED),
+            TrialRow(4, "FAIL", {}, fail_reason="")]
+    assert report.failures_by_reason(rows) == [
+        (sweep.INTERRUPTED, [2, 3]), ("MemoryError: out", [1]), ("unknown (no reason was recorded)", [4])]
 
 
 @pytest.mark.slow

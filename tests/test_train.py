@@ -83,14 +83,16 @@ def test_honest_gap_differs_from_running_accuracy_under_heavy_regularization(sto
     assert metrics["train_accuracy"] - metrics["running_train_accuracy"] >= 0.1
 
 
-def test_a_run_that_crashes_ends_failed_not_running(store, tmp_path):
-    write_class_folders(tmp_path / "train", 4, classes=("a", "b"))
-    write_class_folders(tmp_path / "val", 2, classes=("a", "b"))
-    (tmp_path / "train" / "a" / "broken.png").write_bytes(b"\x89PNG\r\n\x1a\n not really")
-    cfg = quick_cfg(store, "data=folders", f"data.train_dir={tmp_path / 'train'}", f"data.val_dir={tmp_path / 'val'}")
-    with pytest.raises(Exception):
-        train.run(cfg)
-    assert [r.info.status for r in all_runs(store)] == ["FAILED"]
+def test_a_run_that_crashes_ends_failed_not_running(store, monkeypatch):
+    def crash(*args, **kwargs):
+        raise MemoryError("out of memory in epoch 3")
+
+    monkeypatch.setattr(train, "fit_two_phases", crash)
+    with pytest.raises(MemoryError):
+        train.run(quick_cfg(store))
+    [run] = all_runs(store)
+    assert run.info.status == "FAILED"
+    assert run.data.tags["regsweep.error"] == "MemoryError: out of memory in epoch 3"
 
 
 def test_hydra_multirun_trains_each_grid_point(store):

@@ -13,6 +13,9 @@ import sys
 import time
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")  # TensorFlow's C++ start-up chatter
+# MLflow prints "View run … at <tracking URL>" for every run that ends: noise in a sweep, and the
+# URL can hold a password. regsweep prints the run id and the masked URI itself.
+os.environ.setdefault("MLFLOW_SUPPRESS_PRINTING_URL_TO_STDOUT", "true")
 
 import hydra
 from omegaconf import DictConfig
@@ -107,6 +110,17 @@ def _train_task(cfg: DictConfig) -> None:
     print(f"val_accuracy   {metrics['val_accuracy']:.4f}")
     print(f"gap            {metrics['gap']:.4f}  (running train accuracy {metrics['running_train_accuracy']:.4f})")
     print(f"MLflow run {result.run_id} ({run_name(cfg)}) in {redact(cfg.tracking.uri)}")
+
+
+def _check_train_overrides(args: list[str]) -> None:
+    """Composes a single run's overrides before Hydra does: an unknown key or group option is
+    then one sentence and exit code 2, not Hydra's exit code 1 with a paragraph. Multirun,
+    help and Hydra's own settings are left to Hydra."""
+    if any(a.startswith("-") for a in args):
+        return
+    from regsweep.config import compose
+
+    compose([a for a in args if not a.lstrip("+~").startswith(("hydra.", "hydra/"))])
 
 
 train_main = hydra.main(version_base="1.3", config_path=str(CONF_DIR), config_name="config")(_train_task)
@@ -210,6 +224,7 @@ def main() -> None:
         print(USAGE, end="")
         return
     if args[0] == "train":
+        _without_hydra(_check_train_overrides)(args[1:])
         sys.argv = ["regsweep train", *args[1:]]
         train_main()
         return

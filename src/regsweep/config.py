@@ -47,7 +47,22 @@ def compose(overrides: list[str] | None = None) -> DictConfig:
         with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3", job_name="train"):
             return hydra_compose(config_name="config", overrides=list(overrides or []))
     except HydraException as error:
-        raise RegsweepError(f"{_first_line(error)}: check the spelling against `regsweep train --cfg job`") from error
+        raise RegsweepError(_composition_problem(error)) from error
+
+
+def _composition_problem(error: Exception) -> str:
+    """Hydra's paragraph about a bad override, as one sentence with the fix."""
+    text = str(error)
+    missing_group = re.search(r"Could not find '(\w+)/([^']+)'", text)
+    if missing_group:
+        group, option = missing_group.groups()
+        options = re.findall(r"^\t(\S+)$", text.split("Available options", 1)[-1].split("Config search path")[0], re.M)
+        return f"{group}={option} is not a known option: choose {group}= one of {', '.join(options)}"
+    unknown_key = re.search(r"Could not override '([^']+)'", text)
+    if unknown_key:
+        return (f"{unknown_key.group(1)} is not a setting: check the spelling against `regsweep train --cfg job` "
+                f"(or add it with +{unknown_key.group(1)}=...)")
+    return f"{_first_line(error)}: check the override against `regsweep train --cfg job`"
 
 
 DEFAULT_SWEEP = "regularization"
@@ -63,6 +78,7 @@ def compose_study(overrides: list[str]) -> DictConfig:
     if not (SWEEPS_DIR / f"{choice}.yaml").is_file():
         known = ", ".join(p.stem for p in sorted(SWEEPS_DIR.glob("*.yaml")))
         raise RegsweepError(f"sweep={choice}: no file sweeps/{choice}.yaml; the sweeps are: {known}")
+    load_sweep_file(SWEEPS_DIR / f"{choice}.yaml")  # its own syntax error, named
     return compose([f"+sweep={choice}", *rest])
 
 
@@ -78,10 +94,20 @@ def register_sweeps() -> None:
     store = ConfigStore.instance()
     for path in sorted(SWEEPS_DIR.glob("*.yaml")):
         try:
-            node = OmegaConf.load(path)
-        except Exception as error:
-            raise RegsweepError(f"{path} is not valid YAML ({_first_line(error)}): fix the file") from error
+            node = load_sweep_file(path)
+        except RegsweepError:
+            continue  # a broken file stops only the sweep that selects it (see compose_study)
         store.store(group="sweep", name=path.stem, node=node)
+
+
+def load_sweep_file(path: Path) -> DictConfig:
+    try:
+        node = OmegaConf.load(path)
+    except Exception as error:
+        raise RegsweepError(f"{path} is not valid YAML ({_first_line(error)}): fix the file") from None
+    if not isinstance(node, DictConfig):
+        raise RegsweepError(f"{path} is not a mapping of sweep settings: start from sweeps/{DEFAULT_SWEEP}.yaml")
+    return node
 
 
 def _efficientnet_blocks() -> tuple[str, ...]:
@@ -136,6 +162,10 @@ def validate(cfg: DictConfig) -> None:
     _check(model.pooling in POOLINGS, f"model.pooling={model.pooling} is unknown: use one of {', '.join(POOLINGS)}")
     _check(model.head_units >= 1, f"model.head_units={model.head_units} must be at least 1")
     _check(data.flip in FLIPS, f"data.flip={data.flip} is unknown: use one of {', '.join(FLIPS)}")
+    _check(
+        data.on_bad_image in ("error", "skip"),
+        f"data.on_bad_image={data.on_bad_image} is unknown: use error (stop at an unreadable file) or skip",
+    )
     _check(data.batch_size >= 1, f"data.batch_size={data.batch_size} must be at least 1")
     _check(
         0 < data.val_fraction < 1 and 0 <= data.test_fraction < 1 and data.val_fraction + data.test_fraction < 1,

@@ -28,6 +28,7 @@ class Splits:
     val: Path
     test: Path | None
     class_names: tuple[str, ...]
+    skipped: tuple[str, ...] = ()  # unreadable files left out (data.on_bad_image=skip)
 
 
 @dataclass
@@ -62,7 +63,22 @@ def resolve_splits(data: DictConfig, image_size: int, seed: int, store: Path) ->
     for split, folder in folders.items():
         _require_folder(folder, keys[split])
     class_names = check_class_folders(folders, keys)
-    return Splits(folders["train"], folders["validation"], folders.get("test"), class_names)
+    skipped: list[str] = []
+    for split, folder in folders.items():
+        bad = unusable_files(folder, class_names, Path(store))
+        if bad and data.on_bad_image == "error":
+            path, why = bad[0]
+            more = f" and {len(bad) - 1} more" if len(bad) > 1 else ""
+            raise RegsweepError(
+                f"{path} in {keys[split]}={folder} {why}{more}: fix or remove the file(s), "
+                "or set data.on_bad_image=skip to leave them out with a warning"
+            )
+        if bad:
+            folders[split] = without_files(folder, class_names, [path for path, _ in bad], Path(store))
+            skipped += [str(path) for path, _ in bad]
+            _warn_skipped(keys[split], bad)
+        _require_images_in_every_class(folders[split], class_names, keys[split])
+    return Splits(folders["train"], folders["validation"], folders.get("test"), class_names, tuple(skipped))
 
 
 def _require_folder(folder: Path, key: str) -> None:
@@ -100,6 +116,106 @@ def check_class_folders(folders: dict[str, Path], keys: dict[str, str]) -> tuple
                 f"{keys[split]}={folder} ({details}): give every split the same class sub-folders"
             )
     return tuple(train_classes)
+
+
+_CHECKED: dict[tuple, str | None] = {}  # (path, size, mtime, inode) → why it is unusable, or None
+_WARNED: set[tuple] = set()
+
+
+def unusable_files(folder: Path, class_names: tuple[str, ...], store: Path) -> list[tuple[Path, str]]:
+    """Files in the class folders that would not train: not an image Keras reads, empty, or
+    undecodable (corrupt, truncated). Hidden files are ignored.
+
+    Keras would otherwise skip the wrong suffixes silently (the user believes their .webp files
+    are used) and crash mid-training on a broken JPEG. Every image is decoded once: the verdicts
+    are kept on disk under <store>/cache/image-checks by the folder's content fingerprint.
+    """
+    import json
+
+    found: list[tuple[Path, str]] = []
+    for class_name in class_names:
+        for path in sorted((folder / class_name).iterdir()):
+            if path.name.startswith(".") or path.is_dir():
+                continue
+            if path.suffix.lower() not in IMAGE_SUFFIXES:
+                found.append((path, f"is not an image file Keras reads (it takes {', '.join(IMAGE_SUFFIXES)})"))
+    memo = store / "cache" / "image-checks" / f"{folder_fingerprint(folder, class_names)}.json"
+    if memo.is_file():
+        verdicts = json.loads(memo.read_text())
+    else:
+        verdicts = {}
+        for class_name in class_names:
+            for path in image_files(folder, class_name):
+                why = _decode_problem(path)
+                if why:
+                    verdicts[f"{class_name}/{path.name}"] = why
+        memo.parent.mkdir(parents=True, exist_ok=True)
+        partial = memo.with_suffix(f".{os.getpid()}.partial")
+        partial.write_text(json.dumps(verdicts))
+        os.replace(partial, memo)
+    found += [(folder / name, why) for name, why in verdicts.items()]
+    return sorted(found)
+
+
+def _decode_problem(path: Path) -> str | None:
+    """Why Keras could not decode this image (None: it can)."""
+    from PIL import Image
+
+    stat = path.stat()
+    key = (str(path.resolve()), stat.st_size, stat.st_mtime_ns, stat.st_ino)
+    if key not in _CHECKED:
+        if stat.st_size == 0:
+            _CHECKED[key] = "is an empty (zero-byte) file"
+        else:
+            try:
+                with Image.open(path) as image:
+                    image.load()
+                _CHECKED[key] = None
+            except Exception as error:  # PIL raises many types for broken files
+                first = str(error).splitlines()[0] if str(error) else type(error).__name__
+                _CHECKED[key] = f"cannot be decoded as an image ({first})"
+    return _CHECKED[key]
+
+
+def without_files(folder: Path, class_names: tuple[str, ...], left_out: list[Path], store: Path) -> Path:
+    """A view of `folder` without `left_out`: a symlink tree under <store>/splits/, named by
+    what it holds, so its fingerprint (and every cache key) reflects the skip."""
+    excluded = {path.resolve() for path in left_out}
+    kept = {c: [p for p in image_files(folder, c) if p.resolve() not in excluded] for c in class_names}
+    key = hashlib.sha256(repr((str(folder.resolve()), {c: [p.name for p in files] for c, files in kept.items()}))
+                         .encode()).hexdigest()[:12]
+    view = store / "splits" / f"{folder.name}-usable-{key}"
+    if view.is_dir():
+        return view
+    view.parent.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(prefix=".usable-", dir=view.parent))
+    for class_name, files in kept.items():
+        (staging / class_name).mkdir()
+        for path in files:
+            os.symlink(path.resolve(), staging / class_name / path.name)
+    publish_folder(staging, view)
+    return view
+
+
+def _warn_skipped(key: str, bad: list[tuple[Path, str]]) -> None:
+    import sys
+
+    marker = (key, tuple(path for path, _ in bad))
+    if marker in _WARNED:  # once per process: not again for every trial
+        return
+    _WARNED.add(marker)
+    lines = "".join(f"\n  {path}: {why}" for path, why in bad)
+    print(f"regsweep: warning: data.on_bad_image=skip leaves out {len(bad)} file(s) of {key}:{lines}",
+          file=sys.stderr, flush=True)
+
+
+def _require_images_in_every_class(folder: Path, class_names: tuple[str, ...], key: str) -> None:
+    for class_name in class_names:
+        if not image_files(folder, class_name):
+            raise RegsweepError(
+                f"class folder {class_name} in {key}={folder} has no usable images: "
+                "add images to it, or remove the folder from every split"
+            )
 
 
 def image_files(folder: Path, class_name: str) -> list[Path]:

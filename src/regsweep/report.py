@@ -257,15 +257,26 @@ def markdown(study, settings: DictConfig, rows, chosen, met, front, importance, 
     top = sorted(complete(rows), key=lambda r: (r.gap > settings.epsilon, -r.val_accuracy, r.gap))[:10]
     out += ["## Top trials", "", _table(["trial", "val_accuracy", "gap", "train_accuracy", *keys],
                                          [[r.number, r.val_accuracy, r.gap, r.train_accuracy, *[r.params.get(k, "—") for k in keys]] for r in top]), ""]
-    failed = [r for r in rows if r.state == "FAIL"]
-    if failed:
-        out += ["## Failed trials", "", _table(["trial", "reason"], [[r.number, r.fail_reason or "interrupted"] for r in failed]), ""]
+    failures = failures_by_reason(rows)
+    if failures:
+        out += ["## Failed trials, by reason", "", _table(["reason", "count", "trials"], [
+            [reason, len(numbers), ", ".join(f"#{n}" for n in numbers)] for reason, numbers in failures]), ""]
     return "\n".join(out)
+
+
+def failures_by_reason(rows: list[TrialRow]) -> list[tuple[str, list[int]]]:
+    """FAIL trials grouped by their reason (exception type and message), most frequent first."""
+    groups: dict[str, list[int]] = {}
+    for row in rows:
+        if row.state == "FAIL":
+            groups.setdefault(redact(row.fail_reason or "unknown (no reason was recorded)"), []).append(row.number)
+    return sorted(groups.items(), key=lambda item: (-len(item[1]), item[1][0]))
 
 
 def terminal_summary(study, settings, rows, chosen, met, replay: str, experiment: str) -> str:
     lines = [f"\nStudy '{study.study_name}': " + ", ".join(
         f"{sum(r.state == s for r in rows)} {s.lower()}" for s in ("COMPLETE", "PRUNED", "FAIL"))]
+    lines += [f"  failed {len(numbers)}x: {reason}" for reason, numbers in failures_by_reason(rows)]
     if chosen is None:
         return "\n".join(lines + ["No trial has completed yet."])
     lines += [f"Note: {note}" for note in caveats(rows, chosen, met, settings.epsilon)]

@@ -160,7 +160,7 @@ def study_record(sweep: Sweep) -> dict:
         "objective": s.objective,
         "epsilon": float(s.epsilon),
         "search_space": sweep.expressions,
-        "base_overrides": sweep.base_overrides,
+        "base_overrides": [redact(o) for o in sweep.base_overrides],  # no password is stored
     }
 
 
@@ -189,33 +189,35 @@ def open_study(sweep: Sweep) -> optuna.Study:
     except optuna.exceptions.DuplicatedStudyError:
         study = optuna.create_study(**options, load_if_exists=True)
         created = False
-    if not created and not study.user_attrs:  # another worker has just created it
-        study = _wait_for_record(study, s.study)
-    if not study.user_attrs:  # created here, or left unrecorded by a creator that died at once
-        for key, value in record.items():
-            study.set_user_attr(key, value)
+    if not created:  # another worker may have just created it: wait for its record
+        _wait_for_record(study, record)
+    if not all(key in study.user_attrs for key in record):  # new (or its creator died at once)
+        # The parent run comes first and the record last: a worker that sees the record also
+        # finds the one parent run, and the baseline is enqueued once.
+        parent_run(study, sweep)
         baseline = baseline_values(sweep)
         if baseline:
             study.enqueue_trial(baseline, user_attrs={"baseline": True})
+        for key, value in record.items():
+            study.set_user_attr(key, value)
         return study
     previous = {key: study.user_attrs.get(key) for key in record}
     if previous != record:
         changed = [key for key in record if previous[key] != record[key]]
         raise RegsweepError(
             f"study '{s.study}' in {redact(str(s.storage))} was started with a different {', '.join(changed)} "
-            f"({'; '.join(f'{k}: {previous[k]}' for k in changed)}): re-run with the original settings, "
+            f"({'; '.join(f'{k} was {previous[k]}, now {record[k]}' for k in changed)}): re-run with the original settings, "
             "or start a new study with sweep.study=<new name>"
         )
     return study
 
 
-def _wait_for_record(study: optuna.Study, name: str, seconds: float = 15.0) -> optuna.Study:
+def _wait_for_record(study: optuna.Study, record: dict, seconds: float = 30.0) -> None:
     import time
 
     deadline = time.monotonic() + seconds
-    while not study.user_attrs and not study.get_trials(deepcopy=False) and time.monotonic() < deadline:
+    while not all(key in study.user_attrs for key in record) and time.monotonic() < deadline:
         time.sleep(0.2)
-    return study
 
 
 def open_storage(sweep: Sweep) -> optuna.storages.BaseStorage:
@@ -225,13 +227,15 @@ def open_storage(sweep: Sweep) -> optuna.storages.BaseStorage:
     """
     s = sweep.settings
     url = str(s.storage)
-    if url.startswith("sqlite:///"):
-        Path(url.removeprefix("sqlite:///")).parent.mkdir(parents=True, exist_ok=True)
+    import warnings
+
     try:
-        return optuna.storages.RDBStorage(
-            url, heartbeat_interval=int(s.heartbeat_seconds), grace_period=2 * int(s.heartbeat_seconds),
-            heartbeat_stale_trial_callback=lambda study, trial: end_stale_trial(study, trial, sweep.cfg.tracking),
-        )
+        with warnings.catch_warnings(), tracking.creating(url):
+            warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)  # heartbeats: stable since 2.9
+            return optuna.storages.RDBStorage(
+                url, heartbeat_interval=int(s.heartbeat_seconds), grace_period=2 * int(s.heartbeat_seconds),
+                heartbeat_stale_trial_callback=lambda study, trial: end_stale_trial(study, trial, sweep.cfg.tracking),
+            )
     except Exception as error:
         raise RegsweepError(
             f"sweep.storage={redact(url)} cannot be opened ({redact(str(error).splitlines()[0])[:200]}): "
@@ -446,7 +450,7 @@ def run_trial(sweep: Sweep, trial: optuna.Trial, values: dict, parent_run_id: st
     s = sweep.settings
     constrained = s.objective == "constrained"
     overrides = sweep.base_overrides + [f"{key}={_format(value)}" for key, value in values.items()]
-    trial.set_user_attr("overrides", overrides)
+    trial.set_user_attr("overrides", [redact(o) for o in overrides])  # the replay line: no password
     trial.set_user_attr("fail_reason", INTERRUPTED)  # stays only if this process dies mid-trial
     tracking.use_store(sweep.cfg.tracking)
     client = mlflow.MlflowClient()

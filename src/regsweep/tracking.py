@@ -27,11 +27,37 @@ from regsweep.config import flatten, redact  # noqa: E402
 LIBRARIES = ("regsweep", "tensorflow", "keras", "hydra-core", "optuna", "mlflow", "numpy", "scikit-learn")
 
 
+@contextmanager
+def creating(url: str):
+    """Serializes the first use of a local SQLite file between processes on this machine.
+
+    Two sweeps started together on a new store would otherwise both create its tables, and the
+    slower one fails with "table ... already exists" (measured with Optuna's storage). Other
+    URLs are servers that handle this themselves.
+    """
+    if not url.startswith("sqlite:///"):
+        yield
+        return
+    import fcntl
+
+    path = Path(url.removeprefix("sqlite:///"))
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path.with_name(path.name + ".lock"), "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(lock, fcntl.LOCK_UN)
+
+
 def use_store(tracking: DictConfig) -> str:
     """Points MLflow at the configured store and experiment; returns the experiment id."""
     uri = str(tracking.uri)
-    if uri.startswith("sqlite:///"):
-        Path(uri.removeprefix("sqlite:///")).parent.mkdir(parents=True, exist_ok=True)
+    with creating(uri):
+        return _use_store(tracking, uri)
+
+
+def _use_store(tracking: DictConfig, uri: str) -> str:
     user_uri = os.environ.get("MLFLOW_TRACKING_URI")
     mlflow.set_tracking_uri(uri)
     # MLflow also exports the URI to MLFLOW_TRACKING_URI, which tracking.uri's ${oc.env:...}
@@ -44,11 +70,29 @@ def use_store(tracking: DictConfig) -> str:
     if experiment is not None:
         experiment_id = experiment.experiment_id
     else:
-        artifacts = Path(tracking.artifact_root).resolve()
-        artifacts.mkdir(parents=True, exist_ok=True)
-        experiment_id = mlflow.create_experiment(tracking.experiment, artifact_location=artifacts.as_uri())
+        experiment_id = _create_experiment(tracking)
     mlflow.set_experiment(experiment_id=experiment_id)
     return experiment_id
+
+
+def _create_experiment(tracking: DictConfig) -> str:
+    """Creates the experiment; if another worker created it a moment ago, uses theirs.
+
+    A local store keeps artifacts under tracking.artifact_root; a tracking server decides
+    where they go (its --artifacts-destination), so every worker can reach them.
+    """
+    location = None
+    if not str(tracking.uri).startswith(("http://", "https://")):
+        artifacts = Path(tracking.artifact_root).resolve()
+        artifacts.mkdir(parents=True, exist_ok=True)
+        location = artifacts.as_uri()
+    try:
+        return mlflow.create_experiment(tracking.experiment, artifact_location=location)
+    except mlflow.exceptions.MlflowException:
+        experiment = mlflow.get_experiment_by_name(tracking.experiment)
+        if experiment is None:
+            raise
+        return experiment.experiment_id
 
 
 @contextmanager
@@ -74,6 +118,11 @@ def training_run(cfg: DictConfig, name: str, class_names, dataset_fingerprint: s
         mlflow.end_run("KILLED" if isinstance(error, KeyboardInterrupt) else "FAILED")
         raise
     mlflow.end_run("FINISHED")
+
+
+def log_skipped_files(paths) -> None:
+    mlflow.set_tag("regsweep.skipped_files", str(len(paths)))
+    mlflow.log_text("\n".join(paths) + "\n", "skipped_files.txt")
 
 
 def error_summary(error: BaseException) -> str:

@@ -62,6 +62,8 @@ def run(cfg: DictConfig, parent_run_id: str | None = None, tags: dict[str, str] 
                                parent_run_id, tags) as mlflow_run:
         if on_run_started is not None:
             on_run_started(mlflow_run.info.run_id)
+        if splits.skipped:  # data.on_bad_image=skip: say which files the run did not see
+            tracking.log_skipped_files(splits.skipped)
         with timer("features"):
             if cfg.cache.enabled:  # the head, then suffix + head, on cached prefix outputs
                 cached = cache.prepare(cfg, splits, base, classifier, by_split)

@@ -1,0 +1,165 @@
+"""Every bad input: one sentence naming the problem and the fix, exit code 2, no traceback, and
+nothing already recorded (MLflow runs, Optuna trials, cache entries) touched."""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import shutil
+import subprocess
+import sys
+import uuid
+from pathlib import Path
+
+import pytest
+from conftest import write_class_folders
+
+from regsweep import sweep
+from regsweep.config import SWEEPS_DIR
+
+REGSWEEP = str(Path(sys.executable).with_name("regsweep"))
+TINY = ["train.epochs=2", "train.fine_tune_epochs=1", "tracking.artifacts=none", "sweep.trials_per_worker=0"]
+
+
+@pytest.fixture(scope="module")
+def recorded(tmp_path_factory, demo_store):
+    """A store holding a finished study (MLflow runs, Optuna trials, cache entries), and good image folders."""
+    root = tmp_path_factory.mktemp("bad-input")
+    store = root / "mlruns"
+    store.mkdir()
+    (store / "demo").symlink_to(demo_store / "demo") if (demo_store / "demo").is_dir() else None
+    sweep.run([f"paths.store={store}", *TINY, "sweep.n_trials=2"])
+    write_class_folders(root / "good" / "train", 3, size=32)
+    write_class_folders(root / "good" / "val", 2, size=32)
+    return store, root / "good"
+
+
+def folders(root: Path, good: Path, change=None) -> list[str]:
+    """A copy of the good folders, changed by `change(train, val)`, as data=folders overrides."""
+    copy = root / uuid.uuid4().hex[:8]
+    shutil.copytree(good, copy)
+    if change:
+        change(copy / "train", copy / "val")
+    return ["data=folders", f"data.train_dir={copy / 'train'}", f"data.val_dir={copy / 'val'}"]
+
+
+def empty_class(train, val):
+    for image in (val / "stripes").iterdir():
+        image.unlink()
+
+
+def class_only_in_validation(train, val):
+    write_class_folders(val, 2, size=32, classes=("owl",))
+
+
+def one_class(train, val):
+    for folder in (train, val):
+        for name in ("square", "stripes"):
+            shutil.rmtree(folder / name)
+
+
+def corrupt_jpeg(train, val):
+    (train / "circle" / "broken.jpg").write_bytes(b"\xff\xd8\xff\xe0\x00\x10JFIF" + os.urandom(300))
+
+
+def truncated_png(train, val):
+    whole = (train / "square" / "square_000.png").read_bytes()
+    (train / "square" / "square_000.png").write_bytes(whole[: len(whole) // 2])
+
+
+def zero_byte(train, val):
+    (val / "circle" / "empty.png").write_bytes(b"")
+
+
+def non_image(train, val):
+    (train / "stripes" / "labels.csv").write_text("file,label\n")
+
+
+def broken_sweep_file(text: str):
+    name = f"_broken_{uuid.uuid4().hex[:8]}"
+    (SWEEPS_DIR / f"{name}.yaml").write_text(text)
+    return name
+
+
+# (case, command, overrides or a function of (root, good) giving them, words the sentence must contain)
+CASES = [
+    ("missing data folder", "sweep", lambda r, g: ["data=folders", f"data.train_dir={r}/nowhere", f"data.val_dir={g}/val"],
+     "data.train_dir=", "is not a folder: point it at a folder with one sub-folder per class"),
+    ("empty class folder", "sweep", lambda r, g: folders(r, g, empty_class),
+     "class folder stripes in data.val_dir=", "has no usable images: add images"),
+    ("class only in validation", "sweep", lambda r, g: folders(r, g, class_only_in_validation),
+     "class folders differ", "only in validation: owl"),
+    ("only one class", "sweep", lambda r, g: folders(r, g, one_class), "has 1 class sub-folder(s)", "at least 2"),
+    ("corrupt JPEG", "sweep", lambda r, g: folders(r, g, corrupt_jpeg),
+     "circle/broken.jpg in data.train_dir=", "cannot be decoded as an image"),
+    ("truncated PNG", "sweep", lambda r, g: folders(r, g, truncated_png),
+     "square/square_000.png in data.train_dir=", "cannot be decoded as an image"),
+    ("zero-byte file", "sweep", lambda r, g: folders(r, g, zero_byte),
+     "circle/empty.png in data.val_dir=", "is an empty (zero-byte) file"),
+    ("non-image file among images", "sweep", lambda r, g: folders(r, g, non_image),
+     "stripes/labels.csv in data.train_dir=", "data.on_bad_image=skip"),
+    ("unknown override key", "train", lambda r, g: ["model.dropuot=0.3"],
+     "model.dropuot is not a setting", "check the spelling"),
+    ("dropout >= 1", "train", lambda r, g: ["model.dropout=1.0"], "model.dropout=1.0 is outside [0, 1)", "use a rate"),
+    ("negative learning rate", "sweep", lambda r, g: ["optim.lr=-0.001"], "optim.lr=-0.001 must be positive", "1e-3"),
+    ("unfrozen blocks beyond the backbone", "train", lambda r, g: ["model.unfrozen_blocks=9"],
+     "model.unfrozen_blocks=9 is not possible for demo_cnn, which has 3 blocks", "from 0 to 3"),
+    ("unknown backbone", "sweep", lambda r, g: ["model=resnet18"],
+     "model=resnet18 is not a known option", "mobilenet_v2"),
+    ("weights path that does not exist", "sweep", lambda r, g: [f"model.weights={r}/missing.weights.h5"],
+     "missing.weights.h5 is not a file", "give the path of a weights file"),
+    ("unreachable storage URL", "sweep", lambda r, g: ["sweep.storage=postgresql://ada:secret@127.0.0.1:9/optuna"],
+     "sweep.storage=postgresql://ada:***@127.0.0.1:9/optuna cannot be opened", "check the URL"),
+    ("sweep file that is not YAML", "sweep", lambda r, g: [f"sweep={broken_sweep_file('params: [unclosed')}"],
+     "is not valid YAML", "fix the file"),
+    ("sweep file with a malformed search space", "sweep",
+     lambda r, g: [f"sweep={broken_sweep_file(_space_file('model.dropout: interval(0.7)'))}"],
+     "sweep.params model.dropout: 'interval(0.7)'", "use interval(a, b)"),
+    ("study name taken by a different search space", "sweep", lambda r, g: ["model.dropout=interval(0.0, 0.3)"],
+     "study 'regularization'", "was started with a different search_space"),
+    ("unknown bad-image policy", "sweep", lambda r, g: ["data.on_bad_image=ignore"],
+     "data.on_bad_image=ignore is unknown", "use error"),
+]
+
+
+def _space_file(line: str) -> str:
+    text = (SWEEPS_DIR / "regularization.yaml").read_text()
+    return text.replace("  model.dropout: interval(0.0, 0.7)", f"  {line}")
+
+
+def snapshot(store: Path) -> dict[str, str]:
+    """Every recorded file's content hash; Hydra's per-command log folders are not records."""
+    return {str(p.relative_to(store)): hashlib.sha256(p.read_bytes()).hexdigest()
+            for p in sorted(store.rglob("*")) if p.is_file() and not p.relative_to(store).parts[0] == "hydra"}
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("case, command, make_args, words", [(c[0], c[1], c[2], c[3:]) for c in CASES],
+                         ids=[c[0] for c in CASES])
+def test_bad_input_is_one_sentence_exit_2_and_leaves_records_alone(recorded, tmp_path, case, command, make_args, words):
+    store, good = recorded
+    try:
+        args = make_args(tmp_path, good)
+        before = snapshot(store)
+        result = subprocess.run([REGSWEEP, command, f"paths.store={store}", *TINY[:3], *args],
+                                capture_output=True, text=True, timeout=300, cwd=tmp_path)
+    finally:
+        for path in SWEEPS_DIR.glob("_broken_*.yaml"):
+            path.unlink()
+    lines = [line for line in result.stderr.splitlines() if line.strip()]
+    print(f"{case}: {result.stderr.strip()}")  # pytest -s shows what a user sees
+    assert result.returncode == 2, result.stderr[-2000:]
+    assert len(lines) == 1 and lines[0].startswith("regsweep: error: "), result.stderr[-2000:]
+    for expected in words:
+        assert expected in lines[0]
+    assert "Traceback" not in result.stdout + result.stderr and "secret" not in result.stdout + result.stderr
+    after = snapshot(store)
+    changed = [name for name, digest in before.items() if after.get(name) != digest]
+    added = [name for name in after if name not in before and not name.startswith("cache/image-checks/")]
+    assert not changed and not added, (changed, added)
+
+
+def test_verbose_shows_the_traceback_behind_the_sentence(tmp_path):
+    result = subprocess.run([REGSWEEP, "sweep", f"paths.store={tmp_path}", "optim.lr=-1", "--verbose"],
+                            capture_output=True, text=True, timeout=300)
+    assert result.returncode != 0 and "Traceback" in result.stderr and "optim.lr=-1 must be positive" in result.stderr
