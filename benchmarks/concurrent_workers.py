@@ -22,7 +22,8 @@ import time
 from pathlib import Path
 
 REGSWEEP = str(Path(sys.executable).with_name("regsweep"))
-TINY = ["train.epochs=6", "train.fine_tune_epochs=2", "tracking.artifacts=none", "sweep.heartbeat_seconds=2"]
+TINY = ["train.epochs=6", "train.fine_tune_epochs=2", "tracking.artifacts=none", "sweep.heartbeat_seconds=2",
+        "sweep.reevaluate.seeds=0"]
 
 
 def sweeps(store: Path, trials: int, workers: int) -> dict:

@@ -36,7 +36,7 @@ def prepare(cfg):
     """What one run asks of the cache: (entry name → hit) and the run's cached data."""
     import keras
 
-    splits = data.resolve_splits(cfg.data, cfg.model.image_size, cfg.train.seed, Path(cfg.paths.store))
+    splits = data.resolve_splits(cfg.data, cfg.model.image_size, Path(cfg.paths.store))
     keras.backend.clear_session()
     keras.utils.set_random_seed(cfg.train.seed)
     weights = None if cfg.model.weights is None else str(cfg.model.weights)
@@ -131,7 +131,7 @@ def test_the_cached_features_are_the_prefix_of_the_un_augmented_images(tmp_path,
     result = prepare(cfg)  # phase 2 reads the cut below the top block
     keras.utils.set_random_seed(0)  # the same seeded random backbone as the run's
     prefix, _ = models.split_backbone("demo_cnn", models.load_backbone("demo_cnn", 32, None), 1)
-    splits = data.resolve_splits(cfg.data, 32, 0, tmp_path)
+    splits = data.resolve_splits(cfg.data, 32, tmp_path)
     raw, labels = data.load_images(splits.train, splits.class_names, 32)
     cached = np.concatenate([x for x, _ in result.tune.datasets.train_eval])
     np.testing.assert_allclose(cached, prefix.predict(raw.astype("float32"), verbose=0), rtol=1e-5, atol=1e-6)

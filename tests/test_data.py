@@ -21,7 +21,7 @@ def test_mismatched_class_folders_stop_the_run_naming_the_mismatch(tmp_path):
     write_class_folders(tmp_path / "val", 2, classes=("cat", "dog", "owl"))
     cfg = data_cfg("data=folders", f"data.train_dir={tmp_path / 'train'}", f"data.val_dir={tmp_path / 'val'}")
     with pytest.raises(RegsweepError, match="only in train: fox; only in validation: owl"):
-        data.resolve_splits(cfg, 32, 0, tmp_path / "store")
+        data.resolve_splits(cfg, 32, tmp_path / "store")
 
 
 def test_a_single_class_is_refused(tmp_path):
@@ -29,13 +29,13 @@ def test_a_single_class_is_refused(tmp_path):
     write_class_folders(tmp_path / "val", 2, classes=("cat",))
     cfg = data_cfg("data=folders", f"data.train_dir={tmp_path / 'train'}", f"data.val_dir={tmp_path / 'val'}")
     with pytest.raises(RegsweepError, match="needs at least 2"):
-        data.resolve_splits(cfg, 32, 0, tmp_path / "store")
+        data.resolve_splits(cfg, 32, tmp_path / "store")
 
 
 def test_missing_folder_is_named(tmp_path):
     cfg = data_cfg("data=folders", f"data.train_dir={tmp_path / 'nope'}", f"data.val_dir={tmp_path / 'nope'}")
     with pytest.raises(RegsweepError, match=r"data\.train_dir=.*nope is not a folder"):
-        data.resolve_splits(cfg, 32, 0, tmp_path / "store")
+        data.resolve_splits(cfg, 32, tmp_path / "store")
 
 
 def _split_files(root: Path) -> dict[str, dict[str, set[str]]]:
@@ -66,7 +66,7 @@ def test_fingerprint_changes_when_an_image_changes(tmp_path):
     write_class_folders(tmp_path / "train", 3, classes=("a", "b"))
     write_class_folders(tmp_path / "val", 2, classes=("a", "b"), seed=1)
     cfg = data_cfg("data=folders", f"data.train_dir={tmp_path / 'train'}", f"data.val_dir={tmp_path / 'val'}")
-    splits = data.resolve_splits(cfg, 32, 0, tmp_path / "store")
+    splits = data.resolve_splits(cfg, 32, tmp_path / "store")
     before = data.fingerprint(splits)
     assert data.fingerprint(splits) == before
     victim = next((tmp_path / "val" / "b").iterdir())
@@ -110,7 +110,7 @@ def test_unreadable_files_stop_the_run_naming_one_and_the_fix(tmp_path):
     _write_bad_files(tmp_path / "train" / "square")
     cfg = data_cfg("data=folders", f"data.train_dir={tmp_path / 'train'}", f"data.val_dir={tmp_path / 'val'}")
     with pytest.raises(RegsweepError, match=r"square/\w+\.\w+ in data\.train_dir=.* and 3 more: .*data\.on_bad_image=skip"):
-        data.resolve_splits(cfg, 32, 0, tmp_path / "store")
+        data.resolve_splits(cfg, 32, tmp_path / "store")
 
 
 def test_skip_leaves_out_each_unreadable_file_with_a_warning_and_a_new_fingerprint(tmp_path, capfd):
@@ -118,10 +118,10 @@ def test_skip_leaves_out_each_unreadable_file_with_a_warning_and_a_new_fingerpri
     write_class_folders(tmp_path / "val", 2)
     cfg = data_cfg("data=folders", f"data.train_dir={tmp_path / 'train'}", f"data.val_dir={tmp_path / 'val'}",
                    "data.on_bad_image=skip")
-    clean = data.resolve_splits(cfg, 32, 0, tmp_path / "store")
+    clean = data.resolve_splits(cfg, 32, tmp_path / "store")
     clean_fingerprint = data.fingerprint(clean)
     expected = _write_bad_files(tmp_path / "train" / "square")
-    splits = data.resolve_splits(cfg, 32, 0, tmp_path / "store")
+    splits = data.resolve_splits(cfg, 32, tmp_path / "store")
     warning = capfd.readouterr().err
     for name, words in expected.items():
         assert f"square/{name}: " in warning and words in warning.split(f"square/{name}: ")[1].splitlines()[0]
@@ -143,4 +143,4 @@ def test_an_empty_class_folder_is_named(tmp_path):
         image.unlink()
     cfg = data_cfg("data=folders", f"data.train_dir={tmp_path / 'train'}", f"data.val_dir={tmp_path / 'val'}")
     with pytest.raises(RegsweepError, match=r"class folder stripes in data\.val_dir=.* has no usable images"):
-        data.resolve_splits(cfg, 32, 0, tmp_path / "store")
+        data.resolve_splits(cfg, 32, tmp_path / "store")

@@ -17,7 +17,8 @@ import pytest
 from regsweep import cache
 
 REGSWEEP = str(Path(sys.executable).with_name("regsweep"))
-TINY = ["train.epochs=6", "train.fine_tune_epochs=2", "tracking.artifacts=none", "sweep.pruner.name=none"]
+TINY = ["train.epochs=6", "train.fine_tune_epochs=2", "tracking.artifacts=none", "sweep.pruner.name=none",
+        "sweep.reevaluate.seeds=0"]
 
 
 def sweep_command(store: Path, storage: str, study: str, *extra: str) -> list[str]:

@@ -32,7 +32,7 @@ def test_no_output_of_a_sweep_report_and_run_contains_the_password(tmp_path):
     env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3"}
     commands = [
         ["sweep", *common, f"sweep.storage={storage}", f"sweep.study={study}", "sweep.n_trials=2",
-         "sweep.heartbeat_seconds=2", "tracking.artifacts=all"],
+         "sweep.heartbeat_seconds=2", "tracking.artifacts=all", "sweep.reevaluate.seeds=0"],
         ["report", study, *common, f"sweep.storage={storage}"],
         ["train", *common, "model.dropout=0.2"],
         ["sweep", *common, "sweep.storage=postgresql://regsweep:secret@127.0.0.1:9/nowhere"],  # an error message

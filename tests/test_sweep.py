@@ -19,7 +19,7 @@ from regsweep.config import RegsweepError
 from regsweep.report import TrialRow, pareto_front, recommend
 
 # Tiny trials: the demo CNN, 2 + 1 epochs, no model files.
-TINY = ["train.epochs=2", "train.fine_tune_epochs=1", "tracking.artifacts=none"]
+TINY = ["train.epochs=2", "train.fine_tune_epochs=1", "tracking.artifacts=none", "sweep.reevaluate.seeds=0"]
 
 
 def sweep_args(store, *extra):

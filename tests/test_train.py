@@ -56,7 +56,7 @@ def test_demo_run_leaves_one_complete_mlflow_run_and_a_reloadable_model(store):
 
     model_file = client(store).download_artifacts(result.run_id, "model/model.keras", str(store))
     reloaded = keras.saving.load_model(model_file)
-    splits = data.resolve_splits(quick_cfg(store).data, 32, 0, store)
+    splits = data.resolve_splits(quick_cfg(store).data, 32, store)
     images = np.concatenate([x for x, _ in data.load_folder(splits.val, splits.class_names, 32).batch(64)])
     np.testing.assert_array_equal(reloaded.predict(images, verbose=0), result.classifier.predict(images, verbose=0))
 

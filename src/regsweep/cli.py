@@ -29,7 +29,7 @@ commands:
            (regsweep train --help lists every setting)
   sweep    an Optuna study over the knobs: every trial a nested MLflow run, then the report
            (regsweep sweep --help)
-  report   rebuild the report of a stored study: regsweep report [study] [overrides]
+  report   rebuild the report of a stored study: regsweep report [study] [--reevaluate] [--open] [overrides]
   cache    the frozen-prefix feature cache: regsweep cache info | regsweep cache clear
 
 add --verbose to see the Python traceback behind an error.
@@ -143,7 +143,10 @@ def _sweep_command(args: list[str]) -> None:
 
 def _report_command(args: list[str]) -> None:
     if "--help" in args or "-h" in args:
-        print("usage: regsweep report [study] [sweep=<name>] [sweep.<setting>=<value>] [overrides]\n")
+        print("usage: regsweep report [study] [--reevaluate] [--open] [sweep=<name>] [sweep.<setting>=<value>] [overrides]\n\n"
+              "  --reevaluate  re-train the top settings and the baseline with fresh seeds and score them on the\n"
+              "                test split (only the runs still missing); needs the study's data overrides\n"
+              "  --open        open report.html in a browser, where one exists\n")
         return
     from regsweep import report
 

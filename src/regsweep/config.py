@@ -199,7 +199,7 @@ ARTIFACTS = ("all", "best", "none")
 NUMBER_KEYS = ("model.dropout", "optim.lr", "optim.fine_tune_factor", "augment.strength",
                "data.val_fraction", "data.test_fraction", "cache.max_gb")
 INTEGER_KEYS = ("model.unfrozen_blocks", "model.image_size", "model.head_units", "data.batch_size",
-                "train.seed", "train.epochs", "train.fine_tune_epochs", "train.early_stopping_patience",
+                "train.seed", "data.split_seed", "train.epochs", "train.fine_tune_epochs", "train.early_stopping_patience",
                 "cache.augmented_views")
 
 

@@ -39,8 +39,12 @@ class Datasets:
     train_steps: int | None = None  # set when `train` is endless (one iterator for a whole fit)
 
 
-def resolve_splits(data: DictConfig, image_size: int, seed: int, store: Path) -> Splits:
-    """Finds (or makes) the split folders and checks that their classes agree."""
+def resolve_splits(data: DictConfig, image_size: int, store: Path) -> Splits:
+    """Finds (or makes) the split folders and checks that their classes agree.
+
+    A one-folder split is seeded by data.split_seed, not train.seed: re-training with other
+    seeds (regsweep report --reevaluate) must see the same train, validation and test images.
+    """
     if data.source == "folders":
         folders = {"train": Path(data.train_dir), "validation": Path(data.val_dir)}
         keys = {"train": "data.train_dir", "validation": "data.val_dir"}
@@ -49,7 +53,7 @@ def resolve_splits(data: DictConfig, image_size: int, seed: int, store: Path) ->
             keys["test"] = "data.test_dir"
     elif data.source == "split":
         _require_folder(Path(data.dir), "data.dir")
-        root = split_folder(Path(data.dir), data.val_fraction, data.test_fraction, seed, Path(store))
+        root = split_folder(Path(data.dir), data.val_fraction, data.test_fraction, data.split_seed, Path(store))
         folders = {s: root / s for s in ("train", "validation", "test") if (root / s).is_dir()}
         keys = {s: f"data.dir ({s} part)" for s in folders}
     else:

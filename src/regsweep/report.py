@@ -221,7 +221,8 @@ def _table(header: list[str], body: list[list]) -> str:
     return "\n".join(lines)
 
 
-def markdown(study, settings: DictConfig, rows, chosen, met, front, importance, replay: str, experiment: str) -> str:
+def markdown(study, settings: DictConfig, rows, chosen, met, front, importance, replay: str, experiment: str,
+             reeval_section: list[str] = ()) -> str:
     keys = list(study.user_attrs.get("search_space", {}))
     counts = {state: sum(r.state == state for r in rows) for state in ("COMPLETE", "PRUNED", "FAIL", "RUNNING")}
     objective = (
@@ -235,6 +236,9 @@ def markdown(study, settings: DictConfig, rows, chosen, met, front, importance, 
     if chosen is None:
         out += ["No trial has completed yet.", ""]
     else:
+        if reeval_section:
+            out += ["Chosen by the re-evaluation across seeds: see [below](#re-evaluation-on-the-test-split) "
+                    "for its test accuracy, gap and the verdict against the baseline.", ""]
         out += [f"**{note}**\n" for note in caveats(rows, chosen, met, settings.epsilon)]
         out += [_table(["knob", "value"], [[k, chosen.params.get(k, "—")] for k in keys]), ""]
         out += [f"Trial #{chosen.number}: val_accuracy **{_fmt(chosen.val_accuracy)}**, gap **{_fmt(chosen.gap)}**, "
@@ -244,6 +248,7 @@ def markdown(study, settings: DictConfig, rows, chosen, met, front, importance, 
             out += [f"Baseline (the config as given, trial #{baseline.number}): val_accuracy {_fmt(baseline.val_accuracy)}, "
                     f"gap {_fmt(baseline.gap)}, train_accuracy {_fmt(baseline.train_accuracy)}.", ""]
         out += ["Replay:", "", "```bash", replay, experiment, "```", ""]
+    out += list(reeval_section)
     out += ["## Trade-off front (non-dominated in val_accuracy vs gap)", ""]
     out += [_table(["trial", "val_accuracy", "gap", *keys], [[r.number, r.val_accuracy, r.gap, *[r.params.get(k, "—") for k in keys]] for r in front]), ""]
     out += ["![trade-off front](front.png)", ""]
@@ -295,8 +300,50 @@ def terminal_summary(study, settings, rows, chosen, met, replay: str, experiment
     return "\n".join(lines)
 
 
-def report(study: optuna.Study, cfg: DictConfig, parent_run_id: str | None) -> Path:
-    """Writes report.md, its plots and the best-settings config; logs them to the parent run."""
+def reevaluation_markdown(summaries, stable, single, settings: DictConfig) -> list[str]:
+    """The re-evaluation table (mean ± std over seeds), the stable choice and the verdict."""
+    from regsweep import reevaluate
+
+    baseline = next((s for s in summaries if s.label == reevaluate.BASELINE), None)
+    seeds = max(len(s.runs) for s in summaries)
+    out = ["## Re-evaluation on the test split", "",
+           f"Each setting re-trained with {seeds} fresh seeds and scored once on the test split, which no "
+           "trial ever saw. Here the gap is train_accuracy − test_accuracy. Mean ± std over seeds.", ""]
+
+    def pm(summary, metric):
+        return f"{summary.mean(metric):.4f} ± {summary.std(metric):.4f}"
+
+    def name(summary):
+        if summary.label == reevaluate.BASELINE:
+            return f"baseline ({settings.reevaluate.baseline})"
+        notes = [note for note, row in (("stable choice", stable), ("best single trial", single))
+                 if row is not None and row.label == summary.label]
+        return f"trial {summary.label}" + (f" ({', '.join(notes)})" if notes else "")
+
+    out += [_table(["setting", "seeds", "test_accuracy", "val_accuracy", "test gap"],
+                   [[name(s), len(s.runs), pm(s, "test_accuracy"), pm(s, "val_accuracy"), pm(s, "test_gap")]
+                    for s in summaries]), ""]
+    if stable is not None and stable.mean("gap") <= settings.epsilon:
+        out += [f"Recommended after re-evaluation: trial {stable.label}, the highest mean − std of val_accuracy "
+                f"among settings with mean gap ≤ ε = {settings.epsilon:g} (test accuracy is never used to choose).", ""]
+    elif stable is not None:
+        out += [f"Recommended after re-evaluation: trial {stable.label}. No setting kept its mean gap ≤ ε = "
+                f"{settings.epsilon:g} across seeds; this one has the smallest (test accuracy is never used to choose).", ""]
+    if stable is not None and baseline is not None:
+        reduction, spread = reevaluate.gap_reduction(baseline, stable)
+        if not math.isnan(reduction):
+            out += [f"Relative test-gap reduction vs baseline: {100 * reduction:.0f} % ± {100 * spread:.0f} % "
+                    "(per seed, paired by seed index).", ""]
+        out += [f"**Verdict:** {reevaluate.verdict(baseline, stable)}", ""]
+    return out
+
+
+def report(study: optuna.Study, cfg: DictConfig, parent_run_id: str | None,
+           reevaluate_with: list[str] | None = None, open_html: bool = False) -> Path:
+    """Writes report.md, report.html, their plots and the best-settings config; logs them to the
+    parent run. With `reevaluate_with` (the overrides every re-evaluation run starts from), first
+    re-trains what the re-evaluation still lacks."""
+    from regsweep import reevaluate
     from regsweep.sweep import parse_distribution
 
     # The study's own objective and ε (fixed when it was created) define its answer.
@@ -309,6 +356,17 @@ def report(study: optuna.Study, cfg: DictConfig, parent_run_id: str | None) -> P
     rows = trial_rows(study)
     chosen, met = recommend(rows, settings.epsilon)
     front = pareto_front(rows)
+    if reevaluate_with is not None and parent_run_id is not None and chosen is not None:
+        reevaluate.run(study, cfg, settings, parent_run_id, reevaluate_with)
+    summaries = reevaluate.collect(cfg, parent_run_id)
+    reeval_section = []
+    if summaries:
+        single = next((s for s in summaries if chosen is not None and s.label == f"#{chosen.number}"), None)
+        stable = reevaluate.stable_choice(summaries, settings.epsilon)
+        reeval_section = reevaluation_markdown(summaries, stable, single, settings)
+        if stable is not None:  # across seeds beats a single lucky trial
+            chosen = next(r for r in rows if f"#{r.number}" == stable.label)
+            met = chosen.gap <= settings.epsilon  # the trial's own; the section below speaks for the seeds
     replay = experiment = ""
     if chosen is not None:
         replay = replay_command(chosen)
@@ -321,8 +379,9 @@ def report(study: optuna.Study, cfg: DictConfig, parent_run_id: str | None) -> P
     if space and complete(rows):
         effects_figure(rows, space).savefig(out_dir / "effects.png", dpi=110)
     plt.close("all")
-    text = markdown(study, settings, rows, chosen, met, front, importances(study), replay, experiment)
+    text = markdown(study, settings, rows, chosen, met, front, importances(study), replay, experiment, reeval_section)
     (out_dir / "report.md").write_text(text)
+    (out_dir / "report.html").write_text(html_report(text, out_dir, f"regsweep report — {study.study_name}"))
     if parent_run_id is not None:
         tracking.use_store(cfg.tracking)
         client = mlflow.MlflowClient()
@@ -332,15 +391,57 @@ def report(study: optuna.Study, cfg: DictConfig, parent_run_id: str | None) -> P
                 client.log_metric(parent_run_id, f"recommended_{metric}", getattr(chosen, metric))
             client.set_tag(parent_run_id, "regsweep.recommended_trial", str(chosen.number))
     print(terminal_summary(study, settings, rows, chosen, met, replay, experiment))
-    print(f"Report: {out_dir / 'report.md'}")
+    verdict = next((line for line in reeval_section if line.startswith("**Verdict:**")), "")
+    if reeval_section:
+        print("\n".join(line for line in reeval_section[4:] if line.startswith("|")))
+        print(verdict.replace("**", ""))
+    print(f"Report: {out_dir / 'report.md'} (and report.html)")
+    if open_html:
+        open_in_browser(out_dir / "report.html")
     return out_dir / "report.md"
 
 
-def run(args: list[str]) -> Path:
-    """`regsweep report [study] [overrides]`: rebuilds the report from the stored study.
+def html_report(markdown_text: str, folder: Path, title: str) -> str:
+    """report.md as one self-contained HTML file: the plots are embedded as data URIs."""
+    import base64
+    import html
 
-    It needs only where the study and the runs are stored, not the data or a search space.
+    from markdown_it import MarkdownIt
+
+    body = MarkdownIt("commonmark").enable("table").render(markdown_text)
+    for image in ("front.png", "effects.png"):
+        if (folder / image).is_file():
+            encoded = base64.b64encode((folder / image).read_bytes()).decode()
+            body = body.replace(f'src="{image}"', f'src="data:image/png;base64,{encoded}"')
+    style = ("body{font-family:sans-serif;max-width:60rem;margin:2rem auto;padding:0 1rem;line-height:1.4}"
+             "table{border-collapse:collapse}td,th{border:1px solid #ccc;padding:.2rem .5rem;text-align:left}"
+             "img{max-width:100%}pre{background:#f4f4f4;padding:.5rem;overflow-x:auto}")
+    return (f'<!DOCTYPE html>\n<html lang="en">\n<head>\n<meta charset="utf-8">\n<title>{html.escape(title)}</title>\n'
+            f"<style>{style}</style>\n</head>\n<body>\n{body}</body>\n</html>\n")
+
+
+def open_in_browser(path: Path) -> None:
+    import webbrowser
+
+    try:
+        webbrowser.get()
+    except webbrowser.Error:
+        print(f"No browser found here; open {path} on a machine with one.")
+        return
+    webbrowser.open(path.resolve().as_uri())
+
+
+def run(args: list[str]) -> Path:
+    """`regsweep report [study] [--reevaluate] [--open] [overrides]`: rebuilds the report from the
+    stored study.
+
+    It needs only where the study and the runs are stored, not the data or a search space;
+    --reevaluate also re-trains (see regsweep.reevaluate), which needs the study's data.
     """
+    from regsweep.config import compose
+
+    wants_reevaluation, open_html = "--reevaluate" in args, "--open" in args
+    args = [a for a in args if a not in ("--reevaluate", "--open")]
     if args and "=" not in args[0] and not args[0].startswith("-"):
         args = [f"sweep.study={args[0]}", *args[1:]]
     cfg = compose_study(args)
@@ -352,4 +453,15 @@ def run(args: list[str]) -> Path:
             f"no study named '{s.study}' in {redact(str(s.storage))}: run `regsweep sweep` first, "
             "or name an existing study (sweep.study=<name>)"
         ) from None
-    return report(study, cfg, study.user_attrs.get("mlflow_parent_run_id"))
+    parent = study.user_attrs.get("mlflow_parent_run_id")
+    reevaluate_with = None
+    if wants_reevaluation:
+        from regsweep import reevaluate
+
+        # The recorded overrides mask passwords: the ones given here (tracking.uri=...) win.
+        given = [a for a in args if not a.startswith(("sweep.", "sweep=", "hydra."))]
+        reevaluate_with = reevaluate.merge(study.user_attrs.get("base_overrides", []), given)
+        if not reevaluate.has_test_split(compose(reevaluate_with)):
+            raise RegsweepError("--reevaluate needs a test split: give data.test_dir (data=folders) "
+                                "or data.test_fraction (data=split) with the study's other data settings")
+    return report(study, cfg, parent, reevaluate_with=reevaluate_with, open_html=open_html)

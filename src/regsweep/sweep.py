@@ -113,7 +113,7 @@ def prepare(args: list[str]) -> Sweep:
             raise RegsweepError(f"sweep.params {key}: no such config key: check it against `regsweep train --cfg job`")
     # Bad settings or data stop here, before a study or an MLflow run exists.
     validate(base)
-    data.resolve_splits(base.data, base.model.image_size, base.train.seed, Path(base.paths.store))
+    data.resolve_splits(base.data, base.model.image_size, Path(base.paths.store))
     return Sweep(settings, space, expressions, base_overrides, base, cfg)
 
 
@@ -137,6 +137,13 @@ def check_settings(settings: DictConfig, expressions: dict[str, str]) -> None:
         )
     if not isinstance(settings.epsilon, (int, float)) or settings.epsilon < 0:
         raise RegsweepError(f"sweep.epsilon={settings.epsilon} must be a number >= 0 (the largest acceptable gap)")
+    reeval = settings.reevaluate
+    for key in ("seeds", "top_k"):
+        if not isinstance(reeval[key], int) or reeval[key] < (0 if key == "seeds" else 1):
+            raise RegsweepError(f"sweep.reevaluate.{key}={reeval[key]} must be an integer >= {0 if key == 'seeds' else 1}")
+    from regsweep.reevaluate import baseline_overrides
+
+    baseline_overrides(reeval.baseline)  # the named baseline file exists and reads
     if not expressions:
         raise RegsweepError("the search space is empty: give sweep.params in the sweep file or key=interval(a, b) on the command line")
 
@@ -662,7 +669,16 @@ def run(args: list[str]) -> optuna.Study:
         if worker is not None:
             worker.close()
     fail_stale_trials(study)
-    report.report(study, sweep.cfg, parent_run_id)
+    reevaluate_with = None
+    if s.reevaluate.seeds > 0:
+        from regsweep import reevaluate
+
+        if reevaluate.has_test_split(sweep.base):
+            reevaluate_with = sweep.base_overrides
+        else:
+            print("No test split, so no re-evaluation: give data.test_dir (data=folders) or data.test_fraction "
+                  "(data=split) to measure the recommendation against a baseline on untouched images.")
+    report.report(study, sweep.cfg, parent_run_id, reevaluate_with=reevaluate_with)
     mlflow.MlflowClient().set_terminated(parent_run_id, "FINISHED")
     return study
 

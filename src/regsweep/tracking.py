@@ -96,7 +96,7 @@ def _create_experiment(tracking: DictConfig) -> str:
 
 
 @contextmanager
-def training_run(cfg: DictConfig, name: str, class_names, dataset_fingerprint: str,
+def training_run(cfg: DictConfig, name: str, class_names, fingerprints: dict[str, str],
                  parent_run_id: str | None = None, tags: dict[str, str] | None = None):
     """An MLflow run holding the config, dataset identity and versions.
 
@@ -107,7 +107,7 @@ def training_run(cfg: DictConfig, name: str, class_names, dataset_fingerprint: s
     run = mlflow.start_run(run_name=name, parent_run_id=parent_run_id, tags=tags)
     try:
         mlflow.log_params(
-            {**flatten(cfg), "data.class_names": ",".join(class_names), "data.fingerprint": dataset_fingerprint}
+            {**flatten(cfg), "data.class_names": ",".join(class_names), **fingerprints}
         )
         mlflow.log_text(redact(OmegaConf.to_yaml(cfg, resolve=True)), "config.yaml")
         mlflow.log_dict({"class_names": list(class_names)}, "class_names.json")

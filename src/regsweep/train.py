@@ -19,7 +19,7 @@ from omegaconf import DictConfig
 
 from regsweep import cache, data, tracking
 from regsweep import model as models
-from regsweep.config import run_name, validate
+from regsweep.config import RegsweepError, run_name, validate
 
 
 @dataclass
@@ -30,19 +30,21 @@ class RunResult:
 
 
 def run(cfg: DictConfig, parent_run_id: str | None = None, tags: dict[str, str] | None = None,
-        callbacks: tuple = (), on_run_started=None, leads=None) -> RunResult:
+        callbacks: tuple = (), on_run_started=None, leads=None, evaluate_test: bool = False) -> RunResult:
     """Trains and logs one run to MLflow.
 
     A sweep passes its parent run, the trial's tags, Keras callbacks (pruning, progress),
     `on_run_started(run_id)`, which learns the run id before training can fail, and
     `leads(metrics)`: whether the finished trial leads its study (tracking.artifacts=best).
+    Only a re-evaluation passes `evaluate_test`: the test split is scored once, after
+    training, and never by a trial, so no choice of settings ever sees it.
     """
     timer = Timer()
     with timer("setup"):
         validate(cfg)
         store = Path(cfg.paths.store)
         seed = cfg.train.seed
-        splits = data.resolve_splits(cfg.data, cfg.model.image_size, seed, store)
+        splits = data.resolve_splits(cfg.data, cfg.model.image_size, store)
         by_split = data.split_fingerprints(splits)  # listed once: the cache keys on them too
         dataset_fingerprint = data.fingerprint(splits, by_split)
         weights = resolve_weights(cfg, store)  # may pretrain the demo backbone: before seeding
@@ -58,12 +60,16 @@ def run(cfg: DictConfig, parent_run_id: str | None = None, tags: dict[str, str] 
             cfg.model.backbone, base, len(splits.class_names),
             cfg.model.pooling, cfg.model.head_units, cfg.model.dropout, seed,
         )
-    with tracking.training_run(cfg, run_name(cfg), splits.class_names, dataset_fingerprint,
+    # The test split's fingerprint is recorded by every run, though only re-evaluation scores it.
+    fingerprints = {"data.fingerprint": dataset_fingerprint, "data.test_fingerprint": by_split.get("test", "none")}
+    with tracking.training_run(cfg, run_name(cfg), splits.class_names, fingerprints,
                                parent_run_id, tags) as mlflow_run:
         if on_run_started is not None:
             on_run_started(mlflow_run.info.run_id)
         if splits.skipped:  # data.on_bad_image=skip: say which files the run did not see
             tracking.log_skipped_files(splits.skipped)
+        if evaluate_test and splits.test is None:
+            raise RegsweepError("re-evaluation needs a test split: give data.test_dir, or data.test_fraction > 0 with data=split")
         with timer("features"):
             if cfg.cache.enabled:  # the head, then suffix + head, on cached prefix outputs
                 cached = cache.prepare(cfg, splits, base, classifier, by_split)
@@ -84,6 +90,11 @@ def run(cfg: DictConfig, parent_run_id: str | None = None, tags: dict[str, str] 
             num_classes = len(splits.class_names)
             train_accuracy, _ = accuracy_and_confusion(final.model, final.datasets.train_eval, num_classes)
             val_accuracy, confusion = accuracy_and_confusion(final.model, final.datasets.val, num_classes)
+            test_metrics = {}
+            if evaluate_test:  # the whole classifier (it shares the trained layers) on the images
+                test_images = data.load_folder(splits.test, splits.class_names, cfg.model.image_size)
+                test_accuracy, _ = accuracy_and_confusion(classifier, test_images.batch(cfg.data.batch_size), num_classes)
+                test_metrics = {"test_accuracy": test_accuracy, "test_gap": train_accuracy - test_accuracy}
         metrics = {
             "train_accuracy": train_accuracy,
             "val_accuracy": val_accuracy,
@@ -92,6 +103,7 @@ def run(cfg: DictConfig, parent_run_id: str | None = None, tags: dict[str, str] 
             "best_val_loss": float(history["val_loss"][best_epoch]),
             "best_epoch": best_epoch + 1,
             "epochs_trained": len(history["loss"]),
+            **test_metrics,
             **cache_metrics,
             **{f"seconds_{name}": value for name, value in timer.seconds.items()},
         }
