@@ -153,3 +153,23 @@ def test_a_sweep_never_touches_the_test_split_and_reevaluation_is_nested_tagged_
                         "sweep.reevaluate.top_k=2", "--reevaluate"])
     assert len(client.search_runs([experiment], "tags.`regsweep.role` = 'reeval'")) == 6
     assert re.findall(r"± [0-9.]+", again.read_text()) == re.findall(r"± [0-9.]+", text)
+
+
+def test_open_shows_the_html_report_in_a_browser_or_says_where_it_is(tmp_path, monkeypatch, capsys):
+    import webbrowser
+
+    page = tmp_path / "report.html"
+    page.write_text("<!DOCTYPE html><html></html>")
+
+    def no_browser(*args):
+        raise webbrowser.Error("could not locate runnable browser")
+
+    monkeypatch.setattr(webbrowser, "get", no_browser)
+    report.open_in_browser(page)
+    assert f"No browser found here; open {page}" in capsys.readouterr().out
+
+    opened = []
+    monkeypatch.setattr(webbrowser, "get", lambda *args: object())
+    monkeypatch.setattr(webbrowser, "open", opened.append)
+    report.open_in_browser(page)
+    assert opened == [page.resolve().as_uri()]
