@@ -19,7 +19,7 @@ TINY = ["train.epochs=3", "train.fine_tune_epochs=1", "tracking.artifacts=none",
 
 def summary(label: str, **series: list[float]) -> Summary:
     n = len(next(iter(series.values())))
-    runs = [{"train_accuracy": 1.0, **{k: v[i] for k, v in series.items()}} for i in range(n)]
+    runs = [{"seed": i + 1, "train_accuracy": 1.0, **{k: v[i] for k, v in series.items()}} for i in range(n)]
     for run in runs:
         run.setdefault("gap", 1.0 - run["val_accuracy"])
     return Summary(label, runs)
@@ -29,6 +29,11 @@ def test_the_verdict_says_within_noise_when_the_difference_is_smaller_than_the_s
     baseline = summary("baseline", test_accuracy=[0.70, 0.78, 0.74], test_gap=[0.20, 0.12, 0.16], val_accuracy=[0.7, 0.8, 0.75])
     noisy = summary("#3", test_accuracy=[0.80, 0.70, 0.75], test_gap=[0.10, 0.22, 0.14], val_accuracy=[0.8, 0.7, 0.75])
     assert reevaluate.verdict(baseline, noisy).startswith("Within noise: the recommended settings' test gap 0.15 ± 0.06")
+    # Seed by seed: the same spread, but every seed moves the same way, is not noise.
+    consistent = summary("#5", test_accuracy=[0.70, 0.78, 0.74], test_gap=[0.15, 0.07, 0.11], val_accuracy=[0.7, 0.8, 0.75])
+    assert reevaluate.verdict(baseline, consistent).startswith(
+        "Recommended settings shrink the test gap from 0.16 ± 0.04 to 0.11 ± 0.04 while test accuracy moves "
+        "from 0.74 ± 0.04 to 0.74 ± 0.04 (within noise)")
 
     clear = summary("#4", test_accuracy=[0.76, 0.77, 0.76], test_gap=[0.06, 0.07, 0.08], val_accuracy=[0.8, 0.8, 0.8])
     assert reevaluate.verdict(baseline, clear) == (

@@ -8,6 +8,10 @@ seeds the trials never used, and evaluated once on the test split. The runs are 
 the study's parent run, tagged `reeval`, and found again on the next report, so re-running
 trains only what is missing.
 
+The verdict compares seed by seed: every setting runs with the same seeds, so the noise they
+share cancels; a mean difference within two standard errors of the per-seed differences is
+reported as within noise.
+
 The stable recommendation (documented in the README): among the re-evaluated settings whose
 mean gap (train − val) is at most ε, the one with the highest mean − std of val_accuracy
 across seeds; if none meets ε, the smallest mean gap. Test accuracy is reported, never used to
@@ -43,7 +47,7 @@ class Setting:
 @dataclass
 class Summary:
     label: str
-    runs: list[dict[str, float]]  # one metrics dict per seed, as logged
+    runs: list[dict[str, float]]  # one metrics dict per seed (with its "seed"), as logged, by seed
 
     def mean(self, metric: str) -> float:
         return statistics.fmean(run[metric] for run in self.runs)
@@ -177,9 +181,9 @@ def collect(cfg: DictConfig, parent_run_id: str | None) -> list[Summary]:
         metrics = logged.data.metrics
         if all(name in metrics for name in METRICS):
             by_label.setdefault(logged.data.tags["reeval"], {})[logged.data.tags["regsweep.reeval_key"]] = {
-                name: metrics[name] for name in METRICS}
+                "seed": int(logged.data.params["train.seed"]), **{name: metrics[name] for name in METRICS}}
     order = sorted(by_label, key=lambda label: (label != BASELINE, int(label[1:]) if label[1:].isdigit() else 0))
-    return [Summary(label, list(by_label[label].values())) for label in order]
+    return [Summary(label, sorted(by_label[label].values(), key=lambda run: run["seed"])) for label in order]
 
 
 # --- the answer -----------------------------------------------------------------------------------
@@ -194,18 +198,31 @@ def stable_choice(summaries: list[Summary], epsilon: float) -> Summary | None:
     return min(tried, key=lambda s: s.mean("gap")) if tried else None
 
 
+def paired(a: Summary, b: Summary, metric: str) -> list[float]:
+    """b − a for each seed both ran. Every setting is re-trained with the same seeds (the same
+    head initialisation, shuffling and augmentation draws), so comparing seed by seed removes
+    the noise the two share."""
+    by_seed = {run["seed"]: run[metric] for run in a.runs}
+    return [run[metric] - by_seed[run["seed"]] for run in b.runs if run["seed"] in by_seed]
+
+
 def noise(a: Summary, b: Summary, metric: str) -> float:
-    """Two standard errors of the difference of the two means: smaller differences are noise."""
+    """Two standard errors of the mean seed-by-seed difference (of the difference of the means
+    when fewer than two seeds pair up): smaller differences are noise."""
+    differences = paired(a, b, metric)
+    if len(differences) > 1:
+        return 2 * statistics.stdev(differences) / math.sqrt(len(differences))
     return 2 * math.sqrt(a.std(metric) ** 2 / len(a.runs) + b.std(metric) ** 2 / len(b.runs))
 
 
 def gap_reduction(baseline: Summary, chosen: Summary) -> tuple[float, float]:
-    """Relative test-gap reduction vs the baseline, mean ± std over seeds paired by index."""
+    """Relative test-gap reduction vs the baseline, mean ± std over seeds (paired by seed)."""
     reference = baseline.mean("test_gap")
     if reference <= 0:
         return math.nan, math.nan
-    pairs = zip(baseline.runs, chosen.runs)
-    reductions = [(b["test_gap"] - c["test_gap"]) / reference for b, c in pairs]
+    reductions = [-difference / reference for difference in paired(baseline, chosen, "test_gap")]
+    if not reductions:
+        return math.nan, math.nan
     return statistics.fmean(reductions), statistics.stdev(reductions) if len(reductions) > 1 else 0.0
 
 
@@ -216,13 +233,14 @@ def verdict(baseline: Summary, chosen: Summary) -> str:
 
     gap_change = chosen.mean("test_gap") - baseline.mean("test_gap")
     accuracy_change = chosen.mean("test_accuracy") - baseline.mean("test_accuracy")
+    # With every seed paired these are the mean seed-by-seed differences that noise() measures.
     accuracy = f"test accuracy moves from {pm(baseline, 'test_accuracy')} to {pm(chosen, 'test_accuracy')}"
     if abs(accuracy_change) <= noise(baseline, chosen, "test_accuracy"):
         accuracy += " (within noise)"
     n = len(chosen.runs)
     if abs(gap_change) <= noise(baseline, chosen, "test_gap"):
         return (f"Within noise: the recommended settings' test gap {pm(chosen, 'test_gap')} does not differ from the "
-                f"baseline's {pm(baseline, 'test_gap')} by more than two standard errors over {n} seeds; {accuracy}.")
+                f"baseline's {pm(baseline, 'test_gap')} by more than two standard errors (seed by seed, {n} seeds); {accuracy}.")
     direction = "shrink" if gap_change < 0 else "widen"
     return (f"Recommended settings {direction} the test gap from {pm(baseline, 'test_gap')} to "
             f"{pm(chosen, 'test_gap')} while {accuracy}.")
