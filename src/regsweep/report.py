@@ -333,7 +333,7 @@ def reevaluation_markdown(summaries, stable, single, settings: DictConfig) -> li
         reduction, spread = reevaluate.gap_reduction(baseline, stable)
         if not math.isnan(reduction):
             out += [f"Relative test-gap reduction vs baseline: {100 * reduction:.0f} % ± {100 * spread:.0f} % "
-                    "(per seed, paired by seed index).", ""]
+                    "(per seed, paired by seed).", ""]
         out += [f"**Verdict:** {reevaluate.verdict(baseline, stable)}", ""]
     return out
 
