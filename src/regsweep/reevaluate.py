@@ -128,7 +128,10 @@ def run(study, cfg: DictConfig, settings: DictConfig, parent_run_id: str, base_o
     seeds = int(settings.reevaluate.seeds)
     if seeds < 1:
         raise RegsweepError(f"sweep.reevaluate.seeds={seeds}: re-evaluation needs at least 1 seed, such as 3")
-    planned = settings_to_run(study, trial_rows(study), settings, base_overrides)
+    rows = trial_rows(study)
+    if not any(row.state == "COMPLETE" for row in rows):
+        return  # nothing to compare with the baseline yet
+    planned = settings_to_run(study, rows, settings, base_overrides)
     done = {run.data.tags.get("regsweep.reeval_key") for run in logged_runs(cfg, parent_run_id)}
     todo = [(setting, seed) for setting in planned for seed in seed_values(cfg, seeds)
             if run_key(setting, seed) not in done]
@@ -249,5 +252,4 @@ def verdict(baseline: Summary, chosen: Summary) -> str:
 def has_test_split(cfg: DictConfig) -> bool:
     from regsweep import data
 
-    splits = data.resolve_splits(cfg.data, cfg.model.image_size, Path(cfg.paths.store))
-    return splits.test is not None
+    return data.resolve_splits(cfg.data, cfg.model.image_size, Path(cfg.paths.store)).test is not None

@@ -338,17 +338,20 @@ def reevaluation_markdown(summaries, stable, single, settings: DictConfig) -> li
     return out
 
 
-def report(study: optuna.Study, cfg: DictConfig, parent_run_id: str | None,
-           reevaluate_with: list[str] | None = None, open_html: bool = False) -> Path:
+def study_settings(study: optuna.Study, cfg: DictConfig) -> DictConfig:
+    """The sweep settings, with the study's own objective and ε (fixed when it was created):
+    they define its answer, whatever the command line says now."""
+    recorded = {k: study.user_attrs[k] for k in ("objective", "epsilon") if k in study.user_attrs}
+    return OmegaConf.merge(cfg.sweep, recorded)
+
+
+def report(study: optuna.Study, cfg: DictConfig, parent_run_id: str | None, open_html: bool = False) -> Path:
     """Writes report.md, report.html, their plots and the best-settings config; logs them to the
-    parent run. With `reevaluate_with` (the overrides every re-evaluation run starts from), first
-    re-trains what the re-evaluation still lacks."""
+    parent run. It trains nothing: re-evaluation runs already logged under the parent are read."""
     from regsweep import reevaluate
     from regsweep.sweep import parse_distribution
 
-    # The study's own objective and ε (fixed when it was created) define its answer.
-    recorded = {k: study.user_attrs[k] for k in ("objective", "epsilon") if k in study.user_attrs}
-    settings = OmegaConf.merge(cfg.sweep, recorded)
+    settings = study_settings(study, cfg)
     store = Path(cfg.paths.store)
     out_dir = store / "reports" / study.study_name
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -356,8 +359,6 @@ def report(study: optuna.Study, cfg: DictConfig, parent_run_id: str | None,
     rows = trial_rows(study)
     chosen, met = recommend(rows, settings.epsilon)
     front = pareto_front(rows)
-    if reevaluate_with is not None and parent_run_id is not None and chosen is not None:
-        reevaluate.run(study, cfg, settings, parent_run_id, reevaluate_with)
     summaries = reevaluate.collect(cfg, parent_run_id)
     reeval_section = []
     if summaries:
@@ -454,14 +455,14 @@ def run(args: list[str]) -> Path:
             "or name an existing study (sweep.study=<name>)"
         ) from None
     parent = study.user_attrs.get("mlflow_parent_run_id")
-    reevaluate_with = None
-    if wants_reevaluation:
+    if wants_reevaluation and parent is not None:
         from regsweep import reevaluate
 
         # The recorded overrides mask passwords: the ones given here (tracking.uri=...) win.
         given = [a for a in args if not a.startswith(("sweep.", "sweep=", "hydra."))]
-        reevaluate_with = reevaluate.merge(study.user_attrs.get("base_overrides", []), given)
-        if not reevaluate.has_test_split(compose(reevaluate_with)):
+        start_from = reevaluate.merge(study.user_attrs.get("base_overrides", []), given)
+        if not reevaluate.has_test_split(compose(start_from)):
             raise RegsweepError("--reevaluate needs a test split: give data.test_dir (data=folders) "
                                 "or data.test_fraction (data=split) with the study's other data settings")
-    return report(study, cfg, parent, reevaluate_with=reevaluate_with, open_html=open_html)
+        reevaluate.run(study, cfg, study_settings(study, cfg), parent, start_from)
+    return report(study, cfg, parent, open_html=open_html)

@@ -39,6 +39,7 @@ class Sweep:
     base_overrides: list[str]  # applied to every trial before its own values
     base: DictConfig  # the training config every trial starts from
     cfg: DictConfig  # the training settings plus the sweep definition under `sweep`
+    has_test_split: bool  # whether re-evaluation can score the result on untouched images
 
 
 # --- the search space ------------------------------------------------------------------------
@@ -113,8 +114,8 @@ def prepare(args: list[str]) -> Sweep:
             raise RegsweepError(f"sweep.params {key}: no such config key: check it against `regsweep train --cfg job`")
     # Bad settings or data stop here, before a study or an MLflow run exists.
     validate(base)
-    data.resolve_splits(base.data, base.model.image_size, Path(base.paths.store))
-    return Sweep(settings, space, expressions, base_overrides, base, cfg)
+    splits = data.resolve_splits(base.data, base.model.image_size, Path(base.paths.store))
+    return Sweep(settings, space, expressions, base_overrides, base, cfg, splits.test is not None)
 
 
 def check_settings(settings: DictConfig, expressions: dict[str, str]) -> None:
@@ -669,16 +670,14 @@ def run(args: list[str]) -> optuna.Study:
         if worker is not None:
             worker.close()
     fail_stale_trials(study)
-    reevaluate_with = None
-    if s.reevaluate.seeds > 0:
+    if s.reevaluate.seeds > 0 and sweep.has_test_split:
         from regsweep import reevaluate
 
-        if reevaluate.has_test_split(sweep.base):
-            reevaluate_with = sweep.base_overrides
-        else:
-            print("No test split, so no re-evaluation: give data.test_dir (data=folders) or data.test_fraction "
-                  "(data=split) to measure the recommendation against a baseline on untouched images.")
-    report.report(study, sweep.cfg, parent_run_id, reevaluate_with=reevaluate_with)
+        reevaluate.run(study, sweep.cfg, report.study_settings(study, sweep.cfg), parent_run_id, sweep.base_overrides)
+    elif s.reevaluate.seeds > 0:
+        print("No test split, so no re-evaluation: give data.test_dir (data=folders) or data.test_fraction "
+              "(data=split) to measure the recommendation against a baseline on untouched images.")
+    report.report(study, sweep.cfg, parent_run_id)
     mlflow.MlflowClient().set_terminated(parent_run_id, "FINISHED")
     return study
 
