@@ -392,10 +392,8 @@ def report(study: optuna.Study, cfg: DictConfig, parent_run_id: str | None, open
                 client.log_metric(parent_run_id, f"recommended_{metric}", getattr(chosen, metric))
             client.set_tag(parent_run_id, "regsweep.recommended_trial", str(chosen.number))
     print(terminal_summary(study, settings, rows, chosen, met, replay, experiment))
-    verdict = next((line for line in reeval_section if line.startswith("**Verdict:**")), "")
-    if reeval_section:
-        print("\n".join(line for line in reeval_section[4:] if line.startswith("|")))
-        print(verdict.replace("**", ""))
+    if reeval_section:  # its table and verdict, as in report.md
+        print("\n".join(line.replace("**", "") for line in reeval_section if line.startswith(("|", "**Verdict:**"))))
     print(f"Report: {out_dir / 'report.md'} (and report.html)")
     if open_html:
         open_in_browser(out_dir / "report.html")
