@@ -3,6 +3,7 @@
 #   start_services   installs what is missing (apt-get, as root), starts both, exports
 #                    REGSWEEP_TEST_POSTGRES_URL, REGSWEEP_TEST_MLFLOW_URL and REGSWEEP_TEST_MLFLOW_DB_URL
 #   stop_services    stops both and removes their folders
+#   install_browser  Debian's Chromium and its matching chromedriver, for the browser test
 # The password is the word "secret" on purpose: a test greps every output for it.
 
 SERVICES_DIR=""
@@ -23,6 +24,15 @@ _install_postgres() {
         DEBIAN_FRONTEND=noninteractive apt-get update -qq
         DEBIAN_FRONTEND=noninteractive apt-get install -y -qq postgresql >/dev/null
         PG_BIN=$(ls -d /usr/lib/postgresql/*/bin | sort -V | tail -n 1)
+    fi
+}
+
+install_browser() {
+    if [ ! -x /usr/bin/chromium ] || [ ! -x /usr/bin/chromedriver ]; then
+        echo "services: installing Chromium and chromedriver with apt-get"
+        DEBIAN_FRONTEND=noninteractive apt-get update -qq
+        DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends \
+            chromium chromium-driver fonts-liberation >/dev/null
     fi
 }
 

@@ -119,25 +119,13 @@ def _state(pid: int) -> str:
         return "zombie"
 
 
-def tracking_uri(kind: str, store: Path) -> str:
-    if kind == "sqlite":
-        return f"sqlite:///{store}/mlflow.db"
-    from conftest import service_url
-
-    return service_url("REGSWEEP_TEST_MLFLOW_URL", "The mlflow server")
-
-
 @pytest.mark.slow
-@pytest.mark.parametrize("services", ["sqlite", "postgresql"])
-def test_two_sweeps_on_one_study_share_the_budget_without_losing_or_repeating_a_trial(store, tmp_path, services):
-    """Two `regsweep sweep` processes started together on one new study: embedded SQLite
-    (Optuna and MLflow), or PostgreSQL plus an mlflow server."""
-    from conftest import service_url
-
+def test_two_sweeps_on_one_study_share_the_budget_without_losing_or_repeating_a_trial(store, tmp_path):
+    """Two `regsweep sweep` processes started together on one new study in the embedded SQLite
+    stores of one machine (test_scale_out.py does it across machines, on PostgreSQL and an
+    mlflow server)."""
     study = f"pair-{uuid.uuid4().hex[:8]}"
-    optuna_url = f"sqlite:///{store}/optuna.db" if services == "sqlite" else service_url(
-        "REGSWEEP_TEST_POSTGRES_URL", "PostgreSQL")
-    mlflow_url = tracking_uri(services, store)
+    optuna_url, mlflow_url = f"sqlite:///{store}/optuna.db", f"sqlite:///{store}/mlflow.db"
     budget, workers = 6, 2
     command = sweep_command(store, optuna_url, study, f"sweep.n_trials={budget}", f"tracking.uri={mlflow_url}",
                             "model.dropout=interval(0.0, 0.5)", "augment.strength=choice(0.0, 0.5)")

@@ -38,7 +38,7 @@ def test_demo_run_leaves_one_complete_mlflow_run_and_a_reloadable_model(store):
 
     run = client(store).get_run(result.run_id)
     assert run.info.status == "FINISHED"
-    assert run.info.run_name == "demo_cnn do0.25 aug0.00 lr1e-03 ub0"
+    assert run.info.run_name == "do0.25 aug0.00 lr1.0e-03 ub0 demo_cnn"
     params, metrics = run.data.params, run.data.metrics
     assert params["model.dropout"] == "0.25" and params["optim.lr"] == "0.001"
     assert params["data.class_names"] == "0,1,2,3,4" and len(params["data.fingerprint"]) == 16
@@ -95,11 +95,15 @@ def test_a_run_that_crashes_ends_failed_not_running(store, monkeypatch):
     assert run.data.tags["regsweep.error"] == "MemoryError: out of memory in epoch 3"
 
 
-def test_hydra_multirun_trains_each_grid_point(store):
+@pytest.mark.parametrize("launcher", [[], ["hydra/launcher=joblib", "hydra.launcher.n_jobs=2"]], ids=["basic", "joblib"])
+def test_hydra_multirun_trains_each_grid_point(store, launcher):
+    """The README's fixed-grid recipe, with Hydra's own launcher and with the joblib one (parallel processes)."""
     command = [sys.executable, "-c", "from regsweep.cli import main; main()", "train", "-m",
-               "model.dropout=0,0.5", "train.epochs=1", "tracking.artifacts=none", "paths.store=mlruns"]
+               "model.dropout=0,0.5", "train.epochs=1", "tracking.artifacts=none", "paths.store=mlruns", *launcher]
     result = subprocess.run(command, cwd=store.parent, capture_output=True, text=True, timeout=600)
     assert result.returncode == 0, result.stderr[-2000:]
+    if launcher:
+        assert "Joblib.Parallel(n_jobs=2" in result.stdout + result.stderr
     for name in ("train_accuracy", "val_accuracy", "gap"):
         assert result.stdout.count(name) == 2  # printed once per grid point
     runs = all_runs(store)

@@ -31,6 +31,7 @@ commands:
            (regsweep sweep --help)
   report   rebuild the report of a stored study: regsweep report [study] [--reevaluate] [--open] [overrides]
   cache    the frozen-prefix feature cache: regsweep cache info | regsweep cache clear
+  ui       the MLflow UI on the store, at the study's parent run (--optuna: optuna-dashboard too)
 
 add --verbose to see the Python traceback behind an error.
 """
@@ -210,10 +211,17 @@ def _without_hydra(command):
     return run
 
 
+def _ui_command(args: list[str]) -> None:
+    from regsweep import ui
+
+    ui.run(args)
+
+
 COMMANDS = {
     "sweep": _without_hydra(_sweep_command),
     "report": _without_hydra(_report_command),
     "cache": _without_hydra(_cache_command),
+    "ui": _without_hydra(_ui_command),
 }
 
 

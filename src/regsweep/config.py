@@ -276,10 +276,13 @@ def flatten(cfg: DictConfig) -> dict[str, str]:
     return flat
 
 
-def run_name(cfg: DictConfig) -> str:
-    """A readable name from the four knobs, e.g. demo_cnn do0.50 aug0.50 lr1e-03 ub1."""
+def run_name(cfg: DictConfig, label: str = "") -> str:
+    """A readable name from the four knobs, e.g. `#7 do0.50 aug0.50 lr3.2e-04 ub1 demo_cnn`.
+
+    The knobs come first because the MLflow runs table cuts long names; `label` says what the run
+    is for (`#7` a trial, `reeval #7 seed 2` a re-evaluation).
+    """
     m = cfg.model
-    return (
-        f"{m.backbone} do{m.dropout:.2f} aug{cfg.augment.strength:.2f} "
-        f"lr{cfg.optim.lr:.0e} ub{m.unfrozen_blocks}"
-    )
+    knobs = (f"do{m.dropout:.2f} aug{cfg.augment.strength:.2f} lr{cfg.optim.lr:.1e} "
+             f"ub{m.unfrozen_blocks} {m.backbone}")
+    return f"{label} {knobs}" if label else knobs

@@ -12,6 +12,9 @@ The verdict compares seed by seed: every setting runs with the same seeds, so th
 share cancels; a mean difference within two standard errors of the per-seed differences is
 reported as within noise.
 
+With several workers on one study, one of them re-evaluates: the one that holds the study's
+claim (see `claim`); the others leave the re-evaluation and the report to it.
+
 The stable recommendation (documented in the README): among the re-evaluated settings whose
 mean gap (train − val) is at most ε, the one with the highest mean − std of val_accuracy
 across seeds; if none meets ε, the smallest mean gap. Test accuracy is reported, never used to
@@ -22,7 +25,11 @@ from __future__ import annotations
 
 import hashlib
 import math
+import os
+import socket
 import statistics
+import time
+import uuid
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -116,42 +123,115 @@ def _format(value) -> str:
 # --- training and finding the runs --------------------------------------------------------------
 
 
-def run(study, cfg: DictConfig, settings: DictConfig, parent_run_id: str, base_overrides: list[str]) -> None:
+def run(study, cfg: DictConfig, settings: DictConfig, parent_run_id: str, base_overrides: list[str]) -> bool:
     """Trains every (setting, seed) that has no FINISHED re-evaluation run under the parent yet.
 
-    `settings` is the study's sweep settings (its recorded ε); `base_overrides` what every run starts from.
+    `settings` is the study's sweep settings (its recorded ε); `base_overrides` what every run
+    starts from. Returns False when another worker holds the claim and is re-evaluating.
     """
-    from regsweep.cli import import_tensorflow_quietly
-    from regsweep.config import compose
-    from regsweep.report import trial_rows
-
     seeds = int(settings.reevaluate.seeds)
     if seeds < 1:
         raise RegsweepError(f"sweep.reevaluate.seeds={seeds}: re-evaluation needs at least 1 seed, such as 3")
+    if not missing_runs(study, cfg, settings, parent_run_id, base_overrides)[1]:
+        return True
+    token, holder = claim(study)
+    if token is None:
+        print(f"Another worker ({holder}) is re-evaluating this study; it writes the report when it is done.", flush=True)
+        return False
+    try:
+        # Listed again now that this process holds the claim: a worker that just finished may have trained some.
+        planned, todo = missing_runs(study, cfg, settings, parent_run_id, base_overrides)
+        if todo:
+            _train(study, cfg, planned, todo, seeds, parent_run_id, token)
+    finally:
+        release(study, token)
+    return True
+
+
+def missing_runs(study, cfg: DictConfig, settings: DictConfig, parent_run_id: str,
+                 base_overrides: list[str]) -> tuple[list[Setting], list[tuple[Setting, int]]]:
+    """The settings to re-evaluate, and the (setting, seed) pairs with no FINISHED run yet."""
+    from regsweep.report import trial_rows
+
     rows = trial_rows(study)
     if not any(row.state == "COMPLETE" for row in rows):
-        return  # nothing to compare with the baseline yet
+        return [], []  # nothing to compare with the baseline yet
     planned = settings_to_run(study, rows, settings, base_overrides)
     done = {run.data.tags.get("regsweep.reeval_key") for run in logged_runs(cfg, parent_run_id)}
-    todo = [(setting, seed) for setting in planned for seed in seed_values(cfg, seeds)
-            if run_key(setting, seed) not in done]
-    if not todo:
-        return
+    seeds = seed_values(cfg, int(settings.reevaluate.seeds))
+    return planned, [(setting, seed) for setting in planned for seed in seeds if run_key(setting, seed) not in done]
+
+
+def _train(study, cfg: DictConfig, planned: list[Setting], todo: list, seeds: int, parent_run_id: str, token: str) -> None:
+    from regsweep.cli import import_tensorflow_quietly
+    from regsweep.config import compose
+
     import_tensorflow_quietly()
     from regsweep import train
 
     print(f"Re-evaluating {len(planned)} settings x {seeds} seeds on the test split ({len(todo)} runs to train)", flush=True)
     for index, (setting, seed) in enumerate(todo, start=1):
+        if not renew(study, token):
+            print("This worker's re-evaluation claim was taken over by another worker; leaving the rest to it.", flush=True)
+            return
         overrides = merge(setting.overrides, [f"train.seed={seed}", "tracking.artifacts=none"])
         run_cfg = compose(overrides)
         tags = {"regsweep.study": study.study_name, "regsweep.role": "reeval", "reeval": setting.label,
                 "regsweep.reeval_key": run_key(setting, seed)}
         if setting.trial_number is not None:
             tags["regsweep.trial_number"] = str(setting.trial_number)
-        result = train.run(run_cfg, parent_run_id=parent_run_id, tags=tags, evaluate_test=True)
+        result = train.run(run_cfg, parent_run_id=parent_run_id, tags=tags, evaluate_test=True,
+                           label=f"reeval {setting.label} seed {seed}")
         metrics = result.metrics
         print(f"  {index}/{len(todo)} {setting.label} seed {seed}: test {metrics['test_accuracy']:.3f} "
               f"val {metrics['val_accuracy']:.3f} test gap {metrics['test_gap']:.3f}", flush=True)
+
+
+# --- one worker re-evaluates -------------------------------------------------------------------
+
+CLAIM = "reevaluation_claim"
+
+
+def claim(study, settle_seconds: float = 5.0) -> tuple[str | None, str]:
+    """Claims the study's re-evaluation for this process: (token, this worker), or (None, the
+    holder) when another worker holds it.
+
+    Workers that finish together all write their claim, wait `settle_seconds`, and read it back:
+    the last write wins for every reader, so exactly one goes on. A worker that arrives later
+    finds a claim renewed within the lease (`lease_seconds`) and leaves the work to its holder;
+    a claim whose holder died (no renewal for a lease) is taken over. Optuna's storage is the
+    one store every worker shares, so the claim lives there, as a study attribute.
+    """
+    held = study.user_attrs.get(CLAIM)
+    if held and time.time() - held["renewed"] < lease_seconds(study):
+        return None, held["worker"]
+    token, worker = uuid.uuid4().hex, f"{socket.gethostname()} pid {os.getpid()}"
+    study.set_user_attr(CLAIM, {"token": token, "worker": worker, "renewed": time.time()})
+    time.sleep(settle_seconds)
+    held = study.user_attrs.get(CLAIM) or {}
+    return (token, worker) if held.get("token") == token else (None, held.get("worker", "unknown"))
+
+
+def renew(study, token: str) -> bool:
+    """Keeps the claim fresh while its holder works; False if another worker has taken it over."""
+    held = study.user_attrs.get(CLAIM) or {}
+    if held.get("token") != token:
+        return False
+    study.set_user_attr(CLAIM, {**held, "renewed": time.time()})
+    return True
+
+
+def release(study, token: str) -> None:
+    if (study.user_attrs.get(CLAIM) or {}).get("token") == token:
+        study.set_user_attr(CLAIM, None)
+
+
+def lease_seconds(study) -> float:
+    """How long a claim holds without renewal: three of the study's longest trials, at least 10
+    minutes, so one re-evaluation run (a trial's training plus a test pass) always fits."""
+    durations = [(t.datetime_complete - t.datetime_start).total_seconds() for t in study.get_trials(deepcopy=False)
+                 if t.datetime_complete is not None and t.datetime_start is not None]
+    return max(600.0, 3 * max(durations, default=0.0))
 
 
 def seed_values(cfg: DictConfig, seeds: int) -> list[int]:

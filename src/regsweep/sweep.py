@@ -40,6 +40,7 @@ class Sweep:
     base: DictConfig  # the training config every trial starts from
     cfg: DictConfig  # the training settings plus the sweep definition under `sweep`
     has_test_split: bool  # whether re-evaluation can score the result on untouched images
+    data_fingerprint: str  # the images' content: workers on other machines must train on the same
 
 
 # --- the search space ------------------------------------------------------------------------
@@ -115,7 +116,8 @@ def prepare(args: list[str]) -> Sweep:
     # Bad settings or data stop here, before a study or an MLflow run exists.
     validate(base)
     splits = data.resolve_splits(base.data, base.model.image_size, Path(base.paths.store))
-    return Sweep(settings, space, expressions, base_overrides, base, cfg, splits.test is not None)
+    return Sweep(settings, space, expressions, base_overrides, base, cfg, splits.test is not None,
+                 data.fingerprint(splits))
 
 
 def check_settings(settings: DictConfig, expressions: dict[str, str]) -> None:
@@ -159,6 +161,20 @@ def _format(value) -> str:
 
 
 # --- the study --------------------------------------------------------------------------------
+
+
+# Where things live on a machine: workers on several machines give different values, and the
+# trials' outcome does not depend on them (the data's content is checked by its fingerprint).
+MACHINE_LOCAL_KEYS = ("data.train_dir", "data.val_dir", "data.test_dir", "data.dir")
+MACHINE_LOCAL_GROUPS = ("paths.", "cache.", "tracking.")
+
+
+def portable(overrides: list[str]) -> list[str]:
+    """The overrides two workers of one study must agree on, wherever they run."""
+    def key(override: str) -> str:
+        return override.lstrip("+~").split("=", 1)[0]
+
+    return [o for o in overrides if key(o) not in MACHINE_LOCAL_KEYS and not key(o).startswith(MACHINE_LOCAL_GROUPS)]
 
 
 def study_record(sweep: Sweep) -> dict:
@@ -206,11 +222,16 @@ def open_study(sweep: Sweep) -> optuna.Study:
         baseline = baseline_values(sweep)
         if baseline:
             study.enqueue_trial(baseline, user_attrs={"baseline": True})
+        study.set_user_attr("data_fingerprint", sweep.data_fingerprint)
         for key, value in record.items():
             study.set_user_attr(key, value)
         return study
+    check_same_data(study, sweep)
     previous = {key: study.user_attrs.get(key) for key in record}
-    if previous != record:
+    comparable = {**record, "base_overrides": portable(record["base_overrides"])}
+    previous["base_overrides"] = portable(previous["base_overrides"] or [])
+    if previous != comparable:
+        record = comparable
         changed = [key for key in record if previous[key] != record[key]]
         raise RegsweepError(
             f"study '{s.study}' in {redact(str(s.storage))} was started with a different {', '.join(changed)} "
@@ -218,6 +239,20 @@ def open_study(sweep: Sweep) -> optuna.Study:
             "or start a new study with sweep.study=<new name>"
         )
     return study
+
+
+def check_same_data(study: optuna.Study, sweep: Sweep) -> None:
+    """Every worker, on every machine, trains on the same images (a study recorded before this
+    check adopts the first fingerprint it sees)."""
+    recorded = study.user_attrs.get("data_fingerprint")
+    if recorded is None:
+        study.set_user_attr("data_fingerprint", sweep.data_fingerprint)
+    elif recorded != sweep.data_fingerprint:
+        raise RegsweepError(
+            f"study '{study.study_name}' was run on other images (data fingerprint {recorded}, here "
+            f"{sweep.data_fingerprint}): point data.* at the same images on every machine, or start a new study "
+            "with sweep.study=<new name>"
+        )
 
 
 def _wait_for_record(study: optuna.Study, record: dict, seconds: float = 30.0) -> None:
@@ -484,7 +519,8 @@ def run_trial(sweep: Sweep, trial: optuna.Trial, values: dict, parent_run_id: st
         monitor = TrialMonitor(trial, constrained and s.pruner.name != "none", progress)
         callback = keras.callbacks.LambdaCallback(on_epoch_end=monitor.on_epoch_end)
         result = train.run(cfg, parent_run_id=parent_run_id, tags=tags, callbacks=(callback,),
-                           on_run_started=started, leads=lambda metrics: leads(trial, metrics, s))
+                           on_run_started=started, leads=lambda metrics: leads(trial, metrics, s),
+                           label=f"#{trial.number}")
     except optuna.TrialPruned as pruned:
         trial.set_user_attr("fail_reason", "")
         set_state("PRUNED")
@@ -498,7 +534,7 @@ def run_trial(sweep: Sweep, trial: optuna.Trial, values: dict, parent_run_id: st
         trial.set_user_attr("fail_reason", reason)
         if not run_ids:  # failed before training started (bad value, bad data): record it anyway
             experiment_id = client.get_run(parent_run_id).info.experiment_id
-            failed = client.create_run(experiment_id, run_name=knob_label(values), tags={
+            failed = client.create_run(experiment_id, run_name=f"#{trial.number} {knob_label(values)}", tags={
                 **tags, "mlflow.parentRunId": parent_run_id, "regsweep.error": reason})
             started(failed.info.run_id)
             client.set_terminated(failed.info.run_id, "FAILED")
@@ -669,11 +705,13 @@ def run(args: list[str]) -> optuna.Study:
     finally:
         if worker is not None:
             worker.close()
-    fail_stale_trials(study)
+    wait_for_other_workers(study)
     if s.reevaluate.seeds > 0 and sweep.has_test_split:
         from regsweep import reevaluate
 
-        reevaluate.run(study, sweep.cfg, report.study_settings(study, sweep.cfg), parent_run_id, sweep.base_overrides)
+        if not reevaluate.run(study, sweep.cfg, report.study_settings(study, sweep.cfg), parent_run_id,
+                              sweep.base_overrides):
+            return study  # the worker that re-evaluates writes the report and ends the parent run
     elif s.reevaluate.seeds > 0:
         print("No test split, so no re-evaluation: give data.test_dir (data=folders) or data.test_fraction "
               "(data=split) to measure the recommendation against a baseline on untouched images.")
@@ -682,8 +720,27 @@ def run(args: list[str]) -> optuna.Study:
     return study
 
 
+def wait_for_other_workers(study: optuna.Study, poll_seconds: float = 2.0) -> None:
+    """Waits until no trial of the study is running: the re-evaluation and the report need them
+    all. A trial of a worker that died stops beating and is marked FAIL, which ends the wait."""
+    import time
+
+    announced = False
+    while True:
+        fail_stale_trials(study)
+        running = study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.RUNNING,))
+        if not running:
+            return
+        if not announced:
+            numbers = ", ".join(f"#{t.number}" for t in running)
+            print(f"Waiting for {len(running)} trial(s) still running in other workers ({numbers}) "
+                  "before the re-evaluation and report.", flush=True)
+            announced = True
+        time.sleep(poll_seconds)
+
+
 def fail_stale_trials(study: optuna.Study) -> None:
-    """Optuna checks for silent trials before each new trial; also at start and before the report."""
+    """Optuna checks for silent trials before each new trial; also at start and while waiting for other workers."""
     import warnings
 
     with warnings.catch_warnings():

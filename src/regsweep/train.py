@@ -30,14 +30,16 @@ class RunResult:
 
 
 def run(cfg: DictConfig, parent_run_id: str | None = None, tags: dict[str, str] | None = None,
-        callbacks: tuple = (), on_run_started=None, leads=None, evaluate_test: bool = False) -> RunResult:
+        callbacks: tuple = (), on_run_started=None, leads=None, evaluate_test: bool = False,
+        label: str = "") -> RunResult:
     """Trains and logs one run to MLflow.
 
     A sweep passes its parent run, the trial's tags, Keras callbacks (pruning, progress),
     `on_run_started(run_id)`, which learns the run id before training can fail, and
     `leads(metrics)`: whether the finished trial leads its study (tracking.artifacts=best).
     Only a re-evaluation passes `evaluate_test`: the test split is scored once, after
-    training, and never by a trial, so no choice of settings ever sees it.
+    training, and never by a trial, so no choice of settings ever sees it. `label` starts the
+    run's name (`#7` for a trial).
     """
     timer = Timer()
     with timer("setup"):
@@ -62,7 +64,7 @@ def run(cfg: DictConfig, parent_run_id: str | None = None, tags: dict[str, str] 
         )
     # The test split's fingerprint is recorded by every run, though only re-evaluation scores it.
     fingerprints = {"data.fingerprint": dataset_fingerprint, "data.test_fingerprint": by_split.get("test", "none")}
-    with tracking.training_run(cfg, run_name(cfg), splits.class_names, fingerprints,
+    with tracking.training_run(cfg, run_name(cfg, label), splits.class_names, fingerprints,
                                parent_run_id, tags) as mlflow_run:
         if on_run_started is not None:
             on_run_started(mlflow_run.info.run_id)

@@ -1,0 +1,256 @@
+"""`regsweep ui`: MLflow's own UI on the project's store, and optuna-dashboard beside it.
+
+Both are the stock servers (`mlflow server`, `optuna-dashboard`), started on 127.0.0.1 unless
+told otherwise, with their logs under <store>/ui/. regsweep only finds the study's parent run
+so it can print the page to open, and stops both servers when it stops.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from dataclasses import dataclass, field
+from pathlib import Path
+from urllib.parse import urlsplit, urlunsplit
+
+from omegaconf import DictConfig
+
+from regsweep.config import RegsweepError, compose_study, redact
+
+HELP = """usage: regsweep ui [study] [--host 127.0.0.1] [--port 5000] [--optuna] [--optuna-port 8080] [overrides]
+
+Starts the MLflow UI on the project's store (tracking.uri, mlruns/ by default) and prints the
+page of the study's parent run, whose nested runs are its trials. With a tracking server
+(tracking.uri=http://...) nothing is started: the page on that server is printed.
+
+  --host, --port   where the MLflow UI listens (default 127.0.0.1:5000, this machine only)
+  --optuna         also start optuna-dashboard on the study's storage (sweep.storage)
+  --optuna-port    its port (default 8080; it listens on --host too)
+Stop with Ctrl-C.
+"""
+
+
+@dataclass
+class Options:
+    host: str = "127.0.0.1"
+    port: int = 5000
+    optuna: bool = False
+    optuna_port: int = 8080
+    overrides: list[str] = field(default_factory=list)
+
+
+def parse(args: list[str]) -> Options:
+    options, rest = Options(), list(args)
+    while rest:
+        arg = rest.pop(0)
+        if arg == "--optuna":
+            options.optuna = True
+        elif arg in ("--host", "--port", "--optuna-port"):
+            if not rest:
+                raise RegsweepError(f"{arg} needs a value: see regsweep ui --help")
+            value = rest.pop(0)
+            if arg == "--host":
+                options.host = value
+            else:
+                setattr(options, arg[2:].replace("-", "_"), _port(arg, value))
+        elif arg.startswith("-"):
+            raise RegsweepError(f"regsweep ui has no option {arg}: see regsweep ui --help")
+        elif "=" not in arg and not options.overrides:
+            options.overrides.append(f"sweep.study={arg}")
+        else:
+            options.overrides.append(arg)
+    return options
+
+
+def _port(flag: str, value: str) -> int:
+    if not value.isdigit() or not 0 < int(value) < 65536:
+        raise RegsweepError(f"{flag} {value} is not a port number: give one from 1 to 65535, such as 5000")
+    return int(value)
+
+
+def run(args: list[str]) -> None:
+    if "--help" in args or "-h" in args:
+        print(HELP, end="")
+        return
+    options = parse(args)
+    cfg = compose_study(options.overrides)
+    tracking_uri = str(cfg.tracking.uri)
+    local = not tracking_uri.startswith(("http://", "https://"))
+    if local:
+        _check_free(options.host, options.port, "--port")
+    if options.optuna:
+        _check_free(options.host, options.optuna_port, "--optuna-port")
+    experiment_id, parent = study_pages(cfg)  # a new local store gets its tables and experiment here
+    servers: list[subprocess.Popen] = []
+    try:
+        if local:
+            servers.append(start_mlflow_ui(cfg, options))
+            base_url = f"http://{_display_host(options.host)}:{options.port}"
+        else:
+            base_url = _without_credentials(tracking_uri)
+        print(f"MLflow UI: {base_url}/#/experiments/{experiment_id}/runs")
+        if parent is None:
+            print(f"No study '{cfg.sweep.study}' in {redact(str(cfg.sweep.storage))} yet: "
+                  "the runs table shows `regsweep train` runs; a sweep adds its study's parent run.")
+        else:
+            print(f"Study '{cfg.sweep.study}': {base_url}/#/experiments/{experiment_id}/runs/{parent} "
+                  "(its child runs are the trials and re-evaluations; select two or more and Compare)")
+        if options.optuna:
+            servers.append(start_optuna_dashboard(cfg, options))
+            print(f"optuna-dashboard: http://{_display_host(options.host)}:{options.optuna_port}"
+                  f"/dashboard/studies (study '{cfg.sweep.study}')")
+        if not servers:
+            return
+        print("Press Ctrl-C to stop.", flush=True)
+        _wait(servers)
+    finally:
+        for server in servers:
+            _stop(server)
+
+
+def study_pages(cfg: DictConfig) -> tuple[str, str | None]:
+    """The experiment id, and the study's parent run id if the study exists."""
+    import optuna
+
+    from regsweep import tracking
+
+    experiment_id = tracking.use_store(cfg.tracking)
+    storage = str(cfg.sweep.storage)
+    if storage.startswith("sqlite:///") and not Path(storage.removeprefix("sqlite:///")).is_file():
+        return experiment_id, None  # no sweep has run here: nothing to open, and nothing to create
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    try:
+        study = optuna.load_study(study_name=cfg.sweep.study, storage=str(cfg.sweep.storage))
+    except KeyError:
+        return experiment_id, None
+    except Exception as error:
+        raise RegsweepError(
+            f"sweep.storage={redact(str(cfg.sweep.storage))} cannot be opened ({redact(str(error).splitlines()[0])[:200]}): "
+            "check the URL, or leave it unset for the local SQLite file"
+        ) from None
+    return experiment_id, study.user_attrs.get("mlflow_parent_run_id")
+
+
+def start_mlflow_ui(cfg: DictConfig, options: Options) -> subprocess.Popen:
+    """`mlflow server` on the local store. Artifacts stay where the runs logged them (the
+    experiment's artifact location under mlruns/), read by this server from disk."""
+    artifacts = Path(cfg.tracking.artifact_root).resolve()
+    command = [_script("mlflow"), "server", "--backend-store-uri", _absolute_sqlite(str(cfg.tracking.uri)),
+               "--default-artifact-root", artifacts.as_uri(), "--host", options.host, "--port", str(options.port),
+               "--workers", "1"]
+    server = _start(command, _log_path(cfg, "mlflow.log"))
+    _wait_until_up(server, f"http://{_connect_host(options.host)}:{options.port}/health", "the MLflow UI",
+                   _log_path(cfg, "mlflow.log"))
+    return server
+
+
+def start_optuna_dashboard(cfg: DictConfig, options: Options) -> subprocess.Popen:
+    if shutil.which("optuna-dashboard", path=str(Path(sys.executable).parent)) is None:
+        raise RegsweepError("--optuna needs optuna-dashboard: install it with pip install optuna-dashboard")
+    command = [_script("optuna-dashboard"), _absolute_sqlite(str(cfg.sweep.storage)),
+               "--host", options.host, "--port", str(options.optuna_port)]
+    server = _start(command, _log_path(cfg, "optuna-dashboard.log"))
+    _wait_until_up(server, f"http://{_connect_host(options.host)}:{options.optuna_port}/api/studies",
+                   "optuna-dashboard", _log_path(cfg, "optuna-dashboard.log"))
+    return server
+
+
+def _script(name: str) -> str:
+    """The console script installed beside this Python (the project's virtualenv)."""
+    return str(Path(sys.executable).parent / name)
+
+
+def _absolute_sqlite(url: str) -> str:
+    """A relative sqlite:///mlruns/x.db made absolute, so the server reads the same file."""
+    if url.startswith("sqlite:///") and not url.startswith("sqlite:////"):
+        return "sqlite:///" + str(Path(url.removeprefix("sqlite:///")).resolve())
+    return url
+
+
+def _log_path(cfg: DictConfig, name: str) -> Path:
+    folder = Path(cfg.paths.store) / "ui"
+    folder.mkdir(parents=True, exist_ok=True)
+    return folder / name
+
+
+def _start(command: list[str], log: Path) -> subprocess.Popen:
+    # Its own process group: the server's workers are stopped with it (see _stop).
+    with open(log, "w") as output:
+        return subprocess.Popen(command, stdout=output, stderr=subprocess.STDOUT, start_new_session=True)
+
+
+def _check_free(host: str, port: int, flag: str) -> None:
+    with socket.socket() as probe:
+        try:
+            probe.bind((host, port))
+        except OSError as error:
+            raise RegsweepError(
+                f"{flag} {port} on {host} cannot be used ({error.strerror}): choose another, e.g. {flag} {port + 1}"
+            ) from None
+
+
+def _wait_until_up(server: subprocess.Popen, url: str, what: str, log: Path, seconds: float = 120) -> None:
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline:
+        if server.poll() is not None:
+            raise RegsweepError(f"{what} stopped at start-up (exit code {server.returncode}): its log is {log}")
+        try:
+            with urllib.request.urlopen(url, timeout=2):
+                return
+        except OSError:
+            time.sleep(0.5)
+    raise RegsweepError(f"{what} did not answer {url} within {seconds:.0f} s: its log is {log}")
+
+
+def _wait(servers: list[subprocess.Popen]) -> None:
+    """Until Ctrl-C, SIGTERM, or a server exits by itself."""
+    signal.signal(signal.SIGTERM, _interrupt)
+    try:
+        while all(server.poll() is None for server in servers):
+            time.sleep(0.5)
+    except KeyboardInterrupt:
+        print("\nregsweep ui: stopped.")
+        return
+    stopped = next(server for server in servers if server.poll() is not None)
+    raise RegsweepError(f"{Path(stopped.args[0]).name} stopped (exit code {stopped.returncode}): "
+                        f"its log is under the store's ui/ folder")
+
+
+def _interrupt(signum, frame):
+    raise KeyboardInterrupt  # `kill <pid>` stops the servers as Ctrl-C does
+
+
+def _stop(server: subprocess.Popen) -> None:
+    """Stops the server and the workers it started (its whole process group)."""
+    for sig, seconds in ((signal.SIGTERM, 15), (signal.SIGKILL, None)):
+        try:
+            os.killpg(server.pid, sig)
+        except ProcessLookupError:
+            break
+        try:
+            server.wait(timeout=seconds)
+            break
+        except subprocess.TimeoutExpired:
+            continue
+
+
+def _display_host(host: str) -> str:
+    return socket.gethostname() if host in ("0.0.0.0", "::") else host
+
+
+def _connect_host(host: str) -> str:
+    return "127.0.0.1" if host in ("0.0.0.0", "::") else host
+
+
+def _without_credentials(url: str) -> str:
+    parts = urlsplit(url)
+    netloc = parts.hostname or ""
+    if parts.port:
+        netloc += f":{parts.port}"
+    return urlunsplit((parts.scheme, netloc, parts.path.rstrip("/"), "", ""))

@@ -1,0 +1,149 @@
+"""Scale-out: workers on separate machines cooperate on one study through PostgreSQL (Optuna) and
+an `mlflow server` (tracking), and any machine can build the report from that shared storage.
+
+Each "machine" here is its own store folder (its own caches, reports, Hydra outputs), so the
+only things the workers share are the two services, as on real machines.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import subprocess
+import threading
+import time
+import uuid
+from pathlib import Path
+
+import mlflow
+import optuna
+import pytest
+from conftest import service_url
+from test_recovery import REGSWEEP, trials
+
+from regsweep import reevaluate
+
+TINY = ["train.epochs=6", "train.fine_tune_epochs=2", "tracking.artifacts=none", "sweep.pruner.name=none",
+        "sweep.heartbeat_seconds=2", "sweep.reevaluate.seeds=1", "sweep.reevaluate.top_k=1"]
+
+
+def machine(root: Path, demo_store: Path) -> Path:
+    """A store of its own, sharing only the demo data the session already generated."""
+    store = root / "mlruns"
+    store.mkdir(parents=True)
+    (demo_store / "demo").mkdir(exist_ok=True)
+    (store / "demo").symlink_to(demo_store / "demo")
+    return store
+
+
+def table(markdown: str, heading: str) -> list[list[str]]:
+    """The body rows of the first table under `## heading`."""
+    section = markdown.split(f"## {heading}", 1)[1].split("\n## ", 1)[0]
+    lines = [line for line in section.splitlines() if line.startswith("|")]
+    return [[cell.strip() for cell in line.strip("|").split("|")] for line in lines[2:]]
+
+
+@pytest.mark.slow
+def test_two_machines_complete_one_study_and_any_machine_reports_it(tmp_path, demo_store):
+    postgres = service_url("REGSWEEP_TEST_POSTGRES_URL", "PostgreSQL")
+    server = service_url("REGSWEEP_TEST_MLFLOW_URL", "The mlflow server")
+    study, budget = f"scale-{uuid.uuid4().hex[:8]}", 6
+    shared = [f"sweep.storage={postgres}", f"tracking.uri={server}", f"sweep.study={study}", f"sweep.n_trials={budget}",
+              *TINY, "model.dropout=interval(0.0, 0.5)", "augment.strength=choice(0.0, 0.5)"]
+    stores = [machine(tmp_path / name, demo_store) for name in ("machine-a", "machine-b")]
+    env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3"}
+    workers = [subprocess.Popen([REGSWEEP, "sweep", f"paths.store={store}", *shared], cwd=store.parent, env=env,
+                                stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True) for store in stores]
+    outputs = [worker.communicate(timeout=1200)[0] for worker in workers]
+    for worker, output in zip(workers, outputs):
+        assert worker.returncode == 0, output[-3000:]
+
+    # The study: its budget, nothing failed or left running, and the claim given back.
+    finished = trials(postgres, study)
+    states = [t.state.name for t in finished]
+    assert budget <= sum(s in ("COMPLETE", "PRUNED") for s in states) <= budget + 1
+    assert "FAIL" not in states and "RUNNING" not in states
+    assert optuna.load_study(study_name=study, storage=postgres).user_attrs[reevaluate.CLAIM] is None
+
+    # MLflow: one parent; under it exactly one child run per trial, and the re-evaluation once.
+    client = mlflow.MlflowClient(server)
+    experiment = client.get_experiment_by_name("regsweep").experiment_id
+    runs = client.search_runs([experiment], f"tags.`regsweep.study` = '{study}'")
+    parents = [r for r in runs if r.data.tags.get("regsweep.role") == "study"]
+    assert len(parents) == 1 and parents[0].info.status == "FINISHED"
+    parent = parents[0].info.run_id
+    assert all(r.data.tags.get("mlflow.parentRunId") == parent for r in runs if r is not parents[0])
+    trial_runs = [r for r in runs if r.data.tags.get("regsweep.trial_number") and r.data.tags.get("regsweep.role") != "reeval"]
+    by_trial = {t.number: [r for r in trial_runs if r.data.tags["regsweep.trial_number"] == str(t.number)] for t in finished}
+    assert all(len(found) == 1 for found in by_trial.values()), {n: len(f) for n, f in by_trial.items()}
+    assert len(trial_runs) == len(finished)
+    for t in finished:
+        (run,) = by_trial[t.number]
+        assert run.info.run_id == t.user_attrs["mlflow_run_id"]
+        assert run.info.run_name.startswith(f"#{t.number} do")  # the knobs, readable in the runs table
+        assert run.data.metrics["val_accuracy"] == pytest.approx(t.user_attrs["val_accuracy"])
+        assert run.data.metrics["gap"] == pytest.approx(t.user_attrs["gap"])
+    reevals = [r for r in runs if r.data.tags.get("regsweep.role") == "reeval"]
+    assert len(reevals) == 2  # baseline and the recommendation, one seed each: trained by one worker only
+    assert len({r.data.tags["regsweep.reeval_key"] for r in reevals}) == 2
+    assert sum("Re-evaluating" in output for output in outputs) == 1
+    assert sum("Another worker (" in output for output in outputs) == 1  # and left the report to it
+
+    # A third machine, with nothing local, builds the report from the shared storage.
+    laptop = tmp_path / "laptop" / "mlruns"
+    laptop.mkdir(parents=True)
+    result = subprocess.run([REGSWEEP, "report", study, f"paths.store={laptop}", f"sweep.storage={postgres}",
+                             f"tracking.uri={server}"], cwd=laptop.parent, env=env, capture_output=True, text=True,
+                            timeout=600)
+    assert result.returncode == 0, result.stderr[-3000:]
+    text = (laptop / "reports" / study / "report.md").read_text()
+    counts = {state: states.count(state) for state in ("COMPLETE", "PRUNED", "FAIL")}
+    assert f"Trials: {counts['COMPLETE']} complete, {counts['PRUNED']} pruned, {counts['FAIL']} failed." in text
+    by_number = {t.number: t for t in finished}
+    top = table(text, "Top trials")
+    assert len(top) == min(10, counts["COMPLETE"])
+    for number, val_accuracy, gap, train_accuracy, *_ in top:
+        t = by_number[int(number)]
+        assert float(val_accuracy) == pytest.approx(t.user_attrs["val_accuracy"], abs=5e-4)
+        assert float(gap) == pytest.approx(t.user_attrs["gap"], abs=5e-4)
+        assert float(train_accuracy) == pytest.approx(t.user_attrs["train_accuracy"], abs=5e-4)
+    reeval_rows = {row[0].split(" (")[0]: row for row in table(text, "Re-evaluation on the test split")}
+    for run in reevals:
+        label = run.data.tags["reeval"]
+        row = reeval_rows["baseline" if label == "baseline" else f"trial {label}"]
+        assert row[2] == f"{run.data.metrics['test_accuracy']:.4f} ± 0.0000"
+    # The same report is on the parent run, for the MLflow UI.
+    logged = Path(mlflow.artifacts.download_artifacts(run_id=parent, artifact_path="report/report.md",
+                                                      tracking_uri=server, dst_path=str(tmp_path / "download")))
+    assert logged.read_text() == text
+
+
+def test_one_worker_claims_the_reevaluation_when_several_finish_together(tmp_path):
+    study = optuna.create_study(study_name="claims", storage=f"sqlite:///{tmp_path}/optuna.db")
+    results: list = [None] * 4
+
+    def worker(index: int) -> None:
+        time.sleep(0.05 * index)  # they arrive within the settle time, not at the same instant
+        own = optuna.load_study(study_name="claims", storage=f"sqlite:///{tmp_path}/optuna.db")
+        results[index] = reevaluate.claim(own, settle_seconds=1.0)[0]
+
+    threads = [threading.Thread(target=worker, args=(i,)) for i in range(4)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    winners = [token for token in results if token is not None]
+    assert len(winners) == 1
+
+    # A worker that comes later leaves a fresh claim to its holder, and takes over a stale one.
+    later, holder = reevaluate.claim(study, settle_seconds=0.0)
+    assert later is None and re.fullmatch(r".+ pid \d+", holder)
+    assert reevaluate.renew(study, winners[0])
+    stale = {**study.user_attrs[reevaluate.CLAIM], "renewed": time.time() - 601}
+    study.set_user_attr(reevaluate.CLAIM, stale)
+    taken, _ = reevaluate.claim(study, settle_seconds=0.0)
+    assert taken is not None and not reevaluate.renew(study, winners[0])  # the old holder learns it lost
+    reevaluate.release(study, winners[0])  # not its claim any more: nothing changes
+    assert study.user_attrs[reevaluate.CLAIM]["token"] == taken
+    reevaluate.release(study, taken)
+    assert study.user_attrs[reevaluate.CLAIM] is None

@@ -1,0 +1,220 @@
+"""`regsweep ui` in a real browser: Debian's Chromium, driven by Selenium through Debian's
+chromedriver (the pair .ci/run installs; nothing is downloaded at test time).
+
+Screenshots of every page the test checks are kept in test-artifacts/ui/.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import queue
+import signal
+import socket
+import subprocess
+import threading
+import urllib.request
+from pathlib import Path
+
+import optuna
+import pytest
+from conftest import REPO
+from test_recovery import REGSWEEP
+
+CHROMIUM, CHROMEDRIVER = "/usr/bin/chromium", "/usr/bin/chromedriver"
+SCREENSHOTS = REPO / "test-artifacts" / "ui"
+TINY = ["sweep.n_trials=3", "train.epochs=3", "train.fine_tune_epochs=1", "sweep.reevaluate.seeds=0",
+        "sweep.pruner.name=none", "sweep.trials_per_worker=0", "tracking.artifacts=all"]
+
+
+@pytest.fixture
+def browser():
+    """Headless Chromium, with the flags that keep it off the network (this machine has none)."""
+    missing = [path for path in (CHROMIUM, CHROMEDRIVER) if not Path(path).exists()]
+    try:
+        from selenium import webdriver
+        from selenium.webdriver.chrome.service import Service
+    except ImportError:
+        missing.append("the selenium package")
+    if missing:
+        message = f"browser test needs {', '.join(missing)} (bash .ci/run installs them)"
+        if os.environ.get("CI", "").lower() == "true":
+            pytest.fail(message)
+        pytest.skip(message)
+    options = webdriver.ChromeOptions()
+    options.binary_location = CHROMIUM
+    for flag in ("--headless=new", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+                 "--disable-background-networking", "--disable-component-update", "--disable-sync",
+                 "--disable-dev-shm-usage", "--window-size=1600,1600"):
+        options.add_argument(flag)
+    driver = webdriver.Chrome(service=Service(CHROMEDRIVER), options=options)
+    driver.set_page_load_timeout(60)
+    yield driver
+    driver.quit()
+
+
+def free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
+class UI:
+    """`regsweep ui` as a user starts it, with its printed lines readable as they come."""
+
+    def __init__(self, *args: str, cwd: Path):
+        self.process = subprocess.Popen([REGSWEEP, "ui", *args], cwd=cwd, stdout=subprocess.PIPE,
+                                        stderr=subprocess.STDOUT, text=True)
+        self.lines: queue.Queue[str] = queue.Queue()
+        threading.Thread(target=self._read, daemon=True).start()
+
+    def _read(self) -> None:
+        for line in self.process.stdout:
+            self.lines.put(line.rstrip("\n"))
+
+    def line_starting(self, prefix: str, seconds: float = 120) -> str:
+        seen = []
+        while True:
+            try:
+                line = self.lines.get(timeout=seconds)
+            except queue.Empty:
+                raise AssertionError(f"regsweep ui printed no line starting {prefix!r}; it printed {seen}") from None
+            seen.append(line)
+            if line.startswith(prefix):
+                return line
+
+    def stop(self) -> int:
+        self.process.send_signal(signal.SIGINT)  # Ctrl-C
+        return self.process.wait(timeout=60)
+
+
+def wait_until(driver, condition, what: str, seconds: float = 60):
+    from selenium.webdriver.support.ui import WebDriverWait
+
+    try:
+        return WebDriverWait(driver, seconds, poll_frequency=0.3).until(lambda d: condition(d))
+    except Exception:
+        driver.save_screenshot(str(SCREENSHOTS / "failure.png"))
+        raise AssertionError(f"the page never showed {what} (screenshot: {SCREENSHOTS / 'failure.png'})") from None
+
+
+def page_text(driver) -> str:
+    from selenium.webdriver.common.by import By
+
+    return driver.find_element(By.TAG_NAME, "body").text
+
+
+def shot(driver, name: str) -> None:
+    driver.save_screenshot(str(SCREENSHOTS / f"{name}.png"))
+
+
+@pytest.mark.slow
+def test_the_mlflow_ui_shows_the_study_its_trials_and_compares_them(tmp_path, demo_store, browser):
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.common.keys import Keys
+
+    SCREENSHOTS.mkdir(parents=True, exist_ok=True)
+    store = tmp_path / "mlruns"
+    store.mkdir()
+    (demo_store / "demo").mkdir(exist_ok=True)
+    (store / "demo").symlink_to(demo_store / "demo")
+    swept = subprocess.run([REGSWEEP, "sweep", f"paths.store={store}", *TINY], cwd=tmp_path, capture_output=True,
+                           text=True, timeout=600)
+    assert swept.returncode == 0, swept.stdout[-2000:] + swept.stderr[-2000:]
+    study = optuna.load_study(study_name="regularization", storage=f"sqlite:///{store}/optuna.db")
+    trials = study.get_trials()
+    parent = study.user_attrs["mlflow_parent_run_id"]
+
+    port, dashboard_port = free_port(), free_port()
+    ui = UI(f"paths.store={store}", "--port", str(port), "--optuna", "--optuna-port", str(dashboard_port), cwd=tmp_path)
+    try:
+        runs_url = ui.line_starting("MLflow UI: ").split(": ", 1)[1]
+        study_url = ui.line_starting("Study 'regularization': ").split(": ", 1)[1].split(" ")[0]
+        assert runs_url.startswith(f"http://127.0.0.1:{port}/#/experiments/") and runs_url.endswith("/runs")
+        assert study_url == f"{runs_url}/{parent}"
+        base = f"http://127.0.0.1:{port}"
+        experiment = runs_url.split("/experiments/")[1].split("/")[0]
+
+        # The runs table: the study's parent run, its trials nested under it (shown once expanded).
+        browser.get(runs_url)
+        parent_row = f"[role=row][row-id='{parent}']"
+        wait_until(browser, lambda d: d.find_elements(By.CSS_SELECTOR, parent_row), "the study's parent run")
+        assert "study regularization" in browser.find_element(By.CSS_SELECTOR, parent_row).text
+        trial_rows = [f"[role=row][row-id='{t.user_attrs['mlflow_run_id']}']" for t in trials]
+        assert not any(browser.find_elements(By.CSS_SELECTOR, row) for row in trial_rows), "trials should be nested"
+        browser.find_element(By.CSS_SELECTOR, f"{parent_row} button").click()  # the expander beside its name
+        wait_until(browser, lambda d: all(d.find_elements(By.CSS_SELECTOR, row) for row in trial_rows), "the nested trials")
+        for trial, row in zip(trials, trial_rows):
+            assert f"#{trial.number} do" in browser.find_element(By.CSS_SELECTOR, row).text  # named by its knobs
+        shot(browser, "runs-table")
+
+        # A trial's page: its final metrics, and the model among its artifacts.
+        best = max(trials, key=lambda t: t.user_attrs["val_accuracy"])
+        run_id = best.user_attrs["mlflow_run_id"]
+        browser.get(f"{base}/#/experiments/{experiment}/runs/{run_id}")
+        wait_until(browser, lambda d: "val_accuracy" in page_text(d) and "gap" in page_text(d), "val_accuracy and gap")
+        text = page_text(browser)
+        metrics = dict(zip(*[iter(text.split("Metrics (", 1)[1].split("Parameters (", 1)[0].splitlines()[3:])] * 2))
+        assert float(metrics["val_accuracy"]) == pytest.approx(best.user_attrs["val_accuracy"])
+        assert float(metrics["gap"]) == pytest.approx(best.user_attrs["gap"])
+        assert "study regularization" in text  # its parent run, linked
+        shot(browser, "trial")
+        browser.get(f"{base}/#/experiments/{experiment}/runs/{run_id}/artifacts")
+        wait_until(browser, lambda d: d.find_elements(By.XPATH, "//*[text()='model']"), "the model artifact folder")
+        browser.find_element(By.XPATH, "//*[text()='model']").click()
+        wait_until(browser, lambda d: "model.keras" in page_text(d), "model.keras")
+        shot(browser, "trial-artifacts")
+
+        # The compare view of two trials, charting gap against the knobs that differ.
+        first, second = (t.user_attrs["mlflow_run_id"] for t in trials[1:3])
+        browser.get(f'{base}/#/compare-runs?runs=["{first}","{second}"]&experiments=["{experiment}"]')
+        wait_until(browser, lambda d: "Comparing 2 Runs" in page_text(d) and d.find_elements(By.CSS_SELECTOR, ".js-plotly-plot"),
+                   "the compare view with its plot")
+        metric_box = browser.find_elements(By.CSS_SELECTOR, "input[role=combobox]")[-1]
+        metric_box.find_element(By.XPATH, "./ancestor::*[contains(@class, 'select-selector')][1]").click()
+        metric_box.send_keys("gap", Keys.ENTER, Keys.ESCAPE)
+        axes = lambda d: [t.text for t in d.find_elements(By.CSS_SELECTOR, ".js-plotly-plot text")]  # noqa: E731
+        wait_until(browser, lambda d: "gap" in axes(d), "a gap axis in the parallel coordinates plot")
+        assert "model.dropout" in axes(browser)
+        shot(browser, "compare")
+
+        # optuna-dashboard, on the same study storage.
+        dashboard = ui.line_starting("optuna-dashboard: ").split(": ", 1)[1].split(" ")[0]
+        with urllib.request.urlopen(f"http://127.0.0.1:{dashboard_port}/api/studies", timeout=30) as answer:
+            studies = json.load(answer)["study_summaries"]
+        assert [s["study_name"] for s in studies] == ["regularization"]
+        browser.get(f"{dashboard}/{studies[0]['study_id']}")
+        wait_until(browser, lambda d: "regularization" in page_text(d), "the study in optuna-dashboard")
+        shot(browser, "optuna-dashboard")
+    finally:
+        code = ui.stop()
+    assert code == 0
+    with socket.socket() as probe:  # both servers are gone with it
+        for closed in (port, dashboard_port):
+            assert probe.connect_ex(("127.0.0.1", closed)) != 0
+
+
+def test_ui_refuses_a_port_in_use_in_one_sentence(tmp_path):
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        result = subprocess.run([REGSWEEP, "ui", f"paths.store={tmp_path / 'mlruns'}", "--port", str(port)],
+                                capture_output=True, text=True, timeout=120)
+    assert result.returncode == 2
+    assert result.stderr.strip().splitlines() == [
+        f"regsweep: error: --port {port} on 127.0.0.1 cannot be used (Address already in use): "
+        f"choose another, e.g. --port {port + 1}"]
+
+
+def test_ui_with_a_tracking_server_prints_its_pages_and_starts_nothing(tmp_path):
+    from conftest import service_url
+
+    server = service_url("REGSWEEP_TEST_MLFLOW_URL", "The mlflow server")
+    result = subprocess.run([REGSWEEP, "ui", f"paths.store={tmp_path / 'mlruns'}", f"tracking.uri={server}",
+                             f"sweep.study=nothing-{os.getpid()}"], capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0, result.stderr
+    lines = result.stdout.splitlines()
+    assert lines[0].startswith(f"MLflow UI: {server}/#/experiments/") and lines[0].endswith("/runs")
+    assert lines[1].startswith(f"No study 'nothing-{os.getpid()}' in sqlite:///")
+    assert len(lines) == 2  # no server started, so nothing to stop
