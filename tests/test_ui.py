@@ -98,6 +98,31 @@ def wait_until(driver, condition, what: str, seconds: float = 60):
         raise AssertionError(f"the page never showed {what} (screenshot: {SCREENSHOTS / 'failure.png'})") from None
 
 
+def open_page(driver, url: str) -> None:
+    """A fresh page load. When only the URL's #fragment changes, MLflow's single-page app keeps
+    stale state: going from a trial's artifacts to the parent's showed "No Artifacts Recorded"."""
+    driver.get("about:blank")
+    driver.get(url)
+
+
+def click(driver, xpath: str, what: str) -> None:
+    """Clicks the visible element once it takes the click (the app re-renders while it loads)."""
+    from selenium.common.exceptions import WebDriverException
+    from selenium.webdriver.common.by import By
+
+    def clicked(d) -> bool:
+        for element in d.find_elements(By.XPATH, xpath):
+            try:
+                if element.is_displayed():
+                    element.click()
+                    return True
+            except WebDriverException:  # not interactable yet, or replaced by a re-render
+                continue
+        return False
+
+    wait_until(driver, clicked, what)
+
+
 def page_text(driver) -> str:
     from selenium.webdriver.common.by import By
 
@@ -136,13 +161,13 @@ def test_the_mlflow_ui_shows_the_study_its_trials_and_compares_them(tmp_path, de
         experiment = runs_url.split("/experiments/")[1].split("/")[0]
 
         # The runs table: the study's parent run, its trials nested under it (shown once expanded).
-        browser.get(runs_url)
+        open_page(browser, runs_url)
         parent_row = f"[role=row][row-id='{parent}']"
         wait_until(browser, lambda d: d.find_elements(By.CSS_SELECTOR, parent_row), "the study's parent run")
         assert "study regularization" in browser.find_element(By.CSS_SELECTOR, parent_row).text
         trial_rows = [f"[role=row][row-id='{t.user_attrs['mlflow_run_id']}']" for t in trials]
         assert not any(browser.find_elements(By.CSS_SELECTOR, row) for row in trial_rows), "trials should be nested"
-        browser.find_element(By.CSS_SELECTOR, f"{parent_row} button").click()  # the expander beside its name
+        click(browser, f"//*[@role='row'][@row-id='{parent}']//button", "the expander beside the parent's name")
         wait_until(browser, lambda d: all(d.find_elements(By.CSS_SELECTOR, row) for row in trial_rows), "the nested trials")
         for trial, row in zip(trials, trial_rows):
             assert f"#{trial.number} do" in browser.find_element(By.CSS_SELECTOR, row).text  # named by its knobs
@@ -151,28 +176,39 @@ def test_the_mlflow_ui_shows_the_study_its_trials_and_compares_them(tmp_path, de
         # A trial's page: its final metrics, and the model among its artifacts.
         best = max(trials, key=lambda t: t.user_attrs["val_accuracy"])
         run_id = best.user_attrs["mlflow_run_id"]
-        browser.get(f"{base}/#/experiments/{experiment}/runs/{run_id}")
-        wait_until(browser, lambda d: "val_accuracy" in page_text(d) and "gap" in page_text(d), "val_accuracy and gap")
+        open_page(browser, f"{base}/#/experiments/{experiment}/runs/{run_id}")
+        wait_until(browser, lambda d: all(word in page_text(d) for word in ("val_accuracy", "gap", "study regularization")),
+                   "val_accuracy, gap and the parent run")
         text = page_text(browser)
         metrics = dict(zip(*[iter(text.split("Metrics (", 1)[1].split("Parameters (", 1)[0].splitlines()[3:])] * 2))
         assert float(metrics["val_accuracy"]) == pytest.approx(best.user_attrs["val_accuracy"])
         assert float(metrics["gap"]) == pytest.approx(best.user_attrs["gap"])
         assert "study regularization" in text  # its parent run, linked
         shot(browser, "trial")
-        browser.get(f"{base}/#/experiments/{experiment}/runs/{run_id}/artifacts")
-        wait_until(browser, lambda d: d.find_elements(By.XPATH, "//*[text()='model']"), "the model artifact folder")
-        browser.find_element(By.XPATH, "//*[text()='model']").click()
+        open_page(browser, f"{base}/#/experiments/{experiment}/runs/{run_id}/artifacts")
+        click(browser, "//*[text()='model']", "the model artifact folder")
         wait_until(browser, lambda d: "model.keras" in page_text(d), "model.keras")
         shot(browser, "trial-artifacts")
 
+        # The study's report, viewable from its parent run.
+        open_page(browser, f"{base}/#/experiments/{experiment}/runs/{parent}/artifacts")
+        click(browser, "//*[text()='report']", "the report folder")
+        click(browser, "//*[text()='report.html']", "report.html")
+        wait_until(browser, lambda d: d.find_elements(By.TAG_NAME, "iframe"), "the report's preview")
+        browser.switch_to.frame(browser.find_element(By.TAG_NAME, "iframe"))
+        wait_until(browser, lambda d: "regsweep report" in page_text(d), "the rendered report")
+        assert "Recommended settings" in page_text(browser)
+        browser.switch_to.default_content()
+        shot(browser, "parent-report")
+
         # The compare view of two trials, charting gap against the knobs that differ.
         first, second = (t.user_attrs["mlflow_run_id"] for t in trials[1:3])
-        browser.get(f'{base}/#/compare-runs?runs=["{first}","{second}"]&experiments=["{experiment}"]')
+        open_page(browser, f'{base}/#/compare-runs?runs=["{first}","{second}"]&experiments=["{experiment}"]')
         wait_until(browser, lambda d: "Comparing 2 Runs" in page_text(d) and d.find_elements(By.CSS_SELECTOR, ".js-plotly-plot"),
                    "the compare view with its plot")
-        metric_box = browser.find_elements(By.CSS_SELECTOR, "input[role=combobox]")[-1]
-        metric_box.find_element(By.XPATH, "./ancestor::*[contains(@class, 'select-selector')][1]").click()
-        metric_box.send_keys("gap", Keys.ENTER, Keys.ESCAPE)
+        metrics_box = "(//input[@role='combobox'])[last()]"  # Parameters first, then Metrics
+        click(browser, f"{metrics_box}/ancestor::*[contains(@class, 'select-selector')][1]", "the metrics box")
+        browser.find_element(By.XPATH, metrics_box).send_keys("gap", Keys.ENTER, Keys.ESCAPE)
         axes = lambda d: [t.text for t in d.find_elements(By.CSS_SELECTOR, ".js-plotly-plot text")]  # noqa: E731
         wait_until(browser, lambda d: "gap" in axes(d), "a gap axis in the parallel coordinates plot")
         assert "model.dropout" in axes(browser)
@@ -183,7 +219,7 @@ def test_the_mlflow_ui_shows_the_study_its_trials_and_compares_them(tmp_path, de
         with urllib.request.urlopen(f"http://127.0.0.1:{dashboard_port}/api/studies", timeout=30) as answer:
             studies = json.load(answer)["study_summaries"]
         assert [s["study_name"] for s in studies] == ["regularization"]
-        browser.get(f"{dashboard}/{studies[0]['study_id']}")
+        open_page(browser, f"{dashboard}/{studies[0]['study_id']}")
         wait_until(browser, lambda d: "regularization" in page_text(d), "the study in optuna-dashboard")
         shot(browser, "optuna-dashboard")
     finally:
