@@ -219,7 +219,8 @@ def test_the_mlflow_ui_shows_the_study_its_trials_and_compares_them(tmp_path, de
         with urllib.request.urlopen(f"http://127.0.0.1:{dashboard_port}/api/studies", timeout=30) as answer:
             studies = json.load(answer)["study_summaries"]
         assert [s["study_name"] for s in studies] == ["regularization"]
-        open_page(browser, f"{dashboard}/{studies[0]['study_id']}")
+        assert dashboard == f"http://127.0.0.1:{dashboard_port}/dashboard/studies/{studies[0]['study_id']}"
+        open_page(browser, dashboard)
         wait_until(browser, lambda d: "regularization" in page_text(d), "the study in optuna-dashboard")
         shot(browser, "optuna-dashboard")
     finally:

@@ -86,7 +86,7 @@ def run(args: list[str]) -> None:
         _check_free(options.host, options.port, "--port")
     if options.optuna:
         _check_free(options.host, options.optuna_port, "--optuna-port")
-    experiment_id, parent = study_pages(cfg)  # a new local store gets its tables and experiment here
+    experiment_id, parent, study_id = study_pages(cfg)  # a new local store gets its tables and experiment here
     servers: list[subprocess.Popen] = []
     try:
         if local:
@@ -103,8 +103,9 @@ def run(args: list[str]) -> None:
                   "(its child runs are the trials and re-evaluations; select two or more and Compare)")
         if options.optuna:
             servers.append(start_optuna_dashboard(cfg, options))
+            page = "" if study_id is None else f"/{study_id}"
             print(f"optuna-dashboard: http://{_display_host(options.host)}:{options.optuna_port}"
-                  f"/dashboard/studies (study '{cfg.sweep.study}')")
+                  f"/dashboard/studies{page} (study '{cfg.sweep.study}')")
         if not servers:
             return
         print("Press Ctrl-C to stop.", flush=True)
@@ -114,8 +115,8 @@ def run(args: list[str]) -> None:
             _stop(server)
 
 
-def study_pages(cfg: DictConfig) -> tuple[str, str | None]:
-    """The experiment id, and the study's parent run id if the study exists."""
+def study_pages(cfg: DictConfig) -> tuple[str, str | None, int | None]:
+    """The experiment id, and the study's parent run id and Optuna study id if it exists."""
     import optuna
 
     from regsweep import tracking
@@ -123,18 +124,19 @@ def study_pages(cfg: DictConfig) -> tuple[str, str | None]:
     experiment_id = tracking.use_store(cfg.tracking)
     storage = str(cfg.sweep.storage)
     if storage.startswith("sqlite:///") and not Path(storage.removeprefix("sqlite:///")).is_file():
-        return experiment_id, None  # no sweep has run here: nothing to open, and nothing to create
+        return experiment_id, None, None  # no sweep has run here: nothing to open, and nothing to create
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     try:
-        study = optuna.load_study(study_name=cfg.sweep.study, storage=str(cfg.sweep.storage))
+        study_storage = optuna.storages.get_storage(storage)
+        study_id = study_storage.get_study_id_from_name(cfg.sweep.study)
     except KeyError:
-        return experiment_id, None
+        return experiment_id, None, None
     except Exception as error:
         raise RegsweepError(
-            f"sweep.storage={redact(str(cfg.sweep.storage))} cannot be opened ({redact(str(error).splitlines()[0])[:200]}): "
+            f"sweep.storage={redact(storage)} cannot be opened ({redact(str(error).splitlines()[0])[:200]}): "
             "check the URL, or leave it unset for the local SQLite file"
         ) from None
-    return experiment_id, study.user_attrs.get("mlflow_parent_run_id")
+    return experiment_id, study_storage.get_study_user_attrs(study_id).get("mlflow_parent_run_id"), study_id
 
 
 def start_mlflow_ui(cfg: DictConfig, options: Options) -> subprocess.Popen:
