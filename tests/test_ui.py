@@ -21,6 +21,8 @@ import pytest
 from conftest import REPO
 from test_recovery import REGSWEEP
 
+from regsweep.ui import MODEL_TRAINING as MODE
+
 CHROMIUM, CHROMEDRIVER = "/usr/bin/chromium", "/usr/bin/chromedriver"
 SCREENSHOTS = REPO / "test-artifacts" / "ui"
 TINY = ["sweep.n_trials=3", "train.epochs=3", "train.fine_tune_epochs=1", "sweep.reevaluate.seeds=0",
@@ -155,8 +157,9 @@ def test_the_mlflow_ui_shows_the_study_its_trials_and_compares_them(tmp_path, de
     try:
         runs_url = ui.line_starting("MLflow UI: ").split(": ", 1)[1]
         study_url = ui.line_starting("Study 'regularization': ").split(": ", 1)[1].split(" ")[0]
-        assert runs_url.startswith(f"http://127.0.0.1:{port}/#/experiments/") and runs_url.endswith("/runs")
-        assert study_url == f"{runs_url}/{parent}"
+        # Pages in MLflow's model-training mode (its default, GenAI mode, opens on traces).
+        assert runs_url.startswith(f"http://127.0.0.1:{port}/#/experiments/") and runs_url.endswith(f"/runs?{MODE}")
+        assert study_url == runs_url.replace("/runs?", f"/runs/{parent}?")
         base = f"http://127.0.0.1:{port}"
         experiment = runs_url.split("/experiments/")[1].split("/")[0]
 
@@ -176,7 +179,7 @@ def test_the_mlflow_ui_shows_the_study_its_trials_and_compares_them(tmp_path, de
         # A trial's page: its final metrics, and the model among its artifacts.
         best = max(trials, key=lambda t: t.user_attrs["val_accuracy"])
         run_id = best.user_attrs["mlflow_run_id"]
-        open_page(browser, f"{base}/#/experiments/{experiment}/runs/{run_id}")
+        open_page(browser, f"{base}/#/experiments/{experiment}/runs/{run_id}?{MODE}")
         wait_until(browser, lambda d: all(word in page_text(d) for word in ("val_accuracy", "gap", "study regularization")),
                    "val_accuracy, gap and the parent run")
         text = page_text(browser)
@@ -185,13 +188,13 @@ def test_the_mlflow_ui_shows_the_study_its_trials_and_compares_them(tmp_path, de
         assert float(metrics["gap"]) == pytest.approx(best.user_attrs["gap"])
         assert "study regularization" in text  # its parent run, linked
         shot(browser, "trial")
-        open_page(browser, f"{base}/#/experiments/{experiment}/runs/{run_id}/artifacts")
+        open_page(browser, f"{base}/#/experiments/{experiment}/runs/{run_id}/artifacts?{MODE}")
         click(browser, "//*[text()='model']", "the model artifact folder")
         wait_until(browser, lambda d: "model.keras" in page_text(d), "model.keras")
         shot(browser, "trial-artifacts")
 
         # The study's report, viewable from its parent run.
-        open_page(browser, f"{base}/#/experiments/{experiment}/runs/{parent}/artifacts")
+        open_page(browser, f"{base}/#/experiments/{experiment}/runs/{parent}/artifacts?{MODE}")
         click(browser, "//*[text()='report']", "the report folder")
         click(browser, "//*[text()='report.html']", "report.html")
         wait_until(browser, lambda d: d.find_elements(By.TAG_NAME, "iframe"), "the report's preview")
@@ -203,7 +206,7 @@ def test_the_mlflow_ui_shows_the_study_its_trials_and_compares_them(tmp_path, de
 
         # The compare view of two trials, charting gap against the knobs that differ.
         first, second = (t.user_attrs["mlflow_run_id"] for t in trials[1:3])
-        open_page(browser, f'{base}/#/compare-runs?runs=["{first}","{second}"]&experiments=["{experiment}"]')
+        open_page(browser, f'{base}/#/compare-runs?runs=["{first}","{second}"]&experiments=["{experiment}"]&{MODE}')
         wait_until(browser, lambda d: "Comparing 2 Runs" in page_text(d) and d.find_elements(By.CSS_SELECTOR, ".js-plotly-plot"),
                    "the compare view with its plot")
         metrics_box = "(//input[@role='combobox'])[last()]"  # Parameters first, then Metrics
@@ -252,6 +255,6 @@ def test_ui_with_a_tracking_server_prints_its_pages_and_starts_nothing(tmp_path)
                              f"sweep.study=nothing-{os.getpid()}"], capture_output=True, text=True, timeout=120)
     assert result.returncode == 0, result.stderr
     lines = result.stdout.splitlines()
-    assert lines[0].startswith(f"MLflow UI: {server}/#/experiments/") and lines[0].endswith("/runs")
+    assert lines[0].startswith(f"MLflow UI: {server}/#/experiments/") and lines[0].endswith(f"/runs?{MODE}")
     assert lines[1].startswith(f"No study 'nothing-{os.getpid()}' in sqlite:///")
     assert len(lines) == 2  # no server started, so nothing to stop

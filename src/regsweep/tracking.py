@@ -69,17 +69,10 @@ def _use_store(tracking: DictConfig, uri: str) -> str:
     experiment = mlflow.get_experiment_by_name(tracking.experiment)
     if experiment is not None:
         experiment_id = experiment.experiment_id
-        if experiment.tags.get(EXPERIMENT_KIND) != MODEL_TRAINING:  # a store from before the tag
-            mlflow.MlflowClient().set_experiment_tag(experiment_id, EXPERIMENT_KIND, MODEL_TRAINING)
     else:
         experiment_id = _create_experiment(tracking)
     mlflow.set_experiment(experiment_id=experiment_id)
     return experiment_id
-
-
-# MLflow 3's UI opens an experiment of unknown kind on its GenAI (traces) overview; this tag makes
-# it open on the training runs table, where a study's parent and trial runs are.
-EXPERIMENT_KIND, MODEL_TRAINING = "mlflow.experimentKind", "custom_model_development"
 
 
 def _create_experiment(tracking: DictConfig) -> str:
@@ -94,8 +87,7 @@ def _create_experiment(tracking: DictConfig) -> str:
         artifacts.mkdir(parents=True, exist_ok=True)
         location = artifacts.as_uri()
     try:
-        return mlflow.create_experiment(tracking.experiment, artifact_location=location,
-                                        tags={EXPERIMENT_KIND: MODEL_TRAINING})
+        return mlflow.create_experiment(tracking.experiment, artifact_location=location)
     except mlflow.exceptions.MlflowException:
         experiment = mlflow.get_experiment_by_name(tracking.experiment)
         if experiment is None:

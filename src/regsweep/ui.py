@@ -36,6 +36,11 @@ Stop with Ctrl-C.
 """
 
 
+# MLflow 3's UI starts in its GenAI (traces) mode, whose experiment page is a traces overview;
+# this query parameter switches it to its model-training mode, whose pages are the runs.
+MODEL_TRAINING = "workflowType=machine_learning"
+
+
 @dataclass
 class Options:
     host: str = "127.0.0.1"
@@ -94,12 +99,12 @@ def run(args: list[str]) -> None:
             base_url = f"http://{_display_host(options.host)}:{options.port}"
         else:
             base_url = _without_credentials(tracking_uri)
-        print(f"MLflow UI: {base_url}/#/experiments/{experiment_id}/runs")
+        print(f"MLflow UI: {base_url}/#/experiments/{experiment_id}/runs?{MODEL_TRAINING}")
         if parent is None:
             print(f"No study '{cfg.sweep.study}' in {redact(str(cfg.sweep.storage))} yet: "
                   "the runs table shows `regsweep train` runs; a sweep adds its study's parent run.")
         else:
-            print(f"Study '{cfg.sweep.study}': {base_url}/#/experiments/{experiment_id}/runs/{parent} "
+            print(f"Study '{cfg.sweep.study}': {base_url}/#/experiments/{experiment_id}/runs/{parent}?{MODEL_TRAINING} "
                   "(its child runs are the trials and re-evaluations; select two or more and Compare)")
         if options.optuna:
             servers.append(start_optuna_dashboard(cfg, options))
@@ -189,6 +194,8 @@ def _start(command: list[str], log: Path) -> subprocess.Popen:
 
 def _check_free(host: str, port: int, flag: str) -> None:
     with socket.socket() as probe:
+        # As the servers do: a port a stopped server left in TIME_WAIT can be used again at once.
+        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         try:
             probe.bind((host, port))
         except OSError as error:
