@@ -84,6 +84,11 @@ def test_two_machines_complete_one_study_and_any_machine_reports_it(tmp_path, de
         assert run.data.metrics["val_accuracy"] == pytest.approx(t.user_attrs["val_accuracy"])
         assert run.data.metrics["gap"] == pytest.approx(t.user_attrs["gap"])
     reevals = [r for r in runs if r.data.tags.get("regsweep.role") == "reeval"]
+    # One vocabulary for every run, so MLflow's compare view lines them up.
+    assert len({frozenset(r.data.params) for r in trial_runs + reevals}) == 1
+    final = {"train_accuracy", "val_accuracy", "gap", "running_train_accuracy"}
+    assert all(final <= set(r.data.metrics) and not {"test_accuracy", "test_gap"} & set(r.data.metrics) for r in trial_runs)
+    assert all(final | {"test_accuracy", "test_gap"} <= set(r.data.metrics) for r in reevals)
     assert len(reevals) == 2  # baseline and the recommendation, one seed each: trained by one worker only
     assert len({r.data.tags["regsweep.reeval_key"] for r in reevals}) == 2
     assert sum("Re-evaluating" in output for output in outputs) == 1

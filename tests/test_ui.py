@@ -251,9 +251,11 @@ def test_ui_with_a_tracking_server_prints_its_pages_and_starts_nothing(tmp_path)
     from conftest import service_url
 
     server = service_url("REGSWEEP_TEST_MLFLOW_URL", "The mlflow server")
-    result = subprocess.run([REGSWEEP, "ui", f"paths.store={tmp_path / 'mlruns'}", f"tracking.uri={server}",
+    with_password = server.replace("http://", "http://regsweep:secret@")
+    result = subprocess.run([REGSWEEP, "ui", f"paths.store={tmp_path / 'mlruns'}", f"tracking.uri={with_password}",
                              f"sweep.study=nothing-{os.getpid()}"], capture_output=True, text=True, timeout=120)
     assert result.returncode == 0, result.stderr
+    assert "secret" not in result.stdout + result.stderr and "regsweep@" not in result.stdout
     lines = result.stdout.splitlines()
     assert lines[0].startswith(f"MLflow UI: {server}/#/experiments/") and lines[0].endswith(f"/runs?{MODE}")
     assert lines[1].startswith(f"No study 'nothing-{os.getpid()}' in sqlite:///")
