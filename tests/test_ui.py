@@ -260,3 +260,14 @@ def test_ui_with_a_tracking_server_prints_its_pages_and_starts_nothing(tmp_path)
     assert lines[0].startswith(f"MLflow UI: {server}/#/experiments/") and lines[0].endswith(f"/runs?{MODE}")
     assert lines[1].startswith(f"No study 'nothing-{os.getpid()}' in sqlite:///")
     assert len(lines) == 2  # no server started, so nothing to stop
+
+
+def test_ui_served_to_other_machines_answers_to_this_machines_name():
+    from regsweep import ui
+
+    assert ui._allowed_hosts(ui.Options(host="127.0.0.1", port=5000)) == []  # MLflow's defaults suffice
+    flag, hosts = ui._allowed_hosts(ui.Options(host="0.0.0.0", port=5001))
+    hosts = hosts.split(",")
+    assert flag == "--allowed-hosts"
+    assert {socket.gethostname(), f"{socket.gethostname()}:5001", "localhost", "10.*"} <= set(hosts)
+    assert "*" not in hosts  # other names stay refused (DNS-rebinding protection)

@@ -150,7 +150,7 @@ def start_mlflow_ui(cfg: DictConfig, options: Options) -> subprocess.Popen:
     artifacts = Path(cfg.tracking.artifact_root).resolve()
     command = [_script("mlflow"), "server", "--backend-store-uri", _absolute_sqlite(str(cfg.tracking.uri)),
                "--default-artifact-root", artifacts.as_uri(), "--host", options.host, "--port", str(options.port),
-               "--workers", "1"]
+               "--workers", "1", *_allowed_hosts(options)]
     server = _start(command, _log_path(cfg, "mlflow.log"))
     _wait_until_up(server, f"http://{_connect_host(options.host)}:{options.port}/health", "the MLflow UI",
                    _log_path(cfg, "mlflow.log"))
@@ -166,6 +166,18 @@ def start_optuna_dashboard(cfg: DictConfig, options: Options) -> subprocess.Pope
     _wait_until_up(server, f"http://{_connect_host(options.host)}:{options.optuna_port}/api/studies",
                    "optuna-dashboard", _log_path(cfg, "optuna-dashboard.log"))
     return server
+
+
+def _allowed_hosts(options: Options) -> list[str]:
+    """Served beyond this machine, the UI must also answer to this machine's name: MLflow's
+    server accepts only localhost and private IP addresses in the Host header by default."""
+    if options.host in ("127.0.0.1", "localhost", "::1"):
+        return []
+    from mlflow.server.security_utils import get_default_allowed_hosts
+
+    names = {socket.gethostname(), socket.getfqdn(), options.host}
+    return ["--allowed-hosts", ",".join([*get_default_allowed_hosts(),
+                                         *sorted(f"{name}{port}" for name in names for port in ("", f":{options.port}"))])]
 
 
 def _script(name: str) -> str:
