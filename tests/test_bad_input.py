@@ -117,6 +117,8 @@ CASES = [
      "sweep.params model.dropout: 'interval(0.7)'", "use interval(a, b)"),
     ("study name taken by a different search space", "sweep", lambda r, g: ["model.dropout=interval(0.0, 0.3)"],
      "study 'regularization'", "was started with a different search_space"),
+    ("study run on other images", "sweep", lambda r, g: folders(r, g),
+     "study 'regularization' was run on other images (data fingerprint", "point data.* at the same images"),
     ("unknown bad-image policy", "sweep", lambda r, g: ["data.on_bad_image=ignore"],
      "data.on_bad_image=ignore is unknown", "use error"),
 ]

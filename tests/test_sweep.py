@@ -59,6 +59,13 @@ def test_search_space_syntax_maps_to_optuna_distributions():
         sweep.parse_distribution("a", "interval(1.0, 0.5)")
 
 
+def test_workers_on_other_machines_may_differ_only_in_where_things_are():
+    given = ["paths.store=/scratch/mlruns", "cache.dir=/fast/cache", "tracking.uri=http://server:5000",
+             "data.train_dir=/data/train", "+data.test_dir=/data/test", "tracking.experiment=pets",
+             "train.epochs=40", "model=mobilenet_v2", "data=folders"]
+    assert sweep.portable(given) == ["tracking.experiment=pets", "train.epochs=40", "model=mobilenet_v2", "data=folders"]
+
+
 def test_recommendation_is_the_most_accurate_trial_within_epsilon_else_the_smallest_gap():
     rows = [
         TrialRow(0, "COMPLETE", {}, val_accuracy=0.90, gap=0.20),

@@ -165,8 +165,9 @@ def _format(value) -> str:
 
 # Where things live on a machine: workers on several machines give different values, and the
 # trials' outcome does not depend on them (the data's content is checked by its fingerprint).
-MACHINE_LOCAL_KEYS = ("data.train_dir", "data.val_dir", "data.test_dir", "data.dir")
-MACHINE_LOCAL_GROUPS = ("paths.", "cache.", "tracking.")
+MACHINE_LOCAL_KEYS = ("data.train_dir", "data.val_dir", "data.test_dir", "data.dir", "tracking.uri",
+                      "tracking.artifact_root")
+MACHINE_LOCAL_GROUPS = ("paths.", "cache.")
 
 
 def portable(overrides: list[str]) -> list[str]:
