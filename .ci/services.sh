@@ -21,18 +21,20 @@ _install_postgres() {
     PG_BIN=$(ls -d /usr/lib/postgresql/*/bin 2>/dev/null | sort -V | tail -n 1)
     if [ -z "$PG_BIN" ]; then
         echo "services: installing PostgreSQL with apt-get"
-        DEBIAN_FRONTEND=noninteractive apt-get update -qq
-        DEBIAN_FRONTEND=noninteractive apt-get install -y -qq postgresql >/dev/null
+        _apt_install postgresql
         PG_BIN=$(ls -d /usr/lib/postgresql/*/bin | sort -V | tail -n 1)
     fi
+}
+
+_apt_install() {
+    DEBIAN_FRONTEND=noninteractive apt-get update -qq
+    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "$@" >/dev/null
 }
 
 install_browser() {
     if [ ! -x /usr/bin/chromium ] || [ ! -x /usr/bin/chromedriver ]; then
         echo "services: installing Chromium and chromedriver with apt-get"
-        DEBIAN_FRONTEND=noninteractive apt-get update -qq
-        DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends \
-            chromium chromium-driver fonts-liberation >/dev/null
+        _apt_install --no-install-recommends chromium chromium-driver fonts-liberation
     fi
 }
 

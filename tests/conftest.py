@@ -27,14 +27,16 @@ def demo_store(tmp_path_factory) -> Path:
 @pytest.fixture
 def store(tmp_path, demo_store) -> Path:
     """A fresh store per test that reuses the session's demo cache (data and backbone)."""
-    (tmp_path / "mlruns").mkdir()
-    (tmp_path / "mlruns" / "demo").symlink_to(_ensure_dir(demo_store / "demo"))
-    return tmp_path / "mlruns"
+    return new_store(tmp_path, demo_store)
 
 
-def _ensure_dir(path: Path) -> Path:
-    path.mkdir(parents=True, exist_ok=True)
-    return path
+def new_store(root: Path, demo_store: Path) -> Path:
+    """<root>/mlruns, empty but for the session's demo cache (a machine of its own, in scale-out tests)."""
+    store = root / "mlruns"
+    store.mkdir(parents=True)
+    (demo_store / "demo").mkdir(parents=True, exist_ok=True)
+    (store / "demo").symlink_to(demo_store / "demo")
+    return store
 
 
 def quick_cfg(store: Path, *overrides: str):

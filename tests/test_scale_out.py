@@ -18,22 +18,13 @@ from pathlib import Path
 import mlflow
 import optuna
 import pytest
-from conftest import service_url
+from conftest import new_store, service_url
 from test_recovery import REGSWEEP, trials
 
 from regsweep import reevaluate
 
 TINY = ["train.epochs=6", "train.fine_tune_epochs=2", "tracking.artifacts=none", "sweep.pruner.name=none",
         "sweep.heartbeat_seconds=2", "sweep.reevaluate.seeds=1", "sweep.reevaluate.top_k=1"]
-
-
-def machine(root: Path, demo_store: Path) -> Path:
-    """A store of its own, sharing only the demo data the session already generated."""
-    store = root / "mlruns"
-    store.mkdir(parents=True)
-    (demo_store / "demo").mkdir(exist_ok=True)
-    (store / "demo").symlink_to(demo_store / "demo")
-    return store
 
 
 def table(markdown: str, heading: str) -> list[list[str]]:
@@ -50,7 +41,7 @@ def test_two_machines_complete_one_study_and_any_machine_reports_it(tmp_path, de
     study, budget = f"scale-{uuid.uuid4().hex[:8]}", 6
     shared = [f"sweep.storage={postgres}", f"tracking.uri={server}", f"sweep.study={study}", f"sweep.n_trials={budget}",
               *TINY, "model.dropout=interval(0.0, 0.5)", "augment.strength=choice(0.0, 0.5)"]
-    stores = [machine(tmp_path / name, demo_store) for name in ("machine-a", "machine-b")]
+    stores = [new_store(tmp_path / name, demo_store) for name in ("machine-a", "machine-b")]
     env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3"}
     workers = [subprocess.Popen([REGSWEEP, "sweep", f"paths.store={store}", *shared], cwd=store.parent, env=env,
                                 stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True) for store in stores]

@@ -223,23 +223,25 @@ def open_study(sweep: Sweep) -> optuna.Study:
         baseline = baseline_values(sweep)
         if baseline:
             study.enqueue_trial(baseline, user_attrs={"baseline": True})
-        study.set_user_attr("data_fingerprint", sweep.data_fingerprint)
+        check_same_data(study, sweep)  # records the images' fingerprint
         for key, value in record.items():
             study.set_user_attr(key, value)
         return study
     check_same_data(study, sweep)
-    previous = {key: study.user_attrs.get(key) for key in record}
-    comparable = {**record, "base_overrides": portable(record["base_overrides"])}
-    previous["base_overrides"] = portable(previous["base_overrides"] or [])
-    if previous != comparable:
-        record = comparable
-        changed = [key for key in record if previous[key] != record[key]]
+    previous, current = (_comparable({key: values.get(key) for key in record}) for values in (study.user_attrs, record))
+    changed = [key for key in current if previous[key] != current[key]]
+    if changed:
         raise RegsweepError(
             f"study '{s.study}' in {redact(str(s.storage))} was started with a different {', '.join(changed)} "
-            f"({'; '.join(f'{k} was {previous[k]}, now {record[k]}' for k in changed)}): re-run with the original settings, "
+            f"({'; '.join(f'{k} was {previous[k]}, now {current[k]}' for k in changed)}): re-run with the original settings, "
             "or start a new study with sweep.study=<new name>"
         )
     return study
+
+
+def _comparable(record: dict) -> dict:
+    """A study record as two workers must agree on it (see `portable`)."""
+    return {**record, "base_overrides": portable(record["base_overrides"] or [])}
 
 
 def check_same_data(study: optuna.Study, sweep: Sweep) -> None:

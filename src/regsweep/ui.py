@@ -8,7 +8,6 @@ so it can print the page to open, and stops both servers when it stops.
 from __future__ import annotations
 
 import os
-import shutil
 import signal
 import socket
 import subprocess
@@ -148,23 +147,31 @@ def start_mlflow_ui(cfg: DictConfig, options: Options) -> subprocess.Popen:
     """`mlflow server` on the local store. Artifacts stay where the runs logged them (the
     experiment's artifact location under mlruns/), read by this server from disk."""
     artifacts = Path(cfg.tracking.artifact_root).resolve()
-    command = [_script("mlflow"), "server", "--backend-store-uri", _absolute_sqlite(str(cfg.tracking.uri)),
-               "--default-artifact-root", artifacts.as_uri(), "--host", options.host, "--port", str(options.port),
-               "--workers", "1", *_allowed_hosts(options)]
-    server = _start(command, _log_path(cfg, "mlflow.log"))
-    _wait_until_up(server, f"http://{_connect_host(options.host)}:{options.port}/health", "the MLflow UI",
-                   _log_path(cfg, "mlflow.log"))
-    return server
+    return _launch(cfg, "mlflow", ["server", "--backend-store-uri", _absolute_sqlite(str(cfg.tracking.uri)),
+                                   "--default-artifact-root", artifacts.as_uri(), "--host", options.host,
+                                   "--port", str(options.port), "--workers", "1", *_allowed_hosts(options)],
+                   f"{_connect_host(options.host)}:{options.port}/health", "the MLflow UI")
 
 
 def start_optuna_dashboard(cfg: DictConfig, options: Options) -> subprocess.Popen:
-    if shutil.which("optuna-dashboard", path=str(Path(sys.executable).parent)) is None:
-        raise RegsweepError("--optuna needs optuna-dashboard: install it with pip install optuna-dashboard")
-    command = [_script("optuna-dashboard"), _absolute_sqlite(str(cfg.sweep.storage)),
-               "--host", options.host, "--port", str(options.optuna_port)]
-    server = _start(command, _log_path(cfg, "optuna-dashboard.log"))
-    _wait_until_up(server, f"http://{_connect_host(options.host)}:{options.optuna_port}/api/studies",
-                   "optuna-dashboard", _log_path(cfg, "optuna-dashboard.log"))
+    return _launch(cfg, "optuna-dashboard", [_absolute_sqlite(str(cfg.sweep.storage)), "--host", options.host,
+                                             "--port", str(options.optuna_port)],
+                   f"{_connect_host(options.host)}:{options.optuna_port}/api/studies", "optuna-dashboard")
+
+
+def _launch(cfg: DictConfig, script: str, args: list[str], health: str, what: str) -> subprocess.Popen:
+    """Starts the console script installed beside this Python (the project's virtualenv), in
+    its own process group so its workers stop with it (see _stop), logging to <store>/ui/,
+    and waits until `health` answers."""
+    executable = Path(sys.executable).parent / script
+    if not executable.is_file():
+        raise RegsweepError(f"{script} is not installed beside {sys.executable}: install it with pip install {script}")
+    log = Path(cfg.paths.store) / "ui" / f"{script}.log"
+    log.parent.mkdir(parents=True, exist_ok=True)
+    with open(log, "w") as output:
+        server = subprocess.Popen([str(executable), *args], stdout=output, stderr=subprocess.STDOUT,
+                                  start_new_session=True)
+    _wait_until_up(server, f"http://{health}", what, log)
     return server
 
 
@@ -180,28 +187,11 @@ def _allowed_hosts(options: Options) -> list[str]:
                                          *sorted(f"{name}{port}" for name in names for port in ("", f":{options.port}"))])]
 
 
-def _script(name: str) -> str:
-    """The console script installed beside this Python (the project's virtualenv)."""
-    return str(Path(sys.executable).parent / name)
-
-
 def _absolute_sqlite(url: str) -> str:
     """A relative sqlite:///mlruns/x.db made absolute, so the server reads the same file."""
     if url.startswith("sqlite:///") and not url.startswith("sqlite:////"):
         return "sqlite:///" + str(Path(url.removeprefix("sqlite:///")).resolve())
     return url
-
-
-def _log_path(cfg: DictConfig, name: str) -> Path:
-    folder = Path(cfg.paths.store) / "ui"
-    folder.mkdir(parents=True, exist_ok=True)
-    return folder / name
-
-
-def _start(command: list[str], log: Path) -> subprocess.Popen:
-    # Its own process group: the server's workers are stopped with it (see _stop).
-    with open(log, "w") as output:
-        return subprocess.Popen(command, stdout=output, stderr=subprocess.STDOUT, start_new_session=True)
 
 
 def _check_free(host: str, port: int, flag: str) -> None:
