@@ -38,14 +38,14 @@ def main() -> None:
     variants = {"cache=off": ["cache=off"], **{f"K={k}": [f"cache.augmented_views={k}"] for k in args.views.split(",")}}
     print(f"demo, {' '.join(args.overrides)}, seeds 0-{args.seeds - 1}")
     try:
-        train.run(compose([f"paths.store={store}", "train.epochs=1", "tracking.artifacts=none"]))  # pretrain the demo backbone
+        train.train_and_log(compose([f"paths.store={store}", "train.epochs=1", "tracking.artifacts=none"]))  # pretrain the demo backbone
         for name, extra in variants.items():
             val, gap, seconds = [], [], []
             for seed in range(args.seeds):
                 cfg = compose([f"paths.store={store}", "tracking.artifacts=none", f"train.seed={seed}",
                                *args.overrides, *extra])
                 start = time.perf_counter()
-                metrics = train.run(cfg).metrics
+                metrics = train.train_and_log(cfg).metrics
                 seconds.append(time.perf_counter() - start)
                 val.append(metrics["val_accuracy"])
                 gap.append(metrics["gap"])

@@ -28,7 +28,7 @@ def recorded(tmp_path_factory, demo_store):
     store = root / "mlruns"
     store.mkdir()
     (store / "demo").symlink_to(demo_store / "demo") if (demo_store / "demo").is_dir() else None
-    sweep.run([f"paths.store={store}", *TINY, "sweep.n_trials=2", "sweep.reevaluate.seeds=0"])
+    sweep.run_study([f"paths.store={store}", *TINY, "sweep.n_trials=2", "sweep.reevaluate.seeds=0"])
     write_class_folders(root / "good" / "train", 3, size=32)
     write_class_folders(root / "good" / "val", 2, size=32)
     return store, root / "good"

@@ -253,17 +253,19 @@ def test_cache_info_lists_entries_and_clear_empties_the_folder(tmp_path, images,
     store = tmp_path / "mlruns"
     prepare(folders_cfg(store, images))
     (store / "cache" / "features" / ".staging-left-by-a-killed-worker").mkdir()
-    cli.COMMANDS["cache"](["info", f"paths.store={store}"])
+    cli.main(["cache", "info", f"paths.store={store}"])
     printed = capsys.readouterr().out
     assert f"Feature cache {store / 'cache' / 'features'}: 2 entries" in printed
     assert "demo_cnn-train-cut0-flatten-clean-" in printed
     assert "demo_cnn-validation-cut0-flatten-clean-" in printed
     assert "of 20.000 GB (cache.max_gb)" in printed
 
-    cli.COMMANDS["cache"](["clear", f"paths.store={store}"])
+    cli.main(["cache", "clear", f"paths.store={store}"])
     assert "Removed 2 entries" in capsys.readouterr().out
     assert list((store / "cache" / "features").iterdir()) == []
     with pytest.raises(SystemExit) as stopped:
-        cli.COMMANDS["cache"](["tidy"])
+        cli.main(["cache", "tidy"])
     assert stopped.value.code == 2
-    assert "regsweep cache needs a subcommand: info or clear" in capsys.readouterr().err
+    (line,) = capsys.readouterr().err.splitlines()  # one sentence: what is wrong, and where to look
+    assert line.startswith("regsweep: error: argument info|clear: invalid choice: 'tidy'")
+    assert line.endswith("see regsweep cache --help")

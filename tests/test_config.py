@@ -92,6 +92,19 @@ def test_cli_without_command_prints_usage_and_unknown_command_exits_2():
     assert unknown.returncode == 2 and "unknown command 'trian'" in unknown.stderr
 
 
+def test_cli_prints_its_version_and_refuses_a_mistyped_flag_in_one_sentence():
+    import importlib.metadata
+
+    assert regsweep("--version").stdout.strip() == f"regsweep {importlib.metadata.version('regsweep')}"
+    typo = regsweep("report", "--reevalute", "sweep.study=nothing")
+    assert typo.returncode == 2 and "Traceback" not in typo.stderr
+    assert typo.stderr.strip().splitlines() == [
+        "regsweep: error: unrecognized arguments: --reevalute: see regsweep report --help"]
+    port = regsweep("ui", "--port", "http")
+    assert port.returncode == 2
+    assert "argument --port: http is not a port number: give one from 1 to 65535" in port.stderr
+
+
 def test_sweep_cli_explains_bad_study_settings_and_prints_its_help(tmp_path):
     bad = regsweep("sweep", "sweep.objective=fastest", f"paths.store={tmp_path}")
     assert bad.returncode == 2 and "Traceback" not in bad.stderr

@@ -10,9 +10,8 @@ from pathlib import Path
 import mlflow
 import pytest
 
-from regsweep import data, reevaluate, report, sweep
-from regsweep.reevaluate import Summary
-from regsweep.report import TrialRow
+from regsweep import data, report, results, sweep
+from regsweep.results import Summary, TrialRow
 
 TINY = ["train.epochs=3", "train.fine_tune_epochs=1", "tracking.artifacts=none", "sweep.trials_per_worker=0"]
 
@@ -28,18 +27,18 @@ def summary(label: str, **series: list[float]) -> Summary:
 def test_the_verdict_says_within_noise_when_the_difference_is_smaller_than_the_seed_spread():
     baseline = summary("baseline", test_accuracy=[0.70, 0.78, 0.74], test_gap=[0.20, 0.12, 0.16], val_accuracy=[0.7, 0.8, 0.75])
     noisy = summary("#3", test_accuracy=[0.80, 0.70, 0.75], test_gap=[0.10, 0.22, 0.14], val_accuracy=[0.8, 0.7, 0.75])
-    assert reevaluate.verdict(baseline, noisy).startswith("Within noise: the recommended settings' test gap 0.15 ± 0.06")
+    assert results.verdict(baseline, noisy).startswith("Within noise: the recommended settings' test gap 0.15 ± 0.06")
     # Seed by seed: the same spread, but every seed moves the same way, is not noise.
     consistent = summary("#5", test_accuracy=[0.70, 0.78, 0.74], test_gap=[0.15, 0.07, 0.11], val_accuracy=[0.7, 0.8, 0.75])
-    assert reevaluate.verdict(baseline, consistent).startswith(
+    assert results.verdict(baseline, consistent).startswith(
         "Recommended settings shrink the test gap from 0.16 ± 0.04 to 0.11 ± 0.04 while test accuracy moves "
         "from 0.74 ± 0.04 to 0.74 ± 0.04 (within noise)")
 
     clear = summary("#4", test_accuracy=[0.76, 0.77, 0.76], test_gap=[0.06, 0.07, 0.08], val_accuracy=[0.8, 0.8, 0.8])
-    assert reevaluate.verdict(baseline, clear) == (
+    assert results.verdict(baseline, clear) == (
         "Recommended settings shrink the test gap from 0.16 ± 0.04 to 0.07 ± 0.01 while test accuracy moves "
         "from 0.74 ± 0.04 to 0.76 ± 0.01 (within noise).")
-    reduction, spread = reevaluate.gap_reduction(baseline, clear)
+    reduction, spread = results.gap_reduction(baseline, clear)
     assert reduction == pytest.approx(((0.14 + 0.05 + 0.08) / 3) / 0.16)
     assert spread > 0
 
@@ -51,18 +50,18 @@ def test_the_stable_choice_prefers_good_across_seeds_over_one_lucky_seed():
     for run in overfit.runs:
         run["gap"] = 0.3  # beyond epsilon
     base = summary("baseline", val_accuracy=[0.99] * 3, test_accuracy=[0.7] * 3, test_gap=[0, 0, 0])
-    assert reevaluate.stable_choice([base, lucky, steady, overfit], epsilon=0.25).label == "#2"
+    assert results.stable_choice([base, lucky, steady, overfit], epsilon=0.25).label == "#2"
 
 
 def test_candidates_start_with_the_single_trial_recommendation_then_the_front():
     rows = [TrialRow(0, "COMPLETE", {}, 0.70, gap=0.30), TrialRow(1, "COMPLETE", {}, 0.80, gap=0.20),
             TrialRow(2, "COMPLETE", {}, 0.75, gap=0.05), TrialRow(3, "COMPLETE", {}, 0.60, gap=0.01)]
-    assert [r.number for r in reevaluate.candidates(rows, epsilon=0.1, top_k=3)] == [2, 3, 1]
+    assert [r.number for r in results.candidates(rows, epsilon=0.1, top_k=3)] == [2, 3, 1]
     # No trial within epsilon: the recommendation is the smallest gap, and it is still first.
-    assert [r.number for r in reevaluate.candidates(rows, epsilon=0.001, top_k=2)] == [3, 1]
+    assert [r.number for r in results.candidates(rows, epsilon=0.001, top_k=2)] == [3, 1]
     # One trial dominates all: the next front tops the list up to k.
     best = TrialRow(4, "COMPLETE", {}, 0.90, gap=0.0)
-    assert [r.number for r in reevaluate.candidates([*rows, best], epsilon=0.1, top_k=3)] == [4, 2, 3]
+    assert [r.number for r in results.candidates([*rows, best], epsilon=0.1, top_k=3)] == [4, 2, 3]
 
 
 class _Checker(HTMLParser):
@@ -114,7 +113,7 @@ def test_a_sweep_never_touches_the_test_split_and_reevaluation_is_nested_tagged_
 
     monkeypatch.setattr(data, "load_images", spy)
     args = [f"paths.store={store}", *TINY, "sweep.study=reeval", "sweep.n_trials=3", "sweep.reevaluate.seeds=0"]
-    study = sweep.run(args)
+    study = sweep.run_study(args)
     assert "test" not in loaded  # no trial decoded a test image
     client = mlflow.MlflowClient(f"sqlite:///{store}/mlflow.db")
     experiment = client.get_experiment_by_name("regsweep").experiment_id
@@ -128,8 +127,8 @@ def test_a_sweep_never_touches_the_test_split_and_reevaluation_is_nested_tagged_
     contents = {name: {p.read_bytes() for p in getattr(splits, name).rglob("*.png")} for name in ("train", "val", "test")}
     assert contents["test"] and not (contents["test"] & contents["train"] or contents["test"] & contents["val"])
 
-    path = report.run(["reeval", f"paths.store={store}", *TINY, "sweep.reevaluate.seeds=2",
-                       "sweep.reevaluate.top_k=2", "--reevaluate"])
+    path = report.report_stored_study("reeval", [f"paths.store={store}", *TINY, "sweep.reevaluate.seeds=2",
+                                                 "sweep.reevaluate.top_k=2"], reevaluate_first=True)
     parent = study.user_attrs["mlflow_parent_run_id"]
     reeval_runs = client.search_runs([experiment], "tags.`regsweep.role` = 'reeval'")
     assert len(reeval_runs) == 6  # (baseline + 2 settings) x 2 seeds
@@ -154,8 +153,8 @@ def test_a_sweep_never_touches_the_test_split_and_reevaluation_is_nested_tagged_
     assert "report/report.html" in artifacts
 
     # Again: nothing new is trained, the same numbers come back.
-    again = report.run(["reeval", f"paths.store={store}", *TINY, "sweep.reevaluate.seeds=2",
-                        "sweep.reevaluate.top_k=2", "--reevaluate"])
+    again = report.report_stored_study("reeval", [f"paths.store={store}", *TINY, "sweep.reevaluate.seeds=2",
+                                                  "sweep.reevaluate.top_k=2"], reevaluate_first=True)
     assert len(client.search_runs([experiment], "tags.`regsweep.role` = 'reeval'")) == 6
     assert re.findall(r"± [0-9.]+", again.read_text()) == re.findall(r"± [0-9.]+", text)
 

@@ -21,7 +21,7 @@ import pytest
 from conftest import new_store, service_url
 from test_recovery import REGSWEEP, trials
 
-from regsweep import reevaluate
+from regsweep import study as studies
 
 TINY = ["train.epochs=6", "train.fine_tune_epochs=2", "tracking.artifacts=none", "sweep.pruner.name=none",
         "sweep.heartbeat_seconds=2", "sweep.reevaluate.seeds=1", "sweep.reevaluate.top_k=1"]
@@ -54,7 +54,7 @@ def test_two_machines_complete_one_study_and_any_machine_reports_it(tmp_path, de
     states = [t.state.name for t in finished]
     assert budget <= sum(s in ("COMPLETE", "PRUNED") for s in states) <= budget + 1
     assert "FAIL" not in states and "RUNNING" not in states
-    assert optuna.load_study(study_name=study, storage=postgres).user_attrs[reevaluate.CLAIM] is None
+    assert optuna.load_study(study_name=study, storage=postgres).user_attrs[studies.CLAIM_ATTR] is None
 
     # MLflow: one parent; under it exactly one child run per trial, and the re-evaluation once.
     client = mlflow.MlflowClient(server)
@@ -121,7 +121,7 @@ def test_one_worker_claims_the_reevaluation_when_several_finish_together(tmp_pat
     def worker(index: int) -> None:
         time.sleep(0.05 * index)  # they arrive within the settle time, not at the same instant
         own = optuna.load_study(study_name="claims", storage=f"sqlite:///{tmp_path}/optuna.db")
-        results[index] = reevaluate.claim(own, settle_seconds=1.0)[0]
+        results[index] = studies.claim(own, settle_seconds=1.0)[0]
 
     threads = [threading.Thread(target=worker, args=(i,)) for i in range(4)]
     for thread in threads:
@@ -132,14 +132,14 @@ def test_one_worker_claims_the_reevaluation_when_several_finish_together(tmp_pat
     assert len(winners) == 1
 
     # A worker that comes later leaves a fresh claim to its holder, and takes over a stale one.
-    later, holder = reevaluate.claim(study, settle_seconds=0.0)
+    later, holder = studies.claim(study, settle_seconds=0.0)
     assert later is None and re.fullmatch(r".+ pid \d+", holder)
-    assert reevaluate.renew(study, winners[0])
-    stale = {**study.user_attrs[reevaluate.CLAIM], "renewed": time.time() - 601}
-    study.set_user_attr(reevaluate.CLAIM, stale)
-    taken, _ = reevaluate.claim(study, settle_seconds=0.0)
-    assert taken is not None and not reevaluate.renew(study, winners[0])  # the old holder learns it lost
-    reevaluate.release(study, winners[0])  # not its claim any more: nothing changes
-    assert study.user_attrs[reevaluate.CLAIM]["token"] == taken
-    reevaluate.release(study, taken)
-    assert study.user_attrs[reevaluate.CLAIM] is None
+    assert studies.renew(study, winners[0])
+    stale = {**study.user_attrs[studies.CLAIM_ATTR], "renewed": time.time() - 601}
+    study.set_user_attr(studies.CLAIM_ATTR, stale)
+    taken, _ = studies.claim(study, settle_seconds=0.0)
+    assert taken is not None and not studies.renew(study, winners[0])  # the old holder learns it lost
+    studies.release(study, winners[0])  # not its claim any more: nothing changes
+    assert study.user_attrs[studies.CLAIM_ATTR]["token"] == taken
+    studies.release(study, taken)
+    assert study.user_attrs[studies.CLAIM_ATTR] is None

@@ -14,9 +14,12 @@ import mlflow
 import optuna
 import pytest
 
-from regsweep import report, sweep, train
+from regsweep import space, sweep, train
+from regsweep import study as studies
+from regsweep import trial as trials_module
 from regsweep.config import RegsweepError
-from regsweep.report import TrialRow, pareto_front, recommend
+from regsweep.results import TrialRow, failures_by_reason, pareto_front, recommend
+from regsweep.worker import TrialWorker
 
 # Tiny trials: the demo CNN, 2 + 1 epochs, no model files.
 TINY = ["train.epochs=2", "train.fine_tune_epochs=1", "tracking.artifacts=none", "sweep.reevaluate.seeds=0"]
@@ -47,23 +50,23 @@ def parents_and_children(store, study_name):
 
 def test_search_space_syntax_maps_to_optuna_distributions():
     d = optuna.distributions
-    assert sweep.parse_distribution("a", "interval(0.0, 0.7)") == d.FloatDistribution(0.0, 0.7)
-    assert sweep.parse_distribution("a", "tag(log, interval(1e-4, 1e-2))") == d.FloatDistribution(1e-4, 1e-2, log=True)
-    assert sweep.parse_distribution("a", "range(0, 3)") == d.IntDistribution(0, 3)
-    assert sweep.parse_distribution("a", "range(0.0, 1.0, step=0.25)") == d.FloatDistribution(0.0, 1.0, step=0.25)
-    assert sweep.parse_distribution("a", "int(interval(1, 8))") == d.IntDistribution(1, 8)
-    assert sweep.parse_distribution("a", "choice(avg, max)") == d.CategoricalDistribution(["avg", "max"])
+    assert space.parse_distribution("a", "interval(0.0, 0.7)") == d.FloatDistribution(0.0, 0.7)
+    assert space.parse_distribution("a", "tag(log, interval(1e-4, 1e-2))") == d.FloatDistribution(1e-4, 1e-2, log=True)
+    assert space.parse_distribution("a", "range(0, 3)") == d.IntDistribution(0, 3)
+    assert space.parse_distribution("a", "range(0.0, 1.0, step=0.25)") == d.FloatDistribution(0.0, 1.0, step=0.25)
+    assert space.parse_distribution("a", "int(interval(1, 8))") == d.IntDistribution(1, 8)
+    assert space.parse_distribution("a", "choice(avg, max)") == d.CategoricalDistribution(["avg", "max"])
     with pytest.raises(RegsweepError, match=r"sweep.params a: 'interval\(0, 1' is not search-space syntax"):
-        sweep.parse_distribution("a", "interval(0, 1")
+        space.parse_distribution("a", "interval(0, 1")
     with pytest.raises(RegsweepError, match="low < high"):
-        sweep.parse_distribution("a", "interval(1.0, 0.5)")
+        space.parse_distribution("a", "interval(1.0, 0.5)")
 
 
 def test_workers_on_other_machines_may_differ_only_in_where_things_are():
     given = ["paths.store=/scratch/mlruns", "cache.dir=/fast/cache", "tracking.uri=http://server:5000",
              "data.train_dir=/data/train", "+data.test_dir=/data/test", "tracking.experiment=pets",
              "train.epochs=40", "model=mobilenet_v2", "data=folders"]
-    assert sweep.portable(given) == ["tracking.experiment=pets", "train.epochs=40", "model=mobilenet_v2", "data=folders"]
+    assert studies.portable(given) == ["tracking.experiment=pets", "train.epochs=40", "model=mobilenet_v2", "data=folders"]
 
 
 def test_recommendation_is_the_most_accurate_trial_within_epsilon_else_the_smallest_gap():
@@ -93,18 +96,18 @@ def test_with_artifacts_best_only_a_trial_that_leads_its_study_logs_plots_and_mo
         study.add_trial(optuna.trial.create_trial(value=val, user_attrs={"val_accuracy": val, "gap": gap}))
     trial = study.ask()
     constrained = OmegaConf.create({"objective": "constrained", "epsilon": 0.1})
-    assert sweep.leads(trial, {"val_accuracy": 0.85, "gap": 0.05}, constrained)  # the new best within ε
-    assert not sweep.leads(trial, {"val_accuracy": 0.79, "gap": 0.0}, constrained)
-    assert not sweep.leads(trial, {"val_accuracy": 0.95, "gap": 0.15}, constrained)  # over ε
+    assert trials_module.leads(trial, {"val_accuracy": 0.85, "gap": 0.05}, constrained)  # the new best within ε
+    assert not trials_module.leads(trial, {"val_accuracy": 0.79, "gap": 0.0}, constrained)
+    assert not trials_module.leads(trial, {"val_accuracy": 0.95, "gap": 0.15}, constrained)  # over ε
     pareto = OmegaConf.create({"objective": "pareto", "epsilon": 0.1})
-    assert sweep.leads(trial, {"val_accuracy": 0.95, "gap": 0.15}, pareto)  # joins the front
-    assert not sweep.leads(trial, {"val_accuracy": 0.79, "gap": 0.06}, pareto)  # dominated by 0.80/0.05
+    assert trials_module.leads(trial, {"val_accuracy": 0.95, "gap": 0.15}, pareto)  # joins the front
+    assert not trials_module.leads(trial, {"val_accuracy": 0.79, "gap": 0.06}, pareto)  # dominated by 0.80/0.05
 
 
 @pytest.mark.slow
 def test_sweep_logs_one_parent_and_a_tagged_child_per_trial_then_reports_and_replays(store, capfd):
     args = sweep_args(store, "sweep.study=main", "sweep.n_trials=4")
-    study = sweep.run(args)  # trials run in a worker process (the default), printing to the same stdout
+    study = sweep.run_study(args)  # trials run in a worker process (the default), printing to the same stdout
     printed = capfd.readouterr().out
     assert "trial 1/4 (#0 baseline) dropout=0 strength=0 lr=0.001 unfrozen_blocks=0 | COMPLETE val" in printed
     assert "trial 4/4" in printed and "Recommended (trial #" in printed
@@ -127,7 +130,7 @@ def test_sweep_logs_one_parent_and_a_tagged_child_per_trial_then_reports_and_rep
             assert trial.constraints["gap"] == pytest.approx(trial.user_attrs["gap"] - 0.1)
 
     # The report: recommended settings, the front, and artifacts on the parent run.
-    chosen, _ = recommend(report.trial_rows(study), 0.1)
+    chosen, _ = recommend(studies.trial_rows(study), 0.1)
     text = (store / "reports" / "main" / "report.md").read_text()
     assert "## Recommended settings" in text and f"Trial #{chosen.number}:" in text
     assert f"| model.dropout | {chosen.params['model.dropout']:.4g} |" in text
@@ -136,14 +139,14 @@ def test_sweep_logs_one_parent_and_a_tagged_child_per_trial_then_reports_and_rep
     assert {"report/report.md", "report/front.png"} <= artifacts
 
     # Re-running completes nothing new and recommends the same trial.
-    again = sweep.run(args)
+    again = sweep.run_study(args)
     assert len(again.get_trials()) == len(trials)
-    assert recommend(report.trial_rows(again), 0.1)[0].number == chosen.number
+    assert recommend(studies.trial_rows(again), 0.1)[0].number == chosen.number
     assert len(parents_and_children(store, "main")[0]) == 1
 
     # A different search space under the same name is refused, not mixed in.
     with pytest.raises(RegsweepError, match="different search_space"):
-        sweep.run([*args, "model.dropout=interval(0.0, 0.9)"])
+        sweep.run_study([*args, "model.dropout=interval(0.0, 0.9)"])
 
     # The written best-settings config replays through `regsweep train`.
     # As the README says: from the folder holding mlruns/, `regsweep train +experiment=<study>_best`.
@@ -160,7 +163,7 @@ def test_sweep_logs_one_parent_and_a_tagged_child_per_trial_then_reports_and_rep
 
 @pytest.mark.slow
 def test_pareto_mode_runs_two_objectives_without_pruning(store):
-    study = sweep.run(sweep_args(store, "sweep.study=front", "sweep.n_trials=3", "sweep.objective=pareto"))
+    study = sweep.run_study(sweep_args(store, "sweep.study=front", "sweep.n_trials=3", "sweep.objective=pareto"))
     assert len(study.directions) == 2
     complete = [t for t in study.get_trials() if t.state.name == "COMPLETE"]
     assert len(complete) == 3
@@ -174,7 +177,7 @@ FIX_ALL_BUT_ONE = ["augment.strength=0.0", "model.unfrozen_blocks=0"]
 
 def _enqueue(store, name, args, *params):
     prepared = sweep.prepare(sweep_args(store, f"sweep.study={name}", *args))
-    study = sweep.open_study(prepared)
+    study = studies.open_study(prepared)
     for values in params:
         study.enqueue_trial(values)
 
@@ -184,7 +187,7 @@ def test_a_pruned_trial_shows_as_pruned_in_mlflow(store):
     args = ["sweep.n_trials=2", *FIX_ALL_BUT_ONE, "model.dropout=0.0", "optim.lr=choice(0.01, 1e-9)", "train.epochs=5",
             "sweep.pruner.n_startup_trials=1", "sweep.pruner.n_warmup_steps=2"]
     _enqueue(store, "prune", args, {"optim.lr": 0.01}, {"optim.lr": 1e-9})
-    study = sweep.run(sweep_args(store, "sweep.study=prune", *args))
+    study = sweep.run_study(sweep_args(store, "sweep.study=prune", *args))
     states = [t.state.name for t in study.get_trials()]
     assert states == ["COMPLETE", "PRUNED"]
     pruned_run = client(store).get_run(study.get_trials()[1].user_attrs["mlflow_run_id"])
@@ -197,7 +200,7 @@ def test_a_failing_trial_is_recorded_fail_with_its_reason_and_the_sweep_goes_on(
     args = ["sweep.n_trials=2", *FIX_ALL_BUT_ONE, "optim.lr=0.001", "model.dropout=choice(0.0, 1.5, 0.3)"]
     # Trial 0 is the enqueued baseline (dropout 0.0, the config as given).
     _enqueue(store, "fail", args, {"model.dropout": 1.5}, {"model.dropout": 0.3})
-    study = sweep.run(sweep_args(store, "sweep.study=fail", *args))
+    study = sweep.run_study(sweep_args(store, "sweep.study=fail", *args))
     trials = study.get_trials()
     assert [t.state.name for t in trials] == ["COMPLETE", "FAIL", "COMPLETE"]
     assert "model.dropout=1.5 is outside [0, 1)" in trials[1].user_attrs["fail_reason"]
@@ -212,17 +215,17 @@ def test_a_failing_trial_is_recorded_fail_with_its_reason_and_the_sweep_goes_on(
 
 def test_the_report_counts_failures_by_reason_most_frequent_first():
     rows = [TrialRow(0, "COMPLETE", {}, 0.9, gap=0.05), TrialRow(1, "FAIL", {}, fail_reason="MemoryError: out"),
-            TrialRow(2, "FAIL", {}, fail_reason=sweep.INTERRUPTED), TrialRow(3, "FAIL", {}, fail_reason=sweep.INTERRUPTED),
+            TrialRow(2, "FAIL", {}, fail_reason=studies.INTERRUPTED), TrialRow(3, "FAIL", {}, fail_reason=studies.INTERRUPTED),
             TrialRow(4, "FAIL", {}, fail_reason="")]
-    assert report.failures_by_reason(rows) == [
-        (sweep.INTERRUPTED, [2, 3]), ("MemoryError: out", [1]), ("unknown (no reason was recorded)", [4])]
+    assert failures_by_reason(rows) == [
+        (studies.INTERRUPTED, [2, 3]), ("MemoryError: out", [1]), ("unknown (no reason was recorded)", [4])]
 
 
 @pytest.mark.slow
 def test_an_interrupted_sweep_resumes_to_its_budget_with_one_parent_run(store, monkeypatch):
-    # In-process trials, so the patched train.run is the one that runs.
+    # In-process trials, so the patched train.train_and_log is the one that runs.
     args = sweep_args(store, "sweep.study=resume", "sweep.n_trials=4", "sweep.trials_per_worker=0")
-    real_run, calls = train.run, []
+    real_run, calls = train.train_and_log, []
 
     def interrupted_on_third_trial(*a, **k):
         calls.append(1)
@@ -230,14 +233,14 @@ def test_an_interrupted_sweep_resumes_to_its_budget_with_one_parent_run(store, m
             raise KeyboardInterrupt
         return real_run(*a, **k)
 
-    monkeypatch.setattr(train, "run", interrupted_on_third_trial)
+    monkeypatch.setattr(train, "train_and_log", interrupted_on_third_trial)
     with pytest.raises(KeyboardInterrupt):
-        sweep.run(args)
+        sweep.run_study(args)
     parents, _ = parents_and_children(store, "resume")
     assert len(parents) == 1 and parents[0].info.status == "KILLED"
 
-    monkeypatch.setattr(train, "run", real_run)
-    study = sweep.run(args)
+    monkeypatch.setattr(train, "train_and_log", real_run)
+    study = sweep.run_study(args)
     states = [t.state.name for t in study.get_trials()]
     assert states.count("FAIL") == 1 and sum(s in ("COMPLETE", "PRUNED") for s in states) == 4
     parents, _ = parents_and_children(store, "resume")
@@ -247,7 +250,7 @@ def test_an_interrupted_sweep_resumes_to_its_budget_with_one_parent_run(store, m
 
 @pytest.mark.slow
 def test_hyperband_pruner_drives_a_study(store):
-    study = sweep.run(sweep_args(store, "sweep.study=hb", "sweep.n_trials=3", "sweep.pruner.name=hyperband"))
+    study = sweep.run_study(sweep_args(store, "sweep.study=hb", "sweep.n_trials=3", "sweep.pruner.name=hyperband"))
     assert isinstance(study.pruner, optuna.pruners.HyperbandPruner)
     assert sum(t.state.name in ("COMPLETE", "PRUNED") for t in study.get_trials()) == 3
 
@@ -257,19 +260,19 @@ def test_a_trial_whose_worker_dies_is_recorded_failed_and_the_next_trial_gets_a_
     """Trials run in a worker process: if it is killed (OOM killer, kill -9), the sweep goes on."""
     prepared = sweep.prepare(sweep_args(store, "sweep.study=dies", "train.epochs=30", "model.dropout=interval(0.0, 0.5)",
                                         "augment.strength=0.0", "optim.lr=0.001", "model.unfrozen_blocks=0"))
-    study = sweep.open_study(prepared)
-    parent = sweep.parent_run(study, prepared)
-    worker = sweep.TrialWorker(trials_per_worker=10)
+    study = studies.open_study(prepared)
+    parent = studies.parent_run(study, prepared)
+    worker = TrialWorker(calls_per_child=10)
     try:
         doomed = study.ask()
         killer = threading.Thread(target=_kill_worker_once_its_run_started, args=(study, doomed._trial_id, worker))
         killer.start()
-        with pytest.raises(sweep.TrialFailed, match="worker process died"):
-            worker.run(prepared, doomed, {"model.dropout": 0.0}, parent)
+        with pytest.raises(trials_module.TrialFailed, match="worker process died"):
+            trials_module.run_in_worker(worker, prepared, doomed, {"model.dropout": 0.0}, parent)
         killer.join()
         study.tell(doomed, state=optuna.trial.TrialState.FAIL)
         survivor = study.ask()
-        value = worker.run(prepared, survivor, {"model.dropout": 0.1}, parent)
+        value = trials_module.run_in_worker(worker, prepared, survivor, {"model.dropout": 0.1}, parent)
         study.tell(survivor, value)
     finally:
         worker.close()

@@ -34,7 +34,7 @@ def artifact_paths(store, run_id, path=""):
 
 
 def test_demo_run_leaves_one_complete_mlflow_run_and_a_reloadable_model(store):
-    result = train.run(quick_cfg(store, "model.dropout=0.25"))
+    result = train.train_and_log(quick_cfg(store, "model.dropout=0.25"))
 
     run = client(store).get_run(result.run_id)
     assert run.info.status == "FINISHED"
@@ -64,7 +64,7 @@ def test_demo_run_leaves_one_complete_mlflow_run_and_a_reloadable_model(store):
 def test_unfrozen_blocks_run_both_phases_from_the_trained_head(store):
     cfg = quick_cfg(store, "model.unfrozen_blocks=1", "model.dropout=0.5", "augment.strength=0.5",
                     "tracking.artifacts=none")
-    result = train.run(cfg)
+    result = train.train_and_log(cfg)
     assert result.metrics["epochs_trained"] == cfg.train.epochs + cfg.train.fine_tune_epochs
     backbone = result.classifier.get_layer("demo_cnn")
     assert backbone.get_layer("block3_conv").trainable and not backbone.get_layer("block3_bn").trainable
@@ -78,7 +78,7 @@ def test_unfrozen_blocks_run_both_phases_from_the_trained_head(store):
 def test_honest_gap_differs_from_running_accuracy_under_heavy_regularization(store):
     cfg = quick_cfg(store, "model.dropout=0.5", "augment.strength=0.5", "train.epochs=15",
                     "tracking.artifacts=none")
-    metrics = train.run(cfg).metrics
+    metrics = train.train_and_log(cfg).metrics
     # Dropout and augmentation depress Keras's running accuracy; the inference-mode one is the real fit.
     assert metrics["train_accuracy"] - metrics["running_train_accuracy"] >= 0.1
 
@@ -89,7 +89,7 @@ def test_a_run_that_crashes_ends_failed_not_running(store, monkeypatch):
 
     monkeypatch.setattr(train, "fit_two_phases", crash)
     with pytest.raises(MemoryError):
-        train.run(quick_cfg(store))
+        train.train_and_log(quick_cfg(store))
     [run] = all_runs(store)
     assert run.info.status == "FAILED"
     assert run.data.tags["regsweep.error"] == "MemoryError: out of memory in epoch 3"
@@ -120,7 +120,7 @@ def test_mobilenet_v2_with_real_imagenet_weights_file_trains_on_generated_images
     cfg = quick_cfg(store, "model=mobilenet_v2", f"model.weights={MOBILENET_V2}", "model.image_size=96",
                     "data=split", f"data.dir={tmp_path / 'images'}", "data.val_fraction=0.25", "model.unfrozen_blocks=1",
                     "train.epochs=4", "tracking.artifacts=none")
-    result = train.run(cfg)
+    result = train.train_and_log(cfg)
     run = client(store).get_run(result.run_id)
     assert run.info.status == "FINISHED" and run.data.params["model.weights"] == str(MOBILENET_V2)
     backbone = next(layer for layer in result.classifier.layers if isinstance(layer, keras.Model))
@@ -136,8 +136,8 @@ def test_a_run_replays_exactly_with_augmentation_on(store, cache):
     whether it reads cached augmented views or augments online."""
     overrides = ("model.dropout=0.4", "augment.strength=0.7", "model.unfrozen_blocks=1", "train.epochs=4",
                  "tracking.artifacts=none", f"cache={cache}")
-    first = train.run(quick_cfg(store, *overrides)).metrics
-    second = train.run(quick_cfg(store, *overrides)).metrics
+    first = train.train_and_log(quick_cfg(store, *overrides)).metrics
+    second = train.train_and_log(quick_cfg(store, *overrides)).metrics
     if cache == "on":  # clean train, validation and 2 views, pooled at the top and at the cut
         assert (first["cache_misses"], second["cache_hits"], second["cache_misses"]) == (8, 8, 0)
 

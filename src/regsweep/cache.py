@@ -24,7 +24,6 @@ damaged one is replaced. Least-recently-used entries are evicted above `cache.ma
 
 from __future__ import annotations
 
-import fcntl
 import hashlib
 import itertools
 import json
@@ -33,7 +32,7 @@ import os
 import shutil
 import tempfile
 import time
-from contextlib import ExitStack, contextmanager
+from contextlib import ExitStack
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
@@ -42,6 +41,7 @@ import numpy as np
 from omegaconf import DictConfig, OmegaConf
 
 from regsweep import data
+from regsweep.files import file_lock, publish_folder
 
 FORMAT = 2  # 2: phase 1 entries hold pooled vectors
 FEATURES = "features.npy"
@@ -120,7 +120,7 @@ class FeatureStore:
                     raise
                 for i, staging in stagings.items():
                     # If a worker without our lock won the race, keep theirs.
-                    data.publish_folder(staging, self.entries / names[i])
+                    publish_folder(staging, self.entries / names[i])
         self.evict(keep={self.entries / name for name in names})
         for i in stagings:
             entries[i] = self._open(self.entries / names[i])
@@ -138,16 +138,8 @@ class FeatureStore:
         os.utime(path)  # last used, for eviction
         return Entry(path, features, labels, hit=True)
 
-    @contextmanager
     def _lock(self, name: str):
-        locks = self.root / "locks"
-        locks.mkdir(parents=True, exist_ok=True)
-        with open(locks / f"{name}.lock", "w") as handle:
-            fcntl.flock(handle, fcntl.LOCK_EX)  # released by the kernel even if this process dies
-            try:
-                yield
-            finally:
-                fcntl.flock(handle, fcntl.LOCK_UN)
+        return file_lock(self.root / "locks" / f"{name}.lock")
 
     def listing(self) -> list[dict]:
         """Published entries, least recently used first, with their size and meta."""
@@ -258,6 +250,29 @@ def store_for(cfg: DictConfig) -> FeatureStore:
     return FeatureStore(Path(cfg.cache.dir), int(float(cfg.cache.max_gb) * 1e9))
 
 
+def print_info(store: FeatureStore) -> None:
+    """`regsweep cache info`: the folder, its cap, and every entry, least recently used first."""
+    rows = store.listing()
+    total = sum(row["bytes"] for row in rows)
+    print(f"Feature cache {store.entries}: {len(rows)} entries, {_size(total)} of {_size(store.max_bytes)} (cache.max_gb)")
+    for row in rows:
+        key = row["meta"].get("key", {})
+        shape = "x".join(str(d) for d in row["meta"].get("shape", [])) or "?"
+        used = time.strftime("%Y-%m-%d %H:%M", time.localtime(row["last_used"]))
+        print(f"  {row['path'].name}  {shape}  {_size(row['bytes'])}  last used {used}  data {key.get('data', '?')}")
+
+
+def clear_and_print(store: FeatureStore) -> None:
+    """`regsweep cache clear`: every entry goes; the next trials recompute what they need."""
+    rows = store.listing()
+    store.clear()
+    print(f"Removed {len(rows)} entries ({_size(sum(r['bytes'] for r in rows))}) from {store.entries}")
+
+
+def _size(n: int) -> str:
+    return f"{n / 1e9:.3f} GB" if n >= 1e7 else f"{n / 1e6:.1f} MB"
+
+
 # --- filling entries --------------------------------------------------------------------------
 
 
@@ -321,7 +336,7 @@ def prepare(cfg: DictConfig, splits, base, classifier, fingerprints: dict[str, s
     the images through the backbone once and stores every cut from the run's own up to cut 0:
     the pass computes them anyway, and they are the cuts other trials of a study ask for.
     """
-    from regsweep import model as models  # Keras: kept out of `regsweep cache info`
+    from regsweep import model as models  # lazy: Keras, kept out of `regsweep cache info`
 
     backbone, size, seed = cfg.model.backbone, cfg.model.image_size, cfg.train.seed
     unfrozen = cfg.model.unfrozen_blocks
@@ -404,7 +419,7 @@ def view_seed(seed: int, index: int) -> int:
 def prefix_digests(base, backbone: str, cuts: list[int]) -> dict[int, str]:
     """Identifies each cut's prefix weights by value: a file, 'imagenet' or a seeded random init
     all hash to what the numbers actually are. One pass over the layers, bottom to top."""
-    from regsweep import model as models
+    from regsweep import model as models  # lazy: Keras, kept out of `regsweep cache info`
 
     blocks = models.BACKBONES[backbone].blocks
     owners = models.block_layers(base, backbone)

@@ -1,44 +1,45 @@
-"""The `regsweep` command: `train`, `sweep` and `report`.
+"""The `regsweep` command: parse the command line, dispatch, and turn bad input into one sentence.
 
 `train` is a Hydra app, so `--help`, `--cfg job` and `-m` (multirun) work as Hydra users
-expect. `sweep` and `report` compose the same config tree with Hydra's compose API, because
-Optuna, not Hydra, decides what runs next. Bad input the user can fix is reported as one
-sentence with exit code 2; `--verbose` (or HYDRA_FULL_ERROR=1) shows the traceback as well.
+expect. `sweep`, `report`, `cache` and `ui` take their flags through argparse and pass
+everything else on as Hydra overrides, composed from the same config tree. Bad input the user
+can fix is one sentence with exit code 2; `--verbose` (or HYDRA_FULL_ERROR=1) adds the traceback.
 """
 
 from __future__ import annotations
 
+import argparse
+import importlib.metadata
 import os
 import sys
-import time
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")  # TensorFlow's C++ start-up chatter
 # MLflow prints "View run … at <tracking URL>" for every run that ends: noise in a sweep, and the
 # URL can hold a password. regsweep prints the run id and the masked URI itself.
 os.environ.setdefault("MLFLOW_SUPPRESS_PRINTING_URL_TO_STDOUT", "true")
 
-import hydra
-from omegaconf import DictConfig
+import hydra  # noqa: E402
+from omegaconf import DictConfig, OmegaConf  # noqa: E402
 
-from regsweep.config import CONF_DIR, RegsweepError, redact, run_name
+from regsweep.config import CONF_DIR, RegsweepError, compose, compose_study  # noqa: E402
+from regsweep.worker import import_tensorflow_quietly  # noqa: E402
 
-USAGE = """usage: regsweep <command> [hydra overrides]
+USAGE = """usage: regsweep <command> [options] [hydra overrides]
 
 commands:
   train    one transfer-learning run on the configured data, logged to MLflow
            (regsweep train --help lists every setting)
-  sweep    an Optuna study over the knobs: every trial a nested MLflow run, then the report
-           (regsweep sweep --help)
-  report   rebuild the report of a stored study: regsweep report [study] [--reevaluate] [--open] [overrides]
+  sweep    an Optuna study over the knobs: every trial a nested MLflow run, then the
+           re-evaluation and the report (regsweep sweep --help)
+  report   rebuild the report of a stored study (regsweep report --help)
   cache    the frozen-prefix feature cache: regsweep cache info | regsweep cache clear
-  ui       the MLflow UI on the store, at the study's parent run (--optuna: optuna-dashboard too)
+  ui       the MLflow UI on the store, at the study's parent run (regsweep ui --help)
 
-add --verbose to see the Python traceback behind an error.
+  --version  print regsweep's version
+  --verbose  with any command: show the Python traceback behind an error
 """
 
-SWEEP_HELP = """usage: regsweep sweep [sweep=<name>] [sweep.<setting>=<value>] [<key>=<value>] [<key>=<search>]
-
-Runs (or continues) the Optuna study defined by sweeps/<name>.yaml (default: regularization).
+SWEEP_DESCRIPTION = """Runs (or continues) the Optuna study defined by sweeps/<name>.yaml (default: regularization).
 Every trial is `regsweep train` composed from conf/ plus the trial's values, logged as a child
 of the study's MLflow parent run. The budget sweep.n_trials is the study's total: re-running
 the same command tops it up, or only prints the report.
@@ -49,184 +50,136 @@ the same command tops it up, or only prints the report.
   model.dropout='interval(0.1, 0.6)' 'optim.lr=tag(log, interval(1e-5, 1e-3))'
   model.unfrozen_blocks='range(0, 4)' model.pooling='choice(avg, max)'
                                                                  searched (added to the space)
-  --cfg job                                                      print the composed study config
 """
 
 
-def import_tensorflow_quietly() -> None:
-    """TensorFlow prints C++ start-up notices (oneDNN, CUDA) straight to file descriptor 2,
-    before any log level applies; they would bury regsweep's own messages. Python errors
-    raised here still surface normally."""
-    if os.environ.get("REGSWEEP_VERBOSE"):
-        return
-    saved, devnull = os.dup(2), os.open(os.devnull, os.O_WRONLY)
-    os.dup2(devnull, 2)
-    try:
-        import tensorflow
+class _Parser(argparse.ArgumentParser):
+    """argparse, but a mistake is regsweep's one sentence with exit code 2."""
 
-        tensorflow.config.list_physical_devices()  # the CUDA probe's notice, on machines without a GPU
-        tensorflow.get_logger().setLevel("ERROR")  # retracing notices: a sweep builds a model per trial
-    finally:
-        os.dup2(saved, 2)
-        os.close(saved)
-        os.close(devnull)
+    def error(self, message: str):
+        raise RegsweepError(f"{message}: see {self.prog} --help")
 
 
-def start_worker() -> None:
-    """Start-up of a sweep's trial worker process: quiet TensorFlow, and leave Ctrl-C to the
-    trial in progress (the sweep process decides what happens between trials)."""
-    import signal
-    import threading
-
-    signal.signal(signal.SIGINT, signal.SIG_IGN)
-    threading.Thread(target=_exit_with_parent, args=(os.getppid(),), daemon=True).start()
-    import_tensorflow_quietly()
-    import optuna
-
-    optuna.logging.set_verbosity(optuna.logging.WARNING)
+def _parser(command: str, usage: str, description: str = "") -> _Parser:
+    return _Parser(prog=f"regsweep {command}", usage=usage, description=description,
+                   formatter_class=argparse.RawDescriptionHelpFormatter)
 
 
-def _exit_with_parent(parent_pid: int) -> None:
-    """A worker whose sweep was killed (kill -9) must not finish its trial alone: the restarted
-    sweep marks that trial FAIL, and nothing may record it COMPLETE behind its back."""
-    while True:
-        time.sleep(0.5)
-        if os.getppid() != parent_pid:
-            os._exit(1)
+def _port(value: str) -> int:
+    if not value.isdigit() or not 0 < int(value) < 65536:
+        raise argparse.ArgumentTypeError(f"{value} is not a port number: give one from 1 to 65535, such as 5000")
+    return int(value)
+
+
+def _study_and_overrides(words: list[str]) -> tuple[str | None, list[str]]:
+    """`[study] [overrides]`: a first word without `=` names the study."""
+    if words and "=" not in words[0]:
+        return words[0], words[1:]
+    return None, words
+
+
+# --- the commands -----------------------------------------------------------------------------
+
+
+def train_command(args: list[str]) -> None:
+    """`regsweep train`: Hydra's own app. A single run's overrides are composed first, so an
+    unknown key or option is one sentence and exit code 2, not Hydra's paragraph and exit 1;
+    multirun, help and Hydra's own settings are left to Hydra."""
+    if not any(a.startswith("-") for a in args):
+        compose([a for a in args if not a.lstrip("+~").startswith(("hydra.", "hydra/"))])
+    sys.argv = ["regsweep train", *args]
+    _train_app()
 
 
 def _train_task(cfg: DictConfig) -> None:
     import_tensorflow_quietly()
-    from regsweep import train
+    from regsweep import train  # lazy: TensorFlow, loaded quietly just above
 
     try:
-        result = train.run(cfg)
+        result = train.train_and_log(cfg)
     except RegsweepError as error:
-        if os.environ.get("REGSWEEP_VERBOSE"):
-            raise
-        print(f"regsweep: error: {error}", file=sys.stderr)
-        sys.exit(2)
-    metrics = result.metrics
-    print(f"train_accuracy {metrics['train_accuracy']:.4f}  (inference mode, un-augmented training images)")
-    print(f"val_accuracy   {metrics['val_accuracy']:.4f}")
-    print(f"gap            {metrics['gap']:.4f}  (running train accuracy {metrics['running_train_accuracy']:.4f})")
-    print(f"MLflow run {result.run_id} ({run_name(cfg)}) in {redact(cfg.tracking.uri)}")
+        _fail(error)
+    print(train.summary(result, cfg))
 
 
-def _check_train_overrides(args: list[str]) -> None:
-    """Composes a single run's overrides before Hydra does: an unknown key or group option is
-    then one sentence and exit code 2, not Hydra's exit code 1 with a paragraph. Multirun,
-    help and Hydra's own settings are left to Hydra."""
-    if any(a.startswith("-") for a in args):
+_train_app = hydra.main(version_base="1.3", config_path=str(CONF_DIR), config_name="config")(_train_task)
+
+
+def sweep_command(args: list[str]) -> None:
+    parser = _parser("sweep", "regsweep sweep [sweep=<name>] [sweep.<setting>=<value>] [<key>=<value>] [<key>=<search>]",
+                     SWEEP_DESCRIPTION)
+    parser.add_argument("--cfg", choices=["job"], help="print the composed study config and stop")
+    parser.add_argument("overrides", nargs="*", help=argparse.SUPPRESS)
+    options = parser.parse_intermixed_args(args)
+    if options.cfg:
+        print(OmegaConf.to_yaml(compose_study(options.overrides)), end="")
         return
-    from regsweep.config import compose
+    from regsweep import sweep  # lazy: MLflow and Optuna load only for the command that needs them
 
-    compose([a for a in args if not a.lstrip("+~").startswith(("hydra.", "hydra/"))])
-
-
-train_main = hydra.main(version_base="1.3", config_path=str(CONF_DIR), config_name="config")(_train_task)
-
-def _sweep_command(args: list[str]) -> None:
-    if "--help" in args or "-h" in args:
-        print(SWEEP_HELP, end="")
-        return
-    if args[:2] == ["--cfg", "job"]:
-        from omegaconf import OmegaConf
-
-        from regsweep.config import compose_study
-
-        print(OmegaConf.to_yaml(compose_study(args[2:])), end="")
-        return
-    from regsweep import sweep  # trials import TensorFlow in their worker process
-
-    sweep.run(args)
+    sweep.run_study(options.overrides)
 
 
-def _report_command(args: list[str]) -> None:
-    if "--help" in args or "-h" in args:
-        print("usage: regsweep report [study] [--reevaluate] [--open] [sweep=<name>] [sweep.<setting>=<value>] [overrides]\n\n"
-              "  --reevaluate  re-train the top settings and the baseline with fresh seeds and score them on the\n"
-              "                test split (only the runs still missing); needs the study's data overrides\n"
-              "  --open        open report.html in a browser, where one exists\n")
-        return
-    from regsweep import report
+def report_command(args: list[str]) -> None:
+    parser = _parser("report", "regsweep report [study] [--reevaluate] [--open] [sweep=<name>] "
+                               "[sweep.<setting>=<value>] [overrides]",
+                     "Rebuilds the report of a stored study from its Optuna storage and MLflow runs.")
+    parser.add_argument("--reevaluate", action="store_true",
+                        help="re-train the top settings and the baseline with fresh seeds and score them on the test "
+                             "split (only the runs still missing); needs the study's data overrides")
+    parser.add_argument("--open", action="store_true", help="open report.html in a browser, where one exists")
+    parser.add_argument("words", nargs="*", help=argparse.SUPPRESS)
+    options = parser.parse_intermixed_args(args)
+    from regsweep import report  # lazy: MLflow, Optuna and matplotlib load only for the command that needs them
 
-    report.run(args)
-
-
-CACHE_HELP = """usage: regsweep cache info|clear [paths.store=<folder>] [cache.dir=<folder>]
-
-  info    the cache folder, its size cap (cache.max_gb), and every entry, least recently used first
-  clear   delete every entry; the next trials recompute what they need
-"""
+    report.report_stored_study(*_study_and_overrides(options.words), reevaluate_first=options.reevaluate,
+                               open_html=options.open)
 
 
-def _cache_command(args: list[str]) -> None:
-    if not args or args[0] not in ("info", "clear") or "--help" in args or "-h" in args:
-        print(CACHE_HELP, end="")
-        if not args or args[0] not in ("info", "clear", "--help", "-h"):
-            raise RegsweepError("regsweep cache needs a subcommand: info or clear")
-        return
-    from regsweep import cache
-    from regsweep.config import compose
+def cache_command(args: list[str]) -> None:
+    parser = _parser("cache", "regsweep cache {info,clear} [paths.store=<folder>] [cache.dir=<folder>]",
+                     "  info    the cache folder, its size cap (cache.max_gb), and every entry, least recently used first\n"
+                     "  clear   delete every entry; the next trials recompute what they need")
+    parser.add_argument("action", metavar="info|clear", choices=["info", "clear"], help=argparse.SUPPRESS)
+    parser.add_argument("overrides", nargs="*", help=argparse.SUPPRESS)
+    options = parser.parse_intermixed_args(args)
+    from regsweep import cache  # lazy: keeps `regsweep --help` free of the data stack
 
-    store = cache.store_for(compose(args[1:]))
-    if args[0] == "clear":
-        rows = store.listing()
-        store.clear()
-        print(f"Removed {len(rows)} entries ({_gigabytes(sum(r['bytes'] for r in rows))}) from {store.entries}")
-        return
-    rows = store.listing()
-    total = sum(row["bytes"] for row in rows)
-    print(f"Feature cache {store.entries}: {len(rows)} entries, {_gigabytes(total)} of {_gigabytes(store.max_bytes)} (cache.max_gb)")
-    for row in rows:
-        key = row["meta"].get("key", {})
-        shape = "x".join(str(d) for d in row["meta"].get("shape", [])) or "?"
-        used = time.strftime("%Y-%m-%d %H:%M", time.localtime(row["last_used"]))
-        print(f"  {row['path'].name}  {shape}  {_gigabytes(row['bytes'])}  last used {used}  data {key.get('data', '?')}")
+    store = cache.store_for(compose(options.overrides))
+    if options.action == "clear":
+        cache.clear_and_print(store)
+    else:
+        cache.print_info(store)
 
 
-def _gigabytes(n: int) -> str:
-    return f"{n / 1e9:.3f} GB" if n >= 1e7 else f"{n / 1e6:.1f} MB"
+def ui_command(args: list[str]) -> None:
+    parser = _parser("ui", "regsweep ui [study] [--host 127.0.0.1] [--port 5000] [--optuna] [--optuna-port 8080] "
+                           "[overrides]",
+                     "Starts the MLflow UI on the project's store (tracking.uri, mlruns/ by default) and prints the\n"
+                     "page of the study's parent run, whose nested runs are its trials. With a tracking server\n"
+                     "(tracking.uri=http://...) nothing is started: the page on that server is printed.\n"
+                     "Stop with Ctrl-C.")
+    parser.add_argument("--host", default="127.0.0.1", help="where the MLflow UI listens (default: this machine only)")
+    parser.add_argument("--port", type=_port, default=5000)
+    parser.add_argument("--optuna", action="store_true", help="also start optuna-dashboard on sweep.storage")
+    parser.add_argument("--optuna-port", type=_port, default=8080, help="its port (it listens on --host too)")
+    parser.add_argument("words", nargs="*", help=argparse.SUPPRESS)
+    options = parser.parse_intermixed_args(args)
+    from regsweep import ui  # lazy: MLflow's server code (~4 s) loads only for this command
+
+    name, overrides = _study_and_overrides(options.words)
+    ui.serve(ui.Options(options.host, options.port, options.optuna, options.optuna_port,
+                        ([f"sweep.study={name}"] if name else []) + overrides))
 
 
-def _without_hydra(command):
-    """Runs a command that composes configs itself, turning bad input into exit code 2."""
-
-    def run(args: list[str]) -> None:
-        try:
-            command(args)
-        except RegsweepError as error:
-            if os.environ.get("REGSWEEP_VERBOSE"):
-                raise
-            print(f"regsweep: error: {error}", file=sys.stderr)
-            sys.exit(2)
-        except KeyboardInterrupt:
-            print("\nregsweep: stopped. Re-run the same command to resume the study.", file=sys.stderr)
-            sys.exit(130)
-        except BrokenPipeError:  # `regsweep cache info | head`: the reader left, nothing is wrong
-            os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
-            sys.exit(0)
-
-    return run
+COMMANDS = {"train": train_command, "sweep": sweep_command, "report": report_command, "cache": cache_command,
+            "ui": ui_command}
 
 
-def _ui_command(args: list[str]) -> None:
-    from regsweep import ui
-
-    ui.run(args)
+# --- dispatch -----------------------------------------------------------------------------------
 
 
-COMMANDS = {
-    "sweep": _without_hydra(_sweep_command),
-    "report": _without_hydra(_report_command),
-    "cache": _without_hydra(_cache_command),
-    "ui": _without_hydra(_ui_command),
-}
-
-
-def main() -> None:
-    args = sys.argv[1:]
+def main(argv: list[str] | None = None) -> None:
+    args = list(sys.argv[1:] if argv is None else argv)
     if "--verbose" in args:
         args.remove("--verbose")
         os.environ["REGSWEEP_VERBOSE"] = "1"
@@ -234,13 +187,27 @@ def main() -> None:
     if not args or args[0] in ("-h", "--help"):
         print(USAGE, end="")
         return
-    if args[0] == "train":
-        _without_hydra(_check_train_overrides)(args[1:])
-        sys.argv = ["regsweep train", *args[1:]]
-        train_main()
+    if args[0] == "--version":
+        print(f"regsweep {importlib.metadata.version('regsweep')}")
         return
     command = COMMANDS.get(args[0])
-    if command is None:
-        print(f"regsweep: error: unknown command '{args[0]}': use one of train, {', '.join(COMMANDS)}", file=sys.stderr)
-        sys.exit(2)
-    command(args[1:])
+    try:
+        if command is None:
+            raise RegsweepError(f"unknown command '{args[0]}': use one of {', '.join(COMMANDS)}")
+        command(args[1:])
+    except RegsweepError as error:
+        _fail(error)
+    except KeyboardInterrupt:
+        resume = " Re-run the same command to resume the study." if args[0] == "sweep" else ""
+        print(f"\nregsweep: stopped.{resume}", file=sys.stderr)
+        sys.exit(130)
+    except BrokenPipeError:  # `regsweep cache info | head`: the reader left, nothing is wrong
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        sys.exit(0)
+
+
+def _fail(error: RegsweepError) -> None:
+    if os.environ.get("REGSWEEP_VERBOSE"):
+        raise error
+    print(f"regsweep: error: {error}", file=sys.stderr)
+    sys.exit(2)

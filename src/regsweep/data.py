@@ -8,8 +8,9 @@ Keras's own `image_dataset_from_directory`, so the demo exercises exactly the us
 from __future__ import annotations
 
 import hashlib
+import json
 import os
-import shutil
+import sys
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
@@ -17,7 +18,9 @@ from pathlib import Path
 import numpy as np
 from omegaconf import DictConfig
 
+from regsweep import demo
 from regsweep.config import RegsweepError
+from regsweep.files import publish_folder, write_text_atomically
 
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".gif")  # what Keras's loader reads
 
@@ -57,8 +60,6 @@ def resolve_splits(data: DictConfig, image_size: int, store: Path) -> Splits:
         folders = {s: root / s for s in ("train", "validation", "test") if (root / s).is_dir()}
         keys = {s: f"data.dir ({s} part)" for s in folders}
     else:
-        from regsweep import demo
-
         root = demo.ensure_demo_folders(
             Path(store), image_size, data.demo.train_per_class, data.demo.val_per_class
         )
@@ -134,8 +135,6 @@ def unusable_files(folder: Path, class_names: tuple[str, ...], store: Path) -> l
     are used) and crash mid-training on a broken JPEG. Every image is decoded once: the verdicts
     are kept on disk under <store>/cache/image-checks by the folder's content fingerprint.
     """
-    import json
-
     found: list[tuple[Path, str]] = []
     for class_name in class_names:
         for path in sorted((folder / class_name).iterdir()):
@@ -153,10 +152,7 @@ def unusable_files(folder: Path, class_names: tuple[str, ...], store: Path) -> l
                 why = _decode_problem(path)
                 if why:
                     verdicts[f"{class_name}/{path.name}"] = why
-        memo.parent.mkdir(parents=True, exist_ok=True)
-        partial = memo.with_suffix(f".{os.getpid()}.partial")
-        partial.write_text(json.dumps(verdicts))
-        os.replace(partial, memo)
+        write_text_atomically(memo, json.dumps(verdicts))
     found += [(folder / name, why) for name, why in verdicts.items()]
     return sorted(found)
 
@@ -202,8 +198,6 @@ def without_files(folder: Path, class_names: tuple[str, ...], left_out: list[Pat
 
 
 def _warn_skipped(key: str, bad: list[tuple[Path, str]]) -> None:
-    import sys
-
     marker = (key, tuple(path for path, _ in bad))
     if marker in _WARNED:  # once per process: not again for every trial
         return
@@ -310,16 +304,6 @@ def split_folder(root: Path, val_fraction: float, test_fraction: float, seed: in
                 os.symlink(files[i].resolve(), target / files[i].name)
     publish_folder(staging, view)
     return view
-
-
-def publish_folder(staging: Path, final: Path) -> None:
-    """Renames a finished folder into place; if another process won the race, keeps theirs."""
-    try:
-        staging.rename(final)
-    except OSError:
-        shutil.rmtree(staging, ignore_errors=True)
-        if not final.is_dir():
-            raise
 
 
 def load_folder(folder: Path, class_names: tuple[str, ...], image_size: int) -> "tf.data.Dataset":  # noqa: F821

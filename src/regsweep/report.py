@@ -1,16 +1,17 @@
-"""`regsweep report`: the recommended settings, the whole trade-off, and how to replay them.
+"""`regsweep report`: the recommended settings, the whole trade-off, and how to replay them,
+as report.md, a self-contained report.html, the terminal summary and the parent run's artifacts.
 
-The recommendation rule, the same in both objective modes: among COMPLETE trials whose gap is
-at most ε, the one with the highest val_accuracy (ties: the smaller gap, then the earlier
-trial). If no trial meets the constraint, the report says so and names the closest one: the
-smallest gap (ties: the higher val_accuracy).
+What is recommended is decided in regsweep.results; this module only shows it. It trains
+nothing, except on `regsweep report --reevaluate` (regsweep.reevaluate).
 """
 
 from __future__ import annotations
 
+import base64
+import html
 import math
 import warnings
-from dataclasses import dataclass, field
+import webbrowser
 from pathlib import Path
 
 import matplotlib
@@ -19,77 +20,20 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import mlflow  # noqa: E402
 import optuna  # noqa: E402
+from hydra.core.override_parser.overrides_parser import OverridesParser  # noqa: E402
+from markdown_it import MarkdownIt  # noqa: E402
 from omegaconf import DictConfig, OmegaConf  # noqa: E402
 
-from regsweep import tracking  # noqa: E402
-from regsweep.config import CONF_DIR, RegsweepError, compose_study, redact  # noqa: E402
+from regsweep import reevaluate, space, study, tracking  # noqa: E402
+from regsweep.config import CONF_DIR, RegsweepError, compose, compose_study  # noqa: E402
+from regsweep.results import (BASELINE, TrialRow, baseline_row, caveats, complete, failures_by_reason,  # noqa: E402
+                              gap_reduction, pareto_front, ranked, recommend, stable_choice, verdict)
 
 # Config groups (the folders of conf/): an override of one becomes a defaults-list entry.
 GROUPS = frozenset(p.name for p in CONF_DIR.iterdir() if p.is_dir())
 
 
-@dataclass
-class TrialRow:
-    number: int
-    state: str
-    params: dict
-    val_accuracy: float = math.nan
-    train_accuracy: float = math.nan
-    gap: float = math.nan
-    overrides: list[str] = field(default_factory=list)
-    run_id: str = ""
-    baseline: bool = False
-    fail_reason: str = ""
-
-
-def trial_rows(study: optuna.Study) -> list[TrialRow]:
-    rows = []
-    for trial in study.get_trials(deepcopy=False):
-        attrs = trial.user_attrs
-        rows.append(TrialRow(
-            number=trial.number,
-            state=trial.state.name,
-            params=dict(trial.params),
-            val_accuracy=attrs.get("val_accuracy", math.nan),
-            train_accuracy=attrs.get("train_accuracy", math.nan),
-            gap=attrs.get("gap", math.nan),
-            overrides=list(attrs.get("overrides", [])),
-            run_id=attrs.get("mlflow_run_id", ""),
-            baseline=bool(attrs.get("baseline", False)),
-            fail_reason=attrs.get("fail_reason", ""),
-        ))
-    return rows
-
-
-def complete(rows: list[TrialRow]) -> list[TrialRow]:
-    return [r for r in rows if r.state == "COMPLETE" and not math.isnan(r.gap)]
-
-
-def recommend(rows: list[TrialRow], epsilon: float) -> tuple[TrialRow | None, bool]:
-    """(the recommended trial, whether it meets gap ≤ ε); see the module docstring."""
-    done = complete(rows)
-    feasible = [r for r in done if r.gap <= epsilon]
-    if feasible:
-        return min(feasible, key=lambda r: (-r.val_accuracy, r.gap, r.number)), True
-    if done:
-        return min(done, key=lambda r: (r.gap, -r.val_accuracy, r.number)), False
-    return None, False
-
-
-def pareto_front(rows: list[TrialRow]) -> list[TrialRow]:
-    """Non-dominated COMPLETE trials in (max val_accuracy, min gap), by increasing gap."""
-    done = complete(rows)
-
-    def dominated(r: TrialRow) -> bool:
-        return any(
-            o.val_accuracy >= r.val_accuracy and o.gap <= r.gap and (o.val_accuracy > r.val_accuracy or o.gap < r.gap)
-            for o in done
-        )
-
-    return sorted((r for r in done if not dominated(r)), key=lambda r: (r.gap, -r.val_accuracy))
-
-
-def importances(study: optuna.Study) -> dict[str, dict[str, float]]:
+def importances(optuna_study: optuna.Study) -> dict[str, dict[str, float]]:
     """Optuna's parameter importances for val_accuracy and for gap ({} when too few trials).
 
     Optuna's default evaluator (PED-ANOVA) explains *low* target values: val_accuracy is negated.
@@ -101,35 +45,11 @@ def importances(study: optuna.Study) -> dict[str, dict[str, float]]:
             with warnings.catch_warnings():
                 warnings.simplefilter("ignore", UserWarning)  # the "low target values" note: handled by sign
                 result[metric] = optuna.importance.get_param_importances(
-                    study, target=lambda t, m=metric, s=sign: s * t.user_attrs.get(m, math.nan)
+                    optuna_study, target=lambda t, m=metric, s=sign: s * t.user_attrs.get(m, math.nan)
                 )
         except (ValueError, RuntimeError, ZeroDivisionError):
             return {}
     return result
-
-
-def caveats(rows: list[TrialRow], chosen: TrialRow | None, met: bool, epsilon: float) -> list[str]:
-    """Plain warnings a user must read before adopting the recommendation."""
-    if chosen is None:
-        return []
-    notes = []
-    done = complete(rows)
-    if not met:
-        most_accurate = max(done, key=lambda r: (r.val_accuracy, -r.gap))
-        notes.append(
-            f"No trial met gap <= {epsilon:g}. Shown instead is the closest, trial #{chosen.number} "
-            f"(gap {chosen.gap:.4f}, val_accuracy {chosen.val_accuracy:.4f}); the most accurate is trial "
-            f"#{most_accurate.number} (val_accuracy {most_accurate.val_accuracy:.4f}, gap {most_accurate.gap:.4f}). "
-            "Consider a larger sweep.epsilon, more trials, or stronger regularization in the search space."
-        )
-    baseline = next((r for r in done if r.baseline), None)
-    if baseline is not None and baseline is not chosen and chosen.val_accuracy < baseline.val_accuracy:
-        notes.append(
-            f"The recommendation gives up {baseline.val_accuracy - chosen.val_accuracy:.4f} of val_accuracy "
-            f"against the baseline (trial #{baseline.number}) to bring the gap from {baseline.gap:.4f} "
-            f"to {chosen.gap:.4f}: adopt it only if that trade is worth it."
-        )
-    return notes
 
 
 def replay_command(row: TrialRow) -> str:
@@ -142,8 +62,6 @@ def _quote(override: str) -> str:
 
 def best_config(row: TrialRow) -> str:
     """The trial's overrides as a Hydra `experiment` config (`# @package _global_`)."""
-    from hydra.core.override_parser.overrides_parser import OverridesParser
-
     parser = OverridesParser.create()
     group_choices, values = [], OmegaConf.create()
     for text in row.overrides:
@@ -167,7 +85,7 @@ def front_figure(rows: list[TrialRow], front: list[TrialRow], chosen: TrialRow |
     axis.scatter([r.gap for r in done], [r.val_accuracy for r in done], color="lightgrey", label="trials")
     axis.plot([r.gap for r in front], [r.val_accuracy for r in front], "o-", color="tab:blue", label="front")
     axis.axvline(epsilon, color="tab:red", linestyle="--", label=f"gap = ε ({epsilon:g})")
-    baseline = next((r for r in done if r.baseline), None)
+    baseline = baseline_row(rows)
     if baseline is not None:
         axis.scatter([baseline.gap], [baseline.val_accuracy], marker="s", s=90, color="black", label="baseline")
     if chosen is not None:
@@ -221,15 +139,15 @@ def _table(header: list[str], body: list[list]) -> str:
     return "\n".join(lines)
 
 
-def markdown(study, settings: DictConfig, rows, chosen, met, front, importance, replay: str, experiment: str,
+def markdown(optuna_study: optuna.Study, settings: DictConfig, rows, chosen, met, front, importance, replay: str, experiment: str,
              reeval_section: list[str] = ()) -> str:
-    keys = list(study.user_attrs.get("search_space", {}))
+    keys = list(optuna_study.user_attrs.get("search_space", {}))
     counts = {state: sum(r.state == state for r in rows) for state in ("COMPLETE", "PRUNED", "FAIL", "RUNNING")}
     objective = (
         f"maximize val_accuracy subject to gap ≤ ε = {settings.epsilon:g}" if settings.objective == "constrained"
         else f"maximize val_accuracy and minimize gap (Pareto); recommended: the most accurate front point with gap ≤ ε = {settings.epsilon:g}"
     )
-    out = [f"# regsweep report — study `{study.study_name}`", "", f"Objective: {objective}.", "",
+    out = [f"# regsweep report — study `{optuna_study.study_name}`", "", f"Objective: {objective}.", "",
            f"Trials: {counts['COMPLETE']} complete, {counts['PRUNED']} pruned, {counts['FAIL']} failed"
            + (f", {counts['RUNNING']} running" if counts["RUNNING"] else "") + ".", ""]
     out += ["## Recommended settings", ""]
@@ -243,7 +161,7 @@ def markdown(study, settings: DictConfig, rows, chosen, met, front, importance, 
         out += [_table(["knob", "value"], [[k, chosen.params.get(k, "—")] for k in keys]), ""]
         out += [f"Trial #{chosen.number}: val_accuracy **{_fmt(chosen.val_accuracy)}**, gap **{_fmt(chosen.gap)}**, "
                 f"train_accuracy {_fmt(chosen.train_accuracy)} (MLflow run `{chosen.run_id}`).", ""]
-        baseline = next((r for r in complete(rows) if r.baseline), None)
+        baseline = baseline_row(rows)
         if baseline is not None:
             out += [f"Baseline (the config as given, trial #{baseline.number}): val_accuracy {_fmt(baseline.val_accuracy)}, "
                     f"gap {_fmt(baseline.gap)}, train_accuracy {_fmt(baseline.train_accuracy)}.", ""]
@@ -259,7 +177,7 @@ def markdown(study, settings: DictConfig, rows, chosen, met, front, importance, 
     else:
         out += ["Not enough complete trials to estimate importances.", ""]
     out += ["## Effect of each knob", "", "![effects](effects.png)", ""]
-    top = sorted(complete(rows), key=lambda r: (r.gap > settings.epsilon, -r.val_accuracy, r.gap))[:10]
+    top = ranked(rows, settings.epsilon)[:10]
     out += ["## Top trials", "", _table(["trial", "val_accuracy", "gap", "train_accuracy", *keys],
                                          [[r.number, r.val_accuracy, r.gap, r.train_accuracy, *[r.params.get(k, "—") for k in keys]] for r in top]), ""]
     failures = failures_by_reason(rows)
@@ -269,17 +187,8 @@ def markdown(study, settings: DictConfig, rows, chosen, met, front, importance, 
     return "\n".join(out)
 
 
-def failures_by_reason(rows: list[TrialRow]) -> list[tuple[str, list[int]]]:
-    """FAIL trials grouped by their reason (exception type and message), most frequent first."""
-    groups: dict[str, list[int]] = {}
-    for row in rows:
-        if row.state == "FAIL":
-            groups.setdefault(redact(row.fail_reason or "unknown (no reason was recorded)"), []).append(row.number)
-    return sorted(groups.items(), key=lambda item: (-len(item[1]), item[1][0]))
-
-
-def terminal_summary(study, settings, rows, chosen, met, replay: str, experiment: str) -> str:
-    lines = [f"\nStudy '{study.study_name}': " + ", ".join(
+def terminal_summary(optuna_study: optuna.Study, settings: DictConfig, rows, chosen, met, replay: str, experiment: str) -> str:
+    lines = [f"\nStudy '{optuna_study.study_name}': " + ", ".join(
         f"{sum(r.state == s for r in rows)} {s.lower()}" for s in ("COMPLETE", "PRUNED", "FAIL"))]
     lines += [f"  failed {len(numbers)}x: {reason}" for reason, numbers in failures_by_reason(rows)]
     if chosen is None:
@@ -288,10 +197,10 @@ def terminal_summary(study, settings, rows, chosen, met, replay: str, experiment
     lines.append(f"Recommended (trial #{chosen.number}): val_accuracy {chosen.val_accuracy:.4f}, gap {chosen.gap:.4f}")
     for key, value in chosen.params.items():
         lines.append(f"  {key:24s} {_fmt(value)}")
-    baseline = next((r for r in complete(rows) if r.baseline), None)
+    baseline = baseline_row(rows)
     if baseline is not None:
         lines.append(f"Baseline (trial #{baseline.number}):  val_accuracy {baseline.val_accuracy:.4f}, gap {baseline.gap:.4f}")
-    top = sorted(complete(rows), key=lambda r: (r.gap > settings.epsilon, -r.val_accuracy, r.gap))[:5]
+    top = ranked(rows, settings.epsilon)[:5]
     lines.append("Top trials:   #  val_acc   gap    knobs")
     for r in top:
         knobs = " ".join(f"{k.rsplit('.', 1)[-1]}={_fmt(v)}" for k, v in r.params.items())
@@ -302,9 +211,7 @@ def terminal_summary(study, settings, rows, chosen, met, replay: str, experiment
 
 def reevaluation_markdown(summaries, stable, single, settings: DictConfig) -> list[str]:
     """The re-evaluation table (mean ± std over seeds), the stable choice and the verdict."""
-    from regsweep import reevaluate
-
-    baseline = next((s for s in summaries if s.label == reevaluate.BASELINE), None)
+    baseline = next((s for s in summaries if s.label == BASELINE), None)
     seeds = max(len(s.runs) for s in summaries)
     out = ["## Re-evaluation on the test split", "",
            f"Each setting re-trained with {seeds} fresh seeds and scored once on the test split, which no "
@@ -314,7 +221,7 @@ def reevaluation_markdown(summaries, stable, single, settings: DictConfig) -> li
         return f"{summary.mean(metric):.4f} ± {summary.std(metric):.4f}"
 
     def name(summary):
-        if summary.label == reevaluate.BASELINE:
+        if summary.label == BASELINE:
             return f"baseline ({settings.reevaluate.baseline})"
         notes = [note for note, row in (("stable choice", stable), ("best single trial", single))
                  if row is not None and row.label == summary.label]
@@ -330,40 +237,30 @@ def reevaluation_markdown(summaries, stable, single, settings: DictConfig) -> li
         out += [f"Recommended after re-evaluation: trial {stable.label}. No setting kept its mean gap ≤ ε = "
                 f"{settings.epsilon:g} across seeds; this one has the smallest (test accuracy is never used to choose).", ""]
     if stable is not None and baseline is not None:
-        reduction, spread = reevaluate.gap_reduction(baseline, stable)
+        reduction, spread = gap_reduction(baseline, stable)
         if not math.isnan(reduction):
             out += [f"Relative test-gap reduction vs baseline: {100 * reduction:.0f} % ± {100 * spread:.0f} % "
                     "(per seed, paired by seed).", ""]
-        out += [f"**Verdict:** {reevaluate.verdict(baseline, stable)}", ""]
+        out += [f"**Verdict:** {verdict(baseline, stable)}", ""]
     return out
 
 
-def study_settings(study: optuna.Study, cfg: DictConfig) -> DictConfig:
-    """The sweep settings, with the study's own objective and ε (fixed when it was created):
-    they define its answer, whatever the command line says now."""
-    recorded = {k: study.user_attrs[k] for k in ("objective", "epsilon") if k in study.user_attrs}
-    return OmegaConf.merge(cfg.sweep, recorded)
-
-
-def report(study: optuna.Study, cfg: DictConfig, parent_run_id: str | None, open_html: bool = False) -> Path:
+def write_report(optuna_study: optuna.Study, cfg: DictConfig, parent_run_id: str | None, open_html: bool = False) -> Path:
     """Writes report.md, report.html, their plots and the best-settings config; logs them to the
     parent run. It trains nothing: re-evaluation runs already logged under the parent are read."""
-    from regsweep import reevaluate
-    from regsweep.sweep import parse_distribution
-
-    settings = study_settings(study, cfg)
+    settings = study.study_settings(optuna_study, cfg)
     store = Path(cfg.paths.store)
-    out_dir = store / "reports" / study.study_name
+    out_dir = store / "reports" / optuna_study.study_name
     out_dir.mkdir(parents=True, exist_ok=True)
-    space = {k: parse_distribution(k, v) for k, v in study.user_attrs.get("search_space", {}).items()}
-    rows = trial_rows(study)
+    searched = space.parse_space(optuna_study.user_attrs.get("search_space", {}))
+    rows = study.trial_rows(optuna_study)
     chosen, met = recommend(rows, settings.epsilon)
     front = pareto_front(rows)
     summaries = reevaluate.collect(cfg, parent_run_id)
     reeval_section = []
     if summaries:
         single = next((s for s in summaries if chosen is not None and s.label == f"#{chosen.number}"), None)
-        stable = reevaluate.stable_choice(summaries, settings.epsilon)
+        stable = stable_choice(summaries, settings.epsilon)
         reeval_section = reevaluation_markdown(summaries, stable, single, settings)
         if stable is not None:  # across seeds beats a single lucky trial
             chosen = next(r for r in rows if f"#{r.number}" == stable.label)
@@ -373,16 +270,17 @@ def report(study: optuna.Study, cfg: DictConfig, parent_run_id: str | None, open
         replay = replay_command(chosen)
         config_dir = store / "configs" / "experiment"
         config_dir.mkdir(parents=True, exist_ok=True)
-        (config_dir / f"{study.study_name}_best.yaml").write_text(best_config(chosen))
+        (config_dir / f"{optuna_study.study_name}_best.yaml").write_text(best_config(chosen))
         config_flag = "" if str(cfg.paths.store) == "mlruns" else f"--config-dir {store / 'configs'} "
-        experiment = f"regsweep train {config_flag}+experiment={study.study_name}_best"
+        experiment = f"regsweep train {config_flag}+experiment={optuna_study.study_name}_best"
     front_figure(rows, front, chosen, settings.epsilon).savefig(out_dir / "front.png", dpi=110)
-    if space and complete(rows):
-        effects_figure(rows, space).savefig(out_dir / "effects.png", dpi=110)
+    if searched and complete(rows):
+        effects_figure(rows, searched).savefig(out_dir / "effects.png", dpi=110)
     plt.close("all")
-    text = markdown(study, settings, rows, chosen, met, front, importances(study), replay, experiment, reeval_section)
+    text = markdown(optuna_study, settings, rows, chosen, met, front, importances(optuna_study), replay, experiment,
+                    reeval_section)
     (out_dir / "report.md").write_text(text)
-    (out_dir / "report.html").write_text(html_report(text, out_dir, f"regsweep report — {study.study_name}"))
+    (out_dir / "report.html").write_text(html_report(text, out_dir, f"regsweep report — {optuna_study.study_name}"))
     if parent_run_id is not None:
         tracking.use_store(cfg.tracking)
         client = mlflow.MlflowClient()
@@ -390,8 +288,8 @@ def report(study: optuna.Study, cfg: DictConfig, parent_run_id: str | None, open
         if chosen is not None:
             for metric in ("val_accuracy", "gap", "train_accuracy"):
                 client.log_metric(parent_run_id, f"recommended_{metric}", getattr(chosen, metric))
-            client.set_tag(parent_run_id, "regsweep.recommended_trial", str(chosen.number))
-    print(terminal_summary(study, settings, rows, chosen, met, replay, experiment))
+            client.set_tag(parent_run_id, tracking.RECOMMENDED_TRIAL_TAG, str(chosen.number))
+    print(terminal_summary(optuna_study, settings, rows, chosen, met, replay, experiment))
     if reeval_section:  # its table and verdict, as in report.md
         print("\n".join(line.replace("**", "") for line in reeval_section if line.startswith(("|", "**Verdict:**"))))
     print(f"Report: {out_dir / 'report.md'} (and report.html)")
@@ -402,11 +300,6 @@ def report(study: optuna.Study, cfg: DictConfig, parent_run_id: str | None, open
 
 def html_report(markdown_text: str, folder: Path, title: str) -> str:
     """report.md as one self-contained HTML file: the plots are embedded as data URIs."""
-    import base64
-    import html
-
-    from markdown_it import MarkdownIt
-
     body = MarkdownIt("commonmark").enable("table").render(markdown_text)
     for image in ("front.png", "effects.png"):
         if (folder / image).is_file():
@@ -420,8 +313,6 @@ def html_report(markdown_text: str, folder: Path, title: str) -> str:
 
 
 def open_in_browser(path: Path) -> None:
-    import webbrowser
-
     try:
         webbrowser.get()
     except webbrowser.Error:
@@ -430,37 +321,25 @@ def open_in_browser(path: Path) -> None:
     webbrowser.open(path.resolve().as_uri())
 
 
-def run(args: list[str]) -> Path:
+def report_stored_study(study_name: str | None, overrides: list[str], reevaluate_first: bool = False,
+                        open_html: bool = False) -> Path:
     """`regsweep report [study] [--reevaluate] [--open] [overrides]`: rebuilds the report from the
     stored study.
 
     It needs only where the study and the runs are stored, not the data or a search space;
     --reevaluate also re-trains (see regsweep.reevaluate), which needs the study's data.
     """
-    from regsweep.config import compose
-
-    wants_reevaluation, open_html = "--reevaluate" in args, "--open" in args
-    args = [a for a in args if a not in ("--reevaluate", "--open")]
-    if args and "=" not in args[0] and not args[0].startswith("-"):
-        args = [f"sweep.study={args[0]}", *args[1:]]
-    cfg = compose_study(args)
-    s = cfg.sweep
-    try:
-        study = optuna.load_study(study_name=s.study, storage=str(s.storage))
-    except KeyError:
-        raise RegsweepError(
-            f"no study named '{s.study}' in {redact(str(s.storage))}: run `regsweep sweep` first, "
-            "or name an existing study (sweep.study=<name>)"
-        ) from None
-    parent = study.user_attrs.get("mlflow_parent_run_id")
-    if wants_reevaluation and parent is not None:
-        from regsweep import reevaluate
-
+    if study_name is not None:
+        overrides = [f"sweep.study={study_name}", *overrides]
+    cfg = compose_study(overrides)
+    stored = study.load_study(cfg.sweep)
+    parent = stored.user_attrs.get(study.PARENT_RUN_ATTR)
+    if reevaluate_first and parent is not None:
         # The recorded overrides mask passwords: the ones given here (tracking.uri=...) win.
-        given = [a for a in args if not a.startswith(("sweep.", "sweep=", "hydra."))]
-        start_from = reevaluate.merge(study.user_attrs.get("base_overrides", []), given)
+        given = [a for a in overrides if not a.startswith(("sweep.", "sweep=", "hydra."))]
+        start_from = reevaluate.merge(stored.user_attrs.get("base_overrides", []), given)
         if not reevaluate.has_test_split(compose(start_from)):
             raise RegsweepError("--reevaluate needs a test split: give data.test_dir (data=folders) "
                                 "or data.test_fraction (data=split) with the study's other data settings")
-        reevaluate.run(study, cfg, study_settings(study, cfg), parent, start_from)
-    return report(study, cfg, parent, open_html=open_html)
+        reevaluate.reevaluate_missing(stored, cfg, study.study_settings(stored, cfg), parent, start_from)
+    return write_report(stored, cfg, parent, open_html=open_html)

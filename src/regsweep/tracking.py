@@ -23,6 +23,20 @@ import numpy as np  # noqa: E402
 from omegaconf import DictConfig, OmegaConf  # noqa: E402
 
 from regsweep.config import flatten, redact  # noqa: E402
+from regsweep.files import file_lock  # noqa: E402
+
+# The tags that tie MLflow runs to their study, defined once: sweeps write them, reports and the
+# MLflow UI's search box read them (e.g. tags.`regsweep.role` = 'reeval').
+STUDY_TAG = "regsweep.study"  # the study's name, on its parent run and every child
+ROLE_TAG = "regsweep.role"  # "study" on the parent run, "reeval" on a re-evaluation run
+TRIAL_NUMBER_TAG = "regsweep.trial_number"
+TRIAL_STATE_TAG = "regsweep.trial_state"  # the Optuna state: RUNNING, COMPLETE, PRUNED or FAIL
+ERROR_TAG = "regsweep.error"  # why a run ended FAILED or KILLED
+REEVAL_TAG = "reeval"  # a re-evaluation's setting: "baseline" or "#<trial number>"
+REEVAL_KEY_TAG = "regsweep.reeval_key"  # (setting, seed): what a later report finds already trained
+RECOMMENDED_TRIAL_TAG = "regsweep.recommended_trial"  # on the parent run, after the report
+SKIPPED_FILES_TAG = "regsweep.skipped_files"
+PARENT_TAG = "mlflow.parentRunId"  # MLflow's own: nests a run under the study's parent run
 
 LIBRARIES = ("regsweep", "tensorflow", "keras", "hydra-core", "optuna", "mlflow", "numpy", "scikit-learn")
 
@@ -38,16 +52,9 @@ def creating(url: str):
     if not url.startswith("sqlite:///"):
         yield
         return
-    import fcntl
-
     path = Path(url.removeprefix("sqlite:///"))
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with open(path.with_name(path.name + ".lock"), "w") as lock:
-        fcntl.flock(lock, fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            fcntl.flock(lock, fcntl.LOCK_UN)
+    with file_lock(path.with_name(path.name + ".lock")):
+        yield
 
 
 def use_store(tracking: DictConfig) -> str:
@@ -114,15 +121,23 @@ def training_run(cfg: DictConfig, name: str, class_names, fingerprints: dict[str
         mlflow.set_tags({f"version.{lib}": _version(lib) for lib in LIBRARIES})
         yield run
     except BaseException as error:
-        mlflow.set_tag("regsweep.error", error_summary(error))
+        mlflow.set_tag(ERROR_TAG, error_summary(error))
         mlflow.end_run("KILLED" if isinstance(error, KeyboardInterrupt) else "FAILED")
         raise
     mlflow.end_run("FINISHED")
 
 
 def log_skipped_files(paths) -> None:
-    mlflow.set_tag("regsweep.skipped_files", str(len(paths)))
+    mlflow.set_tag(SKIPPED_FILES_TAG, str(len(paths)))
     mlflow.log_text("\n".join(paths) + "\n", "skipped_files.txt")
+
+
+def fail_run(run_id: str, reason: str) -> None:
+    """Ends a trial's MLflow run FAILED, with the reason, whichever process finds it orphaned."""
+    client = mlflow.MlflowClient()
+    client.set_tag(run_id, ERROR_TAG, reason)
+    client.set_tag(run_id, TRIAL_STATE_TAG, "FAIL")
+    client.set_terminated(run_id, "FAILED")
 
 
 def error_summary(error: BaseException) -> str:

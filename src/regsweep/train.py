@@ -17,9 +17,9 @@ import keras
 import numpy as np
 from omegaconf import DictConfig
 
-from regsweep import cache, data, tracking
+from regsweep import cache, data, demo, tracking
 from regsweep import model as models
-from regsweep.config import RegsweepError, run_name, validate
+from regsweep.config import RegsweepError, redact, run_name, validate
 
 
 @dataclass
@@ -29,7 +29,7 @@ class RunResult:
     classifier: keras.Model
 
 
-def run(cfg: DictConfig, parent_run_id: str | None = None, tags: dict[str, str] | None = None,
+def train_and_log(cfg: DictConfig, parent_run_id: str | None = None, tags: dict[str, str] | None = None,
         callbacks: tuple = (), on_run_started=None, leads=None, evaluate_test: bool = False,
         label: str = "") -> RunResult:
     """Trains and logs one run to MLflow.
@@ -154,8 +154,6 @@ def resolve_weights(cfg: DictConfig, store: Path) -> str | None:
     """'digits' means the demo CNN pretrained (once, cached) on digits 5–9."""
     weights = cfg.model.weights
     if weights == "digits":
-        from regsweep import demo
-
         return str(demo.ensure_pretrained_backbone(store, cfg.model.image_size))
     if weights in (None, "imagenet"):
         return weights
@@ -217,6 +215,17 @@ def _fit(classifier, datasets, lr: float, initial_epoch: int, epochs: int, train
             f"training diverged (loss became NaN) at learning rate {lr:g}: lower optim.lr"
         )
     return history
+
+
+def summary(result: RunResult, cfg: DictConfig) -> str:
+    """What `regsweep train` prints: the honest gap, and where the run is logged."""
+    metrics = result.metrics
+    return "\n".join([
+        f"train_accuracy {metrics['train_accuracy']:.4f}  (inference mode, un-augmented training images)",
+        f"val_accuracy   {metrics['val_accuracy']:.4f}",
+        f"gap            {metrics['gap']:.4f}  (running train accuracy {metrics['running_train_accuracy']:.4f})",
+        f"MLflow run {result.run_id} ({run_name(cfg)}) in {redact(cfg.tracking.uri)}",
+    ])
 
 
 def accuracy_and_confusion(classifier, dataset, num_classes: int) -> tuple[float, np.ndarray]:

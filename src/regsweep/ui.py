@@ -18,22 +18,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from urllib.parse import urlsplit, urlunsplit
 
+import optuna
+from mlflow.server.security_utils import get_default_allowed_hosts
 from omegaconf import DictConfig
 
+from regsweep import study, tracking
 from regsweep.config import RegsweepError, compose_study, redact
-
-HELP = """usage: regsweep ui [study] [--host 127.0.0.1] [--port 5000] [--optuna] [--optuna-port 8080] [overrides]
-
-Starts the MLflow UI on the project's store (tracking.uri, mlruns/ by default) and prints the
-page of the study's parent run, whose nested runs are its trials. With a tracking server
-(tracking.uri=http://...) nothing is started: the page on that server is printed.
-
-  --host, --port   where the MLflow UI listens (default 127.0.0.1:5000, this machine only)
-  --optuna         also start optuna-dashboard on the study's storage (sweep.storage)
-  --optuna-port    its port (default 8080; it listens on --host too)
-Stop with Ctrl-C.
-"""
-
 
 # MLflow 3's UI starts in its GenAI (traces) mode, whose experiment page is a traces overview;
 # this query parameter switches it to its model-training mode, whose pages are the runs.
@@ -49,40 +39,8 @@ class Options:
     overrides: list[str] = field(default_factory=list)
 
 
-def parse(args: list[str]) -> Options:
-    options, rest = Options(), list(args)
-    while rest:
-        arg = rest.pop(0)
-        if arg == "--optuna":
-            options.optuna = True
-        elif arg in ("--host", "--port", "--optuna-port"):
-            if not rest:
-                raise RegsweepError(f"{arg} needs a value: see regsweep ui --help")
-            value = rest.pop(0)
-            if arg == "--host":
-                options.host = value
-            else:
-                setattr(options, arg[2:].replace("-", "_"), _port(arg, value))
-        elif arg.startswith("-"):
-            raise RegsweepError(f"regsweep ui has no option {arg}: see regsweep ui --help")
-        elif "=" not in arg and not options.overrides:
-            options.overrides.append(f"sweep.study={arg}")
-        else:
-            options.overrides.append(arg)
-    return options
-
-
-def _port(flag: str, value: str) -> int:
-    if not value.isdigit() or not 0 < int(value) < 65536:
-        raise RegsweepError(f"{flag} {value} is not a port number: give one from 1 to 65535, such as 5000")
-    return int(value)
-
-
-def run(args: list[str]) -> None:
-    if "--help" in args or "-h" in args:
-        print(HELP, end="")
-        return
-    options = parse(args)
+def serve(options: Options) -> None:
+    """Starts the servers, prints the pages to open, and waits for Ctrl-C."""
     cfg = compose_study(options.overrides)
     tracking_uri = str(cfg.tracking.uri)
     local = not tracking_uri.startswith(("http://", "https://"))
@@ -121,26 +79,17 @@ def run(args: list[str]) -> None:
 
 def study_pages(cfg: DictConfig) -> tuple[str, str | None, int | None]:
     """The experiment id, and the study's parent run id and Optuna study id if it exists."""
-    import optuna
-
-    from regsweep import tracking
-
     experiment_id = tracking.use_store(cfg.tracking)
     storage = str(cfg.sweep.storage)
     if storage.startswith("sqlite:///") and not Path(storage.removeprefix("sqlite:///")).is_file():
         return experiment_id, None, None  # no sweep has run here: nothing to open, and nothing to create
     optuna.logging.set_verbosity(optuna.logging.WARNING)
+    study_storage = study.open_storage(storage)
     try:
-        study_storage = optuna.storages.get_storage(storage)
         study_id = study_storage.get_study_id_from_name(cfg.sweep.study)
     except KeyError:
         return experiment_id, None, None
-    except Exception as error:
-        raise RegsweepError(
-            f"sweep.storage={redact(storage)} cannot be opened ({redact(str(error).splitlines()[0])[:200]}): "
-            "check the URL, or leave it unset for the local SQLite file"
-        ) from None
-    return experiment_id, study_storage.get_study_user_attrs(study_id).get("mlflow_parent_run_id"), study_id
+    return experiment_id, study_storage.get_study_user_attrs(study_id).get(study.PARENT_RUN_ATTR), study_id
 
 
 def start_mlflow_ui(cfg: DictConfig, options: Options) -> subprocess.Popen:
@@ -180,8 +129,6 @@ def _allowed_hosts(options: Options) -> list[str]:
     server accepts only localhost and private IP addresses in the Host header by default."""
     if options.host in ("127.0.0.1", "localhost", "::1"):
         return []
-    from mlflow.server.security_utils import get_default_allowed_hosts
-
     names = {socket.gethostname(), socket.getfqdn(), options.host}
     return ["--allowed-hosts", ",".join([*get_default_allowed_hosts(),
                                          *sorted(f"{name}{port}" for name in names for port in ("", f":{options.port}"))])]

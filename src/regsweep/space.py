@@ -1,0 +1,199 @@
+"""The sweep definition: search-space expressions → Optuna distributions, the study settings,
+the sampler and the pruner, and the baseline a study is measured against.
+
+The search space is written in Hydra's sweeper syntax (interval, range, choice, tag(log, …)),
+so Hydra users recognise it, and Optuna samples it.
+"""
+
+from __future__ import annotations
+
+import hashlib
+
+import optuna
+from hydra.core.override_parser.overrides_parser import OverridesParser
+from hydra.core.override_parser.types import ChoiceSweep, IntervalSweep, RangeSweep
+from omegaconf import DictConfig, OmegaConf
+
+from regsweep.config import SWEEPS_DIR, RegsweepError
+
+OBJECTIVES = ("constrained", "pareto")
+SAMPLERS = ("tpe", "random", "nsgaii")
+PRUNERS = ("median", "hyperband", "none")
+BASELINES_DIR = SWEEPS_DIR / "baselines"
+
+
+def parse_distribution(key: str, expression: str) -> optuna.distributions.BaseDistribution:
+    """Hydra sweeper syntax → Optuna distribution.
+
+    interval(a, b) float · tag(log, interval(a, b)) log float · int(interval(a, b)) int ·
+    range(a, b) int from a to b inclusive · range(a, b, step=s) with floats: stepped float ·
+    choice(x, y, …) categorical.
+    """
+    try:
+        sweep = OverridesParser.create().parse_override(f"{key}={expression}").value()
+    except Exception as error:
+        raise RegsweepError(
+            f"sweep.params {key}: {expression!r} is not search-space syntax ({str(error).splitlines()[0]}): "
+            "use interval(a, b), tag(log, interval(a, b)), range(a, b) or choice(x, y)"
+        ) from None
+    log = "log" in getattr(sweep, "tags", set())
+    if isinstance(sweep, ChoiceSweep):
+        return optuna.distributions.CategoricalDistribution(list(sweep.list))
+    if isinstance(sweep, IntervalSweep) and sweep.start < sweep.end:
+        if isinstance(sweep.start, int) and isinstance(sweep.end, int):
+            return optuna.distributions.IntDistribution(sweep.start, sweep.end, log=log)
+        return optuna.distributions.FloatDistribution(float(sweep.start), float(sweep.end), log=log)
+    if isinstance(sweep, RangeSweep) and sweep.start < sweep.stop:
+        if all(isinstance(v, int) for v in (sweep.start, sweep.stop, sweep.step)):
+            return optuna.distributions.IntDistribution(sweep.start, sweep.stop, step=sweep.step, log=log)
+        return optuna.distributions.FloatDistribution(
+            float(sweep.start), float(sweep.stop), step=float(sweep.step), log=log
+        )
+    raise RegsweepError(
+        f"sweep.params {key}: {expression!r} is not a usable search dimension: "
+        "give interval(low, high) or range(low, high) with low < high, or choice(x, y, ...)"
+    )
+
+
+def parse_space(expressions: dict[str, str]) -> dict[str, optuna.distributions.BaseDistribution]:
+    return {key: parse_distribution(key, expression) for key, expression in expressions.items()}
+
+
+def split_cli_overrides(args: list[str]) -> tuple[list[str], dict[str, str]]:
+    """Separates plain overrides (fixed values) from sweep-syntax ones (searched keys)."""
+    parser = OverridesParser.create()
+    plain, searched = [], {}
+    for arg in args:
+        try:
+            override = parser.parse_override(arg)
+        except Exception:
+            plain.append(arg)  # let composition report it with its own message
+            continue
+        if override.is_sweep_override():
+            searched[override.key_or_group] = arg.split("=", 1)[1]
+        else:
+            plain.append(arg)
+    return plain, searched
+
+
+def suggest(trial: optuna.Trial, key: str, distribution: optuna.distributions.BaseDistribution):
+    if isinstance(distribution, optuna.distributions.CategoricalDistribution):
+        return trial.suggest_categorical(key, distribution.choices)
+    if isinstance(distribution, optuna.distributions.IntDistribution):
+        return trial.suggest_int(key, distribution.low, distribution.high, step=distribution.step, log=distribution.log)
+    return trial.suggest_float(key, distribution.low, distribution.high, step=distribution.step, log=distribution.log)
+
+
+def override_value(value) -> str:
+    """A config value as a Hydra override value (floats keep full precision for exact replay)."""
+    if value is None:
+        return "null"
+    if isinstance(value, float):
+        return repr(value)
+    return str(value)
+
+
+def as_overrides(values: dict) -> list[str]:
+    return [f"{key}={override_value(value)}" for key, value in values.items()]
+
+
+def knob_label(values: dict) -> str:
+    """`dropout=0.42 strength=0.61 lr=3.2e-04 unfrozen_blocks=1`: the last key segment and a short value."""
+    def short(value):
+        return f"{value:.3g}" if isinstance(value, float) else str(value)
+
+    return " ".join(f"{key.rsplit('.', 1)[-1]}={short(value)}" for key, value in values.items())
+
+
+def check_settings(settings: DictConfig, expressions: dict[str, str]) -> None:
+    """The study settings (cfg.sweep), each bad value named with its fix."""
+    if settings.objective not in OBJECTIVES:
+        raise RegsweepError(f"sweep.objective={settings.objective} is unknown: use one of {', '.join(OBJECTIVES)}")
+    if settings.sampler.name not in SAMPLERS:
+        raise RegsweepError(f"sweep.sampler.name={settings.sampler.name} is unknown: use one of {', '.join(SAMPLERS)}")
+    if settings.pruner.name not in PRUNERS:
+        raise RegsweepError(f"sweep.pruner.name={settings.pruner.name} is unknown: use one of {', '.join(PRUNERS)}")
+    if not isinstance(settings.n_trials, int) or settings.n_trials < 1:
+        raise RegsweepError(f"sweep.n_trials={settings.n_trials} must be a positive integer")
+    if not isinstance(settings.trials_per_worker, int) or settings.trials_per_worker < 0:
+        raise RegsweepError(
+            f"sweep.trials_per_worker={settings.trials_per_worker} must be an integer >= 0 "
+            "(0 runs trials in the sweep's own process)"
+        )
+    if not isinstance(settings.heartbeat_seconds, int) or settings.heartbeat_seconds < 1:
+        raise RegsweepError(
+            f"sweep.heartbeat_seconds={settings.heartbeat_seconds} must be a whole number of seconds >= 1"
+        )
+    if not isinstance(settings.epsilon, (int, float)) or settings.epsilon < 0:
+        raise RegsweepError(f"sweep.epsilon={settings.epsilon} must be a number >= 0 (the largest acceptable gap)")
+    reeval = settings.reevaluate
+    for key in ("seeds", "top_k"):
+        if not isinstance(reeval[key], int) or reeval[key] < (0 if key == "seeds" else 1):
+            raise RegsweepError(f"sweep.reevaluate.{key}={reeval[key]} must be an integer >= {0 if key == 'seeds' else 1}")
+    baseline_overrides(reeval.baseline)  # the named baseline file exists and reads
+    if not expressions:
+        raise RegsweepError("the search space is empty: give sweep.params in the sweep file or key=interval(a, b) on the command line")
+
+
+def baseline_overrides(name: str) -> list[str]:
+    """The named re-evaluation baseline (sweeps/baselines/<name>.yaml, dotted keys) as overrides."""
+    path = BASELINES_DIR / f"{name}.yaml"
+    if not path.is_file():
+        known = ", ".join(p.stem for p in sorted(BASELINES_DIR.glob("*.yaml")))
+        raise RegsweepError(f"sweep.reevaluate.baseline={name}: no file sweeps/baselines/{name}.yaml; the baselines are: {known}")
+    return as_overrides(OmegaConf.to_container(OmegaConf.load(path), resolve=True) or {})
+
+
+def baseline_values(space: dict[str, optuna.distributions.BaseDistribution], base: DictConfig) -> dict:
+    """The searched keys at their un-swept values (your config as given), where in range.
+
+    Enqueued as trial 0, so every report can compare the recommendation with doing nothing.
+    """
+    values = {}
+    for key, distribution in space.items():
+        value = OmegaConf.select(base, key)
+        if isinstance(distribution, optuna.distributions.CategoricalDistribution):
+            inside = value in distribution.choices
+        else:
+            inside = isinstance(value, (int, float)) and distribution.low <= value <= distribution.high
+        if inside:
+            values[key] = value
+    return values
+
+
+def sampler_seed(settings: DictConfig, existing_trials: int, beside: str | None) -> int | None:
+    """The sampler's seed: sampler.seed offset by the trials the study already has, so a resumed
+    study does not replay its random start-up points.
+
+    A worker that starts beside another on the same number of trials (`beside`: its own identity,
+    else None) would draw exactly the other's points: its identity moves its seed. A worker
+    alone keeps the plain seed, so a single-worker study is reproducible.
+    """
+    if settings.sampler.seed is None:
+        return None
+    seed = int(settings.sampler.seed) + existing_trials
+    if beside is not None:
+        seed += int(hashlib.sha256(beside.encode()).hexdigest()[:8], 16)
+    return seed % 2**32
+
+
+def make_sampler(settings: DictConfig, seed: int | None) -> optuna.samplers.BaseSampler:
+    """TPE and NSGA-II honour each trial's `gap − ε` constraint (Trial.set_constraint)."""
+    name = settings.sampler.name
+    if name == "tpe":
+        return optuna.samplers.TPESampler(seed=seed, n_startup_trials=settings.sampler.n_startup_trials)
+    if name == "nsgaii":
+        return optuna.samplers.NSGAIISampler(seed=seed)
+    return optuna.samplers.RandomSampler(seed=seed)
+
+
+def make_pruner(settings: DictConfig) -> optuna.pruners.BasePruner:
+    """Per-epoch pruning on val_accuracy, in constrained mode only (Optuna prunes single-objective studies)."""
+    pruner = settings.pruner
+    if settings.objective != "constrained" or pruner.name == "none":
+        return optuna.pruners.NopPruner()
+    if pruner.name == "median":
+        return optuna.pruners.MedianPruner(
+            n_startup_trials=pruner.n_startup_trials, n_warmup_steps=pruner.n_warmup_steps
+        )
+    return optuna.pruners.HyperbandPruner(min_resource=pruner.get("min_resource", 3))

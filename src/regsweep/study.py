@@ -1,0 +1,392 @@
+"""The study as every worker shares it: Optuna storage, the study's record, its MLflow parent
+run, silent trials, and the claim that lets one worker re-evaluate.
+
+Optuna's storage is the one place all workers of a study meet (SQLite on one machine,
+PostgreSQL across machines), so what they must agree on lives there, as study and trial
+attributes named once below.
+"""
+
+from __future__ import annotations
+
+import atexit
+import math
+import os
+import socket
+import time
+import uuid
+import warnings
+from dataclasses import dataclass
+
+import mlflow
+import optuna
+from omegaconf import DictConfig, OmegaConf
+
+from regsweep import space, tracking
+from regsweep.config import RegsweepError, redact
+from regsweep.results import TrialRow
+
+COUNTED = (optuna.trial.TrialState.COMPLETE, optuna.trial.TrialState.PRUNED)
+
+# Optuna attributes, defined once. On the study:
+PARENT_RUN_ATTR = "mlflow_parent_run_id"  # the study's MLflow parent run
+DATA_FINGERPRINT_ATTR = "data_fingerprint"  # the images every worker must train on
+CLAIM_ATTR = "reevaluation_claim"  # which worker re-evaluates (see `claim`)
+RECORD_KEYS = ("objective", "epsilon", "search_space", "base_overrides")  # what makes it the same study
+# On each trial:
+RUN_ID_ATTR = "mlflow_run_id"
+FAIL_REASON_ATTR = "fail_reason"
+BASELINE_ATTR = "baseline"  # the enqueued trial of the config as given
+OVERRIDES_ATTR = "overrides"  # the replay line, passwords masked
+# In the study's system attributes: when each worker started, to tell workers started together apart.
+WORKER_START_PREFIX = "regsweep.worker_start"
+
+INTERRUPTED = "interrupted: the process running this trial stopped before the trial ended (killed, rebooted or out of memory)"
+
+
+@dataclass
+class Sweep:
+    """Everything a study needs, resolved from the composed `study` config and the CLI."""
+
+    settings: DictConfig  # cfg.sweep
+    space: dict[str, optuna.distributions.BaseDistribution]
+    expressions: dict[str, str]  # the search space as written, for the study's record
+    base_overrides: list[str]  # applied to every trial before its own values
+    base: DictConfig  # the training config every trial starts from
+    cfg: DictConfig  # the training settings plus the sweep definition under `sweep`
+    has_test_split: bool  # whether re-evaluation can score the result on untouched images
+    data_fingerprint: str  # the images' content: workers on other machines must train on the same
+
+
+# --- storage -----------------------------------------------------------------------------------
+
+# Each process opens one storage, so one SQLAlchemy engine, per URL, with a small pool: a process
+# uses at most two connections at once (its main thread and Optuna's heartbeat thread), and many
+# workers on one PostgreSQL must not exhaust its max_connections.
+POOL = {"pool_size": 2, "max_overflow": 1, "pool_pre_ping": True}
+_STORAGES: dict[str, optuna.storages.RDBStorage] = {}
+
+
+def open_storage(url: str, heartbeat_seconds: int | None = None, tracking_cfg: DictConfig | None = None
+                 ) -> optuna.storages.RDBStorage:
+    """The Optuna storage at `url`, opened once per process.
+
+    With `heartbeat_seconds`, a trial whose process was killed (kill -9, reboot, pre-emption)
+    stops beating and is marked FAIL once silent for twice that long; its MLflow run is then
+    ended FAILED (see `end_stale_trial`).
+    """
+    storage = _STORAGES.get(url)
+    if storage is None:
+        try:
+            with warnings.catch_warnings(), tracking.creating(url):
+                warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)  # heartbeats: stable since 2.9
+                storage = optuna.storages.RDBStorage(url, engine_kwargs={} if url.startswith("sqlite") else dict(POOL))
+        except Exception as error:
+            raise RegsweepError(
+                f"sweep.storage={redact(url)} cannot be opened ({redact(str(error).splitlines()[0])[:200]}): "
+                "check the URL and that its database is reachable, or leave it unset for the local SQLite file"
+            ) from None
+        _STORAGES[url] = storage
+    if heartbeat_seconds is not None:  # the settings of the sweep in this process
+        storage.heartbeat_interval = int(heartbeat_seconds)
+        storage.grace_period = 2 * int(heartbeat_seconds)
+        storage.heartbeat_stale_trial_callback = storage.failed_trial_callback = (
+            lambda study, trial: end_stale_trial(study, trial, tracking_cfg))
+    return storage
+
+
+@atexit.register
+def close_storages() -> None:
+    """Gives every pooled connection back to the database server."""
+    while _STORAGES:
+        _STORAGES.popitem()[1].engine.dispose()
+
+
+def load_study(settings: DictConfig) -> optuna.Study:
+    """A stored study, for reports and the UI: it must exist."""
+    try:
+        return optuna.load_study(study_name=settings.study, storage=open_storage(str(settings.storage)))
+    except KeyError:
+        raise RegsweepError(
+            f"no study named '{settings.study}' in {redact(str(settings.storage))}: run `regsweep sweep` first, "
+            "or name an existing study (sweep.study=<name>)"
+        ) from None
+
+
+def _existing_trials(storage: optuna.storages.BaseStorage, name: str) -> int:
+    try:
+        summaries = optuna.get_all_study_summaries(storage)
+    except Exception as error:
+        raise RegsweepError(
+            f"the Optuna storage cannot be read ({redact(str(error).splitlines()[0])[:200]}): "
+            "check sweep.storage, or leave it unset for the local SQLite file"
+        ) from None
+    return next((summary.n_trials for summary in summaries if summary.study_name == name), 0)
+
+
+# --- opening a study ---------------------------------------------------------------------------
+
+
+# Where things live on a machine: workers on several machines give different values, and the
+# trials' outcome does not depend on them (the data's content is checked by its fingerprint).
+MACHINE_LOCAL_KEYS = ("data.train_dir", "data.val_dir", "data.test_dir", "data.dir", "tracking.uri",
+                      "tracking.artifact_root")
+MACHINE_LOCAL_GROUPS = ("paths.", "cache.")
+
+
+def portable(overrides: list[str]) -> list[str]:
+    """The overrides two workers of one study must agree on, wherever they run."""
+    def key(override: str) -> str:
+        return override.lstrip("+~").split("=", 1)[0]
+
+    return [o for o in overrides if key(o) not in MACHINE_LOCAL_KEYS and not key(o).startswith(MACHINE_LOCAL_GROUPS)]
+
+
+def study_record(sweep: Sweep) -> dict:
+    """What makes two invocations the same study; a mismatch on resume is refused."""
+    s = sweep.settings
+    return {
+        "objective": s.objective,
+        "epsilon": float(s.epsilon),
+        "search_space": sweep.expressions,
+        "base_overrides": [redact(o) for o in sweep.base_overrides],  # no password is stored
+    }
+
+
+def open_study(sweep: Sweep) -> optuna.Study:
+    """Creates the study, or loads it and checks that it is the same study.
+
+    Exactly one process creates a study (the storage refuses a second name), and only the
+    creator records its definition and enqueues the baseline: two workers started at once on
+    a new study never enqueue two baselines.
+    """
+    s = sweep.settings
+    storage = open_storage(str(s.storage), s.heartbeat_seconds, sweep.cfg.tracking)
+    existing = _existing_trials(storage, s.study)
+    options = dict(
+        study_name=s.study,
+        storage=storage,
+        directions=["maximize"] if s.objective == "constrained" else ["maximize", "minimize"],
+        pruner=space.make_pruner(s),
+    )
+    record = study_record(sweep)
+    try:
+        study = optuna.create_study(**options)
+        created = True
+    except optuna.exceptions.DuplicatedStudyError:
+        study = optuna.create_study(**options, load_if_exists=True)
+        created = False
+    study.sampler = space.make_sampler(s, space.sampler_seed(s, existing, _started_beside_another(study, existing)))
+    if not created:  # another worker may have just created it: wait for its record
+        _wait_for_record(study, record)
+    if not all(key in study.user_attrs for key in record):  # new (or its creator died at once)
+        # The parent run comes first and the record last: a worker that sees the record also
+        # finds the one parent run, and the baseline is enqueued once.
+        parent_run(study, sweep)
+        baseline = space.baseline_values(sweep.space, sweep.base)
+        if baseline:
+            study.enqueue_trial(baseline, user_attrs={BASELINE_ATTR: True})
+        check_same_data(study, sweep)  # records the images' fingerprint
+        for key, value in record.items():
+            study.set_user_attr(key, value)
+        return study
+    check_same_data(study, sweep)
+    previous, current = (_comparable({key: values.get(key) for key in record}) for values in (study.user_attrs, record))
+    changed = [key for key in current if previous[key] != current[key]]
+    if changed:
+        raise RegsweepError(
+            f"study '{s.study}' in {redact(str(s.storage))} was started with a different {', '.join(changed)} "
+            f"({'; '.join(f'{k} was {previous[k]}, now {current[k]}' for k in changed)}): re-run with the original settings, "
+            "or start a new study with sweep.study=<new name>"
+        )
+    return study
+
+
+def _started_beside_another(study: optuna.Study, existing: int, window_seconds: float = 600.0) -> str | None:
+    """This worker's identity if another worker started on the same number of trials lately
+    (their samplers would otherwise share a seed and draw the same points), else None.
+
+    Each worker writes its start, then reads the others': of two workers starting together, the
+    later writer always sees the earlier one, so at least one of them moves its seed.
+    """
+    me = f"{socket.gethostname()} pid {os.getpid()}"
+    prefix = f"{WORKER_START_PREFIX}.{existing}."
+    storage, study_id = study._storage, study._study_id
+    storage.set_study_system_attr(study_id, prefix + me, time.time())
+    now = time.time()
+    others = [key for key, started in storage.get_study_system_attrs(study_id).items()
+              if key.startswith(prefix) and key != prefix + me and now - float(started) < window_seconds]
+    return me if others else None
+
+
+def _comparable(record: dict) -> dict:
+    """A study record as two workers must agree on it (see `portable`)."""
+    return {**record, "base_overrides": portable(record["base_overrides"] or [])}
+
+
+def check_same_data(study: optuna.Study, sweep: Sweep) -> None:
+    """Every worker, on every machine, trains on the same images (a study recorded before this
+    check adopts the first fingerprint it sees)."""
+    recorded = study.user_attrs.get(DATA_FINGERPRINT_ATTR)
+    if recorded is None:
+        study.set_user_attr(DATA_FINGERPRINT_ATTR, sweep.data_fingerprint)
+    elif recorded != sweep.data_fingerprint:
+        raise RegsweepError(
+            f"study '{study.study_name}' was run on other images (data fingerprint {recorded}, here "
+            f"{sweep.data_fingerprint}): point data.* at the same images on every machine, or start a new study "
+            "with sweep.study=<new name>"
+        )
+
+
+def _wait_for_record(study: optuna.Study, record: dict, seconds: float = 30.0) -> None:
+    deadline = time.monotonic() + seconds
+    while not all(key in study.user_attrs for key in record) and time.monotonic() < deadline:
+        time.sleep(0.2)
+
+
+def study_settings(study: optuna.Study, cfg: DictConfig) -> DictConfig:
+    """The sweep settings, with the study's own objective and ε (fixed when it was created):
+    they define its answer, whatever the command line says now."""
+    recorded = {k: study.user_attrs[k] for k in ("objective", "epsilon") if k in study.user_attrs}
+    return OmegaConf.merge(cfg.sweep, recorded)
+
+
+def trial_rows(study: optuna.Study) -> list[TrialRow]:
+    """Every trial of the study, as the decisions in regsweep.results read them."""
+    rows = []
+    for trial in study.get_trials(deepcopy=False):
+        attrs = trial.user_attrs
+        rows.append(TrialRow(
+            number=trial.number,
+            state=trial.state.name,
+            params=dict(trial.params),
+            val_accuracy=attrs.get("val_accuracy", math.nan),
+            train_accuracy=attrs.get("train_accuracy", math.nan),
+            gap=attrs.get("gap", math.nan),
+            overrides=list(attrs.get(OVERRIDES_ATTR, [])),
+            run_id=attrs.get(RUN_ID_ATTR, ""),
+            baseline=bool(attrs.get(BASELINE_ATTR, False)),
+            fail_reason=attrs.get(FAIL_REASON_ATTR, ""),
+        ))
+    return rows
+
+
+# --- the MLflow parent run ------------------------------------------------------------------------
+
+
+def parent_run(study: optuna.Study, sweep: Sweep) -> str:
+    """The study's one parent run: found again on resume, created once."""
+    tracking.use_store(sweep.cfg.tracking)
+    client = mlflow.MlflowClient()
+    run_id = study.user_attrs.get(PARENT_RUN_ATTR)
+    if run_id is not None:
+        try:
+            run = client.get_run(run_id)
+            if run.info.lifecycle_stage == "active":
+                client.update_run(run_id, status="RUNNING")
+                return run_id
+        except mlflow.exceptions.MlflowException:
+            pass  # deleted from the tracking store: start a new parent
+    experiment_id = mlflow.get_experiment_by_name(sweep.cfg.tracking.experiment).experiment_id
+    s = sweep.settings
+    run = client.create_run(
+        experiment_id,
+        run_name=f"study {s.study}",
+        tags={tracking.STUDY_TAG: s.study, tracking.ROLE_TAG: "study"},
+    )
+    run_id = run.info.run_id
+    client.log_batch(run_id, params=[
+        mlflow.entities.Param(k, redact(str(v))[:6000]) for k, v in {
+            "sweep.study": s.study, "sweep.objective": s.objective, "sweep.epsilon": s.epsilon,
+            "sweep.n_trials": s.n_trials, "sweep.sampler": s.sampler.name, "sweep.pruner": s.pruner.name,
+            "sweep.storage": s.storage, **{f"search.{k}": v for k, v in sweep.expressions.items()},
+            "base_overrides": " ".join(sweep.base_overrides),
+        }.items()
+    ])
+    client.log_text(run_id, redact(OmegaConf.to_yaml(sweep.cfg.sweep, resolve=True)), "sweep.yaml")
+    study.set_user_attr(PARENT_RUN_ATTR, run_id)
+    return run_id
+
+
+# --- silent trials and other workers -----------------------------------------------------------
+
+
+def end_stale_trial(study: optuna.Study, trial: optuna.trial.FrozenTrial, tracking_cfg: DictConfig) -> None:
+    """Optuna has just marked a silent trial FAIL: its MLflow run must not stay RUNNING either.
+
+    The trial already carries its reason: every trial starts with `fail_reason` = INTERRUPTED,
+    replaced when it ends by itself.
+    """
+    run_id = trial.user_attrs.get(RUN_ID_ATTR)
+    if not run_id:
+        return
+    tracking.use_store(tracking_cfg)
+    if mlflow.MlflowClient().get_run(run_id).info.status == "RUNNING":
+        tracking.fail_run(run_id, trial.user_attrs.get(FAIL_REASON_ATTR) or INTERRUPTED)
+
+
+def fail_stale_trials(study: optuna.Study) -> None:
+    """Optuna checks for silent trials before each new trial; also at start and while waiting for other workers."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+        optuna.storages.fail_stale_trials(study)
+
+
+def wait_for_other_workers(study: optuna.Study, poll_seconds: float = 2.0) -> None:
+    """Waits until no trial of the study is running: the re-evaluation and the report need them
+    all. A trial of a worker that died stops beating and is marked FAIL, which ends the wait."""
+    announced = False
+    while True:
+        fail_stale_trials(study)
+        running = study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.RUNNING,))
+        if not running:
+            return
+        if not announced:
+            numbers = ", ".join(f"#{t.number}" for t in running)
+            print(f"Waiting for {len(running)} trial(s) still running in other workers ({numbers}) "
+                  "before the re-evaluation and report.", flush=True)
+            announced = True
+        time.sleep(poll_seconds)
+
+
+# --- one worker re-evaluates -------------------------------------------------------------------
+
+
+def claim(study: optuna.Study, settle_seconds: float = 5.0) -> tuple[str | None, str]:
+    """Claims the study's re-evaluation for this process: (token, this worker), or (None, the
+    holder) when another worker holds it.
+
+    Workers that finish together all write their claim, wait `settle_seconds`, and read it back:
+    the last write wins for every reader, so exactly one goes on. A worker that arrives later
+    finds a claim renewed within the lease (`lease_seconds`) and leaves the work to its holder;
+    a claim whose holder died (no renewal for a lease) is taken over.
+    """
+    held = study.user_attrs.get(CLAIM_ATTR)
+    if held and time.time() - held["renewed"] < lease_seconds(study):
+        return None, held["worker"]
+    token, worker = uuid.uuid4().hex, f"{socket.gethostname()} pid {os.getpid()}"
+    study.set_user_attr(CLAIM_ATTR, {"token": token, "worker": worker, "renewed": time.time()})
+    time.sleep(settle_seconds)
+    held = study.user_attrs.get(CLAIM_ATTR) or {}
+    return (token, worker) if held.get("token") == token else (None, held.get("worker", "unknown"))
+
+
+def renew(study: optuna.Study, token: str) -> bool:
+    """Keeps the claim fresh while its holder works; False if another worker has taken it over."""
+    held = study.user_attrs.get(CLAIM_ATTR) or {}
+    if held.get("token") != token:
+        return False
+    study.set_user_attr(CLAIM_ATTR, {**held, "renewed": time.time()})
+    return True
+
+
+def release(study: optuna.Study, token: str) -> None:
+    if (study.user_attrs.get(CLAIM_ATTR) or {}).get("token") == token:
+        study.set_user_attr(CLAIM_ATTR, None)
+
+
+def lease_seconds(study: optuna.Study) -> float:
+    """How long a claim holds without renewal: three of the study's longest trials, at least 10
+    minutes, so one re-evaluation run (a trial's training plus a test pass) always fits."""
+    durations = [(t.datetime_complete - t.datetime_start).total_seconds() for t in study.get_trials(deepcopy=False)
+                 if t.datetime_complete is not None and t.datetime_start is not None]
+    return max(600.0, 3 * max(durations, default=0.0))

@@ -1,0 +1,196 @@
+"""One trial of a study: compose its config, train it, and record how it ended, on the Optuna
+trial and on its MLflow run alike, with a live progress line.
+
+A trial runs in the sweep's worker child (regsweep.worker) or, with
+sweep.trials_per_worker=0, in the sweep's own process.
+"""
+
+from __future__ import annotations
+
+import math
+import sys
+
+import mlflow
+import optuna
+from omegaconf import DictConfig
+
+from regsweep import results, space, study, tracking
+from regsweep.config import compose, redact
+from regsweep.study import FAIL_REASON_ATTR, INTERRUPTED, RUN_ID_ATTR, Sweep
+from regsweep.worker import ChildDied, TrialWorker
+
+
+class TrialFailed(Exception):
+    """A trial's error, reduced to `Type: message` so it crosses the worker process boundary."""
+
+
+class TrialMonitor:
+    """Per epoch (as a Keras callback's on_epoch_end): reports val_accuracy to the pruner and
+    refreshes the progress line."""
+
+    def __init__(self, trial: optuna.Trial, prune: bool, progress: "Progress"):
+        self.trial, self.prune, self.progress = trial, prune, progress
+
+    def on_epoch_end(self, epoch, logs=None):
+        val_accuracy = float((logs or {}).get("val_accuracy", math.nan))
+        self.progress.epoch(epoch + 1, val_accuracy)
+        if self.prune:
+            self.trial.report(val_accuracy, step=epoch)
+            if self.trial.should_prune():
+                raise optuna.TrialPruned(f"pruned at epoch {epoch + 1} (val_accuracy {val_accuracy:.4f})")
+
+
+class Progress:
+    """One live line per trial: trial k/N, knobs, epoch, val accuracy, best so far.
+
+    On a terminal the line updates in place every epoch; in a log, one line per trial. "Best"
+    is the trial that regsweep.results.recommend would name now.
+    """
+
+    def __init__(self, optuna_study: optuna.Study, settings: DictConfig):
+        self.study, self.settings = optuna_study, settings
+        self.live = sys.stdout.isatty()
+        self.header = self.best = ""
+
+    def _best(self, just_completed: results.TrialRow | None = None) -> str:
+        rows = study.trial_rows(self.study)
+        if just_completed is not None:  # not yet COMPLETE in storage while the objective returns
+            rows.append(just_completed)
+        chosen, met = results.recommend(rows, self.settings.epsilon)
+        if chosen is None:
+            return "best: none yet"
+        return f"best #{chosen.number}: val {chosen.val_accuracy:.3f} gap {chosen.gap:.3f}" + ("" if met else " (gap > ε)")
+
+    def start(self, trial: optuna.Trial, label: str) -> None:
+        done = len(self.study.get_trials(deepcopy=False, states=study.COUNTED))
+        baseline = " baseline" if trial.user_attrs.get(study.BASELINE_ATTR) else ""
+        self.header = f"trial {done + 1}/{self.settings.n_trials} (#{trial.number}{baseline}) {label}"
+        self.best = self._best()
+
+    def epoch(self, epoch: int, val_accuracy: float) -> None:
+        if self.live:
+            print(f"\r{self.header} | epoch {epoch} val {val_accuracy:.3f} | {self.best}\033[K", end="", flush=True)
+
+    def finish(self, state: str, detail: str, just_completed: results.TrialRow | None = None) -> None:
+        line = f"{self.header} | {state} {detail} | {self._best(just_completed)}"
+        print(f"\r{line}\033[K" if self.live else line, flush=True)
+
+
+def finished_row(trial: optuna.Trial, metrics: dict) -> results.TrialRow:
+    return results.TrialRow(trial.number, "COMPLETE", {}, val_accuracy=metrics["val_accuracy"], gap=metrics["gap"])
+
+
+def leads(trial: optuna.Trial, metrics: dict, settings: DictConfig) -> bool:
+    """Whether the finished trial leads its study (see regsweep.results.leads)."""
+    return results.leads(study.trial_rows(trial.study), finished_row(trial, metrics), settings.objective,
+                         settings.epsilon)
+
+
+def run_trial(sweep: Sweep, trial: optuna.Trial, values: dict, parent_run_id: str) -> float | tuple[float, float]:
+    """One trial: compose, train, log, and record its outcome on the Optuna trial and MLflow run."""
+    s = sweep.settings
+    constrained = s.objective == "constrained"
+    overrides = sweep.base_overrides + space.as_overrides(values)
+    trial.set_user_attr(study.OVERRIDES_ATTR, [redact(o) for o in overrides])  # the replay line: no password
+    trial.set_user_attr(FAIL_REASON_ATTR, INTERRUPTED)  # stays only if this process dies mid-trial
+    tracking.use_store(sweep.cfg.tracking)
+    client = mlflow.MlflowClient()
+    progress = Progress(trial.study, s)
+    run_ids: list[str] = []
+
+    def started(run_id: str) -> None:
+        run_ids.append(run_id)
+        trial.set_user_attr(RUN_ID_ATTR, run_id)
+
+    def set_state(state: str) -> None:
+        if run_ids:
+            client.set_tag(run_ids[0], tracking.TRIAL_STATE_TAG, state)
+
+    progress.start(trial, space.knob_label(values))
+    tags = {tracking.STUDY_TAG: s.study, tracking.TRIAL_NUMBER_TAG: str(trial.number),
+            tracking.TRIAL_STATE_TAG: "RUNNING"}
+    try:
+        import keras  # lazy: the sweep's own process never needs TensorFlow
+
+        from regsweep import train  # lazy: Keras and TensorFlow, in the process that trains
+
+        cfg = compose(overrides)
+        monitor = TrialMonitor(trial, constrained and s.pruner.name != "none", progress)
+        callback = keras.callbacks.LambdaCallback(on_epoch_end=monitor.on_epoch_end)
+        result = train.train_and_log(cfg, parent_run_id=parent_run_id, tags=tags, callbacks=(callback,),
+                                     on_run_started=started, leads=lambda metrics: leads(trial, metrics, s),
+                                     label=f"#{trial.number}")
+    except optuna.TrialPruned as pruned:
+        trial.set_user_attr(FAIL_REASON_ATTR, "")
+        set_state("PRUNED")
+        if run_ids:  # the pruner's stop is a normal end, not a crash
+            client.delete_tag(run_ids[0], tracking.ERROR_TAG)
+            client.set_terminated(run_ids[0], "FINISHED")
+        progress.finish("PRUNED", str(pruned))
+        raise
+    except Exception as error:
+        reason = tracking.error_summary(error)
+        trial.set_user_attr(FAIL_REASON_ATTR, reason)
+        if not run_ids:  # failed before training started (bad value, bad data): record it anyway
+            experiment_id = client.get_run(parent_run_id).info.experiment_id
+            failed = client.create_run(experiment_id, run_name=f"#{trial.number} {space.knob_label(values)}",
+                                       tags={**tags, tracking.PARENT_TAG: parent_run_id})
+            started(failed.info.run_id)
+            tracking.fail_run(failed.info.run_id, reason)
+        set_state("FAIL")
+        progress.finish("FAIL", reason)
+        raise
+    except KeyboardInterrupt:
+        trial.set_user_attr(FAIL_REASON_ATTR, "KeyboardInterrupt: stopped with Ctrl-C")
+        set_state("FAIL")
+        raise
+    metrics = result.metrics
+    trial.set_user_attr(FAIL_REASON_ATTR, "")
+    for name in ("train_accuracy", "val_accuracy", "gap", "running_train_accuracy"):
+        trial.set_user_attr(name, float(metrics[name]))
+    if constrained:
+        trial.set_constraint("gap", float(metrics["gap"]) - float(s.epsilon))  # feasible when <= 0
+    set_state("COMPLETE")
+    progress.finish("COMPLETE", f"val {metrics['val_accuracy']:.3f} gap {metrics['gap']:.3f}",
+                    just_completed=finished_row(trial, metrics))
+    if constrained:
+        return metrics["val_accuracy"]
+    return metrics["val_accuracy"], metrics["gap"]
+
+
+def run_trial_in_child(sweep: Sweep, trial_id: int, values: dict, parent_run_id: str):
+    """`run_trial` in the worker child, on the same study storage as the sweep."""
+    s = sweep.settings
+    loaded = optuna.load_study(study_name=s.study, storage=study.open_storage(str(s.storage)),
+                               sampler=optuna.samplers.RandomSampler(), pruner=space.make_pruner(s))
+    try:
+        return run_trial(sweep, optuna.Trial(loaded, trial_id), values, parent_run_id)
+    except (optuna.TrialPruned, KeyboardInterrupt):
+        raise
+    except Exception as error:
+        raise TrialFailed(tracking.error_summary(error)) from None
+
+
+def run_in_worker(worker: TrialWorker, sweep: Sweep, trial: optuna.Trial, values: dict, parent_run_id: str):
+    """The trial in the worker's child; if the child dies, the trial and its MLflow run are FAIL."""
+    try:
+        return worker.call(run_trial_in_child, sweep, trial._trial_id, values, parent_run_id)
+    except ChildDied as died:
+        reason = str(died)
+        trial.set_user_attr(FAIL_REASON_ATTR, reason)
+        run_id = trial.study._storage.get_trial(trial._trial_id).user_attrs.get(RUN_ID_ATTR)
+        if run_id:
+            tracking.fail_run(run_id, reason)
+        raise TrialFailed(reason) from None
+
+
+def make_objective(sweep: Sweep, parent_run_id: str, worker: TrialWorker | None):
+    """Optuna's objective: the sampler picks values here, the trial runs here or in the worker."""
+
+    def objective(trial: optuna.Trial):
+        values = {key: space.suggest(trial, key, distribution) for key, distribution in sweep.space.items()}
+        if worker is None:
+            return run_trial(sweep, trial, values, parent_run_id)
+        return run_in_worker(worker, sweep, trial, values, parent_run_id)
+
+    return objective

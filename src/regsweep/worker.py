@@ -1,0 +1,126 @@
+"""The child process that runs a sweep's trials, its start-up, and its exit with its sweep.
+
+The sweep's own process never imports TensorFlow: it samples, records and reports, while a
+child process trains. The child is handed a function and its arguments; it knows nothing of
+sweeps. It is replaced every `calls_per_child` calls, because TensorFlow keeps several MiB per
+trained model in a process even after keras.backend.clear_session() (measured in
+benchmarks/README.md): a fresh child now and then keeps memory flat, and its start-up
+(importing TensorFlow, a few seconds) is shared by the trials it runs.
+"""
+
+from __future__ import annotations
+
+import multiprocessing
+import os
+import signal
+import threading
+import time
+from concurrent.futures import ProcessPoolExecutor
+from concurrent.futures.process import BrokenProcessPool
+
+
+class ChildDied(Exception):
+    """The child process died mid-call (killed, or out of memory)."""
+
+
+def import_tensorflow_quietly() -> None:
+    """TensorFlow prints C++ start-up notices (oneDNN, CUDA) straight to file descriptor 2,
+    before any log level applies; they would bury regsweep's own messages. Python errors
+    raised here still surface normally."""
+    if os.environ.get("REGSWEEP_VERBOSE"):
+        return
+    saved, devnull = os.dup(2), os.open(os.devnull, os.O_WRONLY)
+    os.dup2(devnull, 2)
+    try:
+        import tensorflow
+
+        tensorflow.config.list_physical_devices()  # the CUDA probe's notice, on machines without a GPU
+        tensorflow.get_logger().setLevel("ERROR")  # retracing notices: a sweep builds a model per trial
+    finally:
+        os.dup2(saved, 2)
+        os.close(saved)
+        os.close(devnull)
+
+
+def _start_child() -> None:
+    """Start-up of a child: quiet TensorFlow, leave Ctrl-C to the call in progress (the sweep
+    decides what happens between calls), and die with the sweep."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    threading.Thread(target=_exit_with_parent, args=(os.getppid(),), daemon=True).start()
+    import_tensorflow_quietly()
+    import optuna
+
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+
+
+def _exit_with_parent(parent_pid: int) -> None:
+    """A child whose sweep was killed (kill -9) must not finish its trial alone: the restarted
+    sweep marks that trial FAIL, and nothing may record it COMPLETE behind its back."""
+    while True:
+        time.sleep(0.5)
+        if os.getppid() != parent_pid:
+            os._exit(1)
+
+
+def _warm_up() -> None:
+    from regsweep import train  # noqa: F401 - lazy: Keras, TensorFlow and the training code, ahead of the first call
+
+
+def _interruptible(function, *args):
+    """`function(*args)` with Ctrl-C delivered: the trial it runs records itself as stopped."""
+    signal.signal(signal.SIGINT, signal.default_int_handler)
+    try:
+        return function(*args)
+    finally:
+        signal.signal(signal.SIGINT, signal.SIG_IGN)  # idle between calls: the parent decides
+
+
+class TrialWorker:
+    """Runs calls in one child process at a time, replaced every `calls_per_child` calls.
+
+    The old child has exited before the new one starts, so two never hold memory at once.
+    """
+
+    def __init__(self, calls_per_child: int):
+        self.calls_per_child = calls_per_child
+        self.pool: ProcessPoolExecutor | None = None
+        self.calls = 0
+
+    def _fresh_pool(self) -> ProcessPoolExecutor:
+        self.close()
+        self.calls = 0
+        return ProcessPoolExecutor(max_workers=1, mp_context=multiprocessing.get_context("spawn"),
+                                   initializer=_start_child)
+
+    def start(self) -> None:
+        """Starts the first child now: it imports TensorFlow while the sweep sets up its MLflow run."""
+        if self.pool is None:
+            self.pool = self._fresh_pool()
+            self.pool.submit(_warm_up)
+
+    def call(self, function, *args):
+        """`function(*args)` in the child; raises ChildDied if the child dies meanwhile.
+
+        `function` must be importable by name (a module-level function), as must its arguments.
+        """
+        if self.pool is None or self.calls >= self.calls_per_child:
+            self.pool = self._fresh_pool()
+        self.calls += 1
+        future = self.pool.submit(_interruptible, function, *args)
+        try:
+            return future.result()
+        except KeyboardInterrupt:
+            try:  # the child got the same Ctrl-C: let it record its run as KILLED first
+                future.exception(timeout=60)
+            except BaseException:
+                pass
+            raise
+        except BrokenProcessPool:
+            self.close()
+            raise ChildDied("the trial's worker process died (killed, or out of memory)") from None
+
+    def close(self) -> None:
+        """Stops the child and waits until it has exited."""
+        if self.pool is not None:
+            self.pool.shutdown(wait=True, cancel_futures=True)
+            self.pool = None
