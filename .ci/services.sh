@@ -47,8 +47,11 @@ start_services() {
     [ "$(id -u)" = 0 ] && chown postgres "$pgdata"
     pgport=$(_free_port)
     _as_postgres "$PG_BIN/initdb" -D "$pgdata" -U postgres --auth=trust >"$SERVICES_DIR/initdb.log"
+    # max_connections is set, not left to initdb, which sizes it from the machine it runs on: whether
+    # the suite passes must not depend on that. Each regsweep process holds at most 3 connections
+    # (regsweep.study.POOL), the mlflow server at most 2 workers x (2 + 2).
     _as_postgres "$PG_BIN/pg_ctl" -D "$pgdata" -l "$pgdata/server.log" -w \
-        -o "-c listen_addresses=127.0.0.1 -p $pgport -k $pgdata" start >/dev/null
+        -o "-c listen_addresses=127.0.0.1 -p $pgport -k $pgdata -c max_connections=100" start >/dev/null
     "$PG_BIN/psql" -q -h 127.0.0.1 -p "$pgport" -U postgres -v ON_ERROR_STOP=1 \
         -c "CREATE ROLE regsweep LOGIN PASSWORD 'secret'" \
         -c "CREATE DATABASE optuna OWNER regsweep" \
@@ -58,6 +61,7 @@ start_services() {
 
     mlflow_port=$(_free_port)
     mkdir -p "$SERVICES_DIR/artifacts"
+    MLFLOW_SQLALCHEMYSTORE_POOL_SIZE=2 MLFLOW_SQLALCHEMYSTORE_MAX_OVERFLOW=2 \
     "$PWD/.venv/bin/mlflow" server --host 127.0.0.1 --port "$mlflow_port" --workers 2 \
         --backend-store-uri "$REGSWEEP_TEST_MLFLOW_DB_URL" \
         --artifacts-destination "$SERVICES_DIR/artifacts" >"$SERVICES_DIR/mlflow.log" 2>&1 &

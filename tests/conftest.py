@@ -30,6 +30,22 @@ def store(tmp_path, demo_store) -> Path:
     return new_store(tmp_path, demo_store)
 
 
+# The shared study's settings: 3 short trials in the test process, every artifact logged.
+FINISHED_STUDY = ["sweep.n_trials=3", "train.epochs=3", "train.fine_tune_epochs=1", "sweep.reevaluate.seeds=0",
+                  "sweep.pruner.name=none", "sweep.trials_per_worker=0", "tracking.artifacts=all"]
+
+
+@pytest.fixture(scope="session")
+def finished_study(tmp_path_factory, demo_store) -> Path:
+    """A store holding one finished demo study, `regularization`, with its report: for the tests
+    that only read a study (the browser test, the bad-input test), so it is swept once."""
+    from regsweep import sweep
+
+    store = new_store(tmp_path_factory.mktemp("finished-study"), demo_store)
+    sweep.run_study([f"paths.store={store}", *FINISHED_STUDY])
+    return store
+
+
 def new_store(root: Path, demo_store: Path) -> Path:
     """<root>/mlruns, empty but for the session's demo cache (a machine of its own, in scale-out tests)."""
     store = root / "mlruns"

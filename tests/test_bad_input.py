@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 from conftest import write_class_folders
 
-from regsweep import sweep
+from regsweep import cli
 from regsweep.config import SWEEPS_DIR
 
 REGSWEEP = str(Path(sys.executable).with_name("regsweep"))
@@ -22,16 +22,12 @@ TINY = ["train.epochs=2", "train.fine_tune_epochs=1", "tracking.artifacts=none",
 
 
 @pytest.fixture(scope="module")
-def recorded(tmp_path_factory, demo_store):
+def recorded(tmp_path_factory, finished_study):
     """A store holding a finished study (MLflow runs, Optuna trials, cache entries), and good image folders."""
     root = tmp_path_factory.mktemp("bad-input")
-    store = root / "mlruns"
-    store.mkdir()
-    (store / "demo").symlink_to(demo_store / "demo") if (demo_store / "demo").is_dir() else None
-    sweep.run_study([f"paths.store={store}", *TINY, "sweep.n_trials=2", "sweep.reevaluate.seeds=0"])
     write_class_folders(root / "good" / "train", 3, size=32)
     write_class_folders(root / "good" / "val", 2, size=32)
-    return store, root / "good"
+    return finished_study, root / "good"
 
 
 def folders(root: Path, good: Path, change=None) -> list[str]:
@@ -138,27 +134,46 @@ def snapshot(store: Path) -> dict[str, str]:
 @pytest.mark.slow
 @pytest.mark.parametrize("case, command, make_args, words", [(c[0], c[1], c[2], c[3:]) for c in CASES],
                          ids=[c[0] for c in CASES])
-def test_bad_input_is_one_sentence_exit_2_and_leaves_records_alone(recorded, tmp_path, case, command, make_args, words):
+def test_bad_input_is_one_sentence_exit_2_and_leaves_records_alone(recorded, tmp_path, monkeypatch, capfd, case,
+                                                                  command, make_args, words):
     store, good = recorded
     try:
         args = make_args(tmp_path, good)
         before = snapshot(store)
-        result = subprocess.run([REGSWEEP, command, f"paths.store={store}", *TINY[:3], *args],
-                                capture_output=True, text=True, timeout=300, cwd=tmp_path)
+        returncode, stdout, stderr = regsweep(command, [f"paths.store={store}", *TINY[:3], *args], tmp_path,
+                                              monkeypatch, capfd)
     finally:
         for path in SWEEPS_DIR.glob("_broken_*.yaml"):
             path.unlink()
-    lines = [line for line in result.stderr.splitlines() if line.strip()]
-    print(f"{case}: {result.stderr.strip()}")  # pytest -s shows what a user sees
-    assert result.returncode == 2, result.stderr[-2000:]
-    assert len(lines) == 1 and lines[0].startswith("regsweep: error: "), result.stderr[-2000:]
+    lines = [line for line in stderr.splitlines() if line.strip()]
+    print(f"{case}: {stderr.strip()}")  # pytest -s shows what a user sees
+    assert returncode == 2, stderr[-2000:]
+    assert len(lines) == 1 and lines[0].startswith("regsweep: error: "), stderr[-2000:]
     for expected in words:
         assert expected in lines[0]
-    assert "Traceback" not in result.stdout + result.stderr and "secret" not in result.stdout + result.stderr
+    assert "Traceback" not in stdout + stderr and "secret" not in stdout + stderr
     after = snapshot(store)
     changed = [name for name, digest in before.items() if after.get(name) != digest]
     added = [name for name in after if name not in before and not name.startswith("cache/image-checks/")]
     assert not changed and not added, (changed, added)
+
+
+def regsweep(command: str, args: list[str], cwd: Path, monkeypatch, capfd) -> tuple[int, str, str]:
+    """(exit code, stdout, stderr) of `regsweep <command> <args>` run from `cwd`.
+
+    `regsweep train` runs as its own process, as Hydra's app; the other commands run in this
+    process through the same entry point (`regsweep.cli.main`), which saves starting Python,
+    MLflow and Optuna for each case.
+    """
+    if command == "train":
+        result = subprocess.run([REGSWEEP, command, *args], capture_output=True, text=True, timeout=300, cwd=cwd)
+        return result.returncode, result.stdout, result.stderr
+    monkeypatch.chdir(cwd)
+    capfd.readouterr()
+    with pytest.raises(SystemExit) as stopped:
+        cli.main([command, *args])
+    out, err = capfd.readouterr()
+    return stopped.value.code, out, err
 
 
 def test_verbose_shows_the_traceback_behind_the_sentence(tmp_path):

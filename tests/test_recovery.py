@@ -15,6 +15,7 @@ import optuna
 import pytest
 
 from regsweep import cache
+from regsweep import study as studies
 
 REGSWEEP = str(Path(sys.executable).with_name("regsweep"))
 TINY = ["train.epochs=6", "train.fine_tune_epochs=2", "tracking.artifacts=none", "sweep.pruner.name=none",
@@ -45,8 +46,9 @@ def wait_for(condition, seconds: float, what: str):
 
 
 def trials(storage: str, study: str) -> list[optuna.trial.FrozenTrial]:
+    """The study's trials, read through one engine per URL: polling must not open a connection each time."""
     try:
-        return optuna.load_study(study_name=study, storage=storage).get_trials()
+        return optuna.load_study(study_name=study, storage=studies.open_storage(storage)).get_trials()
     except KeyError:  # not created yet
         return []
 
@@ -142,6 +144,9 @@ def test_two_sweeps_on_one_study_share_the_budget_without_losing_or_repeating_a_
     assert budget <= counted <= budget + workers - 1  # the README's bound: at most one extra per worker
     assert states.count("FAIL") == 0 and "RUNNING" not in states
     assert sum(bool(t.user_attrs.get("baseline")) for t in finished) == 1
+    # Each worker's sampler has its own seed: two workers started together explore, not repeat.
+    drawn = [tuple(sorted(t.params.items())) for t in finished if not t.user_attrs.get("baseline")]
+    assert len(drawn) == len(set(drawn)), drawn
 
     tracking = mlflow.MlflowClient(mlflow_url)
     experiment = tracking.get_experiment_by_name("regsweep").experiment_id

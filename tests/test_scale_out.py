@@ -54,7 +54,9 @@ def test_two_machines_complete_one_study_and_any_machine_reports_it(tmp_path, de
     states = [t.state.name for t in finished]
     assert budget <= sum(s in ("COMPLETE", "PRUNED") for s in states) <= budget + 1
     assert "FAIL" not in states and "RUNNING" not in states
-    assert optuna.load_study(study_name=study, storage=postgres).user_attrs[studies.CLAIM_ATTR] is None
+    assert optuna.load_study(study_name=study, storage=studies.open_storage(postgres)).user_attrs[studies.CLAIM_ATTR] is None
+    drawn = [tuple(sorted(t.params.items())) for t in finished if not t.user_attrs.get("baseline")]
+    assert len(drawn) == len(set(drawn)), drawn  # the two machines explored, not repeated
 
     # MLflow: one parent; under it exactly one child run per trial, and the re-evaluation once.
     client = mlflow.MlflowClient(server)
@@ -112,6 +114,40 @@ def test_two_machines_complete_one_study_and_any_machine_reports_it(tmp_path, de
     logged = Path(mlflow.artifacts.download_artifacts(run_id=parent, artifact_path="report/report.md",
                                                       tracking_uri=server, dst_path=str(tmp_path / "download")))
     assert logged.read_text() == text
+
+
+@pytest.mark.slow
+def test_a_sweep_worker_holds_few_postgres_connections(store):
+    """Many workers share one PostgreSQL: each process opens one small pool (regsweep.study.POOL),
+    so a worker (the sweep process and its trial process) holds at most twice that, however many
+    trials it runs."""
+    import psycopg
+
+    postgres = service_url("REGSWEEP_TEST_POSTGRES_URL", "PostgreSQL")
+    name = f"bound-{uuid.uuid4().hex[:8]}"
+    peak, stop = [0], threading.Event()
+
+    def watch():
+        with psycopg.connect(postgres, autocommit=True) as connection:
+            while not stop.is_set():
+                (count,) = connection.execute("SELECT count(*) FROM pg_stat_activity WHERE application_name = %s",
+                                              (name,)).fetchone()
+                peak[0] = max(peak[0], count)
+                time.sleep(0.05)
+
+    watcher = threading.Thread(target=watch)
+    watcher.start()
+    try:
+        result = subprocess.run([REGSWEEP, "sweep", f"paths.store={store}", f"sweep.storage={postgres}",
+                                 f"sweep.study={name}", "sweep.n_trials=4", "sweep.reevaluate.seeds=0", *TINY[:4]],
+                                capture_output=True, text=True, timeout=600,
+                                env={**os.environ, "PGAPPNAME": name})  # libpq names this worker's connections
+    finally:
+        stop.set()
+        watcher.join()
+    assert result.returncode == 0, result.stderr[-3000:]
+    per_process = studies.POOL["pool_size"] + studies.POOL["max_overflow"]
+    assert 1 <= peak[0] <= 2 * per_process, peak[0]
 
 
 def test_one_worker_claims_the_reevaluation_when_several_finish_together(tmp_path):

@@ -23,6 +23,8 @@ from regsweep.worker import TrialWorker
 
 # Tiny trials: the demo CNN, 2 + 1 epochs, no model files.
 TINY = ["train.epochs=2", "train.fine_tune_epochs=1", "tracking.artifacts=none", "sweep.reevaluate.seeds=0"]
+# Trials in the test process, where the trial's worker process is not what a test is about.
+IN_PROCESS = "sweep.trials_per_worker=0"
 
 
 def sweep_args(store, *extra):
@@ -163,7 +165,8 @@ def test_sweep_logs_one_parent_and_a_tagged_child_per_trial_then_reports_and_rep
 
 @pytest.mark.slow
 def test_pareto_mode_runs_two_objectives_without_pruning(store):
-    study = sweep.run_study(sweep_args(store, "sweep.study=front", "sweep.n_trials=3", "sweep.objective=pareto"))
+    study = sweep.run_study(sweep_args(store, "sweep.study=front", "sweep.n_trials=3", "sweep.objective=pareto",
+                                         IN_PROCESS))
     assert len(study.directions) == 2
     complete = [t for t in study.get_trials() if t.state.name == "COMPLETE"]
     assert len(complete) == 3
@@ -184,7 +187,7 @@ def _enqueue(store, name, args, *params):
 
 @pytest.mark.slow
 def test_a_pruned_trial_shows_as_pruned_in_mlflow(store):
-    args = ["sweep.n_trials=2", *FIX_ALL_BUT_ONE, "model.dropout=0.0", "optim.lr=choice(0.01, 1e-9)", "train.epochs=5",
+    args = ["sweep.n_trials=2", *FIX_ALL_BUT_ONE, IN_PROCESS, "model.dropout=0.0", "optim.lr=choice(0.01, 1e-9)", "train.epochs=5",
             "sweep.pruner.n_startup_trials=1", "sweep.pruner.n_warmup_steps=2"]
     _enqueue(store, "prune", args, {"optim.lr": 0.01}, {"optim.lr": 1e-9})
     study = sweep.run_study(sweep_args(store, "sweep.study=prune", *args))
@@ -197,7 +200,7 @@ def test_a_pruned_trial_shows_as_pruned_in_mlflow(store):
 
 @pytest.mark.slow
 def test_a_failing_trial_is_recorded_fail_with_its_reason_and_the_sweep_goes_on(store):
-    args = ["sweep.n_trials=2", *FIX_ALL_BUT_ONE, "optim.lr=0.001", "model.dropout=choice(0.0, 1.5, 0.3)"]
+    args = ["sweep.n_trials=2", *FIX_ALL_BUT_ONE, IN_PROCESS, "optim.lr=0.001", "model.dropout=choice(0.0, 1.5, 0.3)"]
     # Trial 0 is the enqueued baseline (dropout 0.0, the config as given).
     _enqueue(store, "fail", args, {"model.dropout": 1.5}, {"model.dropout": 0.3})
     study = sweep.run_study(sweep_args(store, "sweep.study=fail", *args))
@@ -250,7 +253,7 @@ def test_an_interrupted_sweep_resumes_to_its_budget_with_one_parent_run(store, m
 
 @pytest.mark.slow
 def test_hyperband_pruner_drives_a_study(store):
-    study = sweep.run_study(sweep_args(store, "sweep.study=hb", "sweep.n_trials=3", "sweep.pruner.name=hyperband"))
+    study = sweep.run_study(sweep_args(store, "sweep.study=hb", "sweep.n_trials=3", "sweep.pruner.name=hyperband", IN_PROCESS))
     assert isinstance(study.pruner, optuna.pruners.HyperbandPruner)
     assert sum(t.state.name in ("COMPLETE", "PRUNED") for t in study.get_trials()) == 3
 

@@ -261,7 +261,8 @@ def build_classifier(
     """preprocess → frozen backbone (inference mode) → pooling → dense → dropout → softmax.
 
     The output is always a softmax over the classes, trained with sparse categorical
-    cross-entropy: there is no setting that yields the seed's sigmoid-with-N-units mistake.
+    cross-entropy: there is no setting that yields the sigmoid-with-N-units mistake common in
+    adaptations of the Keras tutorial.
     """
     base.trainable = False
     size = base.input_shape[1]

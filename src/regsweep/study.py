@@ -175,7 +175,6 @@ def open_study(sweep: Sweep) -> optuna.Study:
     except optuna.exceptions.DuplicatedStudyError:
         study = optuna.create_study(**options, load_if_exists=True)
         created = False
-    study.sampler = space.make_sampler(s, space.sampler_seed(s, existing, _started_beside_another(study, existing)))
     if not created:  # another worker may have just created it: wait for its record
         _wait_for_record(study, record)
     if not all(key in study.user_attrs for key in record):  # new (or its creator died at once)
@@ -188,6 +187,7 @@ def open_study(sweep: Sweep) -> optuna.Study:
         check_same_data(study, sweep)  # records the images' fingerprint
         for key, value in record.items():
             study.set_user_attr(key, value)
+        _seed_sampler(study, s, existing)
         return study
     check_same_data(study, sweep)
     previous, current = (_comparable({key: values.get(key) for key in record}) for values in (study.user_attrs, record))
@@ -198,7 +198,15 @@ def open_study(sweep: Sweep) -> optuna.Study:
             f"({'; '.join(f'{k} was {previous[k]}, now {current[k]}' for k in changed)}): re-run with the original settings, "
             "or start a new study with sweep.study=<new name>"
         )
+    _seed_sampler(study, s, existing)
     return study
+
+
+def _seed_sampler(study: optuna.Study, settings: DictConfig, existing: int) -> None:
+    """Gives the study this worker's sampler, once the study is known to be the same (a refused
+    worker records nothing)."""
+    study.sampler = space.make_sampler(settings, space.sampler_seed(settings, existing,
+                                                                    _started_beside_another(study, existing)))
 
 
 def _started_beside_another(study: optuna.Study, existing: int, window_seconds: float = 600.0) -> str | None:

@@ -73,8 +73,7 @@ def serve(options: Options) -> None:
         print("Press Ctrl-C to stop.", flush=True)
         _wait(servers)
     finally:
-        for server in servers:
-            _stop(server)
+        _stop(servers)
 
 
 def study_pages(cfg: DictConfig) -> tuple[str, str | None, int | None]:
@@ -184,18 +183,23 @@ def _interrupt(signum, frame):
     raise KeyboardInterrupt  # `kill <pid>` stops the servers as Ctrl-C does
 
 
-def _stop(server: subprocess.Popen) -> None:
-    """Stops the server and the workers it started (its whole process group)."""
-    for sig, seconds in ((signal.SIGTERM, 15), (signal.SIGKILL, None)):
-        try:
-            os.killpg(server.pid, sig)
-        except ProcessLookupError:
-            break
-        try:
-            server.wait(timeout=seconds)
-            break
-        except subprocess.TimeoutExpired:
-            continue
+def _stop(servers: list[subprocess.Popen], seconds: float = 15) -> None:
+    """Stops the servers and the workers they started (their process groups): all are asked
+    at once, then whatever is left after `seconds` is killed."""
+    for sig in (signal.SIGTERM, signal.SIGKILL):
+        for server in servers:
+            try:
+                os.killpg(server.pid, sig)
+            except ProcessLookupError:
+                pass
+        deadline = time.monotonic() + seconds
+        for server in servers:
+            try:
+                server.wait(timeout=max(0.0, deadline - time.monotonic()) if sig == signal.SIGTERM else None)
+            except subprocess.TimeoutExpired:
+                continue
+        if all(server.poll() is not None for server in servers):
+            return
 
 
 def _display_host(host: str) -> str:
