@@ -27,6 +27,35 @@ TINY = ["train.epochs=6", "train.fine_tune_epochs=2", "tracking.artifacts=none",
         "sweep.heartbeat_seconds=2", "sweep.reevaluate.seeds=1", "sweep.reevaluate.top_k=1"]
 
 
+class ConnectionWatcher:
+    """The peak number of PostgreSQL connections per application name, sampled every 50 ms."""
+
+    def __init__(self, url: str, names: list[str]):
+        self.url, self.names = url, names
+        self.peak = dict.fromkeys(names, 0)
+        self.stop = threading.Event()
+        self.thread = threading.Thread(target=self._watch)
+
+    def _watch(self) -> None:
+        import psycopg
+
+        with psycopg.connect(self.url, autocommit=True) as connection:
+            while not self.stop.is_set():
+                for name, count in connection.execute(
+                        "SELECT application_name, count(*) FROM pg_stat_activity WHERE application_name = ANY(%s) "
+                        "GROUP BY application_name", (self.names,)).fetchall():
+                    self.peak[name] = max(self.peak[name], count)
+                time.sleep(0.05)
+
+    def __enter__(self) -> "ConnectionWatcher":
+        self.thread.start()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.stop.set()
+        self.thread.join()
+
+
 def table(markdown: str, heading: str) -> list[list[str]]:
     """The body rows of the first table under `## heading`."""
     section = markdown.split(f"## {heading}", 1)[1].split("\n## ", 1)[0]
@@ -43,11 +72,18 @@ def test_two_machines_complete_one_study_and_any_machine_reports_it(tmp_path, de
               *TINY, "model.dropout=interval(0.0, 0.5)", "augment.strength=choice(0.0, 0.5)"]
     stores = [new_store(tmp_path / name, demo_store) for name in ("machine-a", "machine-b")]
     env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3"}
-    workers = [subprocess.Popen([REGSWEEP, "sweep", f"paths.store={store}", *shared], cwd=store.parent, env=env,
-                                stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True) for store in stores]
-    outputs = [worker.communicate(timeout=1200)[0] for worker in workers]
+    names = [f"{study}-{store.parent.name}" for store in stores]  # libpq names each worker's connections
+    with ConnectionWatcher(postgres, names) as connections:
+        workers = [subprocess.Popen([REGSWEEP, "sweep", f"paths.store={store}", *shared], cwd=store.parent,
+                                    env={**env, "PGAPPNAME": name}, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                                    text=True) for store, name in zip(stores, names)]
+        outputs = [worker.communicate(timeout=1200)[0] for worker in workers]
     for worker, output in zip(workers, outputs):
         assert worker.returncode == 0, output[-3000:]
+    # Many workers share one PostgreSQL: each process opens one small pool (regsweep.study.POOL), so
+    # a worker (the sweep process and its trial process) holds at most twice that, however many trials.
+    per_process = studies.POOL["pool_size"] + studies.POOL["max_overflow"]
+    assert all(1 <= connections.peak[name] <= 2 * per_process for name in names), connections.peak
 
     # The study: its budget, nothing failed or left running, and the claim given back.
     finished = trials(postgres, study)
@@ -114,40 +150,6 @@ def test_two_machines_complete_one_study_and_any_machine_reports_it(tmp_path, de
     logged = Path(mlflow.artifacts.download_artifacts(run_id=parent, artifact_path="report/report.md",
                                                       tracking_uri=server, dst_path=str(tmp_path / "download")))
     assert logged.read_text() == text
-
-
-@pytest.mark.slow
-def test_a_sweep_worker_holds_few_postgres_connections(store):
-    """Many workers share one PostgreSQL: each process opens one small pool (regsweep.study.POOL),
-    so a worker (the sweep process and its trial process) holds at most twice that, however many
-    trials it runs."""
-    import psycopg
-
-    postgres = service_url("REGSWEEP_TEST_POSTGRES_URL", "PostgreSQL")
-    name = f"bound-{uuid.uuid4().hex[:8]}"
-    peak, stop = [0], threading.Event()
-
-    def watch():
-        with psycopg.connect(postgres, autocommit=True) as connection:
-            while not stop.is_set():
-                (count,) = connection.execute("SELECT count(*) FROM pg_stat_activity WHERE application_name = %s",
-                                              (name,)).fetchone()
-                peak[0] = max(peak[0], count)
-                time.sleep(0.05)
-
-    watcher = threading.Thread(target=watch)
-    watcher.start()
-    try:
-        result = subprocess.run([REGSWEEP, "sweep", f"paths.store={store}", f"sweep.storage={postgres}",
-                                 f"sweep.study={name}", "sweep.n_trials=4", "sweep.reevaluate.seeds=0", *TINY[:4]],
-                                capture_output=True, text=True, timeout=600,
-                                env={**os.environ, "PGAPPNAME": name})  # libpq names this worker's connections
-    finally:
-        stop.set()
-        watcher.join()
-    assert result.returncode == 0, result.stderr[-3000:]
-    per_process = studies.POOL["pool_size"] + studies.POOL["max_overflow"]
-    assert 1 <= peak[0] <= 2 * per_process, peak[0]
 
 
 def test_one_worker_claims_the_reevaluation_when_several_finish_together(tmp_path):
