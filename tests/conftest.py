@@ -14,6 +14,20 @@ os.environ.pop("MLFLOW_TRACKING_URI", None)  # tests never write to a user's tra
 REPO = Path(__file__).resolve().parents[1]
 SHARED_WEIGHTS = Path(os.environ.get("REGSWEEP_SHARED_WEIGHTS", REPO.parent / "shared" / "weights"))
 
+# The longest files first (measured with --durations): `make test` hands whole files to two
+# processes as each becomes free, so starting with the long ones lets both finish together.
+LONGEST_FIRST = ["test_sweep.py", "test_recovery.py", "test_ui.py", "test_train.py", "test_scale_out.py",
+                 "test_secrets.py", "test_bad_input.py", "test_reevaluate.py", "test_cache.py", "test_model.py"]
+
+
+def pytest_collection_modifyitems(items):
+    def rank(item) -> int:
+        name = item.path.name
+        return LONGEST_FIRST.index(name) if name in LONGEST_FIRST else len(LONGEST_FIRST)
+
+    items.sort(key=rank)  # stable: the order within a file is kept
+
+
 # Small budgets: a test checks behaviour, not accuracy.
 QUICK = ["train.epochs=3", "train.fine_tune_epochs=2", "train.early_stopping_patience=10"]
 

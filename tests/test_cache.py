@@ -269,3 +269,7 @@ def test_cache_info_lists_entries_and_clear_empties_the_folder(tmp_path, images,
     (line,) = capsys.readouterr().err.splitlines()  # one sentence: what is wrong, and where to look
     assert line.startswith("regsweep: error: argument info|clear: invalid choice: 'tidy'")
     assert line.endswith("see regsweep cache --help")
+    with pytest.raises(SystemExit) as stopped:
+        cli.main(["cache"])
+    assert stopped.value.code == 2
+    assert capsys.readouterr().err == "regsweep: error: regsweep cache needs a subcommand: info or clear\n"

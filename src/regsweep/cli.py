@@ -21,6 +21,7 @@ os.environ.setdefault("MLFLOW_SUPPRESS_PRINTING_URL_TO_STDOUT", "true")
 import hydra  # noqa: E402
 from omegaconf import DictConfig, OmegaConf  # noqa: E402
 
+from regsweep import cache  # noqa: E402
 from regsweep.config import CONF_DIR, RegsweepError, compose, compose_study  # noqa: E402
 from regsweep.worker import import_tensorflow_quietly  # noqa: E402
 
@@ -139,11 +140,11 @@ def cache_command(args: list[str]) -> None:
     parser = _parser("cache", "regsweep cache {info,clear} [paths.store=<folder>] [cache.dir=<folder>]",
                      "  info    the cache folder, its size cap (cache.max_gb), and every entry, least recently used first\n"
                      "  clear   delete every entry; the next trials recompute what they need")
-    parser.add_argument("action", metavar="info|clear", choices=["info", "clear"], help=argparse.SUPPRESS)
+    parser.add_argument("action", metavar="info|clear", choices=["info", "clear"], nargs="?", help=argparse.SUPPRESS)
     parser.add_argument("overrides", nargs="*", help=argparse.SUPPRESS)
     options = parser.parse_intermixed_args(args)
-    from regsweep import cache  # lazy: keeps `regsweep --help` free of the data stack
-
+    if options.action is None:
+        raise RegsweepError("regsweep cache needs a subcommand: info or clear")
     store = cache.store_for(compose(options.overrides))
     if options.action == "clear":
         cache.clear_and_print(store)
