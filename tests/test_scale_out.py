@@ -10,6 +10,7 @@ from __future__ import annotations
 import os
 import re
 import subprocess
+import sys
 import threading
 import time
 import uuid
@@ -150,6 +151,29 @@ def test_two_machines_complete_one_study_and_any_machine_reports_it(tmp_path, de
     logged = Path(mlflow.artifacts.download_artifacts(run_id=parent, artifact_path="report/report.md",
                                                       tracking_uri=server, dst_path=str(tmp_path / "download")))
     assert logged.read_text() == text
+
+
+@pytest.mark.slow
+def test_workers_started_together_on_an_empty_database_all_open_it():
+    """Optuna creates its tables on first use; workers that start at the same moment on a new
+    PostgreSQL database race to create them, and none of them may fail for it."""
+    import psycopg
+
+    postgres = service_url("REGSWEEP_TEST_POSTGRES_URL", "PostgreSQL")
+    for _ in range(2):
+        schema = f"fresh_{uuid.uuid4().hex[:8]}"  # an empty database, as far as Optuna can tell
+        with psycopg.connect(postgres, autocommit=True) as connection:
+            connection.execute(f"CREATE SCHEMA {schema}")
+        url = f"{postgres}?options=-csearch_path%3D{schema}"
+        start = time.time() + 5  # every process has imported regsweep by then, and opens at once
+        code = f"import time; from regsweep import study; time.sleep({start} - time.time()); study.open_storage({url!r})"
+        try:
+            workers = [subprocess.Popen([sys.executable, "-c", code], stderr=subprocess.PIPE, text=True) for _ in range(3)]
+            errors = [worker.communicate(timeout=120)[1] for worker in workers]
+            assert [worker.returncode for worker in workers] == [0, 0, 0], errors
+        finally:
+            with psycopg.connect(postgres, autocommit=True) as connection:
+                connection.execute(f"DROP SCHEMA {schema} CASCADE")
 
 
 def test_one_worker_claims_the_reevaluation_when_several_finish_together(tmp_path):

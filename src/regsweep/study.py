@@ -11,6 +11,7 @@ from __future__ import annotations
 import atexit
 import math
 import os
+import random
 import socket
 import time
 import uuid
@@ -19,6 +20,7 @@ from dataclasses import dataclass
 
 import mlflow
 import optuna
+import sqlalchemy
 from omegaconf import DictConfig, OmegaConf
 
 from regsweep import space, tracking
@@ -77,9 +79,7 @@ def open_storage(url: str, heartbeat_seconds: int | None = None, tracking_cfg: D
     storage = _STORAGES.get(url)
     if storage is None:
         try:
-            with warnings.catch_warnings(), tracking.creating(url):
-                warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)  # heartbeats: stable since 2.9
-                storage = optuna.storages.RDBStorage(url, engine_kwargs={} if url.startswith("sqlite") else dict(POOL))
+            storage = _create_storage(url)
         except Exception as error:
             raise RegsweepError(
                 f"sweep.storage={redact(url)} cannot be opened ({redact(str(error).splitlines()[0])[:200]}): "
@@ -92,6 +92,24 @@ def open_storage(url: str, heartbeat_seconds: int | None = None, tracking_cfg: D
         storage.heartbeat_stale_trial_callback = storage.failed_trial_callback = (
             lambda study, trial: end_stale_trial(study, trial, tracking_cfg))
     return storage
+
+
+def _create_storage(url: str, attempts: int = 5) -> optuna.storages.RDBStorage:
+    """Opens the storage, creating Optuna's tables in a new database.
+
+    Workers that start together on a new database server race to create the tables: one wins,
+    and the others fail on a duplicate table or type. Those try again a moment later, when the
+    tables exist. (A local SQLite file is created under a file lock instead.)
+    """
+    for attempt in range(attempts):
+        try:
+            with warnings.catch_warnings(), tracking.creating(url):
+                warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)  # heartbeats: stable since 2.9
+                return optuna.storages.RDBStorage(url, engine_kwargs={} if url.startswith("sqlite") else dict(POOL))
+        except (sqlalchemy.exc.IntegrityError, sqlalchemy.exc.ProgrammingError):
+            if attempt == attempts - 1:
+                raise
+            time.sleep(0.5 + random.random())
 
 
 @atexit.register
