@@ -166,8 +166,13 @@ def _wait_until_up(server: subprocess.Popen, url: str, what: str, log: Path, sec
 
 
 def _wait(servers: list[subprocess.Popen]) -> None:
-    """Until Ctrl-C, SIGTERM, or a server exits by itself."""
+    """Until Ctrl-C, SIGTERM, or a server exits by itself.
+
+    Both signals are handled explicitly: a shell script that starts `regsweep ui &` without job
+    control starts it with Ctrl-C ignored, and the servers would then outlive every stop request.
+    """
     signal.signal(signal.SIGTERM, _interrupt)
+    signal.signal(signal.SIGINT, _interrupt)
     try:
         while all(server.poll() is None for server in servers):
             time.sleep(0.5)
