@@ -22,7 +22,7 @@ import hydra  # noqa: E402
 from omegaconf import DictConfig, OmegaConf  # noqa: E402
 
 from regsweep import cache  # noqa: E402
-from regsweep.config import CONF_DIR, RegsweepError, compose, compose_study  # noqa: E402
+from regsweep.config import CONF_DIR, RegsweepError, compose, compose_study, override_key  # noqa: E402
 from regsweep.worker import import_tensorflow_quietly  # noqa: E402
 
 USAGE = """usage: regsweep <command> [options] [hydra overrides]
@@ -87,7 +87,7 @@ def train_command(args: list[str]) -> None:
     unknown key or option is one sentence and exit code 2, not Hydra's paragraph and exit 1;
     multirun, help and Hydra's own settings are left to Hydra."""
     if not any(a.startswith("-") for a in args):
-        compose([a for a in args if not a.lstrip("+~").startswith(("hydra.", "hydra/"))])
+        compose([a for a in args if not override_key(a).startswith(("hydra.", "hydra/"))])
     sys.argv = ["regsweep train", *args]
     _train_app()
 

@@ -82,6 +82,11 @@ def compose_study(overrides: list[str]) -> DictConfig:
     return compose([f"+sweep={choice}", *rest])
 
 
+def override_key(override: str) -> str:
+    """The key an override sets: `+data.test_dir=x` and `~data.test_dir` both set `data.test_dir`."""
+    return override.split("=", 1)[0].lstrip("+~")
+
+
 def _first_line(error: Exception) -> str:
     lines = [line.strip() for line in str(error).splitlines() if line.strip()]
     return lines[0].rstrip(".") if lines else type(error).__name__

@@ -24,7 +24,7 @@ import optuna
 from omegaconf import DictConfig
 
 from regsweep import data, results, space, study, tracking
-from regsweep.config import RegsweepError, compose
+from regsweep.config import RegsweepError, compose, override_key
 from regsweep.results import BASELINE, Summary
 from regsweep.worker import import_tensorflow_quietly
 
@@ -56,7 +56,7 @@ def merge(*override_lists: list[str]) -> list[str]:
     merged: dict[str, str] = {}
     for overrides in override_lists:
         for override in overrides:
-            merged[override.split("=", 1)[0].lstrip("+~")] = override
+            merged[override_key(override)] = override
     return list(merged.values())
 
 

@@ -24,7 +24,7 @@ import sqlalchemy
 from omegaconf import DictConfig, OmegaConf
 
 from regsweep import space, tracking
-from regsweep.config import RegsweepError, redact
+from regsweep.config import RegsweepError, override_key, redact
 from regsweep.results import TrialRow
 
 COUNTED = (optuna.trial.TrialState.COMPLETE, optuna.trial.TrialState.PRUNED)
@@ -101,15 +101,15 @@ def _create_storage(url: str, attempts: int = 5) -> optuna.storages.RDBStorage:
     and the others fail on a duplicate table or type. Those try again a moment later, when the
     tables exist. (A local SQLite file is created under a file lock instead.)
     """
-    for attempt in range(attempts):
+    engine_kwargs = {} if url.startswith("sqlite") else dict(POOL)
+    for _ in range(attempts - 1):
         try:
-            with warnings.catch_warnings(), tracking.creating(url):
-                warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)  # heartbeats: stable since 2.9
-                return optuna.storages.RDBStorage(url, engine_kwargs={} if url.startswith("sqlite") else dict(POOL))
+            with tracking.creating(url):
+                return optuna.storages.RDBStorage(url, engine_kwargs=engine_kwargs)
         except (sqlalchemy.exc.IntegrityError, sqlalchemy.exc.ProgrammingError):
-            if attempt == attempts - 1:
-                raise
             time.sleep(0.5 + random.random())
+    with tracking.creating(url):
+        return optuna.storages.RDBStorage(url, engine_kwargs=engine_kwargs)
 
 
 @atexit.register
@@ -131,14 +131,16 @@ def load_study(settings: DictConfig) -> optuna.Study:
 
 
 def _existing_trials(storage: optuna.storages.BaseStorage, name: str) -> int:
+    """How many trials the study has (0 if it does not exist yet), whatever their state."""
     try:
-        summaries = optuna.get_all_study_summaries(storage)
+        return len(storage.get_all_trials(storage.get_study_id_from_name(name), deepcopy=False))
+    except KeyError:
+        return 0
     except Exception as error:
         raise RegsweepError(
             f"the Optuna storage cannot be read ({redact(str(error).splitlines()[0])[:200]}): "
             "check sweep.storage, or leave it unset for the local SQLite file"
         ) from None
-    return next((summary.n_trials for summary in summaries if summary.study_name == name), 0)
 
 
 # --- opening a study ---------------------------------------------------------------------------
@@ -153,10 +155,8 @@ MACHINE_LOCAL_GROUPS = ("paths.", "cache.")
 
 def portable(overrides: list[str]) -> list[str]:
     """The overrides two workers of one study must agree on, wherever they run."""
-    def key(override: str) -> str:
-        return override.lstrip("+~").split("=", 1)[0]
-
-    return [o for o in overrides if key(o) not in MACHINE_LOCAL_KEYS and not key(o).startswith(MACHINE_LOCAL_GROUPS)]
+    return [o for o in overrides
+            if override_key(o) not in MACHINE_LOCAL_KEYS and not override_key(o).startswith(MACHINE_LOCAL_GROUPS)]
 
 
 def study_record(sweep: Sweep) -> dict:

@@ -19,7 +19,7 @@ import optuna
 from omegaconf import OmegaConf
 
 from regsweep import data, reevaluate, report, space, study
-from regsweep.config import RegsweepError, compose, compose_study, redact, validate
+from regsweep.config import RegsweepError, compose, compose_study, override_key, redact, validate
 from regsweep.study import Sweep
 from regsweep.trial import make_objective
 from regsweep.worker import TrialWorker, import_tensorflow_quietly
@@ -30,7 +30,7 @@ def prepare(args: list[str]) -> Sweep:
     plain, searched = space.split_cli_overrides(args)
     cfg = compose_study(plain)
     settings = cfg.sweep
-    fixed_keys = {a.split("=", 1)[0].lstrip("+~") for a in plain if not a.startswith(("sweep.", "sweep="))}
+    fixed_keys = {override_key(a) for a in plain if not a.startswith(("sweep.", "sweep="))}
     expressions = {k: str(v) for k, v in (settings.params or {}).items() if k not in fixed_keys}
     expressions.update(searched)
     space.check_settings(settings, expressions)

@@ -7,6 +7,7 @@ so it can print the page to open, and stops both servers when it stops.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import socket
@@ -191,20 +192,21 @@ def _interrupt(signum, frame):
 def _stop(servers: list[subprocess.Popen], seconds: float = 15) -> None:
     """Stops the servers and the workers they started (their process groups): all are asked
     at once, then whatever is left after `seconds` is killed."""
-    for sig in (signal.SIGTERM, signal.SIGKILL):
-        for server in servers:
-            try:
-                os.killpg(server.pid, sig)
-            except ProcessLookupError:
-                pass
-        deadline = time.monotonic() + seconds
-        for server in servers:
-            try:
-                server.wait(timeout=max(0.0, deadline - time.monotonic()) if sig == signal.SIGTERM else None)
-            except subprocess.TimeoutExpired:
-                continue
-        if all(server.poll() is not None for server in servers):
-            return
+    _signal_groups(servers, signal.SIGTERM)
+    deadline = time.monotonic() + seconds
+    for server in servers:
+        with contextlib.suppress(subprocess.TimeoutExpired):
+            server.wait(timeout=max(0.0, deadline - time.monotonic()))
+    left = [server for server in servers if server.poll() is None]
+    _signal_groups(left, signal.SIGKILL)
+    for server in left:
+        server.wait()
+
+
+def _signal_groups(servers: list[subprocess.Popen], sig: int) -> None:
+    for server in servers:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(server.pid, sig)
 
 
 def _display_host(host: str) -> str:
