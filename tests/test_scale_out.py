@@ -154,7 +154,7 @@ def test_two_machines_complete_one_study_and_any_machine_reports_it(tmp_path, de
 
 
 @pytest.mark.slow
-def test_workers_started_together_on_an_empty_database_all_open_it():
+def test_workers_started_together_on_an_empty_database_all_open_it(tmp_path):
     """Optuna creates its tables on first use; workers that start at the same moment on a new
     PostgreSQL database race to create them, and none of them may fail for it."""
     import psycopg
@@ -165,8 +165,11 @@ def test_workers_started_together_on_an_empty_database_all_open_it():
         with psycopg.connect(postgres, autocommit=True) as connection:
             connection.execute(f"CREATE SCHEMA {schema}")
         url = f"{postgres}?options=-csearch_path%3D{schema}"
-        start = time.time() + 5  # every process has imported regsweep by then, and opens at once
-        code = f"import time; from regsweep import study; time.sleep({start} - time.time()); study.open_storage({url!r})"
+        ready = tmp_path / schema  # a barrier: each process imports regsweep, says so, and opens once all have
+        ready.mkdir()
+        code = (f"import os, pathlib, time\nfrom regsweep import study\nready = pathlib.Path({str(ready)!r})\n"
+                "(ready / str(os.getpid())).touch()\nwhile len(list(ready.iterdir())) < 3:\n    time.sleep(0.001)\n"
+                f"study.open_storage({url!r})\n")
         try:
             workers = [subprocess.Popen([sys.executable, "-c", code], stderr=subprocess.PIPE, text=True) for _ in range(3)]
             errors = [worker.communicate(timeout=120)[1] for worker in workers]
