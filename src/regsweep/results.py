@@ -36,6 +36,7 @@ class TrialRow:
     val_accuracy: float = math.nan
     train_accuracy: float = math.nan
     gap: float = math.nan
+    val_images: int = 0  # the validation set's size: how much of an accuracy difference is noise
     overrides: list[str] = field(default_factory=list)
     run_id: str = ""
     baseline: bool = False

@@ -288,6 +288,7 @@ def trial_rows(study: optuna.Study) -> list[TrialRow]:
             val_accuracy=attrs.get("val_accuracy", math.nan),
             train_accuracy=attrs.get("train_accuracy", math.nan),
             gap=attrs.get("gap", math.nan),
+            val_images=int(attrs.get("val_images", 0)),
             overrides=list(attrs.get(OVERRIDES_ATTR, [])),
             run_id=attrs.get(RUN_ID_ATTR, ""),
             baseline=bool(attrs.get(BASELINE_ATTR, False)),

@@ -90,7 +90,7 @@ def train_and_log(cfg: DictConfig, parent_run_id: str | None = None, tags: dict[
         best_epoch = int(np.argmin(history["val_loss"]))
         with timer("evaluate"):
             num_classes = len(splits.class_names)
-            train_accuracy, _ = accuracy_and_confusion(final.model, final.datasets.train_eval, num_classes)
+            train_accuracy, train_confusion = accuracy_and_confusion(final.model, final.datasets.train_eval, num_classes)
             val_accuracy, confusion = accuracy_and_confusion(final.model, final.datasets.val, num_classes)
             test_metrics = {}
             if evaluate_test:  # the whole classifier (it shares the trained layers) on the images
@@ -101,6 +101,9 @@ def train_and_log(cfg: DictConfig, parent_run_id: str | None = None, tags: dict[
             "train_accuracy": train_accuracy,
             "val_accuracy": val_accuracy,
             "gap": train_accuracy - val_accuracy,
+            # The sizes set how much of an accuracy difference is noise (regsweep.results).
+            "train_images": int(train_confusion.sum()),
+            "val_images": int(confusion.sum()),
             "running_train_accuracy": float(history["accuracy"][best_epoch]),
             "best_val_loss": float(history["val_loss"][best_epoch]),
             "best_epoch": best_epoch + 1,

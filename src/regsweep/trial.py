@@ -146,7 +146,7 @@ def run_trial(sweep: Sweep, trial: optuna.Trial, values: dict, parent_run_id: st
         raise
     metrics = result.metrics
     trial.set_user_attr(FAIL_REASON_ATTR, "")
-    for name in ("train_accuracy", "val_accuracy", "gap", "running_train_accuracy"):
+    for name in ("train_accuracy", "val_accuracy", "gap", "running_train_accuracy", "val_images"):
         trial.set_user_attr(name, float(metrics[name]))
     if constrained:
         trial.set_constraint("gap", float(metrics["gap"]) - float(s.epsilon))  # feasible when <= 0
