@@ -144,3 +144,40 @@ def test_an_empty_class_folder_is_named(tmp_path):
     cfg = data_cfg("data=folders", f"data.train_dir={tmp_path / 'train'}", f"data.val_dir={tmp_path / 'val'}")
     with pytest.raises(RegsweepError, match=r"class folder stripes in data\.val_dir=.* has no usable images"):
         data.resolve_splits(cfg, 32, tmp_path / "store")
+
+
+def test_one_folder_given_as_two_splits_is_refused(tmp_path):
+    write_class_folders(tmp_path / "train", 2)
+    write_class_folders(tmp_path / "test", 2, seed=1)
+    cfg = data_cfg("data=folders", f"data.train_dir={tmp_path / 'train'}", f"data.val_dir={tmp_path / 'test'}",
+                   f"data.test_dir={tmp_path / 'test'}/")
+    with pytest.raises(RegsweepError, match=r"data\.test_dir=.*test is the same folder as data\.val_dir"):
+        data.resolve_splits(cfg, 32, tmp_path / "store")
+
+
+def test_images_copied_into_another_split_are_found_by_content_and_warned_about(tmp_path, capsys):
+    from regsweep import sweep
+
+    write_class_folders(tmp_path / "train", 3)
+    write_class_folders(tmp_path / "val", 3, seed=1)
+    write_class_folders(tmp_path / "test", 3, seed=2)
+    (tmp_path / "test" / "circle" / "renamed.png").write_bytes((tmp_path / "train" / "circle" / "circle_001.png").read_bytes())
+    args = [f"paths.store={tmp_path / 'store'}", "data=folders", f"data.train_dir={tmp_path / 'train'}",
+            f"data.val_dir={tmp_path / 'val'}", f"data.test_dir={tmp_path / 'test'}"]
+    prepared = sweep.prepare(args)
+    assert prepared.shared_images == [["train/circle/circle_001.png", "test/circle/renamed.png"]]
+    warning = capsys.readouterr().err
+    assert "1 image(s) appear in more than one split" in warning and "train/circle/circle_001.png = test/circle/renamed.png" in warning
+
+
+def test_a_training_subset_is_stratified_nested_and_keeps_every_class(tmp_path):
+    write_class_folders(tmp_path / "train", 8)
+    write_class_folders(tmp_path / "val", 2, seed=1)
+    base = ["data=folders", f"data.train_dir={tmp_path / 'train'}", f"data.val_dir={tmp_path / 'val'}"]
+    quarter, half = (data.resolve_splits(data_cfg(*base, f"data.train_fraction={f}"), 32, tmp_path / "store").train
+                     for f in (0.1, 0.5))
+    names = {folder: {c: {p.name for p in data.image_files(folder, c)} for c in ("circle", "square", "stripes")}
+             for folder in (quarter, half)}
+    assert all(len(files) == 1 for files in names[quarter].values())  # ceil(0.8) = 1: at least one per class
+    assert all(len(files) == 4 for files in names[half].values())
+    assert all(names[quarter][c] <= names[half][c] for c in names[half])  # the smaller subset is part of the larger

@@ -177,6 +177,8 @@ def validate(cfg: DictConfig) -> None:
         f"data.val_fraction={data.val_fraction} and data.test_fraction={data.test_fraction} must leave "
         "images for training: use fractions such as 0.2 and 0.1",
     )
+    _check(0 < data.train_fraction <= 1,
+           f"data.train_fraction={data.train_fraction} must be in (0, 1]: the share of training images to use, such as 0.5")
     _check_data_source(data)
     _check(train.epochs >= 1, f"train.epochs={train.epochs} must be at least 1")
     _check(
@@ -202,7 +204,7 @@ def validate(cfg: DictConfig) -> None:
 
 ARTIFACTS = ("all", "best", "none")
 NUMBER_KEYS = ("model.dropout", "optim.lr", "optim.fine_tune_factor", "augment.strength",
-               "data.val_fraction", "data.test_fraction", "cache.max_gb")
+               "data.val_fraction", "data.test_fraction", "data.train_fraction", "cache.max_gb")
 INTEGER_KEYS = ("model.unfrozen_blocks", "model.image_size", "model.head_units", "data.batch_size",
                 "train.seed", "data.split_seed", "train.epochs", "train.fine_tune_epochs", "train.early_stopping_patience",
                 "cache.augmented_views")

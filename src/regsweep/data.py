@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
 import os
 import sys
 import tempfile
@@ -42,11 +43,13 @@ class Datasets:
     train_steps: int | None = None  # set when `train` is endless (one iterator for a whole fit)
 
 
-def resolve_splits(data: DictConfig, image_size: int, store: Path) -> Splits:
+def resolve_splits(data: DictConfig, image_size: int, store: Path, with_test: bool = True) -> Splits:
     """Finds (or makes) the split folders and checks that their classes agree.
 
     A one-folder split is seeded by data.split_seed, not train.seed: re-training with other
     seeds (regsweep report --reevaluate) must see the same train, validation and test images.
+    With data.train_fraction < 1 the training images are a stratified subset (a learning
+    curve's point). `with_test=False` leaves the test split unread, not even listed.
     """
     if data.source == "folders":
         folders = {"train": Path(data.train_dir), "validation": Path(data.val_dir)}
@@ -65,8 +68,11 @@ def resolve_splits(data: DictConfig, image_size: int, store: Path) -> Splits:
         )
         folders = {s: root / s for s in ("train", "validation", "test")}
         keys = {s: f"demo {s} split" for s in folders}
+    if not with_test:
+        folders.pop("test", None)
     for split, folder in folders.items():
         _require_folder(folder, keys[split])
+    _refuse_shared_folders(folders, keys)
     class_names = check_class_folders(folders, keys)
     skipped: list[str] = []
     for split, folder in folders.items():
@@ -83,7 +89,21 @@ def resolve_splits(data: DictConfig, image_size: int, store: Path) -> Splits:
             skipped += [str(path) for path, _ in bad]
             _warn_skipped(keys[split], bad)
         _require_images_in_every_class(folders[split], class_names, keys[split])
+    if data.train_fraction < 1:
+        folders["train"] = training_subset(folders["train"], class_names, data.train_fraction, data.split_seed, Path(store))
     return Splits(folders["train"], folders["validation"], folders.get("test"), class_names, tuple(skipped))
+
+
+def _refuse_shared_folders(folders: dict[str, Path], keys: dict[str, str]) -> None:
+    """One folder given as two splits would score the model on the images it trained on."""
+    seen: dict[Path, str] = {}
+    for split, folder in folders.items():
+        resolved = folder.resolve()
+        if resolved in seen:
+            raise RegsweepError(
+                f"{keys[split]}={folder} is the same folder as {seen[resolved]}: each split needs its own images, "
+                "or the held-out accuracy measures memory; point it at a separate folder (or use data=split)")
+        seen[resolved] = keys[split]
 
 
 def _require_folder(folder: Path, key: str) -> None:
@@ -178,18 +198,34 @@ def _decode_problem(path: Path) -> str | None:
 
 
 def without_files(folder: Path, class_names: tuple[str, ...], left_out: list[Path], store: Path) -> Path:
-    """A view of `folder` without `left_out`: a symlink tree under <store>/splits/, named by
-    what it holds, so its fingerprint (and every cache key) reflects the skip."""
+    """A view of `folder` without `left_out`, so its fingerprint (and every cache key) reflects the skip."""
     excluded = {path.resolve() for path in left_out}
     kept = {c: [p for p in image_files(folder, c) if p.resolve() not in excluded] for c in class_names}
-    key = hashlib.sha256(repr((str(folder.resolve()), {c: [p.name for p in files] for c, files in kept.items()}))
-                         .encode()).hexdigest()[:12]
-    view = store / "splits" / f"{folder.name}-usable-{key}"
+    return link_view(folder, kept, "usable", store)
+
+
+def training_subset(folder: Path, class_names: tuple[str, ...], fraction: float, seed: int, store: Path) -> Path:
+    """A stratified share of the training images: per class, the first ceil(fraction × n) (at
+    least 1) of a seeded shuffle, so a smaller subset is always part of a larger one."""
+    chosen = {}
+    for index, class_name in enumerate(class_names):
+        files = image_files(folder, class_name)
+        order = np.random.default_rng([seed, index]).permutation(len(files))
+        chosen[class_name] = [files[i] for i in order[: max(1, math.ceil(fraction * len(files)))]]
+    return link_view(folder, chosen, "subset", store)
+
+
+def link_view(folder: Path, files_by_class: dict[str, list[Path]], kind: str, store: Path) -> Path:
+    """Some of `folder`'s images as a class-folder tree of symlinks under <store>/splits/, named
+    by what it holds: the same selection is one folder, written once, whole."""
+    listing = {c: [p.name for p in files] for c, files in files_by_class.items()}
+    key = hashlib.sha256(repr((str(folder.resolve()), listing)).encode()).hexdigest()[:12]
+    view = store / "splits" / f"{folder.name}-{kind}-{key}"
     if view.is_dir():
         return view
     view.parent.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(prefix=".usable-", dir=view.parent))
-    for class_name, files in kept.items():
+    staging = Path(tempfile.mkdtemp(prefix=f".{kind}-", dir=view.parent))
+    for class_name, files in files_by_class.items():
         (staging / class_name).mkdir()
         for path in files:
             os.symlink(path.resolve(), staging / class_name / path.name)
@@ -227,6 +263,20 @@ def split_fingerprints(splits: Splits) -> dict[str, str]:
     folders = {"train": splits.train, "validation": splits.val, "test": splits.test}
     return {split: folder_fingerprint(folder, splits.class_names) for split, folder in folders.items()
             if folder is not None}
+
+
+def shared_images(splits: Splits) -> list[list[str]]:
+    """Images whose content appears in more than one split, as groups of `split/class/file`:
+    a model scored on images it trained on looks better than it is."""
+    folders = {"train": splits.train, "validation": splits.val, "test": splits.test}
+    by_content: dict[bytes, list[tuple[str, str]]] = {}
+    for split, folder in folders.items():
+        if folder is None:
+            continue
+        for class_name in splits.class_names:
+            for path in image_files(folder, class_name):
+                by_content.setdefault(_content_hash(path), []).append((split, f"{split}/{class_name}/{path.name}"))
+    return [[name for _, name in group] for group in by_content.values() if len({split for split, _ in group}) > 1]
 
 
 def fingerprint(splits: Splits, by_split: dict[str, str] | None = None) -> str:
