@@ -158,6 +158,24 @@ def log_epoch(epoch: int, logs: dict | None) -> None:
     mlflow.log_metrics({f"epoch_{k}": float(v) for k, v in (logs or {}).items()}, step=epoch)
 
 
+PER_IMAGE_ARTIFACT = "per_image_correct.json"
+
+
+def log_per_image_correct(correct: dict[str, np.ndarray]) -> None:
+    """Per split, one character per image in file order: "1" where the prediction was right."""
+    mlflow.log_dict({split: "".join("1" if right else "0" for right in values) for split, values in correct.items()},
+                    PER_IMAGE_ARTIFACT)
+
+
+def load_per_image_correct(artifact_uri: str) -> dict[str, str]:
+    """What log_per_image_correct wrote, or {} for a run logged without it."""
+    os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")  # dozens of tiny files: no bar each
+    try:
+        return mlflow.artifacts.load_dict(f"{artifact_uri}/{PER_IMAGE_ARTIFACT}")
+    except Exception:  # noqa: BLE001 - MLflow raises several types for a missing artifact
+        return {}
+
+
 def log_results(metrics: dict[str, float], history: dict[str, list[float]], phase2_start: int | None,
                 confusion: np.ndarray, class_names, model, plots_and_model: bool) -> None:
     """Final metrics and the confusion matrix (as numbers); with `plots_and_model`, the two

@@ -31,22 +31,23 @@ class RunResult:
 
 def train_and_log(cfg: DictConfig, parent_run_id: str | None = None, tags: dict[str, str] | None = None,
         callbacks: tuple = (), on_run_started=None, leads=None, evaluate_test: bool = False,
-        label: str = "") -> RunResult:
+        with_test: bool = True, label: str = "") -> RunResult:
     """Trains and logs one run to MLflow.
 
     A sweep passes its parent run, the trial's tags, Keras callbacks (pruning, progress),
     `on_run_started(run_id)`, which learns the run id before training can fail, and
     `leads(metrics)`: whether the finished trial leads its study (tracking.artifacts=best).
     Only a re-evaluation passes `evaluate_test`: the test split is scored once, after
-    training, and never by a trial, so no choice of settings ever sees it. `label` starts the
-    run's name (`#7` for a trial).
+    training, and never by a trial, so no choice of settings ever sees it. A learning-curve run
+    passes `with_test=False`: the test split is not even listed. `label` starts the run's name
+    (`#7` for a trial).
     """
     timer = Timer()
     with timer("setup"):
         validate(cfg)
         store = Path(cfg.paths.store)
         seed = cfg.train.seed
-        splits = data.resolve_splits(cfg.data, cfg.model.image_size, store)
+        splits = data.resolve_splits(cfg.data, cfg.model.image_size, store, with_test=with_test)
         by_split = data.split_fingerprints(splits)  # listed once: the cache keys on them too
         dataset_fingerprint = data.fingerprint(splits, by_split)
         weights = resolve_weights(cfg, store)  # may pretrain the demo backbone: before seeding
@@ -90,13 +91,17 @@ def train_and_log(cfg: DictConfig, parent_run_id: str | None = None, tags: dict[
         best_epoch = int(np.argmin(history["val_loss"]))
         with timer("evaluate"):
             num_classes = len(splits.class_names)
-            train_accuracy, train_confusion = accuracy_and_confusion(final.model, final.datasets.train_eval, num_classes)
-            val_accuracy, confusion = accuracy_and_confusion(final.model, final.datasets.val, num_classes)
+            train_accuracy, train_confusion, train_correct = score(final.model, final.datasets.train_eval, num_classes)
+            val_accuracy, confusion, val_correct = score(final.model, final.datasets.val, num_classes)
             test_metrics = {}
             if evaluate_test:  # the whole classifier (it shares the trained layers) on the images
                 test_images = data.load_folder(splits.test, splits.class_names, cfg.model.image_size)
-                test_accuracy, _ = accuracy_and_confusion(classifier, test_images.batch(cfg.data.batch_size), num_classes)
-                test_metrics = {"test_accuracy": test_accuracy, "test_gap": train_accuracy - test_accuracy}
+                test_accuracy, test_confusion, test_correct = score(
+                    classifier, test_images.batch(cfg.data.batch_size), num_classes)
+                test_metrics = {"test_accuracy": test_accuracy, "test_gap": train_accuracy - test_accuracy,
+                                "test_images": int(test_confusion.sum())}
+                # Per image, so the noise of a difference between settings can be measured (regsweep.results).
+                tracking.log_per_image_correct({"train": train_correct, "validation": val_correct, "test": test_correct})
         metrics = {
             "train_accuracy": train_accuracy,
             "val_accuracy": val_accuracy,
@@ -231,10 +236,11 @@ def summary(result: RunResult, cfg: DictConfig) -> str:
     ])
 
 
-def accuracy_and_confusion(classifier, dataset, num_classes: int) -> tuple[float, np.ndarray]:
-    """Accuracy and confusion matrix in inference mode (dropout off, no augmentation)."""
+def score(classifier, dataset, num_classes: int) -> tuple[float, np.ndarray, np.ndarray]:
+    """Accuracy, confusion matrix and per-image correctness (in dataset order), in inference
+    mode (dropout off, no augmentation)."""
     labels = np.concatenate([y.numpy() for _, y in dataset])
     predicted = np.argmax(classifier.predict(dataset, verbose=0), axis=1)
     confusion = np.zeros((num_classes, num_classes), dtype=np.int64)
     np.add.at(confusion, (labels, predicted), 1)
-    return float(np.trace(confusion) / confusion.sum()), confusion
+    return float(np.trace(confusion) / confusion.sum()), confusion, labels == predicted
