@@ -489,8 +489,20 @@ def training_stream(views: list[np.ndarray], labels: np.ndarray, batch_size: int
     return dataset.prefetch(tf.data.AUTOTUNE), math.ceil(len(labels) / batch_size)
 
 
+EVALUATION_BATCH_BYTES = 32 * 2**20
+
+
 def evaluation_set(features: np.ndarray, labels: np.ndarray, batch_size: int):
-    """One un-augmented view, read into memory once: Keras evaluates it every epoch."""
+    """One un-augmented view, read into memory once: Keras evaluates it every epoch.
+
+    Evaluated in inference mode, so the batch size changes no result, only the speed: batches of
+    up to 32 MiB of features, not data.batch_size rows. With few training images the validation
+    set is the larger one, and its per-batch overhead dominated each epoch (measured in
+    benchmarks/README.md).
+    """
     import tensorflow as tf
 
-    return tf.data.Dataset.from_tensor_slices((np.asarray(features), labels)).batch(batch_size).prefetch(tf.data.AUTOTUNE)
+    features = np.asarray(features)
+    row_bytes = max(1, features[:1].nbytes)
+    rows = max(batch_size, min(len(labels), EVALUATION_BATCH_BYTES // row_bytes))
+    return tf.data.Dataset.from_tensor_slices((features, labels)).batch(rows).prefetch(tf.data.AUTOTUNE)
