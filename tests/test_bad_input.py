@@ -26,7 +26,7 @@ def recorded(tmp_path_factory, finished_study):
     """A store holding a finished study (MLflow runs, Optuna trials, cache entries), and good image folders."""
     root = tmp_path_factory.mktemp("bad-input")
     write_class_folders(root / "good" / "train", 3, size=32)
-    write_class_folders(root / "good" / "val", 2, size=32)
+    write_class_folders(root / "good" / "val", 2, size=32, seed=1)  # other images than train
     return finished_study, root / "good"
 
 
@@ -117,6 +117,13 @@ CASES = [
      "study 'regularization' was run on other images (data fingerprint", "point data.* at the same images"),
     ("unknown bad-image policy", "sweep", lambda r, g: ["data.on_bad_image=ignore"],
      "data.on_bad_image=ignore is unknown", "use error"),
+    ("validation folder that is the training folder", "sweep",
+     lambda r, g: ["data=folders", f"data.train_dir={g}/train", f"data.val_dir={g}/train/../train"],
+     "data.val_dir=", "is the same folder as data.train_dir", "point it at a separate folder"),
+    ("training share out of range", "train", lambda r, g: ["data.train_fraction=1.5"],
+     "data.train_fraction=1.5 must be in (0, 1]", "such as 0.5"),
+    ("learning-curve share out of range", "sweep", lambda r, g: ["sweep.reevaluate.curve=[0.5,1.0]"],
+     "sweep.reevaluate.curve=[0.5, 1.0]", "strictly between 0 and 1"),
 ]
 
 

@@ -108,7 +108,7 @@ def test_cli_prints_its_version_and_refuses_a_mistyped_flag_in_one_sentence():
 def test_sweep_cli_explains_bad_study_settings_and_prints_its_help(tmp_path):
     bad = regsweep("sweep", "sweep.objective=fastest", f"paths.store={tmp_path}")
     assert bad.returncode == 2 and "Traceback" not in bad.stderr
-    assert "regsweep: error: sweep.objective=fastest is unknown: use one of constrained, pareto" in bad.stderr
+    assert "regsweep: error: sweep.objective=fastest is unknown: use one of accuracy, constrained, pareto" in bad.stderr
     assert not (tmp_path / "optuna.db").exists()
     assert "sweeps/<name>.yaml" in regsweep("sweep", "--help").stdout
     job = regsweep("sweep", "--cfg", "job", "sweep.n_trials=7")

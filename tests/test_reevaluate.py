@@ -3,6 +3,7 @@ verdict that says "within noise" when it is."""
 
 from __future__ import annotations
 
+import math
 import re
 from html.parser import HTMLParser
 from pathlib import Path
@@ -10,58 +11,10 @@ from pathlib import Path
 import mlflow
 import pytest
 
-from regsweep import data, report, results, sweep
-from regsweep.results import Summary, TrialRow
+from regsweep import data, reevaluate, report, results, sweep, train
+from regsweep import study as studies
 
 TINY = ["train.epochs=3", "train.fine_tune_epochs=1", "tracking.artifacts=none", "sweep.trials_per_worker=0"]
-
-
-def summary(label: str, **series: list[float]) -> Summary:
-    n = len(next(iter(series.values())))
-    runs = [{"seed": i + 1, "train_accuracy": 1.0, **{k: v[i] for k, v in series.items()}} for i in range(n)]
-    for run in runs:
-        run.setdefault("gap", 1.0 - run["val_accuracy"])
-    return Summary(label, runs)
-
-
-def test_the_verdict_says_within_noise_when_the_difference_is_smaller_than_the_seed_spread():
-    baseline = summary("baseline", test_accuracy=[0.70, 0.78, 0.74], test_gap=[0.20, 0.12, 0.16], val_accuracy=[0.7, 0.8, 0.75])
-    noisy = summary("#3", test_accuracy=[0.80, 0.70, 0.75], test_gap=[0.10, 0.22, 0.14], val_accuracy=[0.8, 0.7, 0.75])
-    assert results.verdict(baseline, noisy).startswith("Within noise: the recommended settings' test gap 0.15 ± 0.06")
-    # Seed by seed: the same spread, but every seed moves the same way, is not noise.
-    consistent = summary("#5", test_accuracy=[0.70, 0.78, 0.74], test_gap=[0.15, 0.07, 0.11], val_accuracy=[0.7, 0.8, 0.75])
-    assert results.verdict(baseline, consistent).startswith(
-        "Recommended settings shrink the test gap from 0.16 ± 0.04 to 0.11 ± 0.04 while test accuracy moves "
-        "from 0.74 ± 0.04 to 0.74 ± 0.04 (within noise)")
-
-    clear = summary("#4", test_accuracy=[0.76, 0.77, 0.76], test_gap=[0.06, 0.07, 0.08], val_accuracy=[0.8, 0.8, 0.8])
-    assert results.verdict(baseline, clear) == (
-        "Recommended settings shrink the test gap from 0.16 ± 0.04 to 0.07 ± 0.01 while test accuracy moves "
-        "from 0.74 ± 0.04 to 0.76 ± 0.01 (within noise).")
-    reduction, spread = results.gap_reduction(baseline, clear)
-    assert reduction == pytest.approx(((0.14 + 0.05 + 0.08) / 3) / 0.16)
-    assert spread > 0
-
-
-def test_the_stable_choice_prefers_good_across_seeds_over_one_lucky_seed():
-    lucky = summary("#1", val_accuracy=[0.95, 0.60, 0.62], test_accuracy=[0.9, 0.6, 0.6], test_gap=[0, 0, 0])
-    steady = summary("#2", val_accuracy=[0.78, 0.77, 0.79], test_accuracy=[0.7] * 3, test_gap=[0, 0, 0])
-    overfit = summary("#3", val_accuracy=[0.9, 0.9, 0.9], test_accuracy=[0.7] * 3, test_gap=[0, 0, 0])
-    for run in overfit.runs:
-        run["gap"] = 0.3  # beyond epsilon
-    base = summary("baseline", val_accuracy=[0.99] * 3, test_accuracy=[0.7] * 3, test_gap=[0, 0, 0])
-    assert results.stable_choice([base, lucky, steady, overfit], epsilon=0.25).label == "#2"
-
-
-def test_candidates_start_with_the_single_trial_recommendation_then_the_front():
-    rows = [TrialRow(0, "COMPLETE", {}, 0.70, gap=0.30), TrialRow(1, "COMPLETE", {}, 0.80, gap=0.20),
-            TrialRow(2, "COMPLETE", {}, 0.75, gap=0.05), TrialRow(3, "COMPLETE", {}, 0.60, gap=0.01)]
-    assert [r.number for r in results.candidates(rows, epsilon=0.1, top_k=3)] == [2, 3, 1]
-    # No trial within epsilon: the recommendation is the smallest gap, and it is still first.
-    assert [r.number for r in results.candidates(rows, epsilon=0.001, top_k=2)] == [3, 1]
-    # One trial dominates all: the next front tops the list up to k.
-    best = TrialRow(4, "COMPLETE", {}, 0.90, gap=0.0)
-    assert [r.number for r in results.candidates([*rows, best], epsilon=0.1, top_k=3)] == [4, 2, 3]
 
 
 class _Checker(HTMLParser):
@@ -127,8 +80,29 @@ def test_a_sweep_never_touches_the_test_split_and_reevaluation_is_nested_tagged_
     contents = {name: {p.read_bytes() for p in getattr(splits, name).rglob("*.png")} for name in ("train", "val", "test")}
     assert contents["test"] and not (contents["test"] & contents["train"] or contents["test"] & contents["val"])
 
+    # Which runs list or read the test split's files: only the re-evaluation's, never the learning curve's.
+    test_folder = splits.test.resolve()
+    reads_by_role = []
+    real_image_files, real_train = data.image_files, train.train_and_log
+
+    def listing_spy(folder, class_name):
+        if reads_by_role and Path(folder).resolve() == test_folder:  # inside a run
+            reads_by_role[-1][1] += 1
+        return real_image_files(folder, class_name)
+
+    def train_spy(cfg, **kwargs):
+        reads_by_role.append([kwargs["tags"]["regsweep.role"], 0])
+        return real_train(cfg, **kwargs)
+
+    monkeypatch.setattr(data, "image_files", listing_spy)
+    monkeypatch.setattr(train, "train_and_log", train_spy)
     path = report.report_stored_study("reeval", [f"paths.store={store}", *TINY, "sweep.reevaluate.seeds=2",
-                                                 "sweep.reevaluate.top_k=2"], reevaluate_first=True)
+                                                 "sweep.reevaluate.top_k=2", "sweep.reevaluate.curve=[0.5]"],
+                                      reevaluate_first=True)
+    monkeypatch.setattr(data, "image_files", real_image_files)
+    curve_reads = [reads for role, reads in reads_by_role if role == "curve"]
+    assert curve_reads and curve_reads == [0] * len(curve_reads)
+    assert all(reads > 0 for role, reads in reads_by_role if role == "reeval")
     parent = study.user_attrs["mlflow_parent_run_id"]
     reeval_runs = client.search_runs([experiment], "tags.`regsweep.role` = 'reeval'")
     assert len(reeval_runs) == 6  # (baseline + 2 settings) x 2 seeds
@@ -146,17 +120,57 @@ def test_a_sweep_never_touches_the_test_split_and_reevaluation_is_nested_tagged_
         std = abs(values[0] - values[1]) / 2 ** 0.5
         row = next(line for line in text.splitlines() if line.startswith(f"| {'baseline' if label == 'baseline' else 'trial ' + label}"))
         assert f"| {mean:.4f} ± {std:.4f} |" in row
-    assert "**Verdict:**" in text
+    assert text.index("## The answer") < text.index("## Re-evaluation") and "**Verdict on the test split" in text
     html = path.with_name("report.html").read_text()
-    assert "data:image/png;base64," in html and "Verdict:" in html
+    assert "data:image/png;base64," in html and "Verdict on the test split" in html
+
+    # The learning curve: half the training images (at least one per class), validation only, in the report.
+    curve_runs = client.search_runs([experiment], "tags.`regsweep.role` = 'curve'")
+    assert len(curve_runs) == len(curve_reads) == 2  # the answer's setting x 2 seeds
+    classes = len(splits.class_names)
+    [full] = {int(r.data.metrics["train_images"]) for r in reeval_runs}
+    assert {r.data.metrics["train_images"] for r in curve_runs} == {math.ceil(full // classes / 2) * classes}
+    assert all(r.data.params["data.test_fingerprint"] == "none" and "test_accuracy" not in r.data.metrics for r in curve_runs)
+    assert "## Would more data help?" in text and "![learning curve](learning_curve.png)" in text
     artifacts = {a.path for a in client.list_artifacts(parent, "report")}
-    assert "report/report.html" in artifacts
+    assert {"report/report.html", "report/learning_curve.png"} <= artifacts
 
     # Again: nothing new is trained, the same numbers come back.
     again = report.report_stored_study("reeval", [f"paths.store={store}", *TINY, "sweep.reevaluate.seeds=2",
-                                                  "sweep.reevaluate.top_k=2"], reevaluate_first=True)
+                                                  "sweep.reevaluate.top_k=2", "sweep.reevaluate.curve=[0.5]"],
+                                       reevaluate_first=True)
     assert len(client.search_runs([experiment], "tags.`regsweep.role` = 'reeval'")) == 6
+    assert len(client.search_runs([experiment], "tags.`regsweep.role` = 'curve'")) == len(curve_runs)
     assert re.findall(r"± [0-9.]+", again.read_text()) == re.findall(r"± [0-9.]+", text)
+
+
+@pytest.mark.slow
+def test_a_test_split_unlike_validation_is_flagged_and_the_answer_never_loses_test_accuracy(store):
+    """Validation and test from different distributions (the test images inverted, as if from
+    another camera): the answer warns, and whatever it adopts holds its test accuracy against
+    the baseline."""
+    from PIL import Image, ImageOps
+
+    splits = data.resolve_splits(sweep.prepare([f"paths.store={store}", *TINY]).base.data, 32, store)
+    dark = store.parent / "other-camera"
+    for image in splits.test.rglob("*.png"):
+        target = dark / image.parent.name / image.name
+        target.parent.mkdir(parents=True, exist_ok=True)
+        ImageOps.invert(Image.open(image).convert("RGB")).save(target)
+    args = [f"paths.store={store}", *TINY, "train.epochs=8", "sweep.study=dark", "sweep.n_trials=3", "sweep.reevaluate.seeds=2",
+            "sweep.reevaluate.top_k=1", "sweep.reevaluate.curve=[]", "data=folders", "data.flip=none", "data.batch_size=8",
+            f"data.train_dir={splits.train}", f"data.val_dir={splits.val}", f"data.test_dir={dark}"]
+    study = sweep.run_study(args)
+    text = (store / "reports" / "dark" / "report.md").read_text()
+    answer = text.split("## The answer")[1].split("\n## ")[0]
+    assert "Validation and test disagree on the baseline" in answer
+
+    summaries = reevaluate.collect(sweep.prepare(args).cfg, study.user_attrs["mlflow_parent_run_id"])
+    found = results.answer(studies.trial_rows(study), summaries, epsilon=0.1)
+    adopted = next(s for s in summaries if s.label == found.label)
+    baseline = next(s for s in summaries if s.label == results.BASELINE)
+    loss = results.difference(baseline, adopted, "test_accuracy")
+    assert not (loss.beyond_noise and loss.mean < 0)
 
 
 def test_open_shows_the_html_report_in_a_browser_or_says_where_it_is(tmp_path, monkeypatch, capsys):

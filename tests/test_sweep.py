@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import math
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -18,7 +19,7 @@ from regsweep import space, sweep, train
 from regsweep import study as studies
 from regsweep import trial as trials_module
 from regsweep.config import RegsweepError
-from regsweep.results import TrialRow, failures_by_reason, pareto_front, recommend
+from regsweep.results import TrialRow, failures_by_reason, recommend
 from regsweep.worker import TrialWorker
 
 # Tiny trials: the demo CNN, 2 + 1 epochs, no model files.
@@ -71,39 +72,19 @@ def test_workers_on_other_machines_may_differ_only_in_where_things_are():
     assert studies.portable(given) == ["tracking.experiment=pets", "train.epochs=40", "model=mobilenet_v2", "data=folders"]
 
 
-def test_recommendation_is_the_most_accurate_trial_within_epsilon_else_the_smallest_gap():
-    rows = [
-        TrialRow(0, "COMPLETE", {}, val_accuracy=0.90, gap=0.20),
-        TrialRow(1, "COMPLETE", {}, val_accuracy=0.80, gap=0.04),
-        TrialRow(2, "COMPLETE", {}, val_accuracy=0.85, gap=0.05),
-        TrialRow(3, "PRUNED", {}),
-        TrialRow(4, "COMPLETE", {}, val_accuracy=0.30, gap=0.00),
-    ]
-    assert recommend(rows, 0.05) == (rows[2], True)
-    chosen, met = recommend(rows[:1], 0.05)
-    assert chosen is rows[0] and not met
-    assert [r.number for r in pareto_front(rows)] == [4, 1, 2, 0]
-    assert [r.number for r in pareto_front(rows + [TrialRow(5, "COMPLETE", {}, val_accuracy=0.8, gap=0.1)])] == [4, 1, 2, 0]
-
-
 # --- real sweeps ------------------------------------------------------------------------------
 
 
-def test_with_artifacts_best_only_a_trial_that_leads_its_study_logs_plots_and_model():
+def test_with_artifacts_best_only_a_trial_that_can_become_the_recommendation_logs_plots_and_model():
     import optuna
-    from omegaconf import OmegaConf
 
     study = optuna.create_study(direction="maximize")
-    for val, gap in ((0.80, 0.05), (0.90, 0.20)):  # one within ε = 0.1, one over it
-        study.add_trial(optuna.trial.create_trial(value=val, user_attrs={"val_accuracy": val, "gap": gap}))
+    for val, gap in ((0.80, 0.05), (0.90, 0.20)):
+        study.add_trial(optuna.trial.create_trial(value=val, user_attrs={"val_accuracy": val, "gap": gap, "val_images": 500}))
     trial = study.ask()
-    constrained = OmegaConf.create({"objective": "constrained", "epsilon": 0.1})
-    assert trials_module.leads(trial, {"val_accuracy": 0.85, "gap": 0.05}, constrained)  # the new best within ε
-    assert not trials_module.leads(trial, {"val_accuracy": 0.79, "gap": 0.0}, constrained)
-    assert not trials_module.leads(trial, {"val_accuracy": 0.95, "gap": 0.15}, constrained)  # over ε
-    pareto = OmegaConf.create({"objective": "pareto", "epsilon": 0.1})
-    assert trials_module.leads(trial, {"val_accuracy": 0.95, "gap": 0.15}, pareto)  # joins the front
-    assert not trials_module.leads(trial, {"val_accuracy": 0.79, "gap": 0.06}, pareto)  # dominated by 0.80/0.05
+    assert trials_module.leads(trial, {"val_accuracy": 0.85, "gap": 0.05, "val_images": 500})
+    assert trials_module.leads(trial, {"val_accuracy": 0.95, "gap": 0.15, "val_images": 500})  # the most accurate
+    assert not trials_module.leads(trial, {"val_accuracy": 0.79, "gap": 0.06, "val_images": 500})  # 0.80/0.05 is better on both
 
 
 @pytest.mark.slow
@@ -112,7 +93,7 @@ def test_sweep_logs_one_parent_and_a_tagged_child_per_trial_then_reports_and_rep
     study = sweep.run_study(args)  # trials run in a worker process (the default), printing to the same stdout
     printed = capfd.readouterr().out
     assert "trial 1/4 (#0 baseline) dropout=0 strength=0 lr=0.001 unfrozen_blocks=0 | COMPLETE val" in printed
-    assert "trial 4/4" in printed and "Recommended (trial #" in printed
+    assert "trial 4/4" in printed and "The answer" in printed
 
     trials = study.get_trials()
     assert sum(t.state.name in ("COMPLETE", "PRUNED") for t in trials) == 4
@@ -129,13 +110,19 @@ def test_sweep_logs_one_parent_and_a_tagged_child_per_trial_then_reports_and_rep
         if trial.state.name == "COMPLETE":
             assert float(child.data.params["model.dropout"]) == pytest.approx(trial.params["model.dropout"])
             assert child.data.metrics["gap"] == pytest.approx(trial.user_attrs["gap"])
-            assert trial.constraints["gap"] == pytest.approx(trial.user_attrs["gap"] - 0.1)
+            assert trial.value == trial.user_attrs["val_accuracy"]  # the default objective: accuracy
 
-    # The report: recommended settings, the front, and artifacts on the parent run.
-    chosen, _ = recommend(studies.trial_rows(study), 0.1)
+    # One rule names one trial: the progress line's last "best", the report's answer and the
+    # best-settings file (no test split here, so the single-trial choice is the answer).
+    chosen = recommend(studies.trial_rows(study), 0.1)
+    progress_best = re.findall(r"best #(\d+):", printed)[-1]
     text = (store / "reports" / "main" / "report.md").read_text()
-    assert "## Recommended settings" in text and f"Trial #{chosen.number}:" in text
-    assert f"| model.dropout | {chosen.params['model.dropout']:.4g} |" in text
+    answer = text.split("## The answer")[1].split("\n\n")[1]
+    best_file = (store / "configs" / "experiment" / "main_best.yaml").read_text()
+    assert progress_best == str(chosen.number)
+    assert f"trial #{chosen.number}" in answer.lower() and f"model.dropout={chosen.params['model.dropout']:.4g}" in answer
+    assert f"Recommended by regsweep: trial #{chosen.number} " in best_file
+    assert "not yet confirmed on a test split" in answer
     assert "## Trade-off front" in text and (store / "reports" / "main" / "front.png").is_file()
     artifacts = {a.path for a in client(store).list_artifacts(parents[0].info.run_id, "report")}
     assert {"report/report.md", "report/front.png"} <= artifacts
@@ -143,7 +130,7 @@ def test_sweep_logs_one_parent_and_a_tagged_child_per_trial_then_reports_and_rep
     # Re-running completes nothing new and recommends the same trial.
     again = sweep.run_study(args)
     assert len(again.get_trials()) == len(trials)
-    assert recommend(studies.trial_rows(again), 0.1)[0].number == chosen.number
+    assert recommend(studies.trial_rows(again), 0.1).number == chosen.number
     assert len(parents_and_children(store, "main")[0]) == 1
 
     # A different search space under the same name is refused, not mixed in.
@@ -164,7 +151,7 @@ def test_sweep_logs_one_parent_and_a_tagged_child_per_trial_then_reports_and_rep
 
 
 @pytest.mark.slow
-def test_pareto_mode_runs_two_objectives_without_pruning(store):
+def test_pareto_mode_runs_two_objectives_and_constrained_mode_records_the_gap_constraint(store):
     study = sweep.run_study(sweep_args(store, "sweep.study=front", "sweep.n_trials=3", "sweep.objective=pareto",
                                          IN_PROCESS))
     assert len(study.directions) == 2
@@ -172,6 +159,11 @@ def test_pareto_mode_runs_two_objectives_without_pruning(store):
     assert len(complete) == 3
     assert all(t.values == [t.user_attrs["val_accuracy"], t.user_attrs["gap"]] for t in complete)
     assert "Pareto" in (store / "reports" / "front" / "report.md").read_text()
+
+    study = sweep.run_study(sweep_args(store, "sweep.study=feasible", "sweep.n_trials=2", "sweep.objective=constrained",
+                                         IN_PROCESS))
+    complete = [t for t in study.get_trials() if t.state.name == "COMPLETE"]
+    assert complete and all(t.constraints["gap"] == pytest.approx(t.user_attrs["gap"] - 0.1) for t in complete)
 
 
 # A plain value on the command line fixes a key, taking it out of the search space.
@@ -188,7 +180,7 @@ def _enqueue(store, name, args, *params):
 @pytest.mark.slow
 def test_a_pruned_trial_shows_as_pruned_in_mlflow(store):
     args = ["sweep.n_trials=2", *FIX_ALL_BUT_ONE, IN_PROCESS, "model.dropout=0.0", "optim.lr=choice(0.01, 1e-9)", "train.epochs=5",
-            "sweep.pruner.n_startup_trials=1", "sweep.pruner.n_warmup_steps=2"]
+            "sweep.pruner.name=median", "sweep.pruner.n_startup_trials=1", "sweep.pruner.n_warmup_steps=2"]
     _enqueue(store, "prune", args, {"optim.lr": 0.01}, {"optim.lr": 1e-9})
     study = sweep.run_study(sweep_args(store, "sweep.study=prune", *args))
     states = [t.state.name for t in study.get_trials()]

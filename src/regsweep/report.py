@@ -12,6 +12,7 @@ import html
 import math
 import warnings
 import webbrowser
+from dataclasses import dataclass
 from pathlib import Path
 
 import matplotlib
@@ -26,8 +27,9 @@ from omegaconf import DictConfig, OmegaConf  # noqa: E402
 
 from regsweep import reevaluate, space, study, tracking  # noqa: E402
 from regsweep.config import CONF_DIR, RegsweepError, compose, compose_study  # noqa: E402
-from regsweep.results import (BASELINE, TrialRow, baseline_row, caveats, complete, failures_by_reason,  # noqa: E402
-                              gap_reduction, pareto_front, ranked, recommend, stable_choice, verdict)
+from regsweep.results import (BASELINE, Answer, CurvePoint, Summary, TrialRow, answer, baseline_row,  # noqa: E402
+                              caveats, complete, failures_by_reason, in_rule_order, pareto_front, pruned_by_level,
+                              recommend, stable_choice)
 
 # Config groups (the folders of conf/): an override of one becomes a defaults-list entry.
 GROUPS = frozenset(p.name for p in CONF_DIR.iterdir() if p.is_dir())
@@ -52,26 +54,26 @@ def importances(optuna_study: optuna.Study) -> dict[str, dict[str, float]]:
     return result
 
 
-def replay_command(row: TrialRow) -> str:
-    return "regsweep train " + " ".join(_quote(o) for o in row.overrides)
+def replay_command(overrides: list[str]) -> str:
+    return "regsweep train " + " ".join(_quote(o) for o in overrides)
 
 
 def _quote(override: str) -> str:
     return f"'{override}'" if any(c in override for c in " ()[]{},*?$") else override
 
 
-def best_config(row: TrialRow) -> str:
-    """The trial's overrides as a Hydra `experiment` config (`# @package _global_`)."""
+def best_config(overrides: list[str], origin: str) -> str:
+    """The overrides as a Hydra `experiment` config (`# @package _global_`)."""
     parser = OverridesParser.create()
     group_choices, values = [], OmegaConf.create()
-    for text in row.overrides:
+    for text in overrides:
         override = parser.parse_override(text)
         key = override.key_or_group
         if key in GROUPS:
             group_choices.append(f"  - override /{key}: {override.value()}")
         else:
             OmegaConf.update(values, key, override.value(), force_add=True)
-    header = f"# @package _global_\n# Recommended by regsweep: trial #{row.number} (MLflow run {row.run_id}).\n"
+    header = f"# @package _global_\n# Recommended by regsweep: {origin}.\n"
     defaults = "defaults:\n" + "\n".join(group_choices) + "\n" if group_choices else ""
     return header + defaults + OmegaConf.to_yaml(values)
 
@@ -124,6 +126,21 @@ def effects_figure(rows: list[TrialRow], space: dict[str, optuna.distributions.B
     return figure
 
 
+def curve_figure(curves: dict[str, list[CurvePoint]]):
+    """Validation accuracy against training-set size (log scale), one line per setting."""
+    figure, axis = plt.subplots(figsize=(6.5, 4.5))
+    for label, points in curves.items():
+        axis.errorbar([p.train_images for p in points], [p.val_accuracy for p in points], yerr=[p.std for p in points],
+                      marker="o", capsize=3, label=label if label == BASELINE else f"trial {label}")
+    axis.set_xscale("log", base=2)
+    axis.set_xlabel("training images")
+    axis.set_ylabel("val_accuracy (mean ± std over seeds)")
+    axis.set_title("would more data help? learning curve")
+    axis.legend(fontsize="small")
+    figure.tight_layout()
+    return figure
+
+
 # --- the report -------------------------------------------------------------------------------
 
 
@@ -139,36 +156,103 @@ def _table(header: list[str], body: list[list]) -> str:
     return "\n".join(lines)
 
 
-def markdown(optuna_study: optuna.Study, settings: DictConfig, rows, chosen, met, front, importance, replay: str, experiment: str,
-             reeval_section: list[str] = ()) -> str:
-    keys = list(optuna_study.user_attrs.get("search_space", {}))
-    counts = {state: sum(r.state == state for r in rows) for state in ("COMPLETE", "PRUNED", "FAIL", "RUNNING")}
-    objective = (
-        f"maximize val_accuracy subject to gap ≤ ε = {settings.epsilon:g}" if settings.objective == "constrained"
-        else f"maximize val_accuracy and minimize gap (Pareto); recommended: the most accurate front point with gap ≤ ε = {settings.epsilon:g}"
-    )
-    out = [f"# regsweep report — study `{optuna_study.study_name}`", "", f"Objective: {objective}.", "",
-           f"Trials: {counts['COMPLETE']} complete, {counts['PRUNED']} pruned, {counts['FAIL']} failed"
-           + (f", {counts['RUNNING']} running" if counts["RUNNING"] else "") + ".", ""]
-    out += ["## Recommended settings", ""]
-    if chosen is None:
+@dataclass
+class Facts:
+    """What every part of the report is rendered from, gathered once."""
+
+    name: str
+    settings: DictConfig
+    keys: list[str]  # the searched knobs
+    rows: list[TrialRow]
+    answer: Answer | None
+    single: TrialRow | None  # the rule on single trials
+    summaries: list[Summary]
+    curves: dict[str, list[CurvePoint]]
+    shared: list[list[str]]  # images in more than one split
+    baseline_overrides: list[str]  # the re-evaluation baseline as overrides
+    replay: str = ""
+    experiment: str = ""
+
+
+def answer_lines(facts: Facts) -> list[str]:
+    """The answer in 3–6 plain lines, markdown-marked: what to use, its test result against the
+    baseline, the verdict, the warnings and what else would help."""
+    answer = facts.answer
+    if answer is None:
+        return ["No trial has completed yet."]
+    if answer.row is not None and (not answer.keep_baseline or answer.verdict is None):
+        knobs = " ".join(f"{key}={_fmt(answer.row.params.get(key, '—'))}" for key in facts.keys)
+    else:
+        knobs = " ".join(facts.baseline_overrides)
+    if answer.keep_baseline:
+        why = ("these knobs don't help on this data" if answer.verdict is not None
+               else "no searched setting matched its validation accuracy while overfitting less")
+        trial = f"trial #{answer.row.number}: " if answer.row is not None and answer.verdict is None else ""
+        lines = [f"**Keep your baseline** ({trial}{knobs}, everything else as given): {why}."]
+    else:
+        lines = [f"**Use trial {answer.label}**: {knobs}."]
+    verdict = answer.verdict
+    if verdict is not None:
+        images = answer.baseline.runs[0].get("test_images")
+        where = f"on the test split ({images} images)" if images else "on the test split"
+        versus = f", {_setting_name(answer.chosen.label)} against the baseline" if answer.chosen.label != BASELINE else ""
+        line = f"**Verdict {where}{versus}:** {verdict.sentence}"
+        if verdict.settle:
+            line += f" To settle it: {verdict.settle}."
+        lines.append(line)
+    elif answer.row is not None:
+        lines.append(f"From one run each: val_accuracy {answer.row.val_accuracy:.4f}, gap {answer.row.gap:.4f}.")
+    lines += [f"**Warning:** {warning}" for warning in answer.warnings]
+    if answer.more_data:
+        lines.append(f"**What else would help:** {answer.more_data}")
+    return lines
+
+
+def _setting_name(label: str) -> str:
+    return "the baseline" if label == BASELINE else f"trial {label}"
+
+
+def markdown(facts: Facts, importance: dict, counts: dict[str, int]) -> str:
+    s, rows, keys = facts.settings, facts.rows, facts.keys
+    out = [f"# regsweep report — study `{facts.name}`", "", "## The answer", ""]
+    out += [f"- {line}" for line in answer_lines(facts)] + [""]
+    if facts.replay:
+        out += ["Replay:", "", "```bash", facts.replay, facts.experiment, "```", ""]
+    out += [f"How it was chosen: among settings within noise of the highest validation accuracy, the smallest gap "
+            f"(gap ≤ ε = {s.epsilon:g} preferred); adopted only if, on the test split, it is more accurate than the "
+            "baseline, or as accurate and less overfit, beyond noise. Search objective: "
+            + {"accuracy": "maximize val_accuracy", "constrained": "maximize val_accuracy subject to gap ≤ ε",
+               "pareto": "maximize val_accuracy and minimize gap (Pareto)"}[s.objective]
+            + f". Trials: {counts['COMPLETE']} complete, {counts['PRUNED']} pruned, {counts['FAIL']} failed"
+            + (f", {counts['RUNNING']} running" if counts["RUNNING"] else "") + ".", ""]
+    if facts.summaries:
+        out += reevaluation_markdown(facts)
+    if facts.curves:
+        out += ["## Would more data help?", "", "![learning curve](learning_curve.png)", "",
+                _table(["setting", "training images", "val_accuracy (mean)", "std over seeds"],
+                       [[_setting_name(label), p.train_images, p.val_accuracy, p.std]
+                        for label, points in facts.curves.items() for p in points]), ""]
+    single = facts.single
+    out += ["## Single-trial choice", ""]
+    if single is None:
         out += ["No trial has completed yet.", ""]
     else:
-        if reeval_section:
-            out += ["Chosen by the re-evaluation across seeds: see [below](#re-evaluation-on-the-test-split) "
-                    "for its test accuracy, gap and the verdict against the baseline.", ""]
-        out += [f"**{note}**\n" for note in caveats(rows, chosen, met, settings.epsilon)]
-        out += [_table(["knob", "value"], [[k, chosen.params.get(k, "—")] for k in keys]), ""]
-        out += [f"Trial #{chosen.number}: val_accuracy **{_fmt(chosen.val_accuracy)}**, gap **{_fmt(chosen.gap)}**, "
-                f"train_accuracy {_fmt(chosen.train_accuracy)} (MLflow run `{chosen.run_id}`).", ""]
+        out += [f"**{note}**\n" for note in caveats(rows, single, s.epsilon)]
+        out += [_table(["knob", "value"], [[k, single.params.get(k, "—")] for k in keys]), ""]
+        out += [f"Trial #{single.number}: val_accuracy **{_fmt(single.val_accuracy)}**, gap **{_fmt(single.gap)}**, "
+                f"train_accuracy {_fmt(single.train_accuracy)} (MLflow run `{single.run_id}`).", ""]
         baseline = baseline_row(rows)
         if baseline is not None:
             out += [f"Baseline (the config as given, trial #{baseline.number}): val_accuracy {_fmt(baseline.val_accuracy)}, "
                     f"gap {_fmt(baseline.gap)}, train_accuracy {_fmt(baseline.train_accuracy)}.", ""]
-        out += ["Replay:", "", "```bash", replay, experiment, "```", ""]
-    out += list(reeval_section)
+    if counts["PRUNED"]:
+        out += pruning_markdown(rows, keys)
+    def knobs(row: TrialRow) -> list:
+        return [row.params.get(k, "—") for k in keys]
+
     out += ["## Trade-off front (non-dominated in val_accuracy vs gap)", ""]
-    out += [_table(["trial", "val_accuracy", "gap", *keys], [[r.number, r.val_accuracy, r.gap, *[r.params.get(k, "—") for k in keys]] for r in front]), ""]
+    out += [_table(["trial", "val_accuracy", "gap", *keys], [[r.number, r.val_accuracy, r.gap, *knobs(r)]
+                                                           for r in pareto_front(rows)]), ""]
     out += ["![trade-off front](front.png)", ""]
     out += ["## Parameter importances", ""]
     if importance:
@@ -177,71 +261,73 @@ def markdown(optuna_study: optuna.Study, settings: DictConfig, rows, chosen, met
     else:
         out += ["Not enough complete trials to estimate importances.", ""]
     out += ["## Effect of each knob", "", "![effects](effects.png)", ""]
-    top = ranked(rows, settings.epsilon)[:10]
-    out += ["## Top trials", "", _table(["trial", "val_accuracy", "gap", "train_accuracy", *keys],
-                                         [[r.number, r.val_accuracy, r.gap, r.train_accuracy, *[r.params.get(k, "—") for k in keys]] for r in top]), ""]
+    top = in_rule_order(rows, s.epsilon)[:10]
+    out += ["## Top trials, in the rule's order", "",
+            _table(["trial", "val_accuracy", "gap", "train_accuracy", *keys],
+                   [[r.number, r.val_accuracy, r.gap, r.train_accuracy, *knobs(r)] for r in top]), ""]
     failures = failures_by_reason(rows)
     if failures:
         out += ["## Failed trials, by reason", "", _table(["reason", "count", "trials"], [
             [reason, len(numbers), ", ".join(f"#{n}" for n in numbers)] for reason, numbers in failures]), ""]
+    if facts.shared:
+        out += ["## Images in more than one split", "", "Same content, found by hashing every file:", ""]
+        out += [f"- {' = '.join(group)}" for group in facts.shared[:50]]
+        out += [f"- … and {len(facts.shared) - 50} more" if len(facts.shared) > 50 else "", ""]
     return "\n".join(out)
 
 
-def terminal_summary(optuna_study: optuna.Study, settings: DictConfig, rows, chosen, met, replay: str, experiment: str) -> str:
-    lines = [f"\nStudy '{optuna_study.study_name}': " + ", ".join(
-        f"{sum(r.state == s for r in rows)} {s.lower()}" for s in ("COMPLETE", "PRUNED", "FAIL"))]
-    lines += [f"  failed {len(numbers)}x: {reason}" for reason, numbers in failures_by_reason(rows)]
-    if chosen is None:
-        return "\n".join(lines + ["No trial has completed yet."])
-    lines += [f"Note: {note}" for note in caveats(rows, chosen, met, settings.epsilon)]
-    lines.append(f"Recommended (trial #{chosen.number}): val_accuracy {chosen.val_accuracy:.4f}, gap {chosen.gap:.4f}")
-    for key, value in chosen.params.items():
-        lines.append(f"  {key:24s} {_fmt(value)}")
-    baseline = baseline_row(rows)
-    if baseline is not None:
-        lines.append(f"Baseline (trial #{baseline.number}):  val_accuracy {baseline.val_accuracy:.4f}, gap {baseline.gap:.4f}")
-    top = ranked(rows, settings.epsilon)[:5]
-    lines.append("Top trials:   #  val_acc   gap    knobs")
-    for r in top:
-        knobs = " ".join(f"{k.rsplit('.', 1)[-1]}={_fmt(v)}" for k, v in r.params.items())
-        lines.append(f"           {r.number:4d}  {r.val_accuracy:.4f}  {r.gap:+.4f}  {knobs}")
-    lines += ["Replay:", f"  {replay}", f"  {experiment}"]
+def pruning_markdown(rows: list[TrialRow], keys: list[str]) -> list[str]:
+    """Pruned trials by knob level: pruning judges early val_accuracy, and regularized trials
+    learn more slowly, so it can fall on exactly the settings a study is about."""
+    body = [[key, level, done, pruned, f"{100 * pruned / (done + pruned):.0f} %"]
+            for key in keys for level, done, pruned in pruned_by_level(rows, key) if done + pruned]
+    return ["## Pruned trials, by knob level", "",
+            "Pruning stops a trial whose early val_accuracy trails the median; regularized settings learn more slowly, "
+            "so a level pruned far more often than the others was explored less (sweep.pruner.name=none turns pruning off).", "",
+            _table(["knob", "level", "complete", "pruned", "pruned share"], body), ""]
+
+
+def terminal_summary(facts: Facts, counts: dict[str, int]) -> str:
+    lines = [f"\nStudy '{facts.name}': {counts['COMPLETE']} complete, {counts['PRUNED']} pruned, {counts['FAIL']} failed"]
+    lines += [f"  failed {len(numbers)}x: {reason}" for reason, numbers in failures_by_reason(facts.rows)]
+    lines += ["", "The answer"] + [f"  {line.replace('**', '')}" for line in answer_lines(facts)]
+    if facts.summaries:
+        lines += ["", "Re-evaluation (mean ± std over seeds):"]
+        lines += [f"  {_setting_name(s.label):13s} test {s.pm('test_accuracy', 3)}  val {s.pm('val_accuracy', 3)}  "
+                  f"test gap {s.pm('test_gap', 3)}" for s in facts.summaries]
+    top = in_rule_order(facts.rows, facts.settings.epsilon)[:5]
+    if top:
+        lines.append("Top trials, in the rule's order:   #  val_acc   gap    knobs")
+        for r in top:
+            knobs = " ".join(f"{k.rsplit('.', 1)[-1]}={_fmt(v)}" for k, v in r.params.items())
+            lines.append(f"           {r.number:4d}  {r.val_accuracy:.4f}  {r.gap:+.4f}  {knobs}")
+    if facts.replay:
+        lines += ["Replay:", f"  {facts.replay}", f"  {facts.experiment}"]
     return "\n".join(lines)
 
 
-def reevaluation_markdown(summaries, stable, single, settings: DictConfig) -> list[str]:
-    """The re-evaluation table (mean ± std over seeds), the stable choice and the verdict."""
-    baseline = next((s for s in summaries if s.label == BASELINE), None)
-    seeds = max(len(s.runs) for s in summaries)
+def reevaluation_markdown(facts: Facts) -> list[str]:
+    """The re-evaluation table (mean ± std over seeds) and how its noise is measured."""
+    stable = stable_choice(facts.summaries, facts.settings.epsilon)
+    single = facts.single
+    seeds = max(len(s.runs) for s in facts.summaries)
     out = ["## Re-evaluation on the test split", "",
            f"Each setting re-trained with {seeds} fresh seeds and scored once on the test split, which no "
-           "trial ever saw. Here the gap is train_accuracy − test_accuracy. Mean ± std over seeds.", ""]
-
-    def pm(summary, metric):
-        return f"{summary.mean(metric):.4f} ± {summary.std(metric):.4f}"
+           "trial ever saw. Here the test gap is train_accuracy − test_accuracy. Mean ± std over seeds. "
+           "A difference is beyond noise when it exceeds two standard errors, from the seed-to-seed spread of the "
+           "paired differences and the spread over the test images of the per-image differences.", ""]
 
     def name(summary):
         if summary.label == BASELINE:
-            return f"baseline ({settings.reevaluate.baseline})"
-        notes = [note for note, row in (("stable choice", stable), ("best single trial", single))
-                 if row is not None and row.label == summary.label]
+            return f"baseline ({facts.settings.reevaluate.baseline})"
+        notes = [note for note, label in (("chosen across seeds", stable.label if stable else None),
+                                          ("single-trial choice", f"#{single.number}" if single else None))
+                 if label == summary.label]
         return f"trial {summary.label}" + (f" ({', '.join(notes)})" if notes else "")
 
-    out += [_table(["setting", "seeds", "test_accuracy", "val_accuracy", "test gap"],
-                   [[name(s), len(s.runs), pm(s, "test_accuracy"), pm(s, "val_accuracy"), pm(s, "test_gap")]
-                    for s in summaries]), ""]
-    if stable is not None and stable.mean("gap") <= settings.epsilon:
-        out += [f"Recommended after re-evaluation: trial {stable.label}, the highest mean − std of val_accuracy "
-                f"among settings with mean gap ≤ ε = {settings.epsilon:g} (test accuracy is never used to choose).", ""]
-    elif stable is not None:
-        out += [f"Recommended after re-evaluation: trial {stable.label}. No setting kept its mean gap ≤ ε = "
-                f"{settings.epsilon:g} across seeds; this one has the smallest (test accuracy is never used to choose).", ""]
-    if stable is not None and baseline is not None:
-        reduction, spread = gap_reduction(baseline, stable)
-        if not math.isnan(reduction):
-            out += [f"Relative test-gap reduction vs baseline: {100 * reduction:.0f} % ± {100 * spread:.0f} % "
-                    "(per seed, paired by seed).", ""]
-        out += [f"**Verdict:** {verdict(baseline, stable)}", ""]
+    out += [_table(["setting", "seeds", "test_accuracy", "val_accuracy", "gap (val)", "test gap"],
+                   [[name(s), len(s.runs), s.pm("test_accuracy", 4), s.pm("val_accuracy", 4), s.pm("gap", 4),
+                     s.pm("test_gap", 4)] for s in facts.summaries]), ""]
     return out
 
 
@@ -254,44 +340,47 @@ def write_report(optuna_study: optuna.Study, cfg: DictConfig, parent_run_id: str
     out_dir.mkdir(parents=True, exist_ok=True)
     searched = space.parse_space(optuna_study.user_attrs.get("search_space", {}))
     rows = study.trial_rows(optuna_study)
-    chosen, met = recommend(rows, settings.epsilon)
-    front = pareto_front(rows)
     summaries = reevaluate.collect(cfg, parent_run_id)
-    reeval_section = []
-    if summaries:
-        single = next((s for s in summaries if chosen is not None and s.label == f"#{chosen.number}"), None)
-        stable = stable_choice(summaries, settings.epsilon)
-        reeval_section = reevaluation_markdown(summaries, stable, single, settings)
-        if stable is not None:  # across seeds beats a single lucky trial
-            chosen = next(r for r in rows if f"#{r.number}" == stable.label)
-            met = chosen.gap <= settings.epsilon  # the trial's own; the section below speaks for the seeds
-    replay = experiment = ""
-    if chosen is not None:
-        replay = replay_command(chosen)
+    curves = reevaluate.collect_curve(cfg, parent_run_id, summaries)
+    shared = optuna_study.user_attrs.get(study.SHARED_IMAGES_ATTR, [])
+    base_overrides = list(optuna_study.user_attrs.get("base_overrides", []))
+    baseline_overrides = space.baseline_overrides(settings.reevaluate.baseline)
+    facts = Facts(optuna_study.study_name, settings, list(searched), rows,
+                  answer(rows, summaries, settings.epsilon, curves, len(shared)), recommend(rows, settings.epsilon),
+                  summaries, curves, shared, baseline_overrides)
+    if facts.answer is not None:
+        chosen = facts.answer.row
+        if facts.answer.keep_baseline and (chosen is None or facts.answer.verdict is not None):
+            overrides, origin = reevaluate.merge(base_overrides, baseline_overrides), "keep the baseline"
+        else:
+            overrides, origin = chosen.overrides, f"trial #{chosen.number} (MLflow run {chosen.run_id})"
+        facts.replay = replay_command(overrides)
         config_dir = store / "configs" / "experiment"
         config_dir.mkdir(parents=True, exist_ok=True)
-        (config_dir / f"{optuna_study.study_name}_best.yaml").write_text(best_config(chosen))
+        (config_dir / f"{optuna_study.study_name}_best.yaml").write_text(best_config(overrides, origin))
         config_flag = "" if str(cfg.paths.store) == "mlruns" else f"--config-dir {store / 'configs'} "
-        experiment = f"regsweep train {config_flag}+experiment={optuna_study.study_name}_best"
-    front_figure(rows, front, chosen, settings.epsilon).savefig(out_dir / "front.png", dpi=110)
+        facts.experiment = f"regsweep train {config_flag}+experiment={optuna_study.study_name}_best"
+    answer_row = facts.answer.row if facts.answer is not None else None
+    front_figure(rows, pareto_front(rows), answer_row, settings.epsilon).savefig(out_dir / "front.png", dpi=110)
     if searched and complete(rows):
         effects_figure(rows, searched).savefig(out_dir / "effects.png", dpi=110)
+    if curves:
+        curve_figure(curves).savefig(out_dir / "learning_curve.png", dpi=110)
     plt.close("all")
-    text = markdown(optuna_study, settings, rows, chosen, met, front, importances(optuna_study), replay, experiment,
-                    reeval_section)
+    counts = {state: sum(r.state == state for r in rows) for state in ("COMPLETE", "PRUNED", "FAIL", "RUNNING")}
+    text = markdown(facts, importances(optuna_study), counts)
     (out_dir / "report.md").write_text(text)
     (out_dir / "report.html").write_text(html_report(text, out_dir, f"regsweep report — {optuna_study.study_name}"))
     if parent_run_id is not None:
         tracking.use_store(cfg.tracking)
         client = mlflow.MlflowClient()
         client.log_artifacts(parent_run_id, str(out_dir), artifact_path="report")
-        if chosen is not None:
+        if answer_row is not None:
             for metric in ("val_accuracy", "gap", "train_accuracy"):
-                client.log_metric(parent_run_id, f"recommended_{metric}", getattr(chosen, metric))
-            client.set_tag(parent_run_id, tracking.RECOMMENDED_TRIAL_TAG, str(chosen.number))
-    print(terminal_summary(optuna_study, settings, rows, chosen, met, replay, experiment))
-    if reeval_section:  # its table and verdict, as in report.md
-        print("\n".join(line.replace("**", "") for line in reeval_section if line.startswith(("|", "**Verdict:**"))))
+                client.log_metric(parent_run_id, f"recommended_{metric}", getattr(answer_row, metric))
+        if facts.answer is not None:
+            client.set_tag(parent_run_id, tracking.RECOMMENDED_TRIAL_TAG, facts.answer.label.lstrip("#"))
+    print(terminal_summary(facts, counts))
     print(f"Report: {out_dir / 'report.md'} (and report.html)")
     if open_html:
         open_in_browser(out_dir / "report.html")
@@ -301,7 +390,7 @@ def write_report(optuna_study: optuna.Study, cfg: DictConfig, parent_run_id: str
 def html_report(markdown_text: str, folder: Path, title: str) -> str:
     """report.md as one self-contained HTML file: the plots are embedded as data URIs."""
     body = MarkdownIt("commonmark").enable("table").render(markdown_text)
-    for image in ("front.png", "effects.png"):
+    for image in ("front.png", "effects.png", "learning_curve.png"):
         if (folder / image).is_file():
             encoded = base64.b64encode((folder / image).read_bytes()).decode()
             body = body.replace(f'src="{image}"', f'src="data:image/png;base64,{encoded}"')

@@ -16,7 +16,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from regsweep.config import SWEEPS_DIR, RegsweepError
 
-OBJECTIVES = ("constrained", "pareto")
+OBJECTIVES = ("accuracy", "constrained", "pareto")
 SAMPLERS = ("tpe", "random", "nsgaii")
 PRUNERS = ("median", "hyperband", "none")
 BASELINES_DIR = SWEEPS_DIR / "baselines"
@@ -131,6 +131,11 @@ def check_settings(settings: DictConfig, expressions: dict[str, str]) -> None:
         if not isinstance(reeval[key], int) or reeval[key] < (0 if key == "seeds" else 1):
             raise RegsweepError(f"sweep.reevaluate.{key}={reeval[key]} must be an integer >= {0 if key == 'seeds' else 1}")
     baseline_overrides(reeval.baseline)  # the named baseline file exists and reads
+    curve = reeval.get("curve")
+    if not OmegaConf.is_list(curve) or not all(
+            isinstance(f, (int, float)) and not isinstance(f, bool) and 0 < f < 1 for f in curve):
+        raise RegsweepError(f"sweep.reevaluate.curve={curve}: give shares of the training images strictly between 0 and 1, "
+                            "such as [0.25,0.5], or [] to skip the learning curve")
     if not expressions:
         raise RegsweepError("the search space is empty: give sweep.params in the sweep file or key=interval(a, b) on the command line")
 
@@ -178,7 +183,7 @@ def sampler_seed(settings: DictConfig, existing_trials: int, beside: str | None)
 
 
 def make_sampler(settings: DictConfig, seed: int | None) -> optuna.samplers.BaseSampler:
-    """TPE and NSGA-II honour each trial's `gap − ε` constraint (Trial.set_constraint)."""
+    """TPE and NSGA-II honour each trial's `gap − ε` constraint in constrained mode (Trial.set_constraint)."""
     name = settings.sampler.name
     if name == "tpe":
         return optuna.samplers.TPESampler(seed=seed, n_startup_trials=settings.sampler.n_startup_trials)
@@ -188,9 +193,9 @@ def make_sampler(settings: DictConfig, seed: int | None) -> optuna.samplers.Base
 
 
 def make_pruner(settings: DictConfig) -> optuna.pruners.BasePruner:
-    """Per-epoch pruning on val_accuracy, in constrained mode only (Optuna prunes single-objective studies)."""
+    """Per-epoch pruning on val_accuracy; not in pareto mode (Optuna prunes single-objective studies)."""
     pruner = settings.pruner
-    if settings.objective != "constrained" or pruner.name == "none":
+    if settings.objective == "pareto" or pruner.name == "none":
         return optuna.pruners.NopPruner()
     if pruner.name == "median":
         return optuna.pruners.MedianPruner(

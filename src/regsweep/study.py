@@ -39,6 +39,7 @@ RUN_ID_ATTR = "mlflow_run_id"
 FAIL_REASON_ATTR = "fail_reason"
 BASELINE_ATTR = "baseline"  # the enqueued trial of the config as given
 OVERRIDES_ATTR = "overrides"  # the replay line, passwords masked
+SHARED_IMAGES_ATTR = "shared_images"  # images whose content is in more than one split, for the report
 # In the study's system attributes: when each worker started, to tell workers started together apart.
 WORKER_START_PREFIX = "regsweep.worker_start"
 
@@ -57,6 +58,7 @@ class Sweep:
     cfg: DictConfig  # the training settings plus the sweep definition under `sweep`
     has_test_split: bool  # whether re-evaluation can score the result on untouched images
     data_fingerprint: str  # the images' content: workers on other machines must train on the same
+    shared_images: list[list[str]]  # the same image content in more than one split (data.shared_images)
 
 
 # --- storage -----------------------------------------------------------------------------------
@@ -183,7 +185,7 @@ def open_study(sweep: Sweep) -> optuna.Study:
     options = dict(
         study_name=s.study,
         storage=storage,
-        directions=["maximize"] if s.objective == "constrained" else ["maximize", "minimize"],
+        directions=["maximize", "minimize"] if s.objective == "pareto" else ["maximize"],
         pruner=space.make_pruner(s),
     )
     record = study_record(sweep)
@@ -203,6 +205,7 @@ def open_study(sweep: Sweep) -> optuna.Study:
         if baseline:
             study.enqueue_trial(baseline, user_attrs={BASELINE_ATTR: True})
         check_same_data(study, sweep)  # records the images' fingerprint
+        study.set_user_attr(SHARED_IMAGES_ATTR, sweep.shared_images)
         for key, value in record.items():
             study.set_user_attr(key, value)
         _seed_sampler(study, s, existing)

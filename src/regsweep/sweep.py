@@ -12,6 +12,7 @@ re-evaluation (regsweep.reevaluate) and the report (regsweep.report).
 
 from __future__ import annotations
 
+import sys
 from pathlib import Path
 
 import mlflow
@@ -45,8 +46,14 @@ def prepare(args: list[str]) -> Sweep:
     # Bad settings or data stop here, before a study or an MLflow run exists.
     validate(base)
     splits = data.resolve_splits(base.data, base.model.image_size, Path(base.paths.store))
+    shared = data.shared_images(splits)
+    if shared:
+        listed = "".join(f"\n  {' = '.join(group)}" for group in shared[:10])
+        more = f"\n  … and {len(shared) - 10} more" if len(shared) > 10 else ""
+        print(f"regsweep: warning: {len(shared)} image(s) appear in more than one split (same content), so held-out "
+              f"scores are inflated; remove the copies:{listed}{more}", file=sys.stderr, flush=True)
     return Sweep(settings, searched_space, expressions, base_overrides, base, cfg, splits.test is not None,
-                 data.fingerprint(splits))
+                 data.fingerprint(splits), shared)
 
 
 def run_study(args: list[str]) -> optuna.Study:

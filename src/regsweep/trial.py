@@ -56,10 +56,11 @@ class Progress:
         rows = study.trial_rows(self.study)
         if just_completed is not None:  # not yet COMPLETE in storage while the objective returns
             rows.append(just_completed)
-        chosen, met = results.recommend(rows, self.settings.epsilon)
+        chosen = results.recommend(rows, self.settings.epsilon)
         if chosen is None:
             return "best: none yet"
-        return f"best #{chosen.number}: val {chosen.val_accuracy:.3f} gap {chosen.gap:.3f}" + ("" if met else " (gap > ε)")
+        return (f"best #{chosen.number}: val {chosen.val_accuracy:.3f} gap {chosen.gap:.3f}"
+                + ("" if chosen.gap <= self.settings.epsilon else " (gap > ε)"))
 
     def start(self, trial: optuna.Trial, label: str) -> None:
         done = len(self.study.get_trials(deepcopy=False, states=study.COUNTED))
@@ -77,19 +78,20 @@ class Progress:
 
 
 def finished_row(trial: optuna.Trial, metrics: dict) -> results.TrialRow:
-    return results.TrialRow(trial.number, "COMPLETE", {}, val_accuracy=metrics["val_accuracy"], gap=metrics["gap"])
+    return results.TrialRow(trial.number, "COMPLETE", {}, val_accuracy=metrics["val_accuracy"], gap=metrics["gap"],
+                            val_images=int(metrics["val_images"]),
+                            baseline=bool(trial.user_attrs.get(study.BASELINE_ATTR, False)))
 
 
-def leads(trial: optuna.Trial, metrics: dict, settings: DictConfig) -> bool:
-    """Whether the finished trial leads its study (see regsweep.results.leads)."""
-    return results.leads(study.trial_rows(trial.study), finished_row(trial, metrics), settings.objective,
-                         settings.epsilon)
+def leads(trial: optuna.Trial, metrics: dict) -> bool:
+    """Whether the finished trial can become the recommendation (see regsweep.results.leads)."""
+    return results.leads(study.trial_rows(trial.study), finished_row(trial, metrics))
 
 
 def run_trial(sweep: Sweep, trial: optuna.Trial, values: dict, parent_run_id: str) -> float | tuple[float, float]:
     """One trial: compose, train, log, and record its outcome on the Optuna trial and MLflow run."""
     s = sweep.settings
-    constrained = s.objective == "constrained"
+    single = s.objective != "pareto"  # one objective, val_accuracy: prunable
     overrides = sweep.base_overrides + space.as_overrides(values)
     trial.set_user_attr(study.OVERRIDES_ATTR, [redact(o) for o in overrides])  # the replay line: no password
     trial.set_user_attr(FAIL_REASON_ATTR, INTERRUPTED)  # stays only if this process dies mid-trial
@@ -115,10 +117,10 @@ def run_trial(sweep: Sweep, trial: optuna.Trial, values: dict, parent_run_id: st
         from regsweep import train  # lazy: Keras and TensorFlow, in the process that trains
 
         cfg = compose(overrides)
-        monitor = TrialMonitor(trial, constrained and s.pruner.name != "none", progress)
+        monitor = TrialMonitor(trial, single and s.pruner.name != "none", progress)
         callback = keras.callbacks.LambdaCallback(on_epoch_end=monitor.on_epoch_end)
         result = train.train_and_log(cfg, parent_run_id=parent_run_id, tags=tags, callbacks=(callback,),
-                                     on_run_started=started, leads=lambda metrics: leads(trial, metrics, s),
+                                     on_run_started=started, leads=lambda metrics: leads(trial, metrics),
                                      label=f"#{trial.number}")
     except optuna.TrialPruned as pruned:
         trial.set_user_attr(FAIL_REASON_ATTR, "")
@@ -148,12 +150,12 @@ def run_trial(sweep: Sweep, trial: optuna.Trial, values: dict, parent_run_id: st
     trial.set_user_attr(FAIL_REASON_ATTR, "")
     for name in ("train_accuracy", "val_accuracy", "gap", "running_train_accuracy", "val_images"):
         trial.set_user_attr(name, float(metrics[name]))
-    if constrained:
+    if s.objective == "constrained":
         trial.set_constraint("gap", float(metrics["gap"]) - float(s.epsilon))  # feasible when <= 0
     set_state("COMPLETE")
     progress.finish("COMPLETE", f"val {metrics['val_accuracy']:.3f} gap {metrics['gap']:.3f}",
                     just_completed=finished_row(trial, metrics))
-    if constrained:
+    if single:
         return metrics["val_accuracy"]
     return metrics["val_accuracy"], metrics["gap"]
 
