@@ -2,7 +2,7 @@
 the untouched test split, and say whether the recommendation beats doing nothing by more than noise.
 
 A search scored on the validation set overfits it (Cawley & Talbot, JMLR 2010), and one run
-carries seed noise. So the recommended setting, the other top non-dominated settings and the
+carries seed noise. So the first top_k trials in the rule's order (regsweep.results) and the
 unregularized baseline (sweeps/baselines/<name>.yaml) are each trained S more times, with
 seeds the trials never used, and evaluated once on the test split. The runs are nested under
 the study's parent run, tagged `reeval`, and found again on the next report, so re-running

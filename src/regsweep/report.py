@@ -1,5 +1,6 @@
-"""`regsweep report`: the recommended settings, the whole trade-off, and how to replay them,
-as report.md, a self-contained report.html, the terminal summary and the parent run's artifacts.
+"""`regsweep report`: the answer first (what to use, the verdict against the baseline, the
+warnings, what else would help), then the evidence and how to replay it, as report.md, a
+self-contained report.html, the terminal summary and the parent run's artifacts.
 
 What is recommended is decided in regsweep.results; this module only shows it. It trains
 nothing, except on `regsweep report --reevaluate` (regsweep.reevaluate).

@@ -245,7 +245,7 @@ class Difference:
         return max(self.seeds + 1, math.ceil(self.seed_variance / room))
 
 
-def paired(a: Summary, b: Summary, metric: str) -> list[tuple[dict, dict]]:
+def paired(a: Summary, b: Summary) -> list[tuple[dict, dict]]:
     """(a's run, b's run) for each seed both ran. Every setting is re-trained with the same seeds
     (the same head initialisation, shuffling and augmentation draws), so comparing seed by seed
     removes the noise the two share."""
@@ -255,7 +255,7 @@ def paired(a: Summary, b: Summary, metric: str) -> list[tuple[dict, dict]]:
 
 def difference(a: Summary, b: Summary, metric: str) -> Difference:
     """b − a on `metric`, with its noise (see the module docstring)."""
-    pairs = paired(a, b, metric)
+    pairs = paired(a, b)
     if not pairs:  # no seed in common: unpaired, from the two spreads
         return Difference(b.mean(metric) - a.mean(metric), a.std(metric) ** 2 + b.std(metric) ** 2, 0.0, 1)
     per_seed = [run_b[metric] - run_a[metric] for run_a, run_b in pairs]
@@ -475,6 +475,9 @@ def answer(rows: list[TrialRow], summaries: list[Summary], epsilon: float,
     row = by_label.get(label) if label != BASELINE else baseline_row(rows)
     if baseline_disagrees := disagreement(baseline):
         warnings.append(baseline_disagrees)
+    if len(chosen.runs) < 2:
+        warnings.append("One seed per setting: the seed-to-seed noise is not measured, so \"beyond noise\" counts the "
+                        "test images only; re-evaluate with sweep.reevaluate.seeds=3 or more.")
     if chosen.mean("gap") > epsilon and judged.adopt:
         warnings.append(f"Its mean gap {chosen.mean('gap'):.2f} is still above ε = {epsilon:g}: less overfit, not cured.")
     more_data = ""
