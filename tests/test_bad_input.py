@@ -124,6 +124,10 @@ CASES = [
      "data.train_fraction=1.5 must be in (0, 1]", "such as 0.5"),
     ("learning-curve share out of range", "sweep", lambda r, g: ["sweep.reevaluate.curve=[0.5,1.0]"],
      "sweep.reevaluate.curve=[0.5, 1.0]", "strictly between 0 and 1"),
+    ("study name that leaves the store", "sweep", lambda r, g: ["sweep.study=../../evil"],
+     "sweep.study='../../evil' is not a safe study name", "letters, digits"),
+    ("report of a study name that leaves the store", "report", lambda r, g: ["sweep.study=/tmp/evil"],
+     "sweep.study='/tmp/evil' is not a safe study name", "starting with a letter or digit"),
 ]
 
 

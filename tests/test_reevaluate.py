@@ -191,3 +191,13 @@ def test_open_shows_the_html_report_in_a_browser_or_says_where_it_is(tmp_path, m
     monkeypatch.setattr(webbrowser, "open", opened.append)
     report.open_in_browser(page)
     assert opened == [page.resolve().as_uri()]
+
+
+def test_the_replay_line_survives_a_shell_whatever_the_values_hold():
+    import shlex
+
+    overrides = ["data.train_dir=/data/my photos/train", "model.pooling=choice(avg, max)", "tracking.uri=http://h/$HOME",
+                 "data.val_dir=/data/it's/val", "model.dropout=0.5"]
+    line = report.replay_command(overrides)
+    assert shlex.split(line) == ["regsweep", "train", *overrides]
+    assert "model.dropout=0.5" in line.split()  # plain values stay unquoted

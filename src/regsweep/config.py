@@ -79,7 +79,21 @@ def compose_study(overrides: list[str]) -> DictConfig:
         known = ", ".join(p.stem for p in sorted(SWEEPS_DIR.glob("*.yaml")))
         raise RegsweepError(f"sweep={choice}: no file sweeps/{choice}.yaml; the sweeps are: {known}")
     load_sweep_file(SWEEPS_DIR / f"{choice}.yaml")  # its own syntax error, named
-    return compose([f"+sweep={choice}", *rest])
+    cfg = compose([f"+sweep={choice}", *rest])
+    check_study_name(str(cfg.sweep.study))
+    return cfg
+
+
+SAFE_STUDY_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,99}")
+
+
+def check_study_name(name: str) -> None:
+    """A study's name becomes file names under the store (reports/<name>/, <name>_best.yaml), and
+    on a shared storage someone else chooses it: it may not reach outside the store."""
+    if not SAFE_STUDY_NAME.fullmatch(name):
+        raise RegsweepError(
+            f"sweep.study={name!r} is not a safe study name: use up to 100 letters, digits, '.', '_' or '-', "
+            "starting with a letter or digit (the name becomes file names under the store)")
 
 
 def override_key(override: str) -> str:

@@ -11,6 +11,7 @@ from __future__ import annotations
 import base64
 import html
 import math
+import shlex
 import warnings
 import webbrowser
 from dataclasses import dataclass
@@ -56,11 +57,8 @@ def importances(optuna_study: optuna.Study) -> dict[str, dict[str, float]]:
 
 
 def replay_command(overrides: list[str]) -> str:
-    return "regsweep train " + " ".join(_quote(o) for o in overrides)
-
-
-def _quote(override: str) -> str:
-    return f"'{override}'" if any(c in override for c in " ()[]{},*?$") else override
+    """A shell line that replays the settings: each override quoted for POSIX shells."""
+    return "regsweep train " + " ".join(shlex.quote(o) for o in overrides)
 
 
 def best_config(overrides: list[str], origin: str) -> str:
