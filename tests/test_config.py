@@ -113,3 +113,27 @@ def test_sweep_cli_explains_bad_study_settings_and_prints_its_help(tmp_path):
     assert "sweeps/<name>.yaml" in regsweep("sweep", "--help").stdout
     job = regsweep("sweep", "--cfg", "job", "sweep.n_trials=7")
     assert "n_trials: 7" in job.stdout and "model.dropout: interval(0.0, 0.7)" in job.stdout
+
+
+def test_a_tracking_server_that_never_answers_stops_the_command_within_its_timeout():
+    import socket
+    import time
+
+    from omegaconf import OmegaConf
+
+    from regsweep import tracking
+
+    silent = socket.socket()
+    silent.bind(("127.0.0.1", 0))
+    silent.listen()  # accepts connections, never answers
+    try:
+        url = f"http://user:hunter2@127.0.0.1:{silent.getsockname()[1]}"
+        start = time.monotonic()
+        with pytest.raises(RegsweepError) as stopped:
+            tracking.check_reachable(OmegaConf.create({"uri": url, "connect_timeout": 2}))
+        assert time.monotonic() - start < 10
+    finally:
+        silent.close()
+    assert str(stopped.value) == (f"tracking.uri=http://user:***@127.0.0.1:{url.rsplit(':', 1)[1]} cannot be reached "
+                                  "(no answer within 2 s): start the server or fix the URL, or raise "
+                                  "tracking.connect_timeout for a slow network")

@@ -214,11 +214,14 @@ def validate(cfg: DictConfig) -> None:
         f"tracking.artifacts={cfg.tracking.artifacts} is unknown: use one of {', '.join(ARTIFACTS)}",
     )
     _check(cfg.cache.max_gb > 0, f"cache.max_gb={cfg.cache.max_gb} must be positive: give a size cap in GB such as 20")
+    _check(cfg.tracking.connect_timeout > 0,
+           f"tracking.connect_timeout={cfg.tracking.connect_timeout} must be positive: give seconds, such as 10")
 
 
 ARTIFACTS = ("all", "best", "none")
 NUMBER_KEYS = ("model.dropout", "optim.lr", "optim.fine_tune_factor", "augment.strength",
-               "data.val_fraction", "data.test_fraction", "data.train_fraction", "cache.max_gb")
+               "data.val_fraction", "data.test_fraction", "data.train_fraction", "cache.max_gb",
+               "tracking.connect_timeout")
 INTEGER_KEYS = ("model.unfrozen_blocks", "model.image_size", "model.head_units", "data.batch_size",
                 "train.seed", "data.split_seed", "train.epochs", "train.fine_tune_epochs", "train.early_stopping_patience",
                 "cache.augmented_views")

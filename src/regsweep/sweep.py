@@ -19,7 +19,7 @@ import mlflow
 import optuna
 from omegaconf import OmegaConf
 
-from regsweep import data, reevaluate, report, space, study
+from regsweep import data, reevaluate, report, space, study, tracking
 from regsweep.config import RegsweepError, compose, compose_study, override_key, redact, validate
 from regsweep.study import Sweep
 from regsweep.trial import make_objective
@@ -45,6 +45,7 @@ def prepare(args: list[str]) -> Sweep:
             raise RegsweepError(f"sweep.params {key}: no such config key: check it against `regsweep train --cfg job`")
     # Bad settings or data stop here, before a study or an MLflow run exists.
     validate(base)
+    tracking.check_reachable(base.tracking)
     splits = data.resolve_splits(base.data, base.model.image_size, Path(base.paths.store))
     shared = data.shared_images(splits)
     if shared:

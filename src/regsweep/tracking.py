@@ -22,7 +22,7 @@ import mlflow  # noqa: E402
 import numpy as np  # noqa: E402
 from omegaconf import DictConfig, OmegaConf  # noqa: E402
 
-from regsweep.config import flatten, redact  # noqa: E402
+from regsweep.config import RegsweepError, flatten, redact  # noqa: E402
 from regsweep.files import file_lock  # noqa: E402
 
 # The tags that tie MLflow runs to their study, defined once: sweeps write them, reports and the
@@ -60,8 +60,35 @@ def creating(url: str):
 def use_store(tracking: DictConfig) -> str:
     """Points MLflow at the configured store and experiment; returns the experiment id."""
     uri = str(tracking.uri)
+    check_reachable(tracking)
     with creating(uri):
         return _use_store(tracking, uri)
+
+
+_REACHED: set[str] = set()
+
+
+def check_reachable(tracking: DictConfig) -> None:
+    """Stops at once, in one sentence, when a tracking server does not answer within
+    tracking.connect_timeout seconds. MLflow's own client retries for minutes in silence.
+
+    Any HTTP answer counts, even a 401 or a 404: the server is there.
+    """
+    uri = str(tracking.uri)
+    if not uri.startswith(("http://", "https://")) or uri in _REACHED:
+        return
+    import requests  # lazy: an MLflow dependency, needed only for a server URL
+
+    timeout = float(tracking.connect_timeout)
+    try:
+        requests.get(f"{uri.rstrip('/')}/health", timeout=timeout)
+    except requests.RequestException as error:
+        why = (f"no answer within {timeout:g} s" if isinstance(error, requests.Timeout)
+               else "the connection was refused or the host is unknown")
+        raise RegsweepError(
+            f"tracking.uri={redact(uri)} cannot be reached ({why}): start the server or fix the URL, "
+            "or raise tracking.connect_timeout for a slow network") from None
+    _REACHED.add(uri)
 
 
 def _use_store(tracking: DictConfig, uri: str) -> str:

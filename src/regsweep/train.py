@@ -45,6 +45,7 @@ def train_and_log(cfg: DictConfig, parent_run_id: str | None = None, tags: dict[
     timer = Timer()
     with timer("setup"):
         validate(cfg)
+        tracking.check_reachable(cfg.tracking)  # before any data work: an unreachable server fails in seconds
         store = Path(cfg.paths.store)
         seed = cfg.train.seed
         splits = data.resolve_splits(cfg.data, cfg.model.image_size, store, with_test=with_test)
