@@ -263,3 +263,12 @@ def test_ui_served_to_other_machines_answers_to_this_machines_name():
     assert flag == "--allowed-hosts"
     assert {socket.gethostname(), f"{socket.gethostname()}:5001", "localhost", "10.*"} <= set(hosts)
     assert "*" not in hosts  # other names stay refused (DNS-rebinding protection)
+
+
+def test_ui_served_beyond_this_machine_warns_in_one_line_that_anyone_can_change_the_store():
+    from regsweep import ui
+
+    assert ui.exposure_warning("127.0.0.1") == "" and ui.exposure_warning("localhost") == ""
+    warning = ui.exposure_warning("0.0.0.0")
+    assert warning.startswith("regsweep: warning: --host 0.0.0.0 serves the store to anyone who can reach this machine")
+    assert "delete runs and experiments" in warning and "\n" not in warning

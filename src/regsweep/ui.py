@@ -47,6 +47,8 @@ def serve(options: Options) -> None:
     local = not tracking_uri.startswith(("http://", "https://"))
     if local:
         _check_free(options.host, options.port, "--port")
+    if warning := exposure_warning(options.host):
+        print(warning, file=sys.stderr, flush=True)
     if options.optuna:
         _check_free(options.host, options.optuna_port, "--optuna-port")
     experiment_id, parent, study_id = study_pages(cfg)  # a new local store gets its tables and experiment here
@@ -124,10 +126,23 @@ def _launch(cfg: DictConfig, script: str, args: list[str], health: str, what: st
     return server
 
 
+LOOPBACK = ("127.0.0.1", "localhost", "::1")
+
+
+def exposure_warning(host: str) -> str:
+    """One line when the servers listen beyond this machine: the MLflow UI has no login by
+    default, and it can delete runs and experiments."""
+    if host in LOOPBACK:
+        return ""
+    return (f"regsweep: warning: --host {host} serves the store to anyone who can reach this machine, without a login, "
+            "and the MLflow UI can delete runs and experiments; prefer the default --host 127.0.0.1 with an SSH "
+            "tunnel (ssh -L 5000:127.0.0.1:5000 <this machine>)")
+
+
 def _allowed_hosts(options: Options) -> list[str]:
     """Served beyond this machine, the UI must also answer to this machine's name: MLflow's
     server accepts only localhost and private IP addresses in the Host header by default."""
-    if options.host in ("127.0.0.1", "localhost", "::1"):
+    if options.host in LOOPBACK:
         return []
     names = {socket.gethostname(), socket.getfqdn(), options.host}
     return ["--allowed-hosts", ",".join([*get_default_allowed_hosts(),
