@@ -31,7 +31,7 @@ from regsweep import reevaluate, space, study, tracking  # noqa: E402
 from regsweep.config import CONF_DIR, RegsweepError, compose, compose_study  # noqa: E402
 from regsweep.results import (BASELINE, Answer, CurvePoint, Summary, TrialRow, answer, baseline_row,  # noqa: E402
                               caveats, complete, failures_by_reason, in_rule_order, pareto_front, pruned_by_level,
-                              recommend, stable_choice)
+                              recommend)
 
 # Config groups (the folders of conf/): an override of one becomes a defaults-list entry.
 GROUPS = frozenset(p.name for p in CONF_DIR.iterdir() if p.is_dir())
@@ -307,7 +307,7 @@ def terminal_summary(facts: Facts, counts: dict[str, int]) -> str:
 
 def reevaluation_markdown(facts: Facts) -> list[str]:
     """The re-evaluation table (mean ± std over seeds) and how its noise is measured."""
-    stable = stable_choice(facts.summaries, facts.settings.epsilon)
+    stable = facts.answer.chosen if facts.answer is not None else None
     single = facts.single
     seeds = max(len(s.runs) for s in facts.summaries)
     out = ["## Re-evaluation on the test split", "",

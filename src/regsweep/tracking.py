@@ -194,13 +194,22 @@ def log_per_image_correct(correct: dict[str, np.ndarray]) -> None:
                     PER_IMAGE_ARTIFACT)
 
 
+_PER_IMAGE: dict[str, dict[str, str]] = {}  # artifact URI → its results, read once per process
+
+
 def load_per_image_correct(artifact_uri: str) -> dict[str, str]:
-    """What log_per_image_correct wrote, or {} for a run logged without it."""
-    os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")  # dozens of tiny files: no bar each
-    try:
-        return mlflow.artifacts.load_dict(f"{artifact_uri}/{PER_IMAGE_ARTIFACT}")
-    except Exception:  # noqa: BLE001 - MLflow raises several types for a missing artifact
-        return {}
+    """What log_per_image_correct wrote, or {} for a run logged without it.
+
+    Only FINISHED runs are read, and their artifacts no longer change: the re-evaluation's
+    checks and the report read the same files several times in one process, from a server too.
+    """
+    if artifact_uri not in _PER_IMAGE:
+        os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")  # dozens of tiny files: no bar each
+        try:
+            _PER_IMAGE[artifact_uri] = mlflow.artifacts.load_dict(f"{artifact_uri}/{PER_IMAGE_ARTIFACT}")
+        except Exception:  # noqa: BLE001 - MLflow raises several types for a missing artifact
+            _PER_IMAGE[artifact_uri] = {}
+    return _PER_IMAGE[artifact_uri]
 
 
 def log_results(metrics: dict[str, float], history: dict[str, list[float]], phase2_start: int | None,
