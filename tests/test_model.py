@@ -92,3 +92,19 @@ def test_prefix_then_suffix_then_head_equals_the_whole_classifier(backbone, unfr
         owners = models.block_layers(base, backbone)
         expected = {layer.name for block in top for layer in owners[block]}
         assert {layer.name for layer in suffix.layers if not isinstance(layer, keras.layers.InputLayer)} == expected
+
+
+@pytest.mark.parametrize("backbone", sorted(models.BACKBONES))
+def test_preprocessing_is_stock_layers_computing_the_backbones_own_function(backbone):
+    """A saved model loads with plain Keras, and still gets exactly keras.applications' input."""
+    import numpy as np
+
+    own = {"demo_cnn": lambda x: x / 255.0, "vgg16": keras.applications.vgg16.preprocess_input,
+           "mobilenet_v2": keras.applications.mobilenet_v2.preprocess_input,
+           "efficientnet_b0": keras.applications.efficientnet.preprocess_input,
+           "resnet50": keras.applications.resnet50.preprocess_input}[backbone]
+    inputs = keras.Input((8, 8, 3))
+    layers = keras.Model(inputs, models.preprocess(backbone, inputs))
+    assert all(type(layer).__module__.startswith("keras.") for layer in layers.layers)
+    images = np.random.default_rng(0).uniform(0, 255, (2, 8, 8, 3)).astype("float32")
+    np.testing.assert_allclose(layers.predict(images, verbose=0), own(images.copy()), rtol=1e-5, atol=1e-4)

@@ -75,7 +75,7 @@ def test_workers_on_other_machines_may_differ_only_in_where_things_are():
 # --- real sweeps ------------------------------------------------------------------------------
 
 
-def test_with_artifacts_best_only_a_trial_that_can_become_the_recommendation_logs_plots_and_model():
+def test_with_artifacts_best_only_a_trial_that_can_become_the_recommendation_logs_plots():
     import optuna
 
     study = optuna.create_study(direction="maximize")

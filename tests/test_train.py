@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
 
@@ -10,8 +11,10 @@ import mlflow
 import numpy as np
 import pytest
 from conftest import SHARED_WEIGHTS, quick_cfg, write_class_folders
+from test_recovery import REGSWEEP
 
 from regsweep import data, train
+from regsweep import model as models
 
 pytestmark = pytest.mark.slow
 
@@ -33,7 +36,7 @@ def artifact_paths(store, run_id, path=""):
     return found
 
 
-def test_demo_run_leaves_one_complete_mlflow_run_and_a_reloadable_model(store):
+def test_demo_run_leaves_one_complete_mlflow_run_with_its_data_and_trained_weights(store):
     result = train.train_and_log(quick_cfg(store, "model.dropout=0.25"))
 
     run = client(store).get_run(result.run_id)
@@ -50,15 +53,57 @@ def test_demo_run_leaves_one_complete_mlflow_run_and_a_reloadable_model(store):
     assert [m.step for m in history] == list(range(int(metrics["epochs_trained"])))
     assert run.data.tags["version.tensorflow"] and run.data.tags["version.keras"].startswith("3.")
     assert set(artifact_paths(store, result.run_id)) >= {
-        "config.yaml", "class_names.json", "confusion_matrix.json", "model/model.keras",
+        "config.yaml", "class_names.json", "confusion_matrix.json", "trained/weights.npz", "trained/rebuild.json",
         "plots/learning_curve.png", "plots/confusion_matrix.png",
     }
-
-    model_file = client(store).download_artifacts(result.run_id, "model/model.keras", str(store))
-    reloaded = keras.saving.load_model(model_file)
+    # The MLflow UI's dataset column: each split's folder, with its content fingerprint as the digest.
     splits = data.resolve_splits(quick_cfg(store).data, 32, store)
+    fingerprints = data.split_fingerprints(splits)
+    logged = {next(t.value for t in d.tags if t.key == "mlflow.data.context"): d.dataset for d in run.inputs.dataset_inputs}
+    assert set(logged) == {"train", "validation", "test"}
+    for split, folder in (("train", splits.train), ("validation", splits.val), ("test", splits.test)):
+        assert logged[split].digest == fingerprints[split]
+        assert str(folder.resolve()) in logged[split].source
+
+
+FRESH_PROCESS = """
+import sys, numpy as np, mlflow, keras
+model = mlflow.pyfunc.load_model(sys.argv[1])
+plain = keras.saving.load_model(sys.argv[1] + "/data/model.keras")
+images = np.load(sys.argv[2])
+np.save(sys.argv[3], np.stack([model.predict(images), plain.predict(images, verbose=0)]))
+print(model.metadata.metadata["class_names"], "regsweep" in sys.modules)
+"""
+
+
+def test_any_run_exports_as_an_mlflow_model_that_loads_without_regsweep(store, tmp_path):
+    """Fine-tuned blocks included: the export puts every trained layer back on the same backbone."""
+    cfg = quick_cfg(store, "model.unfrozen_blocks=2", "tracking.artifacts=none")
+    result = train.train_and_log(cfg)
+    splits = data.resolve_splits(cfg.data, 32, store)
     images = np.concatenate([x for x, _ in data.load_folder(splits.val, splits.class_names, 32).batch(64)])
-    np.testing.assert_array_equal(reloaded.predict(images, verbose=0), result.classifier.predict(images, verbose=0))
+    np.save(tmp_path / "images.npy", images)
+
+    env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3"}
+    exported = subprocess.run([REGSWEEP, "export", result.run_id, "--out", str(tmp_path / "model"), f"paths.store={store}"],
+                              capture_output=True, text=True, cwd=tmp_path, env=env)
+    assert exported.returncode == 0, exported.stderr[-2000:]
+    # A process that never imports regsweep: MLflow's pyfunc and plain Keras both load it.
+    loaded = subprocess.run([sys.executable, "-c", FRESH_PROCESS, str(tmp_path / "model"), str(tmp_path / "images.npy"),
+                             str(tmp_path / "predictions.npy")], capture_output=True, text=True, cwd=tmp_path, env=env)
+    assert loaded.returncode == 0, loaded.stderr[-2000:]
+    assert loaded.stdout.strip().splitlines()[-1] == "['0', '1', '2', '3', '4'] False"
+    expected = result.classifier.predict(images, verbose=0)
+    for predictions in np.load(tmp_path / "predictions.npy"):
+        np.testing.assert_allclose(predictions, expected, rtol=1e-5, atol=1e-6)
+
+    # Other backbone weights than the run's are refused, not silently used.
+    other = tmp_path / "other.weights.h5"
+    models.load_backbone("demo_cnn", 32, None).save_weights(other)
+    refused = subprocess.run([REGSWEEP, "export", result.run_id, "--out", str(tmp_path / "again"), "--weights", str(other),
+                              f"paths.store={store}"], capture_output=True, text=True, cwd=tmp_path, env=env)
+    assert refused.returncode == 2 and refused.stderr.count("\n") == 1, refused.stderr
+    assert "are not the ones run" in refused.stderr and not (tmp_path / "again").exists()
 
 
 def test_unfrozen_blocks_run_both_phases_from_the_trained_head(store):

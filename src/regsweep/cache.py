@@ -347,7 +347,7 @@ def prepare(cfg: DictConfig, splits, base, classifier, fingerprints: dict[str, s
         "format": FORMAT,
         "backbone": backbone,
         "image_size": size,
-        "preprocess": _qualified_name(models.BACKBONES[backbone].preprocess),
+        "preprocess": f"layers:{models.BACKBONES[backbone].preprocess}",  # regsweep.model.preprocess
         "decoder": "keras.utils.image_dataset_from_directory rgb bilinear, rounded to uint8",
         "versions": _versions(),
         "classes": list(splits.class_names),
@@ -435,10 +435,6 @@ def prefix_digests(base, backbone: str, cuts: list[int]) -> dict[int, str]:
             if frozen == depth:
                 digests[cut] = digest.copy().hexdigest()[:24]
     return digests
-
-
-def _qualified_name(function) -> str:
-    return f"{function.__module__}.{function.__qualname__}"
 
 
 def _versions() -> dict[str, str]:

@@ -12,6 +12,7 @@ import argparse
 import importlib.metadata
 import os
 import sys
+from pathlib import Path
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")  # TensorFlow's C++ start-up chatter
 # MLflow prints "View run … at <tracking URL>" for every run that ends: noise in a sweep, and the
@@ -35,6 +36,7 @@ commands:
   report   rebuild the report of a stored study (regsweep report --help)
   cache    the frozen-prefix feature cache: regsweep cache info | regsweep cache clear
   ui       the MLflow UI on the store, at the study's parent run (regsweep ui --help)
+  export   any run's whole model as an MLflow Model (regsweep export --help)
 
   --version  print regsweep's version
   --verbose  with any command: show the Python traceback behind an error
@@ -115,7 +117,9 @@ def sweep_command(args: list[str]) -> None:
     if options.cfg:
         print(OmegaConf.to_yaml(compose_study(options.overrides)), end="")
         return
-    from regsweep import sweep  # lazy: MLflow and Optuna load only for the command that needs them
+    from regsweep import (
+        sweep,  # lazy: MLflow and Optuna load only for the command that needs them
+    )
 
     sweep.run_study(options.overrides)
 
@@ -130,7 +134,9 @@ def report_command(args: list[str]) -> None:
     parser.add_argument("--open", action="store_true", help="open report.html in a browser, where one exists")
     parser.add_argument("words", nargs="*", help=argparse.SUPPRESS)
     options = parser.parse_intermixed_args(args)
-    from regsweep import report  # lazy: MLflow, Optuna and matplotlib load only for the command that needs them
+    from regsweep import (
+        report,  # lazy: MLflow, Optuna and matplotlib load only for the command that needs them
+    )
 
     report.report_stored_study(*_study_and_overrides(options.words), reevaluate_first=options.reevaluate,
                                open_html=options.open)
@@ -165,15 +171,40 @@ def ui_command(args: list[str]) -> None:
     parser.add_argument("--optuna-port", type=_port, default=8080, help="its port (it listens on --host too)")
     parser.add_argument("words", nargs="*", help=argparse.SUPPRESS)
     options = parser.parse_intermixed_args(args)
-    from regsweep import ui  # lazy: MLflow's server code (~4 s) loads only for this command
+    from regsweep import (
+        ui,  # lazy: MLflow's server code (~4 s) loads only for this command
+    )
 
     name, overrides = _study_and_overrides(options.words)
     ui.serve(ui.Options(options.host, options.port, options.optuna, options.optuna_port,
                         ([f"sweep.study={name}"] if name else []) + overrides))
 
 
+def export_command(args: list[str]) -> None:
+    parser = _parser("export", "regsweep export <run id> [--out DIR] [--weights FILE] [tracking.uri=...]",
+                     "Rebuilds the whole model of any trial or re-evaluation run from what it logged (its trained\n"
+                     "layers, and the backbone weights it names) and saves it as an MLflow Model: it loads with\n"
+                     "mlflow.pyfunc.load_model(DIR) or keras.saving.load_model(DIR/data/model.keras), without\n"
+                     "regsweep, and takes raw 0-255 RGB images.")
+    parser.add_argument("run_id", metavar="run id", help="the MLflow run's id (in the MLflow UI, or the report)")
+    parser.add_argument("--out", help="a new folder for the MLflow Model (default: ./model-<run id>)")
+    parser.add_argument("--weights", help="the backbone weights file, when it is not where the run found it")
+    parser.add_argument("overrides", nargs="*", help=argparse.SUPPRESS)
+    options = parser.parse_intermixed_args(args)
+    cfg = compose(options.overrides)  # where the runs are: tracking.uri, paths.store
+    import_tensorflow_quietly()
+    from regsweep import (  # lazy: TensorFlow, only for the command that builds a model
+        export,
+        tracking,
+    )
+
+    tracking.use_store(cfg.tracking)
+    out = export.export_run(options.run_id, Path(options.out or f"model-{options.run_id}"), options.weights)
+    print(f"MLflow Model of run {options.run_id} in {out}: load it with mlflow.pyfunc.load_model(\"{out}\")")
+
+
 COMMANDS = {"train": train_command, "sweep": sweep_command, "report": report_command, "cache": cache_command,
-            "ui": ui_command}
+            "ui": ui_command, "export": export_command}
 
 
 # --- dispatch -----------------------------------------------------------------------------------

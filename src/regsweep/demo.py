@@ -78,7 +78,7 @@ def ensure_pretrained_backbone(store: Path, image_size: int) -> Path:
         return path
     import keras
 
-    from regsweep.model import BackbonePreprocess, build_demo_cnn  # lazy: Keras (TensorFlow)
+    from regsweep.model import build_demo_cnn, preprocess  # lazy: Keras (TensorFlow)
 
     print(f"Pretraining the demo backbone on digits 5-9 (once; cached at {path}) ...", flush=True)
     images, labels = digit_images(image_size)
@@ -89,7 +89,7 @@ def ensure_pretrained_backbone(store: Path, image_size: int) -> Path:
     keras.utils.set_random_seed(SPLIT_SEED)
     base = build_demo_cnn(image_size)
     inputs = keras.Input((image_size, image_size, 3))
-    features = base(BackbonePreprocess("demo_cnn")(inputs))
+    features = base(preprocess("demo_cnn", inputs))
     pooled = keras.layers.GlobalAveragePooling2D()(features)
     outputs = keras.layers.Dense(len(SOURCE_CLASSES), activation="softmax")(pooled)
     pretrainer = keras.Model(inputs, outputs)

@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Callable
 
 import keras
+import numpy as np
 
 from regsweep.config import BLOCKS, RegsweepError
 
@@ -24,60 +25,45 @@ from regsweep.config import BLOCKS, RegsweepError
 class Backbone:
     name: str
     blocks: tuple[str, ...]  # bottom to top; a layer belongs to block b if named b or b_*
-    preprocess: Callable  # the backbone's own preprocess_input, applied inside the model
+    preprocess: str  # how raw 0–255 RGB becomes the backbone's input: a key of PREPROCESSING
     constructor: Callable | None  # keras.applications constructor; None for the demo CNN
 
 
-def _demo_preprocess(images):
-    return images / 255.0
-
-
 BACKBONES: dict[str, Backbone] = {
-    "demo_cnn": Backbone("demo_cnn", BLOCKS["demo_cnn"], _demo_preprocess, None),
-    "vgg16": Backbone(
-        "vgg16",
-        BLOCKS["vgg16"],
-        keras.applications.vgg16.preprocess_input,
-        keras.applications.VGG16,
-    ),
-    "mobilenet_v2": Backbone(
-        "mobilenet_v2",
-        BLOCKS["mobilenet_v2"],
-        keras.applications.mobilenet_v2.preprocess_input,
-        keras.applications.MobileNetV2,
-    ),
-    "efficientnet_b0": Backbone(
-        "efficientnet_b0",
-        BLOCKS["efficientnet_b0"],
-        keras.applications.efficientnet.preprocess_input,
-        keras.applications.EfficientNetB0,
-    ),
-    "resnet50": Backbone(
-        "resnet50",
-        BLOCKS["resnet50"],
-        keras.applications.resnet50.preprocess_input,
-        keras.applications.ResNet50,
-    ),
+    "demo_cnn": Backbone("demo_cnn", BLOCKS["demo_cnn"], "unit", None),
+    "vgg16": Backbone("vgg16", BLOCKS["vgg16"], "caffe", keras.applications.VGG16),
+    "mobilenet_v2": Backbone("mobilenet_v2", BLOCKS["mobilenet_v2"], "tf", keras.applications.MobileNetV2),
+    # EfficientNet's rescaling and normalization are layers of the model itself.
+    "efficientnet_b0": Backbone("efficientnet_b0", BLOCKS["efficientnet_b0"], "none", keras.applications.EfficientNetB0),
+    "resnet50": Backbone("resnet50", BLOCKS["resnet50"], "caffe", keras.applications.ResNet50),
 }
 
+# keras.applications' preprocess_input modes: "tf" scales to [-1, 1]; "caffe" turns RGB into BGR
+# and subtracts the ImageNet mean per channel (BGR order).
+CAFFE_MEAN_BGR = (103.939, 116.779, 123.68)
 
-@keras.saving.register_keras_serializable(package="regsweep")
-class BackbonePreprocess(keras.layers.Layer):
-    """Applies the backbone's own `preprocess_input` inside the model.
 
-    Keeping it in the graph means the saved model takes raw 0–255 RGB images, exactly what the
-    folder loader yields, so a reloaded model needs no separate preprocessing step.
+def preprocess(backbone: str, images, name: str | None = None):
+    """The backbone's `preprocess_input`, made of stock Keras layers inside the model.
+
+    Kept in the graph, it lets a saved model take raw 0–255 RGB images, exactly what the folder
+    loader yields; made of stock layers, it lets the saved model load with plain Keras (and
+    MLflow's pyfunc) in a process that has never imported regsweep.
     """
-
-    def __init__(self, backbone: str, **kwargs):
-        super().__init__(**kwargs)
-        self.backbone = backbone
-
-    def call(self, images):
-        return BACKBONES[self.backbone].preprocess(images)
-
-    def get_config(self):
-        return {**super().get_config(), "backbone": self.backbone}
+    mode = BACKBONES[backbone].preprocess
+    if mode == "none":
+        return images
+    if mode == "unit":
+        return keras.layers.Rescaling(1 / 255.0, name=name)(images)
+    if mode == "tf":
+        return keras.layers.Rescaling(1 / 127.5, offset=-1.0, name=name)(images)
+    # caffe: a fixed 1×1 convolution reverses the channels (a permutation matrix) and its bias
+    # subtracts the mean: the same numbers as keras.applications' own function.
+    convolution = keras.layers.Conv2D(3, 1, name=name, trainable=False)
+    output = convolution(images)
+    convolution.set_weights([np.eye(3, dtype="float32")[::-1].reshape(1, 1, 3, 3),
+                             -np.array(CAFFE_MEAN_BGR, dtype="float32")])
+    return output
 
 
 def build_demo_cnn(image_size: int) -> keras.Model:
@@ -203,7 +189,7 @@ def split_backbone(backbone: str, base: keras.Model, unfrozen_blocks: int) -> tu
     cut = base.get_layer(cut_layer(base, backbone, unfrozen_blocks)).output
     trunk = keras.Model(base.input, cut, name=f"{backbone}_prefix_trunk")
     inputs = keras.Input(base.input_shape[1:], name="image")
-    prefix = keras.Model(inputs, trunk(BackbonePreprocess(backbone)(inputs), training=False), name=f"{backbone}_prefix")
+    prefix = keras.Model(inputs, trunk(preprocess(backbone, inputs), training=False), name=f"{backbone}_prefix")
     return prefix, suffix_model(backbone, base, unfrozen_blocks)
 
 
@@ -228,7 +214,7 @@ def cached_prefix(classifier: keras.Model, backbone: str, base: keras.Model, cut
     trunk = keras.Model(base.input, [base.get_layer(cut_layer(base, backbone, n)).output for n in cuts],
                         name=f"{backbone}_prefix_trunk")
     inputs = keras.Input(base.input_shape[1:], name="image")
-    outputs = trunk(BackbonePreprocess(backbone)(inputs), training=False)
+    outputs = trunk(preprocess(backbone, inputs), training=False)
     pool = classifier.get_layer(HEAD_LAYERS[0])
     outputs = [pool(x) if n == 0 else x for n, x in zip(cuts, outputs)]
     return keras.Model(inputs, outputs, name=f"{backbone}_prefix")
@@ -267,7 +253,7 @@ def build_classifier(
     base.trainable = False
     size = base.input_shape[1]
     inputs = keras.Input((size, size, 3), name="image")
-    x = BackbonePreprocess(backbone, name="preprocess")(inputs)
+    x = preprocess(backbone, inputs, name="preprocess")
     x = base(x, training=False)
     pool = {
         "avg": keras.layers.GlobalAveragePooling2D,
@@ -279,3 +265,31 @@ def build_classifier(
     x = keras.layers.Dropout(dropout, seed=seed, name="head_dropout")(x)
     outputs = keras.layers.Dense(num_classes, activation="softmax", name="predictions")(x)
     return keras.Model(inputs, outputs, name=f"regsweep_{backbone}")
+
+
+def trained_layers(classifier: keras.Model, base: keras.Model, backbone: str, unfrozen_blocks: int) -> list:
+    """The layers a run can change: the head's two Dense layers and every layer of the top
+    `unfrozen_blocks` blocks. The rest is the backbone as loaded, which its digest identifies."""
+    blocks = BACKBONES[backbone].blocks
+    by_block = block_layers(base, backbone)
+    top = blocks[len(blocks) - unfrozen_blocks:] if unfrozen_blocks > 0 else ()
+    head = [classifier.get_layer(name) for name in ("head_dense", "predictions")]
+    return head + [layer for block in top for layer in by_block[block] if layer.weights]
+
+
+def trained_weights(classifier: keras.Model, base: keras.Model, backbone: str, unfrozen_blocks: int) -> dict:
+    """What a run logs so that its whole model can be rebuilt: `<layer>:<index>` → array."""
+    return {f"{layer.name}:{index}": np.asarray(weight.numpy())
+            for layer in trained_layers(classifier, base, backbone, unfrozen_blocks)
+            for index, weight in enumerate(layer.weights)}
+
+
+def load_trained_weights(classifier: keras.Model, base: keras.Model, backbone: str, unfrozen_blocks: int,
+                         arrays: dict) -> None:
+    """Puts what `trained_weights` saved back into a freshly built classifier of the same shape."""
+    layers = trained_layers(classifier, base, backbone, unfrozen_blocks)
+    expected = {f"{layer.name}:{index}" for layer in layers for index in range(len(layer.weights))}
+    if expected != set(arrays):
+        raise ValueError(f"the saved weights do not fit this model: {sorted(set(arrays) ^ expected)[:5]} differ")
+    for layer in layers:
+        layer.set_weights([arrays[f"{layer.name}:{index}"] for index in range(len(layer.weights))])

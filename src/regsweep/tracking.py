@@ -11,6 +11,7 @@ from __future__ import annotations
 import importlib.metadata
 import os
 import tempfile
+import warnings
 from contextlib import contextmanager
 from pathlib import Path
 
@@ -213,25 +214,104 @@ def load_per_image_correct(artifact_uri: str) -> dict[str, str]:
 
 
 def log_results(metrics: dict[str, float], history: dict[str, list[float]], phase2_start: int | None,
-                confusion: np.ndarray, class_names, model, plots_and_model: bool) -> None:
-    """Final metrics and the confusion matrix (as numbers); with `plots_and_model`, the two
-    plots and the model as a `.keras` file.
+                confusion: np.ndarray, class_names, plots: bool) -> None:
+    """Final metrics and the confusion matrix (as numbers); with `plots`, the learning curve
+    and the confusion matrix as pictures.
 
-    Rendering the plots and saving the model take most of a cached trial's logging time, so a
-    sweep keeps them for the trials that can be recommended (tracking.artifacts=best).
+    Rendering the plots takes most of a cached trial's logging time, so a sweep keeps them for
+    the trials that can be recommended (tracking.artifacts=best).
     """
     mlflow.log_metrics(metrics)
     mlflow.log_dict({"class_names": list(class_names), "rows_true_columns_predicted": confusion.tolist()},
                     "confusion_matrix.json")
-    if not plots_and_model:
+    if not plots:
         return
     mlflow.log_figure(learning_curve_figure(history, phase2_start), "plots/learning_curve.png")
     mlflow.log_figure(confusion_figure(confusion, class_names), "plots/confusion_matrix.png")
     plt.close("all")
+
+
+# --- what a run trained, and the Model Registry --------------------------------------------------
+
+TRAINED_WEIGHTS = "trained/weights.npz"  # the head and the unfrozen blocks: regsweep.model.trained_weights
+REBUILD_RECIPE = "trained/rebuild.json"  # the backbone, its weights' digest, image size, classes
+MODEL_PATH = "model"  # where a registered run's MLflow Model lies among its artifacts
+
+
+def log_trained(arrays: dict[str, np.ndarray], recipe: dict) -> None:
+    """Every run keeps what it trained, and how to rebuild the rest: a few MB, not the whole backbone."""
     with tempfile.TemporaryDirectory() as folder:
-        path = Path(folder) / "model.keras"
-        model.save(path)
-        mlflow.log_artifact(str(path), artifact_path="model")
+        np.savez(Path(folder) / "weights.npz", **arrays)
+        mlflow.log_artifact(str(Path(folder) / "weights.npz"), artifact_path="trained")
+    mlflow.log_dict(recipe, REBUILD_RECIPE)
+
+
+def load_trained(run_id: str) -> tuple[dict, dict[str, np.ndarray]]:
+    """The recipe and the trained weights `log_trained` wrote for a run."""
+    client = mlflow.MlflowClient()
+    try:
+        run = client.get_run(run_id)
+    except mlflow.exceptions.MlflowException:
+        raise RegsweepError(f"no MLflow run {run_id} in {redact(mlflow.get_tracking_uri())}: "
+                            "copy the run id from the MLflow UI, or point tracking.uri at the store that holds it") from None
+    os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
+    with tempfile.TemporaryDirectory() as folder:
+        try:
+            recipe = mlflow.artifacts.load_dict(f"{run.info.artifact_uri}/{REBUILD_RECIPE}")
+            weights = mlflow.artifacts.download_artifacts(f"{run.info.artifact_uri}/{TRAINED_WEIGHTS}", dst_path=folder)
+        except Exception:  # noqa: BLE001 - MLflow raises several types for a missing artifact
+            raise RegsweepError(f"MLflow run {run_id} has no {TRAINED_WEIGHTS} (it was logged by an older regsweep, "
+                                "or it failed before training ended): export a finished run") from None
+        with np.load(weights) as loaded:
+            return recipe, {name: loaded[name] for name in loaded.files}
+
+
+def log_datasets(folders: dict[str, Path], fingerprints: dict[str, str]) -> None:
+    """Each split as an MLflow dataset input, so the UI shows which images a run used: its
+    folder as the source and its content fingerprint as the digest."""
+    from mlflow.data.dataset_source_registry import (
+        resolve_dataset_source,  # lazy: only for a run
+    )
+    from mlflow.data.meta_dataset import MetaDataset
+
+    for split, folder in folders.items():
+        folder = Path(folder).resolve()
+        with warnings.catch_warnings():  # "can be interpreted in multiple ways": two local sources, the same
+            warnings.simplefilter("ignore", UserWarning)
+            source = resolve_dataset_source(str(folder))
+        dataset = MetaDataset(source, name=f"{folder.parent.name}/{folder.name}", digest=fingerprints[split])
+        mlflow.log_input(dataset, context=split)
+
+
+def registered_version(name: str, run_id: str) -> str | None:
+    """The version of registered model `name` that holds `run_id`'s model, if there is one."""
+    client = mlflow.MlflowClient()
+    found = client.search_model_versions(f"name = '{name}' and run_id = '{run_id}'")
+    return min((v.version for v in found), key=int, default=None)
+
+
+def register(name: str, run_id: str) -> str:
+    """A new version of registered model `name` from the MLflow Model under the run's artifacts."""
+    client = mlflow.MlflowClient()
+    try:
+        client.create_registered_model(name, description="regsweep study: the recommended and the baseline setting's "
+                                       "model, by alias (@recommended, @baseline)")
+    except mlflow.exceptions.MlflowException:
+        pass  # it exists: another report registered it first
+    return client.create_model_version(name, source=f"runs:/{run_id}/{MODEL_PATH}", run_id=run_id).version
+
+
+def set_alias(name: str, alias: str, version: str) -> bool:
+    """Points `name@alias` at `version`; returns whether it moved."""
+    client = mlflow.MlflowClient()
+    try:
+        current = client.get_model_version_by_alias(name, alias).version
+    except mlflow.exceptions.MlflowException:
+        current = None
+    if current == version:
+        return False
+    client.set_registered_model_alias(name, alias, version)
+    return True
 
 
 def learning_curve_figure(history: dict[str, list[float]], phase2_start: int | None):

@@ -70,6 +70,8 @@ def train_and_log(cfg: DictConfig, parent_run_id: str | None = None, tags: dict[
                                parent_run_id, tags) as mlflow_run:
         if on_run_started is not None:
             on_run_started(mlflow_run.info.run_id)
+        folders = {"train": splits.train, "validation": splits.val, "test": splits.test}
+        tracking.log_datasets({split: folder for split, folder in folders.items() if split in by_split}, by_split)
         if splits.skipped:  # data.on_bad_image=skip: say which files the run did not see
             tracking.log_skipped_files(splits.skipped)
         if evaluate_test and splits.test is None:
@@ -103,6 +105,13 @@ def train_and_log(cfg: DictConfig, parent_run_id: str | None = None, tags: dict[
                                 "test_images": int(test_confusion.sum())}
                 # Per image, so the noise of a difference between settings can be measured (regsweep.results).
                 tracking.log_per_image_correct({"train": train_correct, "validation": val_correct, "test": test_correct})
+        with timer("save"):  # every run: any of them can be exported or registered later
+            backbone, unfrozen = cfg.model.backbone, cfg.model.unfrozen_blocks
+            # The frozen part's digest (the feature cache's key too): what export checks before it
+            # puts the trained layers back on a freshly loaded backbone.
+            frozen_sha256 = cache.prefix_digests(base, backbone, [unfrozen])[unfrozen]
+            tracking.log_trained(models.trained_weights(classifier, base, backbone, unfrozen),
+                                 rebuild_recipe(cfg, splits.class_names, weights, frozen_sha256))
         metrics = {
             "train_accuracy": train_accuracy,
             "val_accuracy": val_accuracy,
@@ -119,9 +128,8 @@ def train_and_log(cfg: DictConfig, parent_run_id: str | None = None, tags: dict[
             **{f"seconds_{name}": value for name, value in timer.seconds.items()},
         }
         artifacts = cfg.tracking.artifacts
-        plots_and_model = artifacts == "all" or (artifacts == "best" and (leads is None or leads(metrics)))
-        tracking.log_results(metrics, history, phase2_start, confusion, splits.class_names,
-                             classifier, plots_and_model)
+        plots = artifacts == "all" or (artifacts == "best" and (leads is None or leads(metrics)))
+        tracking.log_results(metrics, history, phase2_start, confusion, splits.class_names, plots)
 
     return RunResult(mlflow_run.info.run_id, metrics, classifier)
 
@@ -157,6 +165,17 @@ class _Stamp(keras.callbacks.Callback):
         else:
             elapsed = time.perf_counter() - self.timer.started
             self.timer.seconds[self.stage] = self.timer.seconds.get(self.stage, 0.0) + elapsed
+
+
+def rebuild_recipe(cfg: DictConfig, class_names, weights: str | None, frozen_sha256: str) -> dict:
+    """What rebuilds a run's whole model around its trained layers (regsweep.export)."""
+    model = cfg.model
+    if weights not in (None, "imagenet"):
+        weights = str(Path(weights).resolve())  # export may run from another folder
+    return {"backbone": model.backbone, "backbone_weights": weights, "frozen_sha256": frozen_sha256,
+            "image_size": model.image_size, "pooling": model.pooling, "head_units": model.head_units,
+            "dropout": model.dropout, "unfrozen_blocks": model.unfrozen_blocks, "seed": cfg.train.seed,
+            "class_names": list(class_names)}
 
 
 def resolve_weights(cfg: DictConfig, store: Path) -> str | None:

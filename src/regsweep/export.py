@@ -1,0 +1,84 @@
+"""Any run's whole model, rebuilt from what it logged, as an MLflow Model; and the registry's
+`recommended` and `baseline` versions of a study.
+
+A run logs only what it trained (the head and its unfrozen blocks) and a recipe for the rest:
+the backbone, its weights file, the digest of the frozen part, the image size and the classes.
+Rebuilding loads the same backbone weights, checks that digest, and puts the trained layers
+back. The saved model is made of stock Keras layers and takes raw 0–255 RGB images, so it loads
+with plain Keras or `mlflow.pyfunc.load_model` where regsweep is not installed.
+"""
+
+from __future__ import annotations
+
+import tempfile
+from pathlib import Path
+
+import keras
+import mlflow
+import numpy as np
+from mlflow.models import infer_signature
+
+from regsweep import cache, tracking
+from regsweep import model as models
+from regsweep.config import RegsweepError
+
+
+def rebuild(run_id: str, weights: str | None = None) -> tuple[keras.Model, dict]:
+    """The run's classifier, exactly as it ended training, and its recipe.
+
+    `weights` replaces the backbone weights file the run used, for a machine where it lies elsewhere.
+    """
+    recipe, trained = tracking.load_trained(run_id)
+    backbone, unfrozen, seed = recipe["backbone"], recipe["unfrozen_blocks"], recipe["seed"]
+    source = weights if weights is not None else recipe["backbone_weights"]
+    if source not in (None, "imagenet") and not Path(source).is_file():
+        raise RegsweepError(f"run {run_id} was trained on the backbone weights {source}, which are not here: "
+                            "pass --weights <path to the same file>")
+    keras.utils.set_random_seed(seed)  # a random-init backbone draws the same numbers as in training
+    base = models.load_backbone(backbone, recipe["image_size"], source)
+    if cache.prefix_digests(base, backbone, [unfrozen])[unfrozen] != recipe["frozen_sha256"]:
+        raise RegsweepError(f"the backbone weights {source} are not the ones run {run_id} was trained on "
+                            "(their digest differs): pass --weights <path to the file the run used>")
+    keras.utils.set_random_seed(seed)
+    classifier = models.build_classifier(backbone, base, len(recipe["class_names"]), recipe["pooling"],
+                                         recipe["head_units"], recipe["dropout"], seed)
+    models.load_trained_weights(classifier, base, backbone, unfrozen, trained)
+    return classifier, recipe
+
+
+def save(classifier: keras.Model, recipe: dict, run_id: str, path: Path) -> None:
+    """`classifier` as an MLflow Model (Keras flavor) at `path`, with a signature, an input
+    example (one mid-grey image) and the class names in its metadata."""
+    import tensorflow as tf  # lazy: only for its version, which the model's requirements pin
+
+    size = recipe["image_size"]
+    example = np.full((1, size, size, 3), 128.0, dtype="float32")
+    signature = infer_signature(example, classifier.predict(example, verbose=0))
+    metadata = {"class_names": recipe["class_names"], "source_run_id": run_id,
+                "input": f"raw RGB images, values 0-255, shape (n, {size}, {size}, 3)",
+                "output": "softmax probabilities, one column per class, in class_names order"}
+    path.mkdir(parents=True)  # MLflow's Keras flavor writes the example before it makes the folder
+    mlflow.keras.save_model(classifier, str(path), signature=signature, input_example=example, metadata=metadata,
+                            extra_pip_requirements=[f"tensorflow=={tf.__version__}"])
+
+
+def export_run(run_id: str, out: Path, weights: str | None = None) -> Path:
+    """`regsweep export <run id> --out DIR`."""
+    if out.exists() and (not out.is_dir() or any(out.iterdir())):
+        raise RegsweepError(f"--out {out} already exists and is not an empty folder: choose a new folder")
+    classifier, recipe = rebuild(run_id, weights)
+    if out.exists():
+        out.rmdir()
+    save(classifier, recipe, run_id, out)
+    return out
+
+
+def register(name: str, run_id: str) -> str:
+    """Logs the run's model as an MLflow Model among its artifacts and registers it as a new
+    version of `name`; returns the version."""
+    classifier, recipe = rebuild(run_id)
+    with tempfile.TemporaryDirectory() as folder:
+        path = Path(folder) / tracking.MODEL_PATH
+        save(classifier, recipe, run_id, path)
+        mlflow.MlflowClient().log_artifacts(run_id, str(path), artifact_path=tracking.MODEL_PATH)
+    return tracking.register(name, run_id)
