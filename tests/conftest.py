@@ -44,9 +44,11 @@ def store(tmp_path, demo_store) -> Path:
     return new_store(tmp_path, demo_store)
 
 
-# The shared study's settings: 3 short trials in the test process, every artifact logged.
-FINISHED_STUDY = ["sweep.n_trials=3", "train.epochs=3", "train.fine_tune_epochs=1", "sweep.reevaluate.seeds=0",
-                  "sweep.pruner.name=none", "sweep.trials_per_worker=0", "tracking.artifacts=all"]
+# The shared study's settings: 3 short trials in the test process, every artifact logged, and a
+# one-seed re-evaluation, so the answer's model is registered.
+FINISHED_STUDY = ["sweep.n_trials=3", "train.epochs=3", "train.fine_tune_epochs=1", "sweep.reevaluate.seeds=1",
+                  "sweep.reevaluate.top_k=1", "sweep.reevaluate.curve=[]", "sweep.pruner.name=none",
+                  "sweep.trials_per_worker=0", "tracking.artifacts=all"]
 
 
 @pytest.fixture(scope="session")

@@ -3,6 +3,7 @@ verdict that says "within noise" when it is."""
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import re
 from html.parser import HTMLParser
@@ -13,6 +14,7 @@ import pytest
 
 from regsweep import data, reevaluate, report, results, sweep, train
 from regsweep import study as studies
+from regsweep.config import compose_study
 
 TINY = ["train.epochs=3", "train.fine_tune_epochs=1", "tracking.artifacts=none", "sweep.trials_per_worker=0"]
 
@@ -135,13 +137,32 @@ def test_a_sweep_never_touches_the_test_split_and_reevaluation_is_nested_tagged_
     artifacts = {a.path for a in client.list_artifacts(parent, "report")}
     assert {"report/report.html", "report/learning_curve.png"} <= artifacts
 
-    # Again: nothing new is trained, the same numbers come back.
+    # The Model Registry: the answer's setting and the baseline, each by its seed most accurate on validation.
+    cfg = compose_study([f"paths.store={store}", "sweep.study=reeval"])
+    summaries = reevaluate.collect(cfg, parent)
+    found = results.answer(studies.trial_rows(study), summaries, studies.study_settings(study, cfg).epsilon)
+    recommended = client.get_model_version_by_alias("reeval", "recommended")
+    adopted = found.baseline if found.keep_baseline else found.chosen
+    assert recommended.run_id == results.representative_run(adopted)["run_id"]
+    assert client.get_model_version_by_alias("reeval", "baseline").run_id == results.representative_run(found.baseline)["run_id"]
+    assert "`models:/reeval@recommended`" in text
+    versions = len(client.search_model_versions("name = 'reeval'"))
+
+    # Again: nothing new is trained or registered, the same numbers come back.
     again = report.report_stored_study("reeval", [f"paths.store={store}", *TINY, "sweep.reevaluate.seeds=2",
                                                   "sweep.reevaluate.top_k=2", "sweep.reevaluate.curve=[0.5]"],
                                        reevaluate_first=True)
     assert len(client.search_runs([experiment], "tags.`regsweep.role` = 'reeval'")) == 6
     assert len(client.search_runs([experiment], "tags.`regsweep.role` = 'curve'")) == len(curve_runs)
     assert re.findall(r"± [0-9.]+", again.read_text()) == re.findall(r"± [0-9.]+", text)
+    assert len(client.search_model_versions("name = 'reeval'")) == versions
+
+    # An answer that changes moves the alias to a new version; the baseline's stays.
+    other = next(s for s in summaries if s.label not in (results.BASELINE, adopted.label))
+    report.register_models("reeval", dataclasses.replace(found, label=other.label, chosen=other))
+    moved = client.get_model_version_by_alias("reeval", "recommended")
+    assert moved.run_id == results.representative_run(other)["run_id"] and int(moved.version) == versions + 1
+    assert client.get_model_version_by_alias("reeval", "baseline").run_id == results.representative_run(found.baseline)["run_id"]
 
 
 @pytest.mark.slow

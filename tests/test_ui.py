@@ -16,6 +16,7 @@ import threading
 import urllib.request
 from pathlib import Path
 
+import mlflow
 import optuna
 import pytest
 from conftest import REPO
@@ -181,9 +182,20 @@ def test_the_mlflow_ui_shows_the_study_its_trials_and_compares_them(tmp_path, fi
         assert "study regularization" in text  # its parent run, linked
         shot(browser, "trial")
         open_page(browser, f"{base}/#/experiments/{experiment}/runs/{run_id}/artifacts?{MODE}")
-        click(browser, "//*[text()='model']", "the model artifact folder")
-        wait_until(browser, lambda d: "model.keras" in page_text(d), "model.keras")
+        click(browser, "//*[text()='trained']", "the trained-weights folder")
+        wait_until(browser, lambda d: "weights.npz" in page_text(d), "weights.npz")
         shot(browser, "trial-artifacts")
+
+        # The Model Registry: the study's model, its recommended version linked to the run that trained it.
+        recommended = mlflow.MlflowClient(f"sqlite:///{store}/mlflow.db").get_model_version_by_alias(
+            "regularization", "recommended")
+        open_page(browser, f"{base}/#/models/regularization")
+        wait_until(browser, lambda d: "recommended" in page_text(d), "the recommended alias on the model's page")
+        shot(browser, "registered-model")
+        open_page(browser, f"{base}/#/models/regularization/versions/{recommended.version}")
+        wait_until(browser, lambda d: "recommended" in page_text(d) and d.find_elements(
+            By.CSS_SELECTOR, f"a[href*='{recommended.run_id}']"), "the version's alias and its source run's link")
+        shot(browser, "registered-version")
 
         # The study's report, viewable from its parent run.
         open_page(browser, f"{base}/#/experiments/{experiment}/runs/{parent}/artifacts?{MODE}")

@@ -200,7 +200,8 @@ def collect(cfg: DictConfig, parent_run_id: str | None) -> list[Summary]:
     for logged in logged_runs(cfg, parent_run_id):
         metrics = logged.data.metrics
         if all(name in metrics for name in METRICS):
-            run = {"seed": int(logged.data.params["train.seed"]), **{name: metrics[name] for name in METRICS},
+            run = {"seed": int(logged.data.params["train.seed"]), "run_id": logged.info.run_id,
+                   **{name: metrics[name] for name in METRICS},
                    **{name: int(metrics[name]) for name in SIZES if name in metrics}, **_per_image(logged)}
             by_label.setdefault(logged.data.tags[tracking.REEVAL_TAG], {})[logged.data.tags[tracking.REEVAL_KEY_TAG]] = run
     order = sorted(by_label, key=lambda label: (label != BASELINE, int(label[1:]) if label[1:].isdigit() else 0))

@@ -14,7 +14,7 @@ import math
 import shlex
 import warnings
 import webbrowser
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import matplotlib
@@ -31,7 +31,8 @@ from regsweep import reevaluate, space, study, tracking  # noqa: E402
 from regsweep.config import CONF_DIR, RegsweepError, compose, compose_study  # noqa: E402
 from regsweep.results import (BASELINE, Answer, CurvePoint, Summary, TrialRow, answer, baseline_row,  # noqa: E402
                               caveats, complete, failures_by_reason, in_rule_order, pareto_front, pruned_by_level,
-                              recommend)
+                              recommend, representative_run)
+from regsweep.worker import import_tensorflow_quietly  # noqa: E402
 
 # Config groups (the folders of conf/): an override of one becomes a defaults-list entry.
 GROUPS = frozenset(p.name for p in CONF_DIR.iterdir() if p.is_dir())
@@ -171,6 +172,8 @@ class Facts:
     baseline_overrides: list[str]  # the re-evaluation baseline as overrides
     replay: str = ""
     experiment: str = ""
+    registered: dict[str, tuple[str, dict]] = field(default_factory=dict)  # alias → (version, run)
+    not_registered: str = ""  # why registering failed, when it did
 
 
 def answer_lines(facts: Facts) -> list[str]:
@@ -217,6 +220,8 @@ def markdown(facts: Facts, importance: dict, counts: dict[str, int]) -> str:
     out += [f"- {line}" for line in answer_lines(facts)] + [""]
     if facts.replay:
         out += ["Replay:", "", "```bash", facts.replay, facts.experiment, "```", ""]
+    registry = registry_lines(facts)
+    out += (registry + [""]) if registry else []
     out += [f"How it was chosen: among settings within noise of the highest validation accuracy, the smallest gap "
             f"(gap ≤ ε = {s.epsilon:g} preferred); adopted only if, on the test split, it is more accurate than the "
             "baseline, or as accurate and less overfit, beyond noise. Search objective: "
@@ -302,6 +307,7 @@ def terminal_summary(facts: Facts, counts: dict[str, int]) -> str:
             lines.append(f"           {r.number:4d}  {r.val_accuracy:.4f}  {r.gap:+.4f}  {knobs}")
     if facts.replay:
         lines += ["Replay:", f"  {facts.replay}", f"  {facts.experiment}"]
+    lines += [line.replace("`", "") for line in registry_lines(facts)]
     return "\n".join(lines)
 
 
@@ -328,6 +334,49 @@ def reevaluation_markdown(facts: Facts) -> list[str]:
                    [[name(s), len(s.runs), s.pm("test_accuracy", 4), s.pm("val_accuracy", 4), s.pm("gap", 4),
                      s.pm("test_gap", 4)] for s in facts.summaries]), ""]
     return out
+
+
+ALIASES = ("recommended", "baseline")
+
+
+def register_models(name: str, found: Answer | None) -> dict[str, tuple[str, dict]]:
+    """After re-evaluation, the answer's setting and the baseline, one seed each, as versions of
+    the registered model `name` under the aliases `recommended` and `baseline`.
+
+    A run already registered is not registered again, so a report with the same answer changes
+    nothing, and one whose answer changed moves the alias to the new setting's version.
+    """
+    if found is None or found.verdict is None:
+        return {}
+    recommended = found.baseline if found.keep_baseline else found.chosen
+    registered = {}
+    for alias, summary in zip(ALIASES, (recommended, found.baseline)):
+        run = representative_run(summary)
+        version = tracking.registered_version(name, run["run_id"])
+        if version is None:
+            import_tensorflow_quietly()
+            from regsweep import (
+                export,  # lazy: TensorFlow, only to build a model not registered yet
+            )
+
+            version = export.register(name, run["run_id"])
+        tracking.set_alias(name, alias, version)
+        registered[alias] = (version, run)
+    return registered
+
+
+def registry_lines(facts: Facts) -> list[str]:
+    """Where the answer's model is, and how to load it anywhere."""
+    if facts.not_registered:
+        return [f"The model was not registered: {facts.not_registered}"]
+    if "recommended" not in facts.registered:
+        return []
+    version, run = facts.registered["recommended"]
+    baseline_version, _ = facts.registered["baseline"]
+    uri = f"models:/{facts.name}@recommended"
+    return [f"The answer's model is registered as `{uri}` (version {version}: run `{run['run_id']}`, seed {run['seed']}; "
+            f"the baseline is `@baseline`, version {baseline_version}). Load it anywhere with "
+            f"`mlflow.pyfunc.load_model(\"{uri}\")`: raw 0–255 RGB images in, one probability per class out."]
 
 
 def write_report(optuna_study: optuna.Study, cfg: DictConfig, parent_run_id: str | None, open_html: bool = False) -> Path:
@@ -359,6 +408,12 @@ def write_report(optuna_study: optuna.Study, cfg: DictConfig, parent_run_id: str
         (config_dir / f"{optuna_study.study_name}_best.yaml").write_text(best_config(overrides, origin))
         config_flag = "" if str(cfg.paths.store) == "mlruns" else f"--config-dir {store / 'configs'} "
         facts.experiment = f"regsweep train {config_flag}+experiment={optuna_study.study_name}_best"
+    if parent_run_id is not None:
+        tracking.use_store(cfg.tracking)
+        try:
+            facts.registered = register_models(optuna_study.study_name, facts.answer)
+        except RegsweepError as error:  # the report stands without it; it says why
+            facts.not_registered = str(error)
     answer_row = facts.answer.row if facts.answer is not None else None
     front_figure(rows, pareto_front(rows), answer_row, settings.epsilon).savefig(out_dir / "front.png", dpi=110)
     if searched and complete(rows):
@@ -371,7 +426,6 @@ def write_report(optuna_study: optuna.Study, cfg: DictConfig, parent_run_id: str
     (out_dir / "report.md").write_text(text)
     (out_dir / "report.html").write_text(html_report(text, out_dir, f"regsweep report — {optuna_study.study_name}"))
     if parent_run_id is not None:
-        tracking.use_store(cfg.tracking)
         client = mlflow.MlflowClient()
         client.log_artifacts(parent_run_id, str(out_dir), artifact_path="report")
         if answer_row is not None:

@@ -285,6 +285,12 @@ def _image_variance(pairs: list[tuple[dict, dict]], split: str) -> float:
     return binomial_se(a_accuracy, images) ** 2 + binomial_se(b_accuracy, images) ** 2
 
 
+def representative_run(summary: Summary) -> dict:
+    """The one seed's run that stands for a setting in the Model Registry: the most accurate on
+    validation (the earlier seed on a tie). The test split picks nothing."""
+    return max(summary.runs, key=lambda run: (run["val_accuracy"], -run["seed"]))
+
+
 def stable_choice(summaries: list[Summary], epsilon: float) -> Summary | None:
     """The rule on re-evaluated settings, the baseline among them: the settings whose mean
     val_accuracy is within one standard error (seeds and images) of the most accurate are tied;
