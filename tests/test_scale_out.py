@@ -7,16 +7,22 @@ only things the workers share are the two services, as on real machines.
 
 from __future__ import annotations
 
+import json
 import os
 import re
+import signal
+import socket
 import subprocess
 import sys
 import threading
 import time
+import urllib.error
+import urllib.request
 import uuid
 from pathlib import Path
 
 import mlflow
+import numpy as np
 import optuna
 import pytest
 from conftest import new_store, service_url
@@ -152,6 +158,59 @@ def test_two_machines_complete_one_study_and_any_machine_reports_it(tmp_path, de
     logged = Path(mlflow.artifacts.download_artifacts(run_id=parent, artifact_path="report/report.md",
                                                       tracking_uri=server, dst_path=str(tmp_path / "download")))
     assert logged.read_text() == text
+
+    # The answer's model, registered on the server: loaded in a process that never imports
+    # regsweep, and served by `mlflow models serve` on 127.0.0.1.
+    recommended = client.get_model_version_by_alias(study, "recommended")
+    assert recommended.run_id in {r.info.run_id for r in reevals}
+    assert f"models:/{study}@recommended" in result.stdout
+    images = np.random.default_rng(0).uniform(0, 255, (3, 32, 32, 3)).astype("float32")
+    np.save(tmp_path / "images.npy", images)
+    loaded = subprocess.run([sys.executable, "-c", PYFUNC, f"models:/{study}@recommended", str(tmp_path / "images.npy")],
+                            env={**env, "MLFLOW_TRACKING_URI": server}, capture_output=True, text=True, timeout=300)
+    assert loaded.returncode == 0, loaded.stderr[-3000:]
+    *_, shape, imported = loaded.stdout.strip().splitlines()
+    assert (shape, imported) == ("(3, 5)", "False")
+    answer = serve_and_predict(f"models:/{study}@recommended", images, server, env)
+    probabilities = np.array(answer["predictions"])
+    assert probabilities.shape == (3, 5) and np.allclose(probabilities.sum(axis=1), 1, atol=1e-4)
+
+
+PYFUNC = """
+import sys, numpy as np, mlflow
+predictions = mlflow.pyfunc.load_model(sys.argv[1]).predict(np.load(sys.argv[2]))
+print(predictions.shape)
+print("regsweep" in sys.modules)
+"""
+
+
+def serve_and_predict(model_uri: str, images: np.ndarray, server: str, env: dict) -> dict:
+    """Starts MLflow's model server on 127.0.0.1 (in this environment: --env-manager local), asks
+    it one prediction, and stops it."""
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    bin_dir = str(Path(sys.executable).parent)  # MLflow starts uvicorn from PATH
+    served = subprocess.Popen([f"{bin_dir}/mlflow", "models", "serve", "-m", model_uri, "--env-manager", "local",
+                               "-h", "127.0.0.1", "-p", str(port)],
+                              env={**env, "MLFLOW_TRACKING_URI": server, "PATH": f"{bin_dir}:{env['PATH']}"},
+                              stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, start_new_session=True)
+    try:
+        deadline = time.monotonic() + 180
+        while True:
+            try:
+                request = urllib.request.Request(f"http://127.0.0.1:{port}/invocations",
+                                                 json.dumps({"inputs": images.tolist()}).encode(),
+                                                 {"Content-Type": "application/json"})
+                with urllib.request.urlopen(request, timeout=60) as response:
+                    return json.load(response)
+            except (urllib.error.URLError, ConnectionError):
+                assert served.poll() is None, served.stdout.read()[-3000:]
+                assert time.monotonic() < deadline, "mlflow models serve did not answer within 180 s"
+                time.sleep(1)
+    finally:
+        os.killpg(served.pid, signal.SIGTERM)
+        served.wait(timeout=30)
 
 
 @pytest.mark.slow
