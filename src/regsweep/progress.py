@@ -1,0 +1,79 @@
+"""Progress of long steps (checking, fingerprinting and decoding images, filling the feature
+cache, the re-evaluation's runs), on stderr: tqdm's bar on a terminal, a plain line now and
+then in a log.
+
+A bar redrawn in place is noise in a CI job's or a worker's log, so when stderr is not a
+terminal a line such as `checking images in …: 4,000 / 20,000 images, 00:12 elapsed, ~00:48
+left` is printed at most every REGSWEEP_PROGRESS_SECONDS (default 10), and one more when the
+step ends. A step that ends sooner prints nothing, and a bar shows only after a moment, so
+short steps (a cached check, a small folder) stay silent.
+
+A sweep's trials report too, from its worker child (which shares the sweep's stderr): a trial
+at a new augment.strength fills its augmented views, minutes of work on a large folder. A sweep
+process runs one trial at a time, and a bar is gone before the trial's epoch line is drawn.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+
+from tqdm import tqdm
+
+EVERY_SECONDS = 10.0  # between lines in a log; REGSWEEP_PROGRESS_SECONDS overrides it
+BAR_DELAY_SECONDS = 2.0  # before a bar appears on a terminal (shorter if the line interval is)
+
+
+@contextmanager
+def steps(what: str, total: int, unit: str = "images", stream=None,
+          clock: Callable[[], float] = time.monotonic) -> Iterator[Callable[..., None]]:
+    """Yields `advance(n=1)`, to call as items of the `total` are done. `stream` (stderr) and
+    `clock` are for tests."""
+    stream = sys.stderr if stream is None else stream
+    every = float(os.environ.get("REGSWEEP_PROGRESS_SECONDS", EVERY_SECONDS))
+    if getattr(stream, "isatty", lambda: False)():
+        # leave=False: the bar goes when the step ends, and a trial's own progress line takes its place
+        with tqdm(total=total, desc=what, unit=unit, file=stream, delay=min(BAR_DELAY_SECONDS, every),
+                  mininterval=0.5, leave=False, dynamic_ncols=True) as bar:
+            yield bar.update
+        return
+    lines = _Lines(what, total, unit, stream, every, clock)
+    yield lines.advance
+    lines.finish()
+
+
+class _Lines:
+    """A line when `every` seconds have passed since the step began or since the last line."""
+
+    def __init__(self, what: str, total: int, unit: str, stream, every: float, clock: Callable[[], float]):
+        self.what, self.total, self.unit, self.stream, self.every, self.clock = what, total, unit, stream, every, clock
+        self.done, self.printed = 0, False
+        self.start = self.last = clock()
+
+    def advance(self, n: int = 1) -> None:
+        self.done += n
+        now = self.clock()
+        if now - self.last >= self.every and self.done < self.total:
+            elapsed = now - self.start
+            left = elapsed * (self.total - self.done) / max(self.done, 1)  # at the pace so far
+            self._print(f"{tqdm.format_interval(elapsed)} elapsed, ~{tqdm.format_interval(left)} left")
+            self.last = now
+
+    def finish(self) -> None:
+        """The closing line of a step that printed any: a log then shows it ended, and how long it took."""
+        if self.printed:
+            ended = "done in" if self.done >= self.total else "stopped after"
+            self._print(f"{ended} {tqdm.format_interval(self.clock() - self.start)}")
+
+    def _print(self, timing: str) -> None:
+        print(f"{self.what}: {self.done:,} / {self.total:,} {self.unit}, {timing}", file=self.stream, flush=True)
+        self.printed = True
+
+
+def say(line: str) -> None:
+    """Prints a line on stdout; on a terminal, a bar on stderr is lifted out of its way and redrawn below."""
+    with tqdm.external_write_mode(file=sys.stdout):
+        print(line, flush=True)

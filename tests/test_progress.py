@@ -1,0 +1,70 @@
+"""Progress of long steps: a bar on a terminal, plain periodic lines in a log, silence for short steps."""
+
+from __future__ import annotations
+
+import io
+import pytest
+
+from regsweep import progress
+
+
+class Clock:
+    """A clock the test moves by hand."""
+
+    def __init__(self):
+        self.now = 0.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+class Terminal(io.StringIO):
+    def isatty(self) -> bool:
+        return True
+
+
+def run_step(total: int, seconds_per_item: float, stream, stop_after: int | None = None) -> None:
+    clock = Clock()
+    with progress.steps("checking images in /data/train", total, stream=stream, clock=clock) as advance:
+        for done in range(1, total + 1):
+            clock.now += seconds_per_item
+            advance()
+            if done == stop_after:
+                break
+
+
+def test_a_log_gets_a_plain_line_every_interval_and_one_when_the_step_ends(monkeypatch):
+    monkeypatch.setenv("REGSWEEP_PROGRESS_SECONDS", "10")
+    log = io.StringIO()
+    run_step(16_000, 1 / 256, log)  # 62.5 s of work
+    lines = log.getvalue().splitlines()
+    assert lines[0] == "checking images in /data/train: 2,560 / 16,000 images, 00:10 elapsed, ~00:52 left"
+    assert lines[1].startswith("checking images in /data/train: 5,120 / 16,000 images, 00:20 elapsed")
+    assert len(lines) == 7  # at 10, 20 … 60 s, and the end
+    assert lines[-1] == "checking images in /data/train: 16,000 / 16,000 images, done in 01:02"
+    assert "\r" not in log.getvalue()  # nothing redrawn in place: a log stays readable
+
+
+def test_a_short_step_prints_nothing_and_a_stopped_one_says_so(monkeypatch):
+    monkeypatch.setenv("REGSWEEP_PROGRESS_SECONDS", "10")
+    short = io.StringIO()
+    run_step(300, 0.003, short)  # about a second
+    assert short.getvalue() == ""
+    stopped = io.StringIO()
+    run_step(100, 1.0, stopped, stop_after=30)
+    assert stopped.getvalue().splitlines()[-1] == "checking images in /data/train: 30 / 100 images, stopped after 00:30"
+
+
+def test_a_terminal_gets_a_bar_that_is_gone_when_the_step_ends(monkeypatch):
+    monkeypatch.setenv("REGSWEEP_PROGRESS_SECONDS", "0")  # no delay: the bar shows at once
+    terminal = Terminal()
+    run_step(50, 0.0, terminal)
+    shown = terminal.getvalue()
+    assert "checking images in /data/train:" in shown and "/50 [" in shown and "images/s" in shown
+    assert " / 50 images, " not in shown  # a bar, not the log's lines
+    assert shown.endswith("\r")  # cleared, so the next line starts on a clean row
+
+
+@pytest.fixture(autouse=True)
+def _default_interval(monkeypatch):
+    monkeypatch.delenv("REGSWEEP_PROGRESS_SECONDS", raising=False)
