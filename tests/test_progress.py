@@ -3,7 +3,12 @@
 from __future__ import annotations
 
 import io
+import os
+import subprocess
+import sys
+
 import pytest
+from conftest import write_class_folders
 
 from regsweep import progress
 
@@ -63,6 +68,25 @@ def test_a_terminal_gets_a_bar_that_is_gone_when_the_step_ends(monkeypatch):
     assert "checking images in /data/train:" in shown and "/50 [" in shown and "images/s" in shown
     assert " / 50 images, " not in shown  # a bar, not the log's lines
     assert shown.endswith("\r")  # cleared, so the next line starts on a clean row
+
+
+def test_piped_output_of_a_real_command_shows_the_image_check_as_lines(tmp_path):
+    """The CLI's stderr in a CI log: periodic lines for the image check, then the one-sentence error."""
+    train, val = tmp_path / "train", tmp_path / "val"
+    write_class_folders(train, 5, size=16, classes=("a", "b"))
+    write_class_folders(val, 2, size=16, classes=("a", "b"))
+    (train / "a" / "broken.png").write_bytes(b"not a png")
+    command = [sys.executable, "-c", "from regsweep.cli import main; main()", "sweep", f"paths.store={tmp_path / 's'}",
+               "data=folders", f"data.train_dir={train}", f"data.val_dir={val}"]
+    result = subprocess.run(command, check=False, capture_output=True, text=True, timeout=300,
+                            env={**os.environ, "REGSWEEP_PROGRESS_SECONDS": "0"})
+    lines = result.stderr.splitlines()
+    assert result.returncode == 2, result.stderr[-2000:]
+    assert f"checking images in {train}: 1 / 11 images, " in result.stderr
+    assert f"checking images in {train}: 11 / 11 images, done in 00:00" in lines
+    assert f"fingerprinting {train}: 11 / 11 images, done in 00:00" in lines
+    assert lines[-1].startswith(f"regsweep: error: {train / 'a' / 'broken.png'} in data.train_dir=")
+    assert "\r" not in result.stderr
 
 
 @pytest.fixture(autouse=True)
