@@ -124,6 +124,18 @@ def test_a_hit_gives_bit_identical_features_to_a_fresh_computation(tmp_path, ima
     assert not np.array_equal(v0, v1)
 
 
+def test_a_fill_reports_progress_in_a_log_and_a_hit_reports_none(tmp_path, images, monkeypatch, capfd):
+    monkeypatch.setenv("REGSWEEP_PROGRESS_SECONDS", "0")  # a line per batch, as a long fill prints one every 10 s
+    monkeypatch.setattr(cache, "COMPUTE_BATCH", 4)  # 8 training images: two batches
+    cfg = folders_cfg(tmp_path / "mlruns", images, "augment.strength=0.5", "cache.augmented_views=2")
+    prepare(cfg)
+    filled = capfd.readouterr().err.splitlines()
+    assert "filling the feature cache (train, augmented view 2 of 2): 8 / 8 images, done in 00:00" in filled
+    assert "filling the feature cache (train, clean images): 8 / 8 images, done in 00:00" in filled
+    prepare(cfg)
+    assert "filling the feature cache" not in capfd.readouterr().err
+
+
 def test_the_cached_features_are_the_prefix_of_the_un_augmented_images(tmp_path, images):
     import keras
 

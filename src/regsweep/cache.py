@@ -40,7 +40,7 @@ from typing import Callable
 import numpy as np
 from omegaconf import DictConfig, OmegaConf
 
-from regsweep import data
+from regsweep import data, progress
 from regsweep.files import file_lock, publish_folder
 
 FORMAT = 2  # 2: phase 1 entries hold pooled vectors
@@ -276,10 +276,11 @@ def _size(n: int) -> str:
 # --- filling entries --------------------------------------------------------------------------
 
 
-def write_features(folders: list[Path], prefix, images: np.ndarray, labels: np.ndarray, augmenter=None) -> None:
+def write_features(folders: list[Path], prefix, images: np.ndarray, labels: np.ndarray, augmenter=None,
+                   what: str = "computing cached features") -> None:
     """Runs `images` (uint8) through the optional augmenter and the prefix, batch by batch,
     writing output k into `folders[k]` as a memory-mapped .npy file: no whole array is ever
-    held in memory.
+    held in memory. `what` names the step in its progress bar (or log lines).
 
     Augmentation runs in a tf.data map, sequentially on purpose: its seeded random state is
     then consumed in file order, so the same view is computed bit for bit every time.
@@ -294,14 +295,16 @@ def write_features(folders: list[Path], prefix, images: np.ndarray, labels: np.n
                                          shape=(len(images), *(int(d) for d in output.shape[1:])))
                for folder, output in zip(folders, prefix.outputs, strict=True)]
     start = 0
-    for batch in batches.prefetch(tf.data.AUTOTUNE):
-        n = int(batch.shape[0])
-        if n < COMPUTE_BATCH:  # pad the last batch: one input shape, so the step is traced once
-            batch = tf.pad(batch, [[0, COMPUTE_BATCH - n], [0, 0], [0, 0], [0, 0]])
-        results = prefix.predict_on_batch(batch)
-        for out, result in zip(outputs, results if isinstance(results, (list, tuple)) else [results]):
-            out[start : start + n] = result[:n]
-        start += n
+    with progress.steps(what, len(images)) as advance:
+        for batch in batches.prefetch(tf.data.AUTOTUNE):
+            n = int(batch.shape[0])
+            if n < COMPUTE_BATCH:  # pad the last batch: one input shape, so the step is traced once
+                batch = tf.pad(batch, [[0, COMPUTE_BATCH - n], [0, 0], [0, 0], [0, 0]])
+            results = prefix.predict_on_batch(batch)
+            for out, result in zip(outputs, results if isinstance(results, (list, tuple)) else [results]):
+                out[start : start + n] = result[:n]
+            start += n
+            advance(n)
     for folder, out in zip(folders, outputs):
         out.flush()
         np.save(folder / LABELS, labels.astype(np.int32))
@@ -382,7 +385,9 @@ def prepare(cfg: DictConfig, splits, base, classifier, fingerprints: dict[str, s
             images, labels = data.load_images(folders[split], splits.class_names, size)
             augmenter = None if index is None else data.build_augmenter(
                 strength, cfg.data.flip, cfg.augment, view_seed(seed, index))
-            write_features([stagings[i] for i in wanted], prefix, images, labels, augmenter)
+            view = "clean images" if index is None else f"augmented view {index + 1} of {cfg.cache.augmented_views}"
+            write_features([stagings[i] for i in wanted], prefix, images, labels, augmenter,
+                           f"filling the feature cache ({split}, {view})")
         return fill
 
     entries: dict[tuple, dict[int, Entry]] = {}
