@@ -29,7 +29,7 @@ import mlflow
 import optuna
 from omegaconf import DictConfig
 
-from regsweep import data, results, space, study, tracking
+from regsweep import data, progress, results, space, study, tracking
 from regsweep.config import RegsweepError, compose, override_key
 from regsweep.results import BASELINE, Summary
 from regsweep.worker import import_tensorflow_quietly
@@ -149,24 +149,29 @@ def _train(optuna_study: optuna.Study, cfg: DictConfig, todo: list[tuple[Setting
     import_tensorflow_quietly()
     from regsweep import train  # lazy: TensorFlow, only in the process that re-evaluates
 
-    for index, (setting, seed) in enumerate(todo, start=1):
-        if not study.renew(optuna_study, token):
-            print("This worker's re-evaluation claim was taken over by another worker; leaving the rest to it.", flush=True)
-            return False
-        overrides = merge(setting.overrides, [f"train.seed={seed}", "tracking.artifacts=none"])
-        run_cfg = compose(overrides)
-        tags = {tracking.STUDY_TAG: optuna_study.study_name, tracking.ROLE_TAG: role,
-                tracking.REEVAL_TAG: setting.label, tracking.REEVAL_KEY_TAG: run_key(setting, seed)}
-        if setting.trial_number is not None:
-            tags[tracking.TRIAL_NUMBER_TAG] = str(setting.trial_number)
-        fraction = run_cfg.data.train_fraction
-        name = f"{role} {setting.label}" + (f" {100 * fraction:g}%" if role == CURVE else "") + f" seed {seed}"
-        result = train.train_and_log(run_cfg, parent_run_id=parent_run_id, tags=tags, evaluate_test=role == REEVAL,
-                                     with_test=role == REEVAL, label=name)
-        metrics = result.metrics
-        scores = (f"test {metrics['test_accuracy']:.3f} val {metrics['val_accuracy']:.3f} test gap {metrics['test_gap']:.3f}"
-                  if role == REEVAL else f"{metrics['train_images']} training images: val {metrics['val_accuracy']:.3f}")
-        print(f"  {index}/{len(todo)} {name}: {scores}", flush=True)
+    what = "re-evaluation" if role == REEVAL else "learning curve"
+    with progress.steps(what, len(todo), unit="runs") as advance:
+        for index, (setting, seed) in enumerate(todo, start=1):
+            if not study.renew(optuna_study, token):
+                progress.say("This worker's re-evaluation claim was taken over by another worker; "
+                             "leaving the rest to it.")
+                return False
+            overrides = merge(setting.overrides, [f"train.seed={seed}", "tracking.artifacts=none"])
+            run_cfg = compose(overrides)
+            tags = {tracking.STUDY_TAG: optuna_study.study_name, tracking.ROLE_TAG: role,
+                    tracking.REEVAL_TAG: setting.label, tracking.REEVAL_KEY_TAG: run_key(setting, seed)}
+            if setting.trial_number is not None:
+                tags[tracking.TRIAL_NUMBER_TAG] = str(setting.trial_number)
+            fraction = run_cfg.data.train_fraction
+            name = f"{role} {setting.label}" + (f" {100 * fraction:g}%" if role == CURVE else "") + f" seed {seed}"
+            result = train.train_and_log(run_cfg, parent_run_id=parent_run_id, tags=tags, evaluate_test=role == REEVAL,
+                                         with_test=role == REEVAL, label=name)
+            metrics = result.metrics
+            scores = (f"test {metrics['test_accuracy']:.3f} val {metrics['val_accuracy']:.3f} "
+                      f"test gap {metrics['test_gap']:.3f}" if role == REEVAL
+                      else f"{metrics['train_images']} training images: val {metrics['val_accuracy']:.3f}")
+            progress.say(f"  {index}/{len(todo)} {name}: {scores}")
+            advance()
     return True
 
 
