@@ -117,9 +117,7 @@ def sweep_command(args: list[str]) -> None:
     if options.cfg:
         print(OmegaConf.to_yaml(compose_study(options.overrides)), end="")
         return
-    from regsweep import (
-        sweep,  # lazy: MLflow and Optuna load only for the command that needs them
-    )
+    from regsweep import sweep  # lazy: MLflow and Optuna load only for the command that needs them
 
     sweep.run_study(options.overrides)
 
@@ -134,9 +132,7 @@ def report_command(args: list[str]) -> None:
     parser.add_argument("--open", action="store_true", help="open report.html in a browser, where one exists")
     parser.add_argument("words", nargs="*", help=argparse.SUPPRESS)
     options = parser.parse_intermixed_args(args)
-    from regsweep import (
-        report,  # lazy: MLflow, Optuna and matplotlib load only for the command that needs them
-    )
+    from regsweep import report  # lazy: MLflow, Optuna and matplotlib load only for the command that needs them
 
     report.report_stored_study(*_study_and_overrides(options.words), reevaluate_first=options.reevaluate,
                                open_html=options.open)
@@ -171,9 +167,7 @@ def ui_command(args: list[str]) -> None:
     parser.add_argument("--optuna-port", type=_port, default=8080, help="its port (it listens on --host too)")
     parser.add_argument("words", nargs="*", help=argparse.SUPPRESS)
     options = parser.parse_intermixed_args(args)
-    from regsweep import (
-        ui,  # lazy: MLflow's server code (~4 s) loads only for this command
-    )
+    from regsweep import ui  # lazy: MLflow's server code (~4 s) loads only for this command
 
     name, overrides = _study_and_overrides(options.words)
     ui.serve(ui.Options(options.host, options.port, options.optuna, options.optuna_port,
@@ -193,10 +187,7 @@ def export_command(args: list[str]) -> None:
     options = parser.parse_intermixed_args(args)
     cfg = compose(options.overrides)  # where the runs are: tracking.uri, paths.store
     import_tensorflow_quietly()
-    from regsweep import (  # lazy: TensorFlow, only for the command that builds a model
-        export,
-        tracking,
-    )
+    from regsweep import export, tracking  # lazy: TensorFlow, only for the command that builds a model
 
     tracking.use_store(cfg.tracking)
     out = export.export_run(options.run_id, Path(options.out or f"model-{options.run_id}"), options.weights)

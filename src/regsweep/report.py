@@ -355,9 +355,7 @@ def register_models(name: str, found: Answer | None) -> dict[str, tuple[str, dic
         version = tracking.registered_version(name, run["run_id"])
         if version is None:
             import_tensorflow_quietly()
-            from regsweep import (
-                export,  # lazy: TensorFlow, only to build a model not registered yet
-            )
+            from regsweep import export  # lazy: TensorFlow, only to build a model not registered yet
 
             version = export.register(name, run["run_id"])
         tracking.set_alias(name, alias, version)
