@@ -13,8 +13,12 @@ from typing import Any
 
 from omegaconf import DictConfig, OmegaConf
 
-CONF_DIR = Path(__file__).resolve().parents[2] / "conf"
-SWEEPS_DIR = CONF_DIR.parent / "sweeps"
+# regsweep's own config tree and sweep definitions: inside the package when installed from a
+# wheel (pyproject.toml maps them there), at the top of the repository in a source checkout.
+_PACKAGE = Path(__file__).resolve().parent
+_ROOT = _PACKAGE if (_PACKAGE / "conf").is_dir() else _PACKAGE.parents[1]
+CONF_DIR = _ROOT / "conf"
+SWEEPS_DIR = _ROOT / "sweeps"
 
 # config.yaml searches mlruns/configs for the best settings a report writes; until a first
 # report exists the folder is missing, which is normal and not worth a warning per trial.
