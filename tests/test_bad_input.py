@@ -71,9 +71,11 @@ def non_image(train, val):
     (train / "stripes" / "labels.csv").write_text("file,label\n")
 
 
-def broken_sweep_file(text: str):
+def broken_sweep_file(cwd: Path, text: str):
+    """A user's own sweeps/<name>.yaml in the working directory, found before regsweep's own."""
     name = f"_broken_{uuid.uuid4().hex[:8]}"
-    (SWEEPS_DIR / f"{name}.yaml").write_text(text)
+    (cwd / "sweeps").mkdir(exist_ok=True)
+    (cwd / "sweeps" / f"{name}.yaml").write_text(text)
     return name
 
 
@@ -106,10 +108,10 @@ CASES = [
      "missing.weights.h5 is not a file", "give the path of a weights file"),
     ("unreachable storage URL", "sweep", lambda r, g: ["sweep.storage=postgresql://ada:secret@127.0.0.1:9/optuna"],
      "sweep.storage=postgresql://ada:***@127.0.0.1:9/optuna cannot be opened", "check the URL"),
-    ("sweep file that is not YAML", "sweep", lambda r, g: [f"sweep={broken_sweep_file('params: [unclosed')}"],
+    ("sweep file that is not YAML", "sweep", lambda r, g: [f"sweep={broken_sweep_file(r, 'params: [unclosed')}"],
      "is not valid YAML", "fix the file"),
     ("sweep file with a malformed search space", "sweep",
-     lambda r, g: [f"sweep={broken_sweep_file(_space_file('model.dropout: interval(0.7)'))}"],
+     lambda r, g: [f"sweep={broken_sweep_file(r, _space_file('model.dropout: interval(0.7)'))}"],
      "sweep.params model.dropout: 'interval(0.7)'", "use interval(a, b)"),
     ("study name taken by a different search space", "sweep", lambda r, g: ["model.dropout=interval(0.0, 0.3)"],
      "study 'regularization'", "was started with a different search_space"),
@@ -152,14 +154,10 @@ def snapshot(store: Path) -> dict[str, str]:
 def test_bad_input_is_one_sentence_exit_2_and_leaves_records_alone(recorded, tmp_path, monkeypatch, capfd, case,
                                                                   command, make_args, words):
     store, good = recorded
-    try:
-        args = make_args(tmp_path, good)
-        before = snapshot(store)
-        returncode, stdout, stderr = regsweep(command, [f"paths.store={store}", *TINY[:3], *args], tmp_path,
-                                              monkeypatch, capfd)
-    finally:
-        for path in SWEEPS_DIR.glob("_broken_*.yaml"):
-            path.unlink()
+    args = make_args(tmp_path, good)
+    before = snapshot(store)
+    returncode, stdout, stderr = regsweep(command, [f"paths.store={store}", *TINY[:3], *args], tmp_path,
+                                          monkeypatch, capfd)
     lines = [line for line in stderr.splitlines() if line.strip()]
     print(f"{case}: {stderr.strip()}")  # pytest -s shows what a user sees
     assert returncode == 2, stderr[-2000:]

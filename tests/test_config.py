@@ -8,7 +8,7 @@ import sys
 
 import pytest
 
-from regsweep.config import RegsweepError, compose, flatten, redact, validate
+from regsweep.config import RegsweepError, compose, compose_study, flatten, redact, validate
 
 
 def test_default_config_uses_the_canonical_knob_keys():
@@ -62,6 +62,34 @@ def test_secrets_in_urls_never_reach_params():
     assert redact("postgresql://ada:s3cret@db:5432/optuna") == "postgresql://ada:***@db:5432/optuna"
     flat = flatten(compose(["tracking.uri=http://ada:s3cret@127.0.0.1:5000"]))
     assert "s3cret" not in str(flat) and flat["tracking.uri"] == "http://ada:***@127.0.0.1:5000"
+
+
+def test_own_conf_and_sweeps_in_the_working_directory_come_before_regsweeps_own(tmp_path, monkeypatch):
+    from regsweep import space
+
+    (tmp_path / "conf" / "model").mkdir(parents=True)
+    (tmp_path / "conf" / "model" / "wide.yaml").write_text("defaults:\n  - demo_cnn\n  - _self_\nhead_units: 256\n")
+    (tmp_path / "conf" / "train").mkdir()
+    (tmp_path / "conf" / "train" / "default.yaml").write_text("epochs: 3\nfine_tune_epochs: 2\nseed: 0\n"
+                                                               "early_stopping_patience: 5\nverbose: 0\n")
+    (tmp_path / "sweeps" / "baselines").mkdir(parents=True)
+    (tmp_path / "sweeps" / "quick.yaml").write_text("study: quick\nn_trials: 2\n"
+                                                    "params:\n  model.dropout: interval(0, 0.5)\n")
+    (tmp_path / "sweeps" / "baselines" / "light.yaml").write_text("model.dropout: 0.1\n")
+    monkeypatch.chdir(tmp_path)
+    cfg = compose(["model=wide"])
+    assert cfg.model.head_units == 256 and cfg.model.backbone == "demo_cnn"  # a new option beside the packaged ones
+    assert cfg.train.epochs == 3 and cfg.optim.lr == 1e-3  # a replaced file; the rest is regsweep's own
+    assert compose_study(["sweep=quick"]).sweep.n_trials == 2
+    assert compose_study([]).sweep.study == "regularization"
+    assert space.baseline_overrides("light") == ["model.dropout=0.1"]
+    with pytest.raises(RegsweepError, match=r"sweep=nope is not a known sweep: choose one of quick, regularization, "
+                                            r"or write sweeps/nope.yaml in the working directory"):
+        compose_study(["sweep=nope"])
+    with pytest.raises(RegsweepError, match="choose one of light, unregularized, or write sweeps/baselines/nope.yaml"):
+        space.baseline_overrides("nope")
+    job = regsweep("train", "--cfg", "job", "model=wide", cwd=tmp_path)  # Hydra's own app searches ./conf first too
+    assert job.returncode == 0 and "head_units: 256" in job.stdout and "epochs: 3" in job.stdout
 
 
 def regsweep(*args, **kwargs) -> subprocess.CompletedProcess:

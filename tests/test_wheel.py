@@ -68,3 +68,8 @@ def test_the_installed_wheel_runs_from_an_empty_folder(installed, tmp_path, stor
     assert (store / "reports" / "wheel" / "report.md").is_file()
     assert not any(empty.iterdir())  # everything went to the store
 
+    own = tmp_path / "own" / "conf" / "model"  # a user's own option beside the packaged ones
+    own.mkdir(parents=True)
+    (own / "wide.yaml").write_text("defaults:\n  - demo_cnn\n  - _self_\nhead_units: 256\n")
+    job = run([installed / "regsweep", "train", "--cfg", "job", "model=wide"], tmp_path / "own").stdout
+    assert "head_units: 256" in job and "backbone: demo_cnn" in job

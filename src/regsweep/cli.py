@@ -23,7 +23,8 @@ import hydra  # noqa: E402
 from omegaconf import DictConfig, OmegaConf  # noqa: E402
 
 from regsweep import cache  # noqa: E402
-from regsweep.config import CONF_DIR, RegsweepError, compose, compose_study, override_key  # noqa: E402
+from regsweep.config import (CONF_DIR, RegsweepError, compose, compose_study, override_key,  # noqa: E402
+                             search_own_conf_first)
 from regsweep.worker import import_tensorflow_quietly  # noqa: E402
 
 USAGE = """usage: regsweep <command> [options] [hydra overrides]
@@ -91,6 +92,7 @@ def train_command(args: list[str]) -> None:
     if not any(a.startswith("-") for a in args):
         compose([a for a in args if not override_key(a).startswith(("hydra.", "hydra/"))])
     sys.argv = ["regsweep train", *args]
+    search_own_conf_first()
     _train_app()
 
 

@@ -11,6 +11,7 @@ import warnings
 from pathlib import Path
 from typing import Any
 
+from hydra.plugins.search_path_plugin import SearchPathPlugin
 from omegaconf import DictConfig, OmegaConf
 
 # regsweep's own config tree and sweep definitions: inside the package when installed from a
@@ -44,6 +45,7 @@ def compose(overrides: list[str] | None = None) -> DictConfig:
     from hydra.core.global_hydra import GlobalHydra
     from hydra.errors import HydraException
 
+    search_own_conf_first()
     register_sweeps()
     try:
         if GlobalHydra.instance().is_initialized():
@@ -69,6 +71,47 @@ def _composition_problem(error: Exception) -> str:
     return f"{_first_line(error)}: check the override against `regsweep train --cfg job`"
 
 
+def own_conf_dir() -> Path | None:
+    """./conf in the working directory, where the user has one (and it is not regsweep's own)."""
+    own = Path.cwd() / "conf"
+    return own if own.is_dir() and own.resolve() != CONF_DIR else None
+
+
+def config_groups() -> set[str]:
+    """The config groups (data, model, ...), the user's own included."""
+    own = own_conf_dir()
+    roots = [CONF_DIR, own] if own else [CONF_DIR]
+    return {p.name for root in roots for p in root.iterdir() if p.is_dir()}
+
+
+class OwnConfFirst(SearchPathPlugin):
+    """Hydra searches ./conf of the working directory before regsweep's own conf: a file there
+    replaces the packaged one of the same name (conf/config.yaml, conf/model/vgg16.yaml) and a new
+    one adds an option (conf/model/mine.yaml is model=mine)."""
+
+    def manipulate_search_path(self, search_path) -> None:
+        own = own_conf_dir()
+        if own:
+            search_path.prepend("regsweep: ./conf", f"file://{own}", anchor="main")
+
+
+def search_own_conf_first() -> None:
+    """Registers OwnConfFirst; called before Hydra builds its search path (finding plugins takes
+    Hydra a moment, so not at import)."""
+    from hydra.core.plugins import Plugins
+
+    Plugins.instance().register(OwnConfFirst)  # a second call changes nothing
+
+
+def sweep_files(folder: str = "") -> dict[str, Path]:
+    """Each sweep definition by name (with folder="baselines", each baseline): a file in ./sweeps of
+    the working directory comes before regsweep's own file of the same name."""
+    found: dict[str, Path] = {}
+    for root in (SWEEPS_DIR, Path.cwd() / "sweeps"):  # the later one wins
+        found.update((path.stem, path) for path in (root / folder).glob("*.yaml"))
+    return dict(sorted(found.items()))
+
+
 DEFAULT_SWEEP = "regularization"
 
 
@@ -79,10 +122,11 @@ def compose_study(overrides: list[str]) -> DictConfig:
     """
     choice = next((o.split("=", 1)[1] for o in overrides if o.startswith("sweep=")), DEFAULT_SWEEP)
     rest = [o for o in overrides if not o.startswith("sweep=")]
-    if not (SWEEPS_DIR / f"{choice}.yaml").is_file():
-        known = ", ".join(p.stem for p in sorted(SWEEPS_DIR.glob("*.yaml")))
-        raise RegsweepError(f"sweep={choice}: no file sweeps/{choice}.yaml; the sweeps are: {known}")
-    load_sweep_file(SWEEPS_DIR / f"{choice}.yaml")  # its own syntax error, named
+    sweeps = sweep_files()
+    if choice not in sweeps:
+        raise RegsweepError(f"sweep={choice} is not a known sweep: choose one of {', '.join(sweeps)}, "
+                            f"or write sweeps/{choice}.yaml in the working directory")
+    load_sweep_file(sweeps[choice])  # its own syntax error, named
     cfg = compose([f"+sweep={choice}", *rest])
     check_study_name(str(cfg.sweep.study))
     return cfg
@@ -115,12 +159,12 @@ def register_sweeps() -> None:
     from hydra.core.config_store import ConfigStore
 
     store = ConfigStore.instance()
-    for path in sorted(SWEEPS_DIR.glob("*.yaml")):
+    for name, path in sweep_files().items():
         try:
             node = load_sweep_file(path)
         except RegsweepError:
             continue  # a broken file stops only the sweep that selects it (see compose_study)
-        store.store(group="sweep", name=path.stem, node=node)
+        store.store(group="sweep", name=name, node=node)
 
 
 def load_sweep_file(path: Path) -> DictConfig:

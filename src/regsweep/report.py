@@ -28,14 +28,11 @@ from markdown_it import MarkdownIt  # noqa: E402
 from omegaconf import DictConfig, OmegaConf  # noqa: E402
 
 from regsweep import reevaluate, space, study, tracking  # noqa: E402
-from regsweep.config import CONF_DIR, RegsweepError, compose, compose_study  # noqa: E402
+from regsweep.config import RegsweepError, compose, compose_study, config_groups  # noqa: E402
 from regsweep.results import (BASELINE, Answer, CurvePoint, Summary, TrialRow, answer, baseline_row,  # noqa: E402
                               caveats, complete, failures_by_reason, in_rule_order, pareto_front, pruned_by_level,
                               recommend, representative_run)
 from regsweep.worker import import_tensorflow_quietly  # noqa: E402
-
-# Config groups (the folders of conf/): an override of one becomes a defaults-list entry.
-GROUPS = frozenset(p.name for p in CONF_DIR.iterdir() if p.is_dir())
 
 
 def importances(optuna_study: optuna.Study) -> dict[str, dict[str, float]]:
@@ -66,10 +63,11 @@ def best_config(overrides: list[str], origin: str) -> str:
     """The overrides as a Hydra `experiment` config (`# @package _global_`)."""
     parser = OverridesParser.create()
     group_choices, values = [], OmegaConf.create()
+    groups = config_groups()  # an override of a config group becomes a defaults-list entry
     for text in overrides:
         override = parser.parse_override(text)
         key = override.key_or_group
-        if key in GROUPS:
+        if key in groups:
             group_choices.append(f"  - override /{key}: {override.value()}")
         else:
             OmegaConf.update(values, key, override.value(), force_add=True)

@@ -14,12 +14,11 @@ from hydra.core.override_parser.overrides_parser import OverridesParser
 from hydra.core.override_parser.types import ChoiceSweep, IntervalSweep, RangeSweep
 from omegaconf import DictConfig, OmegaConf
 
-from regsweep.config import SWEEPS_DIR, RegsweepError
+from regsweep.config import RegsweepError, sweep_files
 
 OBJECTIVES = ("accuracy", "constrained", "pareto")
 SAMPLERS = ("tpe", "random", "nsgaii")
 PRUNERS = ("median", "hyperband", "none")
-BASELINES_DIR = SWEEPS_DIR / "baselines"
 
 
 def parse_distribution(key: str, expression: str) -> optuna.distributions.BaseDistribution:
@@ -142,11 +141,11 @@ def check_settings(settings: DictConfig, expressions: dict[str, str]) -> None:
 
 def baseline_overrides(name: str) -> list[str]:
     """The named re-evaluation baseline (sweeps/baselines/<name>.yaml, dotted keys) as overrides."""
-    path = BASELINES_DIR / f"{name}.yaml"
-    if not path.is_file():
-        known = ", ".join(p.stem for p in sorted(BASELINES_DIR.glob("*.yaml")))
-        raise RegsweepError(f"sweep.reevaluate.baseline={name}: no file sweeps/baselines/{name}.yaml; the baselines are: {known}")
-    return as_overrides(OmegaConf.to_container(OmegaConf.load(path), resolve=True) or {})
+    baselines = sweep_files("baselines")
+    if name not in baselines:
+        raise RegsweepError(f"sweep.reevaluate.baseline={name} is not a known baseline: choose one of "
+                            f"{', '.join(baselines)}, or write sweeps/baselines/{name}.yaml in the working directory")
+    return as_overrides(OmegaConf.to_container(OmegaConf.load(baselines[name]), resolve=True) or {})
 
 
 def baseline_values(space: dict[str, optuna.distributions.BaseDistribution], base: DictConfig) -> dict:
