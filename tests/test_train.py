@@ -72,7 +72,8 @@ model = mlflow.pyfunc.load_model(sys.argv[1])
 plain = keras.saving.load_model(sys.argv[1] + "/data/model.keras")
 images = np.load(sys.argv[2])
 np.save(sys.argv[3], np.stack([model.predict(images), plain.predict(images, verbose=0)]))
-print(model.metadata.metadata["class_names"], "regsweep" in sys.modules)
+photos = np.random.default_rng(0).uniform(0, 255, (2, 45, 60, 3)).astype("float32")  # any size: resized inside
+print(model.predict(photos).shape, model.metadata.metadata["class_names"], "regsweep" in sys.modules)
 """
 
 
@@ -92,7 +93,7 @@ def test_any_run_exports_as_an_mlflow_model_that_loads_without_regsweep(store, t
     loaded = subprocess.run([sys.executable, "-c", FRESH_PROCESS, str(tmp_path / "model"), str(tmp_path / "images.npy"),
                              str(tmp_path / "predictions.npy")], capture_output=True, text=True, cwd=tmp_path, env=env)
     assert loaded.returncode == 0, loaded.stderr[-2000:]
-    assert loaded.stdout.strip().splitlines()[-1] == "['0', '1', '2', '3', '4'] False"
+    assert loaded.stdout.strip().splitlines()[-1] == "(2, 5) ['0', '1', '2', '3', '4'] False"
     expected = result.classifier.predict(images, verbose=0)
     for predictions in np.load(tmp_path / "predictions.npy"):
         np.testing.assert_allclose(predictions, expected, rtol=1e-5, atol=1e-6)

@@ -16,7 +16,8 @@ from pathlib import Path
 import keras
 import mlflow
 import numpy as np
-from mlflow.models import infer_signature
+from mlflow.models import ModelSignature
+from mlflow.types import Schema, TensorSpec
 
 from regsweep import cache, tracking
 from regsweep import model as models
@@ -46,19 +47,29 @@ def rebuild(run_id: str, weights: str | None = None) -> tuple[keras.Model, dict]
     return classifier, recipe
 
 
+def servable(classifier: keras.Model, size: int) -> keras.Model:
+    """The classifier behind a bilinear resize to its training size, as the folder loader does:
+    a user's photos go in at whatever size they have (one size per batch)."""
+    inputs = keras.Input((None, None, 3), name="image")
+    resized = keras.layers.Resizing(size, size, interpolation="bilinear", name="resize")(inputs)
+    return keras.Model(inputs, classifier(resized), name=classifier.name)
+
+
 def save(classifier: keras.Model, recipe: dict, run_id: str, path: Path) -> None:
     """`classifier` as an MLflow Model (Keras flavor) at `path`, with a signature, an input
     example (one mid-grey image) and the class names in its metadata."""
     import tensorflow as tf  # lazy: only for its version, which the model's requirements pin
 
     size = recipe["image_size"]
+    model = servable(classifier, size)
     example = np.full((1, size, size, 3), 128.0, dtype="float32")
-    signature = infer_signature(example, classifier.predict(example, verbose=0))
+    signature = ModelSignature(Schema([TensorSpec(np.dtype("float32"), (-1, -1, -1, 3))]),  # any height and width
+                               Schema([TensorSpec(np.dtype("float32"), (-1, len(recipe["class_names"])))]))
     metadata = {"class_names": recipe["class_names"], "source_run_id": run_id,
-                "input": f"raw RGB images, values 0-255, shape (n, {size}, {size}, 3)",
+                "input": f"raw RGB images, values 0-255, shape (n, height, width, 3); resized to {size}x{size} inside",
                 "output": "softmax probabilities, one column per class, in class_names order"}
     path.mkdir(parents=True)  # MLflow's Keras flavor writes the example before it makes the folder
-    mlflow.keras.save_model(classifier, str(path), signature=signature, input_example=example, metadata=metadata,
+    mlflow.keras.save_model(model, str(path), signature=signature, input_example=example, metadata=metadata,
                             extra_pip_requirements=[f"tensorflow=={tf.__version__}"])
 
 
