@@ -6,8 +6,10 @@ from __future__ import annotations
 import hashlib
 import os
 import shutil
+import socket
 import subprocess
 import sys
+import time
 import uuid
 from pathlib import Path
 
@@ -193,3 +195,30 @@ def test_verbose_shows_the_traceback_behind_the_sentence(tmp_path):
     result = subprocess.run([REGSWEEP, "sweep", f"paths.store={tmp_path}", "optim.lr=-1", "--verbose"],
                             capture_output=True, text=True, timeout=300)
     assert result.returncode != 0 and "Traceback" in result.stderr and "optim.lr=-1 must be positive" in result.stderr
+
+
+@pytest.fixture
+def silent_server():
+    """A port where a server takes connections but never answers, as behind a firewall that
+    drops packets: the connection opens, and the database's greeting never comes."""
+    with socket.socket() as server:
+        server.bind(("127.0.0.1", 0))
+        server.listen()  # never accepted: the kernel completes the handshake, then nothing
+        yield server.getsockname()[1]
+
+
+def test_a_study_database_that_never_answers_stops_the_sweep_within_the_timeout(silent_server, tmp_path, monkeypatch,
+                                                                                 capfd):
+    url = f"postgresql+psycopg://ada:secret@127.0.0.1:{silent_server}/optuna"
+    started = time.monotonic()
+    returncode, stdout, stderr = regsweep("sweep", [f"paths.store={tmp_path / 'store'}", *TINY, f"sweep.storage={url}",
+                                                    "tracking.connect_timeout=2"], tmp_path, monkeypatch, capfd)
+    elapsed = time.monotonic() - started
+    print(f"silent database server: {elapsed:.1f} s: {stderr.strip()}")
+    assert returncode == 2 and elapsed < 15, (elapsed, stderr[-2000:])
+    sentence = (f"regsweep: error: sweep.storage=postgresql+psycopg://ada:***@127.0.0.1:{silent_server}/optuna cannot be "
+                "opened ((psycopg.errors.ConnectionTimeout) connection timeout expired): check the URL and that its "
+                "database answers within tracking.connect_timeout (2 s), or leave it unset for the local SQLite file")
+    assert stderr.strip().splitlines() == [sentence]
+    assert "secret" not in stdout + stderr
+    assert not list((tmp_path / "store").glob("mlflow.db")), "no MLflow run or experiment is recorded"

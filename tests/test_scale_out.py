@@ -229,7 +229,7 @@ def test_workers_started_together_on_an_empty_database_all_open_it(tmp_path):
         ready.mkdir()
         code = (f"import os, pathlib, time\nfrom regsweep import study\nready = pathlib.Path({str(ready)!r})\n"
                 "(ready / str(os.getpid())).touch()\nwhile len(list(ready.iterdir())) < 3:\n    time.sleep(0.001)\n"
-                f"study.open_storage({url!r})\n")
+                f"study.open_storage({url!r}, connect_timeout=10)\n")
         try:
             workers = [subprocess.Popen([sys.executable, "-c", code], stderr=subprocess.PIPE, text=True) for _ in range(3)]
             errors = [worker.communicate(timeout=120)[1] for worker in workers]

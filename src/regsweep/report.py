@@ -470,7 +470,7 @@ def report_stored_study(study_name: str | None, overrides: list[str], reevaluate
     if study_name is not None:
         overrides = [f"sweep.study={study_name}", *overrides]
     cfg = compose_study(overrides)
-    stored = study.load_study(cfg.sweep)
+    stored = study.load_study(cfg.sweep, cfg.tracking.connect_timeout)
     parent = stored.user_attrs.get(study.PARENT_RUN_ATTR)
     if reevaluate_first and parent is not None:
         # The recorded overrides mask passwords: the ones given here (tracking.uri=...) win.

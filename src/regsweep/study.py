@@ -70,9 +70,13 @@ POOL = {"pool_size": 2, "max_overflow": 1, "pool_pre_ping": True}
 _STORAGES: dict[str, optuna.storages.RDBStorage] = {}
 
 
-def open_storage(url: str, heartbeat_seconds: int | None = None, tracking_cfg: DictConfig | None = None
-                 ) -> optuna.storages.RDBStorage:
+def open_storage(url: str, heartbeat_seconds: int | None = None, tracking_cfg: DictConfig | None = None, *,
+                 connect_timeout: float) -> optuna.storages.RDBStorage:
     """The Optuna storage at `url`, opened once per process.
+
+    A database server that does not answer stops the command after `connect_timeout` seconds
+    (tracking.connect_timeout, shared with the tracking server): without it, psycopg waited for
+    the kernel to give up on the connection, 130 s for a host that drops packets.
 
     With `heartbeat_seconds`, a trial whose process was killed (kill -9, reboot, pre-emption)
     stops beating and is marked FAIL once silent for twice that long; its MLflow run is then
@@ -81,11 +85,12 @@ def open_storage(url: str, heartbeat_seconds: int | None = None, tracking_cfg: D
     storage = _STORAGES.get(url)
     if storage is None:
         try:
-            storage = _create_storage(url)
+            storage = _create_storage(url, connect_timeout)
         except Exception as error:
             raise RegsweepError(
                 f"sweep.storage={redact(url)} cannot be opened ({redact(str(error).splitlines()[0])[:200]}): "
-                "check the URL and that its database is reachable, or leave it unset for the local SQLite file"
+                f"check the URL and that its database answers within tracking.connect_timeout ({connect_timeout:g} s), "
+                "or leave it unset for the local SQLite file"
             ) from None
         _STORAGES[url] = storage
     if heartbeat_seconds is not None:  # the settings of the sweep in this process
@@ -96,14 +101,18 @@ def open_storage(url: str, heartbeat_seconds: int | None = None, tracking_cfg: D
     return storage
 
 
-def _create_storage(url: str, attempts: int = 5) -> optuna.storages.RDBStorage:
+def _create_storage(url: str, connect_timeout: float, attempts: int = 5) -> optuna.storages.RDBStorage:
     """Opens the storage, creating Optuna's tables in a new database.
 
     Workers that start together on a new database server race to create the tables: one wins,
     and the others fail on a duplicate table or type. Those try again a moment later, when the
-    tables exist. (A local SQLite file is created under a file lock instead.)
+    tables exist. (A local SQLite file is created under a file lock instead.) A server that does
+    not answer is not tried again: its timeout is the whole wait.
     """
     engine_kwargs = {} if url.startswith("sqlite") else dict(POOL)
+    if sqlalchemy.engine.make_url(url).get_backend_name() == "postgresql":
+        # psycopg counts whole seconds, and at least 2 (libpq's rule).
+        engine_kwargs["connect_args"] = {"connect_timeout": max(2, math.ceil(connect_timeout))}
     for _ in range(attempts - 1):
         try:
             with tracking.creating(url):
@@ -121,10 +130,11 @@ def close_storages() -> None:
         _STORAGES.popitem()[1].engine.dispose()
 
 
-def load_study(settings: DictConfig) -> optuna.Study:
+def load_study(settings: DictConfig, connect_timeout: float) -> optuna.Study:
     """A stored study, for reports and the UI: it must exist."""
     try:
-        return optuna.load_study(study_name=settings.study, storage=open_storage(str(settings.storage)))
+        return optuna.load_study(study_name=settings.study,
+                                 storage=open_storage(str(settings.storage), connect_timeout=connect_timeout))
     except KeyError:
         raise RegsweepError(
             f"no study named '{settings.study}' in {redact(str(settings.storage))}: run `regsweep sweep` first, "
@@ -180,7 +190,8 @@ def open_study(sweep: Sweep) -> optuna.Study:
     a new study never enqueue two baselines.
     """
     s = sweep.settings
-    storage = open_storage(str(s.storage), s.heartbeat_seconds, sweep.cfg.tracking)
+    storage = open_storage(str(s.storage), s.heartbeat_seconds, sweep.cfg.tracking,
+                           connect_timeout=sweep.cfg.tracking.connect_timeout)
     existing = _existing_trials(storage, s.study)
     options = dict(
         study_name=s.study,

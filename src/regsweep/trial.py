@@ -163,7 +163,8 @@ def run_trial(sweep: Sweep, trial: optuna.Trial, values: dict, parent_run_id: st
 def run_trial_in_child(sweep: Sweep, trial_id: int, values: dict, parent_run_id: str):
     """`run_trial` in the worker child, on the same study storage as the sweep."""
     s = sweep.settings
-    loaded = optuna.load_study(study_name=s.study, storage=study.open_storage(str(s.storage)),
+    storage = study.open_storage(str(s.storage), connect_timeout=sweep.cfg.tracking.connect_timeout)
+    loaded = optuna.load_study(study_name=s.study, storage=storage,
                                sampler=optuna.samplers.RandomSampler(), pruner=space.make_pruner(s))
     try:
         return run_trial(sweep, optuna.Trial(loaded, trial_id), values, parent_run_id)

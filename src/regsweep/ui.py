@@ -86,7 +86,7 @@ def study_pages(cfg: DictConfig) -> tuple[str, str | None, int | None]:
     if storage.startswith("sqlite:///") and not Path(storage.removeprefix("sqlite:///")).is_file():
         return experiment_id, None, None  # no sweep has run here: nothing to open, and nothing to create
     optuna.logging.set_verbosity(optuna.logging.WARNING)
-    study_storage = study.open_storage(storage)
+    study_storage = study.open_storage(storage, connect_timeout=cfg.tracking.connect_timeout)
     try:
         study_id = study_storage.get_study_id_from_name(cfg.sweep.study)
     except KeyError:
