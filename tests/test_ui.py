@@ -6,6 +6,7 @@ Screenshots of every page the test checks are kept in test-artifacts/ui/.
 
 from __future__ import annotations
 
+import base64
 import json
 import os
 import queue
@@ -13,6 +14,7 @@ import signal
 import socket
 import subprocess
 import threading
+import urllib.error
 import urllib.request
 from pathlib import Path
 
@@ -23,6 +25,7 @@ from conftest import REPO
 from test_recovery import REGSWEEP
 
 from regsweep.ui import MODEL_TRAINING as MODE
+from regsweep.ui import PASSWORD_VARIABLE
 
 CHROMIUM, CHROMEDRIVER = "/usr/bin/chromium", "/usr/bin/chromedriver"
 SCREENSHOTS = REPO / "test-artifacts" / "ui"
@@ -63,14 +66,17 @@ def free_port() -> int:
 class UI:
     """`regsweep ui` as a user starts it, with its printed lines readable as they come."""
 
-    def __init__(self, *args: str, cwd: Path):
+    def __init__(self, *args: str, cwd: Path, env: dict[str, str] | None = None):
         self.process = subprocess.Popen([REGSWEEP, "ui", *args], cwd=cwd, stdout=subprocess.PIPE,
-                                        stderr=subprocess.STDOUT, text=True)
+                                        stderr=subprocess.STDOUT, text=True, env=env)
         self.lines: queue.Queue[str] = queue.Queue()
-        threading.Thread(target=self._read, daemon=True).start()
+        self.printed: list[str] = []  # every line, complete once stop() returns
+        self.reader = threading.Thread(target=self._read, daemon=True)
+        self.reader.start()
 
     def _read(self) -> None:
         for line in self.process.stdout:
+            self.printed.append(line.rstrip("\n"))
             self.lines.put(line.rstrip("\n"))
 
     def line_starting(self, prefix: str, seconds: float = 120) -> str:
@@ -86,7 +92,9 @@ class UI:
 
     def stop(self) -> int:
         self.process.send_signal(signal.SIGINT)  # Ctrl-C
-        return self.process.wait(timeout=60)
+        code = self.process.wait(timeout=60)
+        self.reader.join(timeout=10)
+        return code
 
 
 def wait_until(driver, condition, what: str, seconds: float = 60):
@@ -283,4 +291,91 @@ def test_ui_served_beyond_this_machine_warns_in_one_line_that_anyone_can_change_
     assert ui.exposure_warning("127.0.0.1") == "" and ui.exposure_warning("localhost") == ""
     warning = ui.exposure_warning("0.0.0.0")
     assert warning.startswith("regsweep: warning: --host 0.0.0.0 serves the store to anyone who can reach this machine")
-    assert "delete runs and experiments" in warning and "\n" not in warning
+    assert "delete runs and experiments" in warning and "add --auth" in warning and "\n" not in warning
+
+    # Behind MLflow's login: still reachable by all, and the password crosses the network as plain HTTP.
+    assert ui.exposure_warning("127.0.0.1", auth=True) == ""
+    behind_login = ui.exposure_warning("0.0.0.0", auth=True)
+    assert behind_login.startswith("regsweep: warning: --host 0.0.0.0 serves the MLflow UI to anyone who can reach "
+                                   "this machine, behind MLflow's login")
+    assert "unencrypted" in behind_login and "without a login" not in behind_login and "optuna" not in behind_login
+    assert "optuna-dashboard (--optuna) has no login" in ui.exposure_warning("0.0.0.0", auth=True, optuna=True)
+
+
+PASSWORD = "correct horse battery staple"
+
+
+def environment(password: str | None) -> dict[str, str]:
+    env = {name: value for name, value in os.environ.items() if name != PASSWORD_VARIABLE}
+    return env if password is None else {**env, PASSWORD_VARIABLE: password}
+
+
+def test_ui_auth_without_the_password_variable_stops_in_one_sentence_before_starting_anything(tmp_path):
+    store = tmp_path / "mlruns"
+    result = subprocess.run([REGSWEEP, "ui", "--auth", f"paths.store={store}"], env=environment(None),
+                            check=False, capture_output=True, text=True, timeout=120)
+    assert result.returncode == 2
+    assert result.stderr.strip().splitlines() == [(
+        f"regsweep: error: --auth needs the MLflow UI's admin password in the environment variable {PASSWORD_VARIABLE} "
+        f"(not on the command line, where other users can read it): export {PASSWORD_VARIABLE}=... with 12 characters "
+        "or more, then run again")]
+    assert not store.exists()
+
+    short = subprocess.run([REGSWEEP, "ui", "--auth", f"paths.store={store}"], env=environment("tiny-secret"),
+                           check=False, capture_output=True, text=True, timeout=120)
+    assert short.returncode == 2 and "tiny-secret" not in short.stdout + short.stderr
+    assert short.stderr.strip().splitlines() == [(
+        f"regsweep: error: {PASSWORD_VARIABLE} has 11 characters and MLflow's login needs 12 or more: "
+        "choose a longer password")]
+
+
+def test_ui_auth_with_a_tracking_server_is_refused_the_login_is_the_servers(tmp_path):
+    result = subprocess.run([REGSWEEP, "ui", "--auth", f"paths.store={tmp_path / 'mlruns'}",
+                             "tracking.uri=http://ada:secret@127.0.0.1:9"], env=environment(PASSWORD),
+                            check=False, capture_output=True, text=True, timeout=120)
+    assert result.returncode == 2 and "secret" not in result.stdout + result.stderr
+    assert result.stderr.strip().splitlines() == [(
+        "regsweep: error: --auth protects the MLflow UI that regsweep ui starts on a local store, but "
+        "tracking.uri=http://ada:***@127.0.0.1:9 is a tracking server, whose logins are its own: drop --auth, or "
+        "start that server with mlflow server --app-name basic-auth")]
+
+
+def test_ui_with_auth_answers_only_its_admin_and_keeps_the_password_out_of_files_and_output(tmp_path):
+    store, port = tmp_path / "mlruns", free_port()
+    api = f"http://127.0.0.1:{port}/api/2.0/mlflow/experiments/search?max_results=10"
+
+    def status(user: str | None, password: str = "") -> int:
+        headers = {} if user is None else {
+            "Authorization": "Basic " + base64.b64encode(f"{user}:{password}".encode()).decode()}
+        try:
+            with urllib.request.urlopen(urllib.request.Request(api, headers=headers), timeout=30) as answer:
+                assert "regsweep" in [e["name"] for e in json.load(answer)["experiments"]]
+                return answer.status
+        except urllib.error.HTTPError as refused:
+            return refused.code
+
+    ui = UI(f"paths.store={store}", "--port", str(port), "--auth", cwd=tmp_path, env=environment(PASSWORD))
+    try:
+        assert ui.line_starting("MLflow UI: ").startswith(f"MLflow UI: http://127.0.0.1:{port}/#/experiments/")
+        assert ui.line_starting("Log in as ") == (f"Log in as admin with the password in {PASSWORD_VARIABLE}; "
+                                                  f"the users are kept in {store / 'ui' / 'auth.db'}.")
+        ui.line_starting("Press Ctrl-C")
+        assert status(None) == 401
+        assert status("admin", "not the password") == 401
+        assert status("admin", PASSWORD) == 200
+    finally:
+        code = ui.stop()
+    assert code == 0
+    written = [path.read_bytes() for path in (store / "ui").iterdir()]  # the ini, the server's log, the users
+    assert written and not any(PASSWORD.encode() in content for content in written)
+    assert not any(PASSWORD in line for line in ui.printed)
+
+    # MLflow keeps the admin's first password: a different one later is refused before any server starts.
+    again = subprocess.run([REGSWEEP, "ui", "--auth", f"paths.store={store}", "--port", str(port)],
+                           env=environment("another long password"), check=False, capture_output=True, text=True,
+                           timeout=120)
+    assert again.returncode == 2 and "another long password" not in again.stdout + again.stderr
+    assert again.stderr.strip().splitlines() == [(
+        f"regsweep: error: {PASSWORD_VARIABLE} is not the password of the MLflow UI's user admin in "
+        f"{store / 'ui' / 'auth.db'}, set at its first start with --auth or changed in MLflow since: give that "
+        "password, or delete the file to start over with this one (the users it holds go with it)")]

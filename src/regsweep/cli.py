@@ -157,14 +157,16 @@ def cache_command(args: list[str]) -> None:
 
 
 def ui_command(args: list[str]) -> None:
-    parser = _parser("ui", "regsweep ui [study] [--host 127.0.0.1] [--port 5000] [--optuna] [--optuna-port 8080] "
-                           "[overrides]",
+    parser = _parser("ui", "regsweep ui [study] [--host 127.0.0.1] [--port 5000] [--auth] [--optuna] "
+                           "[--optuna-port 8080] [overrides]",
                      "Starts the MLflow UI on the project's store (tracking.uri, mlruns/ by default) and prints the\n"
                      "page of the study's parent run, whose nested runs are its trials. With a tracking server\n"
                      "(tracking.uri=http://...) nothing is started: the page on that server is printed.\n"
                      "Stop with Ctrl-C.")
     parser.add_argument("--host", default="127.0.0.1", help="where the MLflow UI listens (default: this machine only)")
     parser.add_argument("--port", type=_port, default=5000)
+    parser.add_argument("--auth", action="store_true",
+                        help="MLflow's login in front of the UI: user admin, password from $REGSWEEP_UI_PASSWORD")
     parser.add_argument("--optuna", action="store_true", help="also start optuna-dashboard on sweep.storage")
     parser.add_argument("--optuna-port", type=_port, default=8080, help="its port (it listens on --host too)")
     parser.add_argument("words", nargs="*", help=argparse.SUPPRESS)
@@ -173,7 +175,7 @@ def ui_command(args: list[str]) -> None:
 
     name, overrides = _study_and_overrides(options.words)
     ui.serve(ui.Options(options.host, options.port, options.optuna, options.optuna_port,
-                        ([f"sweep.study={name}"] if name else []) + overrides))
+                        ([f"sweep.study={name}"] if name else []) + overrides, options.auth))
 
 
 def export_command(args: list[str]) -> None:

@@ -2,19 +2,23 @@
 
 Both are the stock servers (`mlflow server`, `optuna-dashboard`), started on 127.0.0.1 unless
 told otherwise, with their logs under <store>/ui/. regsweep only finds the study's parent run
-so it can print the page to open, and stops both servers when it stops.
+so it can print the page to open, and stops both servers when it stops. With --auth the MLflow
+UI is MLflow's own basic-auth app, its users kept in <store>/ui/auth.db.
 """
 
 from __future__ import annotations
 
 import contextlib
+import importlib.util
 import os
+import secrets
 import signal
 import socket
 import subprocess
 import sys
 import time
 import urllib.request
+import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 from urllib.parse import urlsplit, urlunsplit
@@ -38,6 +42,7 @@ class Options:
     optuna: bool = False
     optuna_port: int = 8080
     overrides: list[str] = field(default_factory=list)
+    auth: bool = False  # MLflow's login in front of its UI (see `auth_settings`)
 
 
 def serve(options: Options) -> None:
@@ -45,9 +50,14 @@ def serve(options: Options) -> None:
     cfg = compose_study(options.overrides)
     tracking_uri = str(cfg.tracking.uri)
     local = not tracking_uri.startswith(("http://", "https://"))
+    if options.auth and not local:
+        raise RegsweepError(f"--auth protects the MLflow UI that regsweep ui starts on a local store, but tracking.uri="
+                            f"{redact(tracking_uri)} is a tracking server, whose logins are its own: drop --auth, or "
+                            "start that server with mlflow server --app-name basic-auth")
+    auth = auth_settings(Path(cfg.paths.store) / "ui") if options.auth else None
     if local:
         _check_free(options.host, options.port, "--port")
-    if warning := exposure_warning(options.host):
+    if warning := exposure_warning(options.host, options.auth, options.optuna):
         print(warning, file=sys.stderr, flush=True)
     if options.optuna:
         _check_free(options.host, options.optuna_port, "--optuna-port")
@@ -55,11 +65,13 @@ def serve(options: Options) -> None:
     servers: list[subprocess.Popen] = []
     try:
         if local:
-            servers.append(start_mlflow_ui(cfg, options))
+            servers.append(start_mlflow_ui(cfg, options, auth))
             base_url = f"http://{_display_host(options.host)}:{options.port}"
         else:
             base_url = _without_credentials(tracking_uri)
         print(f"MLflow UI: {base_url}/#/experiments/{experiment_id}/runs?{MODEL_TRAINING}")
+        if auth:
+            print(f"Log in as {ADMIN} with the password in {PASSWORD_VARIABLE}; the users are kept in {auth.database}.")
         if parent is None:
             print(f"No study '{cfg.sweep.study}' in {redact(str(cfg.sweep.storage))} yet: "
                   "the runs table shows `regsweep train` runs; a sweep adds its study's parent run.")
@@ -94,14 +106,80 @@ def study_pages(cfg: DictConfig) -> tuple[str, str | None, int | None]:
     return experiment_id, study_storage.get_study_user_attrs(study_id).get(study.PARENT_RUN_ATTR), study_id
 
 
-def start_mlflow_ui(cfg: DictConfig, options: Options) -> subprocess.Popen:
+def start_mlflow_ui(cfg: DictConfig, options: Options, auth: Auth | None = None) -> subprocess.Popen:
     """`mlflow server` on the local store. Artifacts stay where the runs logged them (the
     experiment's artifact location under mlruns/), read by this server from disk."""
     artifacts = Path(cfg.tracking.artifact_root).resolve()
+    app = ["--app-name", "basic-auth"] if auth else []
     return _launch(cfg, "mlflow", ["server", "--backend-store-uri", _absolute_sqlite(str(cfg.tracking.uri)),
                                    "--default-artifact-root", artifacts.as_uri(), "--host", options.host,
-                                   "--port", str(options.port), "--workers", "1", *_allowed_hosts(options)],
-                   f"{_connect_host(options.host)}:{options.port}/health", "the MLflow UI")
+                                   "--port", str(options.port), "--workers", "1", *app, *_allowed_hosts(options)],
+                   f"{_connect_host(options.host)}:{options.port}/health", "the MLflow UI", auth.env if auth else None)
+
+
+# --- --auth: MLflow's basic-auth app ---------------------------------------------------------
+
+ADMIN = "admin"
+PASSWORD_VARIABLE = "REGSWEEP_UI_PASSWORD"  # the environment, never the command line, which `ps` shows to all
+
+
+@dataclass
+class Auth:
+    database: Path  # MLflow's users and permissions, kept between starts
+    env: dict[str, str]  # the server's environment: where its settings are, the admin's password, a CSRF key
+
+
+def auth_settings(folder: Path) -> Auth:
+    """Settings for `mlflow server --app-name basic-auth`, checked before anything starts.
+
+    The ini file MLflow reads holds no secret: the admin's password reaches the server in its
+    environment (MLFLOW_AUTH_ADMIN_PASSWORD), and the Flask key that signs its forms is new
+    at each start unless MLFLOW_FLASK_SERVER_SECRET_KEY is already set.
+    """
+    password = os.environ.get(PASSWORD_VARIABLE, "")
+    if not password:
+        raise RegsweepError(f"--auth needs the MLflow UI's admin password in the environment variable "
+                            f"{PASSWORD_VARIABLE} (not on the command line, where other users can read it): "
+                            f"export {PASSWORD_VARIABLE}=... with 12 characters or more, then run again")
+    if len(password) < 12:  # MLflow's rule (mlflow.utils.validation._validate_password); its server refuses less
+        raise RegsweepError(f"{PASSWORD_VARIABLE} has {len(password)} characters and MLflow's login needs 12 or more: "
+                            "choose a longer password")
+    if importlib.util.find_spec("flask_wtf") is None:
+        raise RegsweepError("--auth needs MLflow's auth extra, which is not installed: pip install 'mlflow[auth]'")
+    folder.mkdir(parents=True, exist_ok=True)
+    database = (folder / "auth.db").resolve()
+    _check_admin_password(database, password)
+    config = folder / "basic_auth.ini"
+    config.write_text("[mlflow]\n"
+                      "default_permission = READ\n"  # users the admin adds can read, not change, until granted more
+                      f"database_uri = sqlite:///{str(database).replace('%', '%%')}\n"  # configparser's escape
+                      f"admin_username = {ADMIN}\n"
+                      "authorization_function = mlflow.server.auth:authenticate_request_basic_auth\n")
+    env = {**os.environ, "MLFLOW_AUTH_CONFIG_PATH": str(config.resolve()), "MLFLOW_AUTH_ADMIN_PASSWORD": password,
+           "MLFLOW_FLASK_SERVER_SECRET_KEY": os.environ.get("MLFLOW_FLASK_SERVER_SECRET_KEY") or secrets.token_hex(32)}
+    env.pop("MLFLOW_AUTH_ADMIN_USERNAME", None)  # it would override the ini's admin_username
+    return Auth(database, env)
+
+
+def _check_admin_password(database: Path, password: str) -> None:
+    """MLflow sets the admin's password only when it creates the admin, at the first start: a
+    different password later would start a server that refuses it, without a word."""
+    if not database.is_file():
+        return
+    with warnings.catch_warnings():  # the auth app's code, loaded for --auth only, warns about Starlette modules
+        warnings.simplefilter("ignore")
+        from mlflow.server.auth.sqlalchemy_store import SqlAlchemyStore
+
+    users = SqlAlchemyStore()
+    users.init_db(f"sqlite:///{database}")
+    try:
+        if users.has_user(ADMIN) and not users.authenticate_user(ADMIN, password):
+            raise RegsweepError(f"{PASSWORD_VARIABLE} is not the password of the MLflow UI's user {ADMIN} in "
+                                f"{database}, set at its first start with --auth or changed in MLflow since: give "
+                                "that password, or delete the file to start over with this one (the users it holds "
+                                "go with it)")
+    finally:
+        users.engine.dispose()
 
 
 def start_optuna_dashboard(cfg: DictConfig, options: Options) -> subprocess.Popen:
@@ -110,7 +188,8 @@ def start_optuna_dashboard(cfg: DictConfig, options: Options) -> subprocess.Pope
                    f"{_connect_host(options.host)}:{options.optuna_port}/api/studies", "optuna-dashboard")
 
 
-def _launch(cfg: DictConfig, script: str, args: list[str], health: str, what: str) -> subprocess.Popen:
+def _launch(cfg: DictConfig, script: str, args: list[str], health: str, what: str,
+            env: dict[str, str] | None = None) -> subprocess.Popen:
     """Starts the console script installed beside this Python (the project's virtualenv), in
     its own process group so its workers stop with it (see _stop), logging to <store>/ui/,
     and waits until `health` answers."""
@@ -121,7 +200,7 @@ def _launch(cfg: DictConfig, script: str, args: list[str], health: str, what: st
     log.parent.mkdir(parents=True, exist_ok=True)
     with open(log, "w") as output:
         server = subprocess.Popen([str(executable), *args], stdout=output, stderr=subprocess.STDOUT,
-                                  start_new_session=True)
+                                  start_new_session=True, env=env)
     _wait_until_up(server, f"http://{health}", what, log)
     return server
 
@@ -129,14 +208,20 @@ def _launch(cfg: DictConfig, script: str, args: list[str], health: str, what: st
 LOOPBACK = ("127.0.0.1", "localhost", "::1")
 
 
-def exposure_warning(host: str) -> str:
+def exposure_warning(host: str, auth: bool = False, optuna: bool = False) -> str:
     """One line when the servers listen beyond this machine: the MLflow UI has no login by
-    default, and it can delete runs and experiments."""
+    default, and it can delete runs and experiments. MLflow's login (--auth) travels over
+    plain HTTP, and optuna-dashboard has none."""
     if host in LOOPBACK:
         return ""
-    return (f"regsweep: warning: --host {host} serves the store to anyone who can reach this machine, without a login, "
-            "and the MLflow UI can delete runs and experiments; prefer the default --host 127.0.0.1 with an SSH "
-            "tunnel (ssh -L 5000:127.0.0.1:5000 <this machine>)")
+    tunnel = "prefer the default --host 127.0.0.1 with an SSH tunnel (ssh -L 5000:127.0.0.1:5000 <this machine>)"
+    if not auth:
+        return (f"regsweep: warning: --host {host} serves the store to anyone who can reach this machine, without a "
+                f"login, and the MLflow UI can delete runs and experiments; add --auth for MLflow's login, or {tunnel}")
+    dashboard = ", and optuna-dashboard (--optuna) has no login at all" if optuna else ""
+    return (f"regsweep: warning: --host {host} serves the MLflow UI to anyone who can reach this machine, behind "
+            f"MLflow's login, whose password crosses the network unencrypted (plain HTTP){dashboard}; on a network "
+            f"you do not trust, {tunnel}")
 
 
 def _allowed_hosts(options: Options) -> list[str]:
