@@ -53,7 +53,7 @@ def summarize(store: Path, names: list[str]) -> None:
     print("|" + "---|" * 10)
     for name in names:
         cfg = compose_study([f"paths.store={store}", f"sweep.study={name}"])
-        stored = study.load_study(cfg.sweep)
+        stored = study.load_study(cfg.sweep, cfg.tracking.connect_timeout)
         trials = stored.get_trials(deepcopy=False)
         finished = [t for t in trials if t.state.name in ("COMPLETE", "PRUNED")]
         wall = (max(t.datetime_complete for t in finished) - min(t.datetime_start for t in finished)).total_seconds()
