@@ -48,7 +48,8 @@ def wait_for(condition, seconds: float, what: str):
 def trials(storage: str, study: str) -> list[optuna.trial.FrozenTrial]:
     """The study's trials, read through one engine per URL: polling must not open a connection each time."""
     try:
-        return optuna.load_study(study_name=study, storage=studies.open_storage(storage)).get_trials()
+        opened = studies.open_storage(storage, connect_timeout=10)
+        return optuna.load_study(study_name=study, storage=opened).get_trials()
     except KeyError:  # not created yet
         return []
 

@@ -98,7 +98,8 @@ def test_two_machines_complete_one_study_and_any_machine_reports_it(tmp_path, de
     states = [t.state.name for t in finished]
     assert budget <= sum(s in ("COMPLETE", "PRUNED") for s in states) <= budget + 1
     assert "FAIL" not in states and "RUNNING" not in states
-    assert optuna.load_study(study_name=study, storage=studies.open_storage(postgres)).user_attrs[studies.CLAIM_ATTR] is None
+    storage = studies.open_storage(postgres, connect_timeout=10)
+    assert optuna.load_study(study_name=study, storage=storage).user_attrs[studies.CLAIM_ATTR] is None
     drawn = [tuple(sorted(t.params.items())) for t in finished if not t.user_attrs.get("baseline")]
     assert len(drawn) == len(set(drawn)), drawn  # the two machines explored, not repeated
 
