@@ -117,8 +117,9 @@ def test_unfrozen_blocks_run_both_phases_from_the_trained_head(store):
     assert not backbone.get_layer("block2_conv").trainable
     params = client(store).get_run(result.run_id).data.params
     assert (params["model.unfrozen_blocks"], params["model.dropout"], params["augment.strength"]) == ("1", "0.5", "0.5")
-    # tracking.artifacts=none: the numbers only, no plots or model file
-    assert set(artifact_paths(store, result.run_id)) == {"config.yaml", "class_names.json", "confusion_matrix.json"}
+    # tracking.artifacts=none: no plots, but what it trained is kept, as for every run
+    assert set(artifact_paths(store, result.run_id)) == {"config.yaml", "class_names.json", "confusion_matrix.json",
+                                                         "trained/weights.npz", "trained/rebuild.json"}
 
 
 def test_honest_gap_differs_from_running_accuracy_under_heavy_regularization(store):
