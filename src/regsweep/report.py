@@ -372,7 +372,7 @@ def registry_lines(facts: Facts) -> list[str]:
     uri = f"models:/{facts.name}@recommended"
     return [f"The answer's model is registered as `{uri}` (version {version}: run `{run['run_id']}`, seed {run['seed']}; "
             f"the baseline is `@baseline`, version {baseline_version}). Load it anywhere with "
-            f"`mlflow.pyfunc.load_model(\"{uri}\")`: raw 0–255 RGB images in, one probability per class out."]
+            f"`mlflow.pyfunc.load_model(\"{uri}\")`: raw 0–255 RGB images of any size in, one probability per class out."]
 
 
 def write_report(optuna_study: optuna.Study, cfg: DictConfig, parent_run_id: str | None, open_html: bool = False) -> Path:
