@@ -136,6 +136,9 @@ CASES = [
      "sweep.study='../../evil' is not a safe study name", "letters, digits"),
     ("report of a study name that leaves the store", "report", lambda r, g: ["sweep.study=/tmp/evil"],
      "sweep.study='/tmp/evil' is not a safe study name", "starting with a letter or digit"),
+    ("export without a run id", "export", lambda r, g: [], "regsweep export needs one run id", "--out DIR"),
+    ("export of a run that is not in the store", "export", lambda r, g: ["0123456789abcdef"],
+     "no MLflow run 0123456789abcdef in sqlite:///", "copy the run id from the MLflow UI"),
 ]
 
 

@@ -184,18 +184,22 @@ def export_command(args: list[str]) -> None:
                      "layers, and the backbone weights it names) and saves it as an MLflow Model: it loads with\n"
                      "mlflow.pyfunc.load_model(DIR) or keras.saving.load_model(DIR/data/model.keras), without\n"
                      "regsweep, and takes raw 0-255 RGB images.")
-    parser.add_argument("run_id", metavar="run id", help="the MLflow run's id (in the MLflow UI, or the report)")
     parser.add_argument("--out", help="a new folder for the MLflow Model (default: ./model-<run id>)")
     parser.add_argument("--weights", help="the backbone weights file, when it is not where the run found it")
-    parser.add_argument("overrides", nargs="*", help=argparse.SUPPRESS)
+    parser.add_argument("words", nargs="*", help=argparse.SUPPRESS)
     options = parser.parse_intermixed_args(args)
-    cfg = compose(options.overrides)  # where the runs are: tracking.uri, paths.store
+    run_ids = [word for word in options.words if "=" not in word]
+    if len(run_ids) != 1:
+        raise RegsweepError("regsweep export needs one run id (a trial's or a re-evaluation's, from the MLflow UI "
+                            "or the report): regsweep export <run id> [--out DIR]")
+    cfg = compose([word for word in options.words if "=" in word])  # where the runs are: tracking.uri, paths.store
     import_tensorflow_quietly()
     from regsweep import export, tracking  # lazy: TensorFlow, only for the command that builds a model
 
     tracking.use_store(cfg.tracking)
-    out = export.export_run(options.run_id, Path(options.out or f"model-{options.run_id}"), options.weights)
-    print(f"MLflow Model of run {options.run_id} in {out}: load it with mlflow.pyfunc.load_model(\"{out}\")")
+    run_id = run_ids[0]
+    out = export.export_run(run_id, Path(options.out or f"model-{run_id}"), options.weights)
+    print(f"MLflow Model of run {run_id} in {out}: load it with mlflow.pyfunc.load_model(\"{out}\")")
 
 
 COMMANDS = {"train": train_command, "sweep": sweep_command, "report": report_command, "cache": cache_command,

@@ -32,6 +32,8 @@ def rebuild(run_id: str, weights: str | None = None) -> tuple[keras.Model, dict]
     recipe, trained = tracking.load_trained(run_id)
     backbone, unfrozen, seed = recipe["backbone"], recipe["unfrozen_blocks"], recipe["seed"]
     source = weights if weights is not None else recipe["backbone_weights"]
+    if weights is not None and not Path(weights).is_file():
+        raise RegsweepError(f"--weights {weights} is not a file: give the backbone weights file run {run_id} used")
     if source not in (None, "imagenet") and not Path(source).is_file():
         raise RegsweepError(f"run {run_id} was trained on the backbone weights {source}, which are not here: "
                             "pass --weights <path to the same file>")
