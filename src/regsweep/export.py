@@ -71,8 +71,10 @@ def save(classifier: keras.Model, recipe: dict, run_id: str, path: Path) -> None
                 "input": f"raw RGB images, values 0-255, shape (n, height, width, 3); resized to {size}x{size} inside",
                 "output": "softmax probabilities, one column per class, in class_names order"}
     path.mkdir(parents=True)  # MLflow's Keras flavor writes the example before it makes the folder
+    # Given, not inferred: MLflow would load the model in a second Python to find them (7 s a model).
+    requirements = [f"keras=={keras.__version__}", f"tensorflow=={tf.__version__}", f"numpy=={np.__version__}"]
     mlflow.keras.save_model(model, str(path), signature=signature, input_example=example, metadata=metadata,
-                            extra_pip_requirements=[f"tensorflow=={tf.__version__}"])
+                            pip_requirements=requirements)
 
 
 def export_run(run_id: str, out: Path, weights: str | None = None) -> Path:
