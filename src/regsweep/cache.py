@@ -330,7 +330,8 @@ class CachedData:
     misses: int
 
 
-def prepare(cfg: DictConfig, splits, base, classifier, fingerprints: dict[str, str] | None = None) -> CachedData:
+def prepare(cfg: DictConfig, splits, base, classifier, fingerprints: dict[str, str] | None = None,
+            digests: dict[int, str] | None = None) -> CachedData:
     """Looks up (or fills) the entries a run needs and builds the models and datasets of its phases.
 
     Phase 1 trains only the head, so it reads the backbone's pooled output (cut 0, shared by
@@ -338,6 +339,7 @@ def prepare(cfg: DictConfig, splits, base, classifier, fingerprints: dict[str, s
     below the top `model.unfrozen_blocks` blocks and trains those blocks as well. A miss runs
     the images through the backbone once and stores every cut from the run's own up to cut 0:
     the pass computes them anyway, and they are the cuts other trials of a study ask for.
+    A run passes the split `fingerprints` and the cuts' weight `digests` it already has.
     """
     from regsweep import model as models  # lazy: Keras, kept out of `regsweep cache info`
 
@@ -345,7 +347,7 @@ def prepare(cfg: DictConfig, splits, base, classifier, fingerprints: dict[str, s
     unfrozen = cfg.model.unfrozen_blocks
     cuts = list(range(unfrozen + 1))
     store = store_for(cfg)
-    digests = prefix_digests(base, backbone, cuts)
+    digests = digests or prefix_digests(base, backbone, cuts)
     common = {
         "format": FORMAT,
         "backbone": backbone,

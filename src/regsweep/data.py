@@ -34,6 +34,12 @@ class Splits:
     class_names: tuple[str, ...]
     skipped: tuple[str, ...] = ()  # unreadable files left out (data.on_bad_image=skip)
 
+    @property
+    def folders(self) -> dict[str, Path]:
+        """The split folders by split name; no "test" when there is no test split."""
+        named = {"train": self.train, "validation": self.val, "test": self.test}
+        return {split: folder for split, folder in named.items() if folder is not None}
+
 
 @dataclass
 class Datasets:
@@ -262,22 +268,16 @@ def image_files(folder: Path, class_name: str) -> list[Path]:
 
 def split_fingerprints(splits: Splits) -> dict[str, str]:
     """`folder_fingerprint` of each split, by split name: the feature cache keys on them too."""
-    folders = {"train": splits.train, "validation": splits.val, "test": splits.test}
-    return {split: folder_fingerprint(folder, splits.class_names) for split, folder in folders.items()
-            if folder is not None}
+    return {split: folder_fingerprint(folder, splits.class_names) for split, folder in splits.folders.items()}
 
 
 def shared_images(splits: Splits) -> list[list[str]]:
     """Images whose content appears in more than one split, as groups of `split/class/file`:
     a model scored on images it trained on looks better than it is."""
-    folders = {"train": splits.train, "validation": splits.val, "test": splits.test}
     by_content: dict[bytes, list[tuple[str, str]]] = {}
-    for split, folder in folders.items():
-        if folder is None:
-            continue
-        for class_name in splits.class_names:
-            for path in image_files(folder, class_name):
-                by_content.setdefault(_content_hash(path), []).append((split, f"{split}/{class_name}/{path.name}"))
+    for split, folder in splits.folders.items():
+        for class_name, path in _listing(folder, splits.class_names):
+            by_content.setdefault(_content_hash(path), []).append((split, f"{split}/{class_name}/{path.name}"))
     return [[name for _, name in group] for group in by_content.values() if len({split for split, _ in group}) > 1]
 
 
@@ -394,7 +394,7 @@ def load_images(folder: Path, class_names: tuple[str, ...], image_size: int) -> 
     if key in _DECODED:
         _DECODED[key] = _DECODED.pop(key)  # most recently used last
         return _DECODED[key]
-    dataset = keras.utils.image_dataset_from_directory(
+    loader = keras.utils.image_dataset_from_directory(
         folder,
         labels="inferred",
         label_mode="int",
@@ -404,10 +404,11 @@ def load_images(folder: Path, class_names: tuple[str, ...], image_size: int) -> 
         image_size=(image_size, image_size),
         shuffle=False,
         verbose=False,
-    ).map(lambda x, y: (tf.cast(tf.round(tf.clip_by_value(x, 0, 255)), tf.uint8), tf.cast(y, tf.int32)),
-          num_parallel_calls=tf.data.AUTOTUNE)
+    )
+    dataset = loader.map(lambda x, y: (tf.cast(tf.round(tf.clip_by_value(x, 0, 255)), tf.uint8), tf.cast(y, tf.int32)),
+                         num_parallel_calls=tf.data.AUTOTUNE)
     batches = []
-    with progress.steps(f"decoding images in {folder}", len(_listing(folder, class_names))) as advance:
+    with progress.steps(f"decoding images in {folder}", len(loader.file_paths)) as advance:  # listed once, by Keras
         for batch in dataset.as_numpy_iterator():
             batches.append(batch)
             advance(len(batch[1]))

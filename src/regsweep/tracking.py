@@ -39,6 +39,10 @@ RECOMMENDED_TRIAL_TAG = "regsweep.recommended_trial"  # on the parent run, after
 SKIPPED_FILES_TAG = "regsweep.skipped_files"
 PARENT_TAG = "mlflow.parentRunId"  # MLflow's own: nests a run under the study's parent run
 
+# MLflow draws a progress bar for each artifact it downloads: noise for the dozens of tiny files
+# a report reads (per-image results, trained weights); regsweep shows its own progress.
+os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
+
 LIBRARIES = ("regsweep", "tensorflow", "keras", "hydra-core", "optuna", "mlflow", "numpy", "scikit-learn")
 
 
@@ -205,7 +209,6 @@ def load_per_image_correct(artifact_uri: str) -> dict[str, str]:
     checks and the report read the same files several times in one process, from a server too.
     """
     if artifact_uri not in _PER_IMAGE:
-        os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")  # dozens of tiny files: no bar each
         try:
             _PER_IMAGE[artifact_uri] = mlflow.artifacts.load_dict(f"{artifact_uri}/{PER_IMAGE_ARTIFACT}")
         except Exception:  # noqa: BLE001 - MLflow raises several types for a missing artifact
@@ -254,7 +257,6 @@ def load_trained(run_id: str) -> tuple[dict, dict[str, np.ndarray]]:
     except mlflow.exceptions.MlflowException:
         raise RegsweepError(f"no MLflow run {run_id} in {redact(mlflow.get_tracking_uri())}: "
                             "copy the run id from the MLflow UI, or point tracking.uri at the store that holds it") from None
-    os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
     with tempfile.TemporaryDirectory() as folder:
         try:
             recipe = mlflow.artifacts.load_dict(f"{run.info.artifact_uri}/{REBUILD_RECIPE}")
@@ -299,17 +301,9 @@ def register(name: str, run_id: str) -> str:
     return client.create_model_version(name, source=f"runs:/{run_id}/{MODEL_PATH}", run_id=run_id).version
 
 
-def set_alias(name: str, alias: str, version: str) -> bool:
-    """Points `name@alias` at `version`; returns whether it moved."""
-    client = mlflow.MlflowClient()
-    try:
-        current = client.get_model_version_by_alias(name, alias).version
-    except mlflow.exceptions.MlflowException:
-        current = None
-    if current == version:
-        return False
-    client.set_registered_model_alias(name, alias, version)
-    return True
+def set_alias(name: str, alias: str, version: str) -> None:
+    """Points `name@alias` at `version` (where it points already, nothing changes)."""
+    mlflow.MlflowClient().set_registered_model_alias(name, alias, version)
 
 
 def learning_curve_figure(history: dict[str, list[float]], phase2_start: int | None):

@@ -64,21 +64,23 @@ def train_and_log(cfg: DictConfig, parent_run_id: str | None = None, tags: dict[
             cfg.model.backbone, base, len(splits.class_names),
             cfg.model.pooling, cfg.model.head_units, cfg.model.dropout, seed,
         )
+        # Each cut's frozen-weight digest, in one pass: the feature cache's key, and (for the run's
+        # own cut) what `regsweep export` checks before putting the trained layers back.
+        digests = cache.prefix_digests(base, cfg.model.backbone, list(range(cfg.model.unfrozen_blocks + 1)))
     # The test split's fingerprint is recorded by every run, though only re-evaluation scores it.
     fingerprints = {"data.fingerprint": dataset_fingerprint, "data.test_fingerprint": by_split.get("test", "none")}
     with tracking.training_run(cfg, run_name(cfg, label), splits.class_names, fingerprints,
                                parent_run_id, tags) as mlflow_run:
         if on_run_started is not None:
             on_run_started(mlflow_run.info.run_id)
-        folders = {"train": splits.train, "validation": splits.val, "test": splits.test}
-        tracking.log_datasets({split: folder for split, folder in folders.items() if split in by_split}, by_split)
+        tracking.log_datasets(splits.folders, by_split)
         if splits.skipped:  # data.on_bad_image=skip: say which files the run did not see
             tracking.log_skipped_files(splits.skipped)
         if evaluate_test and splits.test is None:
             raise RegsweepError("re-evaluation needs a test split: give data.test_dir, or data.test_fraction > 0 with data=split")
         with timer("features"):
             if cfg.cache.enabled:  # the head, then suffix + head, on cached prefix outputs
-                cached = cache.prepare(cfg, splits, base, classifier, by_split)
+                cached = cache.prepare(cfg, splits, base, classifier, by_split, digests)
                 head, tune = cached.head, cached.tune
                 cache_metrics = {"cache_hits": cached.hits, "cache_misses": cached.misses}
             else:  # the whole classifier on freshly augmented images, every epoch
@@ -107,11 +109,8 @@ def train_and_log(cfg: DictConfig, parent_run_id: str | None = None, tags: dict[
                 tracking.log_per_image_correct({"train": train_correct, "validation": val_correct, "test": test_correct})
         with timer("save"):  # every run: any of them can be exported or registered later
             backbone, unfrozen = cfg.model.backbone, cfg.model.unfrozen_blocks
-            # The frozen part's digest (the feature cache's key too): what export checks before it
-            # puts the trained layers back on a freshly loaded backbone.
-            frozen_sha256 = cache.prefix_digests(base, backbone, [unfrozen])[unfrozen]
             tracking.log_trained(models.trained_weights(classifier, base, backbone, unfrozen),
-                                 rebuild_recipe(cfg, splits.class_names, weights, frozen_sha256))
+                                 rebuild_recipe(cfg, splits.class_names, weights, digests[unfrozen]))
         metrics = {
             "train_accuracy": train_accuracy,
             "val_accuracy": val_accuracy,
