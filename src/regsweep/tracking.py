@@ -271,7 +271,7 @@ def load_trained(run_id: str) -> tuple[dict, dict[str, np.ndarray]]:
 def log_datasets(folders: dict[str, Path], fingerprints: dict[str, str]) -> None:
     """Each split as an MLflow dataset input, so the UI shows which images a run used: its
     folder as the source and its content fingerprint as the digest."""
-    from mlflow.data.dataset_source_registry import resolve_dataset_source  # lazy: only for a run
+    from mlflow.data.dataset_source_registry import resolve_dataset_source  # lazy: runs only
     from mlflow.data.meta_dataset import MetaDataset
 
     for split, folder in folders.items():
