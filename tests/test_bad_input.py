@@ -137,6 +137,8 @@ CASES = [
     ("report of a study name that leaves the store", "report", lambda r, g: ["sweep.study=/tmp/evil"],
      "sweep.study='/tmp/evil' is not a safe study name", "starting with a letter or digit"),
     ("export without a run id", "export", lambda r, g: [], "regsweep export needs one run id", "--out DIR"),
+    ("export from a folder without a store", "export", lambda r, g: ["0123456789abcdef", f"paths.store={r}/elsewhere"],
+     "no MLflow store at", "run regsweep export in the folder that holds mlruns/"),
     ("export of a run that is not in the store", "export", lambda r, g: ["0123456789abcdef"],
      "no MLflow run 0123456789abcdef in sqlite:///", "copy the run id from the MLflow UI"),
 ]

@@ -193,6 +193,10 @@ def export_command(args: list[str]) -> None:
         raise RegsweepError("regsweep export needs one run id (a trial's or a re-evaluation's, from the MLflow UI "
                             "or the report): regsweep export <run id> [--out DIR]")
     cfg = compose([word for word in options.words if "=" in word])  # where the runs are: tracking.uri, paths.store
+    local = Path(str(cfg.tracking.uri).removeprefix("sqlite:///"))
+    if str(cfg.tracking.uri).startswith("sqlite:///") and not local.is_file():  # export reads; it creates no store
+        raise RegsweepError(f"no MLflow store at {local}: run regsweep export in the folder that holds mlruns/, "
+                            "or give paths.store=<folder> or tracking.uri=<server>")
     import_tensorflow_quietly()
     from regsweep import export, tracking  # lazy: TensorFlow, only for the command that builds a model
 
