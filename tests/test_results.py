@@ -1,7 +1,10 @@
 """The decision rules on constructed trials and re-evaluations: held-out accuracy first, the gap
-second, the four verdict cases, and noise from both the seeds and the finite test set."""
+second, the five verdict cases, intervals from both the seeds and the finite test set, and the
+rounds that spend seeds where they decide."""
 
 from __future__ import annotations
+
+import math
 
 import pytest
 
@@ -89,12 +92,23 @@ BASE = setting(BASELINE, [400, 405, 395], train=1.0)  # test 0.80 ± 0.01, test 
     (setting("#1", [440, 445, 438], train=1.0), results.BETTER, True),
     (setting("#2", [401, 404, 396], train=0.90), results.LESS_OVERFIT, True),  # same accuracy, gap 0.20 → 0.10
     (setting("#3", [350, 352, 348], train=0.75), results.TRADE_OFF, False),  # the gap shrinks by losing accuracy
-    (setting("#4", [402, 403, 396], train=0.99), results.NO_EFFECT, False),
+    (setting("#4", [402, 403, 396], train=0.99), results.NO_EFFECT, False),  # within ±0.02, one training image
+    (setting("#5", [430, 380, 410], train=1.0), results.CANT_TELL, False),  # the seeds disagree: +0.06, −0.05, +0.03
 ])
-def test_the_verdict_is_one_of_four_cases_accuracy_first(chosen, case, adopt):
+def test_the_verdict_is_one_of_five_cases_accuracy_first(chosen, case, adopt):
     judged = results.verdict(BASE, chosen)
     assert judged.case == case and judged.adopt == adopt
     assert judged.sentence.startswith(case[0].upper() + case[1:])
+    assert bool(judged.settle) == (case == results.CANT_TELL)
+
+
+def test_the_verdict_reads_each_difference_as_an_interval():
+    judged = results.verdict(BASE, setting("#1", [440, 445, 438]))
+    low, high = judged.accuracy_interval
+    assert judged.accuracy.mean == pytest.approx(0.082) and 0 < low < judged.accuracy.mean < high
+    assert f"test accuracy +0.08 [+{low:.2f}, +{high:.2f}]" in judged.sentence
+    # A negative bound is written with a real minus sign, as intervals are read.
+    assert "[−" in results.verdict(BASE, setting("#5", [430, 380, 410])).sentence
 
 
 def test_the_noise_covers_the_finite_test_set_not_only_the_seeds():
@@ -102,31 +116,53 @@ def test_the_noise_covers_the_finite_test_set_not_only_the_seeds():
     # cannot tell 2 points apart, and no number of seeds changes that.
     base = setting(BASELINE, [70, 70, 70], images=100)
     chosen = setting("#1", [72, 72, 72], images=100)
-    accuracy = results.difference(base, chosen, "test_accuracy")
-    assert accuracy.mean == pytest.approx(0.02) and accuracy.seed_variance == 0
-    assert not accuracy.beyond_noise and accuracy.seeds_to_settle() is None
-    assert "only a larger test split would settle it" in results.verdict(base, chosen).settle
+    judged = results.verdict(base, chosen)
+    assert judged.accuracy.mean == pytest.approx(0.02) and judged.accuracy.seed_variance == 0
+    assert judged.case == results.CANT_TELL and judged.only_images_settle and judged.seeds_needed is None
+    assert "only a larger test split would" in judged.settle and "test images (now 100)" in judged.settle
     # The same 2 points on 10,000 images are beyond noise.
-    assert results.difference(setting(BASELINE, [7000] * 3, images=10000), setting("#1", [7200] * 3, images=10000),
-                              "test_accuracy").beyond_noise
+    assert results.verdict(setting(BASELINE, [7000] * 3, images=10000),
+                           setting("#1", [7200] * 3, images=10000)).case == results.BETTER
 
 
-def test_a_within_noise_answer_says_how_many_seeds_would_settle_it():
+def test_an_open_verdict_says_how_many_seeds_would_settle_it():
     base = setting(BASELINE, [7000, 7300, 6900], images=10000)
     chosen = setting("#1", [7200, 7250, 7150], images=10000)  # +0.013 on average, seeds disagree
     judged = results.verdict(base, chosen)
-    assert judged.case == results.NO_EFFECT
-    seeds = results.difference(base, chosen, "test_accuracy").seeds_to_settle()
-    assert seeds is not None and seeds > 3 and f"about {seeds} seeds (sweep.reevaluate.seeds) would show" in judged.settle
+    assert judged.case == results.CANT_TELL and not judged.only_images_settle
+    assert judged.seeds_needed is not None and judged.seeds_needed > 3
+    assert f"about {judged.seeds_needed} seeds each for trial #1 and the baseline (now 3)" in judged.settle
+    # That many seeds at today's spreads would decide it.
+    spread = results.Difference(judged.accuracy.mean, judged.accuracy.seed_variance, judged.seeds_needed,
+                                judged.accuracy.image_parts)
+    low, high = spread.interval(judged.alpha)
+    assert low > 0 or high < 0 or -judged.margin <= low <= high <= judged.margin
 
 
-def test_the_stable_choice_applies_the_rule_across_seeds_and_can_be_the_baseline():
+def test_one_seed_cannot_tell_how_much_a_re_run_would_move():
+    judged = results.verdict(setting(BASELINE, [400]), setting("#1", [460]))
+    assert judged.case == results.CANT_TELL and judged.accuracy_interval == (-math.inf, math.inf)
+    assert "3 or more seeds" in judged.settle
+
+
+def test_more_comparisons_widen_every_interval():
+    chosen = setting("#1", [430, 436, 425])
+    alone = results.verdict(BASE, chosen)
+    corrected = results.verdict(BASE, chosen, results.Design(seeds=3, max_seeds=12, candidates=3))
+    assert corrected.alpha == pytest.approx(0.05 / (2 * 3 * 4))  # 2 metrics × 3 candidates × 4 looks
+    assert corrected.accuracy_interval[0] < alone.accuracy_interval[0]
+
+
+def test_the_stable_choice_applies_the_rule_across_seeds_among_the_candidates():
     lucky = setting("#1", [400] * 3, val_right=[475, 300, 310])  # one lucky seed
     steady = setting("#2", [400] * 3, val_right=[440, 445, 442], train=0.95)
-    assert results.stable_choice([setting(BASELINE, [400] * 3, val_right=[445, 440, 443]), lucky, steady], 0.1).label == "#2"
-    # Equally accurate and equally overfit: doing nothing wins the tie.
-    assert results.stable_choice([setting(BASELINE, [400] * 3, val_right=[440] * 3), setting("#5", [400] * 3, val_right=[440] * 3)],
-                                 0.1).label == BASELINE
+    baseline = setting(BASELINE, [400] * 3, val_right=[460, 455, 458])
+    # The baseline is what the choice must beat on the test split, not one of the candidates.
+    assert results.stable_choice([baseline, lucky, steady], 0.1).label == "#2"
+    assert results.stable_choice([baseline], 0.1) is None
+    # Equally accurate and equally overfit: the earlier trial.
+    assert results.stable_choice([setting("#5", [400] * 3, val_right=[440] * 3), setting("#3", [400] * 3, val_right=[440] * 3)],
+                                 0.1).label == "#3"
 
 
 def test_validation_and_test_that_disagree_on_the_baseline_are_flagged():
@@ -173,3 +209,66 @@ def test_before_re_evaluation_the_single_trial_choice_is_the_answer_and_says_it_
     answer = results.answer(rows, [], epsilon=0.1)
     assert answer.label == "#2" and answer.verdict is None
     assert any("not yet confirmed on a test split" in w for w in answer.warnings)
+
+
+# --- the rounds: seeds where they decide ------------------------------------------------------------
+
+
+def seeds_of(summary: Summary, seeds: list[int]) -> Summary:
+    return Summary(summary.label, [{**run, "seed": seed} for run, seed in zip(summary.runs, seeds)])
+
+
+def test_rounds_add_seeds_to_the_choice_and_the_baseline_until_the_verdict_is_decided():
+    """And a candidate the choice falls on later catches up; the others keep the seeds they have."""
+    design = results.Design(seeds=3, max_seeds=9)
+    labels = [BASELINE, "#1", "#2"]
+    # Round 1 asks for 3 seeds of every setting.
+    first = results.rounds(labels, [], design, 0.1)
+    assert first.todo == {label: [1, 2, 3] for label in labels} and first.verdict is None
+    # #1 leads on validation and its verdict can't tell yet; #2 trails it.
+    baseline = setting(BASELINE, [400, 405, 395, 398, 402, 401, 399, 404, 396], val_right=[400, 405, 395, 398, 402, 401, 399, 404, 396])
+    leader = setting("#1", [430, 415, 420, 428, 428, 426, 429, 427, 428], val_right=[440, 442, 445, 441, 443, 444, 440, 442, 441])
+    loser = setting("#2", [300, 302, 301], val_right=[300, 302, 301])
+    state = results.rounds(labels, [first3(baseline), first3(leader), loser], design, 0.1)
+    assert state.verdict.case == results.CANT_TELL and state.chosen.label == "#1"
+    assert state.todo == {BASELINE: [4, 5, 6], "#1": [4, 5, 6]}  # the other candidate gets no more (racing)
+    # Killed half-way through the round: only what is missing is asked for, and the verdict stays the last look's.
+    partial = results.rounds(labels, [Summary(BASELINE, baseline.runs[:5]), first3(leader), loser], design, 0.1)
+    assert partial.todo == {BASELINE: [6], "#1": [4, 5, 6]} and partial.verdict.case == results.CANT_TELL
+    # With 6 seeds each the verdict is decided, and the rounds stop there.
+    done = results.rounds(labels, [Summary(BASELINE, baseline.runs[:6]), Summary("#1", leader.runs[:6]), loser], design, 0.1)
+    assert done.todo == {} and done.reason == results.DECIDED and done.verdict.case == results.BETTER
+    assert done.looks == 2 and [len(s.runs) for s in done.summaries] == [6, 6, 3]
+    # Runs past the look the rounds stopped at (say, trained by hand) do not change its verdict.
+    again = results.rounds(labels, [baseline, leader, loser], design, 0.1)
+    assert again.verdict.sentence == done.verdict.sentence
+
+
+def first3(summary: Summary) -> Summary:
+    return Summary(summary.label, summary.runs[:3])
+
+
+def test_rounds_stop_when_only_a_larger_test_split_would_settle_it():
+    design = results.Design(seeds=3, max_seeds=12)
+    base = setting(BASELINE, [70, 70, 70], images=100)
+    chosen = setting("#1", [72, 72, 72], images=100)
+    state = results.rounds([BASELINE, "#1"], [base, chosen], design, 0.1)
+    assert state.todo == {} and state.reason == results.ONLY_IMAGES and state.verdict.case == results.CANT_TELL
+
+
+def test_a_fixed_design_looks_once():
+    assert results.Design(seeds=3, max_seeds=3).looks() == [3]
+    assert results.Design(seeds=3, max_seeds=12).looks() == [3, 6, 9, 12]
+    assert results.Design(seeds=3, max_seeds=10).looks() == [3, 6, 9, 10]
+
+
+def test_a_candidate_the_choice_falls_on_later_catches_up_with_the_seeds():
+    design = results.Design(seeds=3, max_seeds=9)
+    labels = [BASELINE, "#1", "#2"]
+    baseline = setting(BASELINE, [400, 410, 390, 405, 395, 400], val_right=[400] * 6)
+    # #1 leads after 3 seeds but its next seeds fall behind #2's three.
+    first = setting("#1", [420, 380, 430, 401, 399, 400], val_right=[450, 452, 451, 400, 401, 402])
+    second = setting("#2", [425, 385, 430], val_right=[440, 441, 439])
+    state = results.rounds(labels, [baseline, first, second], design, 0.1)
+    assert state.chosen.label == "#2" and state.looks == 2
+    assert state.todo == {BASELINE: [7, 8, 9], "#2": [4, 5, 6, 7, 8, 9]}

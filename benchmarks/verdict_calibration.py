@@ -1,0 +1,348 @@
+"""Calibration of the verdict: how often it claims what is not there, how often it finds what is.
+
+Measured, not assumed: the decision code itself (`regsweep.results.verdict`, and `rounds` for
+the whole re-evaluation with its candidates and looks) is driven with simulated re-evaluations
+whose truth is known, and, on real training, with A/A comparisons on the demo.
+
+The simulated world: a model from seed s of setting X gets test image i right when
+
+    a_X + u[X, s] + difficulty * z[i] + shape * w[X, i] + e[X, s, i] > 0,
+
+with standard normal z (hard images are hard for every model: correlated per-image errors),
+w (images a setting suits better or worse, the same for every seed of it), e (which images one
+model happens to miss), and u ~ N(0, tau^2) a seed's luck, scaled so that one seed's accuracy
+spreads by `seed_spread`. The validation and training images follow the same model with the
+same u: a lucky seed is lucky on every split, which is what makes choosing on validation risky.
+An A/A comparison sets two settings identical (same a, same w) and re-trains them on different
+seeds; a planted effect moves a (test accuracy) or the training images' a (the gap only).
+
+    python benchmarks/verdict_calibration.py            # the full tables (several minutes)
+    python benchmarks/verdict_calibration.py --quick    # fewer repeats, for a look
+    python benchmarks/verdict_calibration.py --real 20  # plus a real A/A on the demo, 20 repeats
+"""
+
+from __future__ import annotations
+
+import argparse
+import functools
+import itertools
+import math
+import sys
+import time
+from dataclasses import dataclass, replace
+
+import numpy as np
+from scipy import stats
+
+from regsweep import results
+from regsweep.results import BASELINE, Design, Summary
+
+ADOPTING = (results.BETTER, results.LESS_OVERFIT)
+CLAIMING = (results.BETTER, results.LESS_OVERFIT, results.TRADE_OFF)
+
+
+@dataclass(frozen=True)
+class World:
+    """One simulated task: the split sizes, the baseline's accuracies and the noise."""
+
+    accuracy: float = 0.84  # the baseline's expected test (and validation) accuracy
+    train_accuracy: float = 0.99  # its expected accuracy on its own training images
+    seed_spread: float = 0.05  # the standard deviation of one seed's test accuracy
+    images: int = 576  # test images
+    val_images: int = 300
+    train_images: int = 25
+    difficulty: float = 1.0  # how much errors concentrate on hard images, for every model alike
+    shape: float = 0.5  # images one setting suits better than another (0 for identical settings)
+    pairing: float = 0.0  # share of a seed's luck common to every setting trained with it
+
+    @property
+    def tau(self) -> float:
+        return _tau(self.accuracy, self.seed_spread, self.difficulty, self.shape)
+
+
+def _scale(tau: float, difficulty: float, shape: float) -> float:
+    return math.sqrt(1 + difficulty ** 2 + shape ** 2 + tau ** 2)
+
+
+@functools.cache
+def _tau(accuracy: float, spread: float, difficulty: float, shape: float) -> float:
+    """The seed-luck scale whose seeds' accuracies spread by `spread` (bisection on quadrature)."""
+    if spread <= 0:
+        return 0.0
+    nodes, weights = np.polynomial.hermite_e.hermegauss(40)
+    weights = weights / weights.sum()
+
+    def spread_of(tau: float) -> float:
+        a = stats.norm.ppf(accuracy) * _scale(tau, difficulty, shape)
+        per_seed = stats.norm.cdf((a + tau * nodes) / math.sqrt(1 + difficulty ** 2 + shape ** 2))
+        mean = (weights * per_seed).sum()
+        return math.sqrt((weights * (per_seed - mean) ** 2).sum())
+
+    low, high = 0.0, 10.0
+    for _ in range(60):
+        middle = (low + high) / 2
+        low, high = (middle, high) if spread_of(middle) < spread else (low, middle)
+    return (low + high) / 2
+
+
+@dataclass(frozen=True)
+class Setting:
+    """A setting's truth: its expected test and training accuracy, and which images suit it."""
+
+    label: str
+    accuracy: float
+    train_accuracy: float
+    shape_seed: int  # settings with the same shape_seed suit the same images (A/A: identical)
+
+
+def _bits(correct: np.ndarray) -> str:
+    return (correct.astype(np.uint8) + 48).tobytes().decode("ascii")
+
+
+class Simulation:
+    """Draws the images once per repeat, then any setting's runs on them, seed by seed."""
+
+    def __init__(self, world: World, rng: np.random.Generator, max_seeds: int):
+        self.world, self.rng, self.max_seeds = world, rng, max_seeds
+        sizes = {"test": world.images, "validation": world.val_images, "train": world.train_images}
+        self.z = {split: rng.standard_normal(n) for split, n in sizes.items()}
+        self.common_luck = rng.standard_normal(max_seeds)
+        self.shapes: dict[int, dict[str, np.ndarray]] = {}
+
+    def _shape(self, key: int) -> dict[str, np.ndarray]:
+        if key not in self.shapes:
+            self.shapes[key] = {split: self.rng.standard_normal(len(z)) for split, z in self.z.items()}
+        return self.shapes[key]
+
+    def runs(self, setting: Setting, seed_offset: int = 0) -> Summary:
+        """max_seeds runs of the setting (seeds 1…), as regsweep logs them. `seed_offset` draws
+        its luck from other seeds than a setting with offset 0 (an A/A on disjoint seeds)."""
+        w, tau = self.world, self.world.tau
+        scale = _scale(tau, w.difficulty, w.shape)
+        a = {"test": stats.norm.ppf(setting.accuracy) * scale, "validation": stats.norm.ppf(setting.accuracy) * scale,
+             "train": stats.norm.ppf(setting.train_accuracy) * scale}
+        shape = self._shape(setting.shape_seed)
+        own_luck = self.rng.standard_normal(self.max_seeds)
+        common = self.common_luck if seed_offset == 0 else self.rng.standard_normal(self.max_seeds)
+        luck = tau * (math.sqrt(w.pairing) * common + math.sqrt(1 - w.pairing) * own_luck)
+        runs = []
+        for index in range(self.max_seeds):
+            run = {"seed": index + 1}
+            for split, z in self.z.items():
+                noise = self.rng.standard_normal(len(z))
+                correct = a[split] + luck[index] + w.difficulty * z + w.shape * shape[split] + noise > 0
+                run[f"{split}_correct"] = _bits(correct)
+                run[results.ACCURACY[split]] = float(correct.mean())
+                run[results.IMAGE_COUNT[split]] = len(z)
+            run["gap"] = run["train_accuracy"] - run["val_accuracy"]
+            run["test_gap"] = run["train_accuracy"] - run["test_accuracy"]
+            runs.append(run)
+        return Summary(setting.label, runs)
+
+
+def truth(baseline: Setting, other: Setting) -> tuple[float, float]:
+    """The true differences other − baseline: test accuracy, and test gap."""
+    accuracy = other.accuracy - baseline.accuracy
+    return accuracy, (other.train_accuracy - other.accuracy) - (baseline.train_accuracy - baseline.accuracy)
+
+
+def first(summary: Summary, seeds: int) -> Summary:
+    return Summary(summary.label, summary.runs[:seeds])
+
+
+# --- one verdict: the chosen setting against the baseline ----------------------------------------
+
+
+def one_verdict(world: World, seeds: int, effect: tuple[float, float], repeats: int, rng: np.random.Generator) -> dict:
+    """Rates for `verdict(baseline, chosen)` at a fixed number of seeds: effect = (test accuracy,
+    gap) planted in the chosen setting; (0, 0) is an A/A."""
+    base = Setting(BASELINE, world.accuracy, world.train_accuracy, 0)
+    aa = effect == (0.0, 0.0)
+    chosen = Setting("#1", world.accuracy + effect[0], world.train_accuracy + effect[0] + effect[1], 0 if aa else 1)
+    true_accuracy, true_gap = truth(base, chosen)
+    counts = dict(adopt=0, claim=0, decided=0, cover_accuracy=0, cover_gap=0, cover95=0, detect=0)
+    for _ in range(repeats):
+        simulation = Simulation(world, rng, seeds)
+        baseline_runs = simulation.runs(base)
+        chosen_runs = simulation.runs(chosen, seed_offset=1 if aa else 0)
+        judged = results.verdict(baseline_runs, chosen_runs)
+        low, high = judged.accuracy_interval
+        glow, ghigh = judged.gap_interval
+        plain_low, plain_high = judged.accuracy.interval(0.05)
+        counts["adopt"] += judged.case in ADOPTING
+        counts["claim"] += judged.case in CLAIMING
+        counts["decided"] += judged.case != results.CANT_TELL
+        counts["cover_accuracy"] += low <= true_accuracy <= high
+        counts["cover_gap"] += glow <= true_gap <= ghigh
+        counts["cover95"] += plain_low <= true_accuracy <= plain_high
+        counts["detect"] += (judged.case == results.BETTER if effect[0] > 0 else
+                             judged.case == results.LESS_OVERFIT if effect[1] < 0 else False)
+    return {key: value / repeats for key, value in counts.items()}
+
+
+# --- the whole re-evaluation: candidates, the choice, the rounds -----------------------------------
+
+
+def whole_decision(world: World, design: Design, effects: list[float], repeats: int, rng: np.random.Generator,
+                   epsilon: float = 0.1) -> dict:
+    """Rates for the whole re-evaluation: the baseline and len(effects) candidates (test accuracy
+    effect each; all 0 is an A/A of every candidate), the choice on validation, and the rounds
+    of `results.rounds` until they stop. Also the seeds it spent."""
+    base = Setting(BASELINE, world.accuracy, world.train_accuracy, 0)
+    settings = [base] + [Setting(f"#{i + 1}", world.accuracy + e, world.train_accuracy + e, 0 if e == 0 else i + 1)
+                         for i, e in enumerate(effects)]
+    labels = [s.label for s in settings]
+    counts = dict(adopt=0, claim=0, decided=0, detect=0, runs=0, wrong=0)
+    best = max(effects)
+    for _ in range(repeats):
+        simulation = Simulation(world, rng, design.max_seeds)
+        # A/A: every setting on its own seeds' luck; with effects, paired seeds share theirs.
+        full = {s.label: simulation.runs(s, seed_offset=1 if s.shape_seed == 0 and s.label != BASELINE else 0)
+                for s in settings}
+        shown = {label: 0 for label in labels}
+        while True:
+            state = results.rounds(labels, [first(full[label], n) for label, n in shown.items() if n], design, epsilon)
+            if not state.todo:
+                break
+            for label, seeds in state.todo.items():
+                shown[label] = max(shown[label], max(seeds))
+        case = state.verdict.case if state.verdict else results.CANT_TELL
+        counts["adopt"] += case in ADOPTING
+        counts["claim"] += case in CLAIMING
+        counts["decided"] += case != results.CANT_TELL
+        counts["runs"] += sum(shown.values())
+        adopted_effect = effects[labels.index(state.chosen.label) - 1] if case in ADOPTING else None
+        counts["detect"] += adopted_effect is not None and adopted_effect > 0
+        counts["wrong"] += adopted_effect is not None and adopted_effect <= 0 < best
+    return {key: value / repeats for key, value in counts.items()}
+
+
+# --- printing ------------------------------------------------------------------------------------
+
+
+def pct(value: float) -> str:
+    return f"{100 * value:5.1f} %"
+
+
+def table(header: list[str], rows: list[list[str]]) -> str:
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    return "\n".join(lines + ["| " + " | ".join(row) + " |" for row in rows])
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--quick", action="store_true", help="fewer repeats: a look, not a measurement")
+    parser.add_argument("--repeats", type=int, default=None, help="repeats per cell (default 2000, --quick 300)")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--real", type=int, default=0, help="also an A/A on real demo training, this many repeats")
+    parser.add_argument("--store", default="/tmp/regsweep-calibration", help="the real A/A's scratch store")
+    options = parser.parse_args(argv)
+    repeats = options.repeats or (300 if options.quick else 2000)
+    rng = np.random.default_rng(options.seed)
+    started = time.perf_counter()
+    print(f"# Verdict calibration ({repeats} repeats per cell; python benchmarks/verdict_calibration.py "
+          f"{' '.join(sys.argv[1:])})\n")
+
+    print("## A/A through results.verdict(baseline, chosen): no true difference\n")
+    print("Targets: false adoption ≤ 2.5 %, any claim ≤ 5 %, coverage of the plain 95 % interval ≥ 93 %.\n")
+    rows = []
+    for spread, seeds, images in itertools.product((0.0, 0.05, 0.10), (2, 3, 5, 8, 10), (100, 576, 2000, 5000)):
+        if images == 5000 and seeds not in (3, 10):
+            continue
+        world = World(seed_spread=spread, images=images)
+        rates = one_verdict(world, seeds, (0.0, 0.0), repeats, rng)
+        rows.append([f"{spread:.2f}", str(seeds), str(images), pct(rates["adopt"]), pct(rates["claim"]),
+                     pct(rates["cover95"]), pct(rates["cover_accuracy"]), pct(rates["cover_gap"])])
+    print(table(["seed spread", "seeds", "test images", "false adoption", "any claim", "95 % coverage",
+                 "verdict coverage (acc)", "verdict coverage (gap)"], rows), "\n", flush=True)
+
+    print("## Planted effects through results.verdict: power and coverage\n")
+    rows = []
+    for (accuracy, gap), spread, seeds, images in itertools.product(
+            ((0.03, 0.0), (0.05, 0.0), (0.10, 0.0), (0.0, -0.10), (0.0, -0.20)), (0.0, 0.05, 0.10), (3, 5, 8),
+            (576, 2000)):
+        world = World(seed_spread=spread, images=images, train_accuracy=0.99 if gap == 0 else 0.995)
+        rates = one_verdict(world, seeds, (accuracy, gap), repeats // 2, rng)
+        rows.append([f"{signed(accuracy)} / {signed(gap)}", f"{spread:.2f}", str(seeds), str(images),
+                     pct(rates["detect"]), pct(rates["decided"]), pct(rates["cover95"]), pct(rates["cover_accuracy"]),
+                     pct(rates["cover_gap"])])
+    print(table(["effect (acc / gap)", "seed spread", "seeds", "test images", "power", "decided",
+                 "95 % coverage", "verdict coverage (acc)", "verdict coverage (gap)"], rows), "\n", flush=True)
+
+    print("## The whole re-evaluation: 3 candidates chosen on validation, then rounds\n")
+    print("Fixed: 3 seeds each, one look. Adaptive: 3 seeds each, then 3 more per round for the choice, the "
+          "baseline and the candidates still in the race, up to max_seeds.\n")
+    rows = []
+    designs = {"fixed 3": Design(seeds=3, max_seeds=3), "adaptive to 12": Design(seeds=3, max_seeds=12)}
+    for (name, design), spread, images, effects in itertools.product(
+            designs.items(), (0.0, 0.05, 0.10), (576, 2000),
+            ([0.0, 0.0, 0.0], [0.05, 0.0, 0.0], [0.10, 0.0, 0.0], [0.10, 0.05, 0.0])):
+        world = World(seed_spread=spread, images=images, pairing=0.5)
+        rates = whole_decision(world, design, effects, repeats // 4, rng)
+        what = "A/A" if max(effects) == 0 else "+" + "/".join(f"{e:.2f}" for e in effects)
+        rows.append([name, f"{spread:.2f}", str(images), what, pct(rates["adopt"]) if max(effects) == 0 else "",
+                     pct(rates["claim"]) if max(effects) == 0 else "", pct(rates["detect"]) if max(effects) else "",
+                     pct(rates["decided"]), f"{rates['runs']:.1f}"])
+    print(table(["design", "seed spread", "test images", "candidates' effects", "false adoption", "any claim",
+                 "power (adopts a better one)", "decided", "runs trained"], rows), "\n", flush=True)
+
+    if options.real:
+        real_aa(options.real, options.store)
+    print(f"({time.perf_counter() - started:.0f} s)")
+    return 0
+
+
+def signed(value: float) -> str:
+    return f"{value:+.2f}"
+
+
+# --- real training: an A/A on the demo -----------------------------------------------------------
+
+
+def real_aa(repeats: int, store: str, seeds: int = 3) -> None:
+    """The demo's baseline re-trained on 2 × repeats × seeds different seeds, logged as
+    re-evaluation runs are, then compared in disjoint pairs of seed sets as if they were two
+    settings: every claim is false."""
+    from pathlib import Path
+
+    from regsweep.config import compose
+    from regsweep.worker import import_tensorflow_quietly
+
+    import_tensorflow_quietly()
+    from regsweep import train
+
+    Path(store).mkdir(parents=True, exist_ok=True)
+    print(f"## Real A/A on the demo: the baseline setting on {2 * repeats} disjoint sets of {seeds} seeds\n", flush=True)
+    runs = []
+    started = time.perf_counter()
+    for seed in range(1, 2 * repeats * seeds + 1):
+        cfg = compose([f"paths.store={store}", "tracking.artifacts=none", f"train.seed={1000 + seed}",
+                       "model.dropout=0.0", "augment.strength=0.0", "model.unfrozen_blocks=0"])
+        result = train.train_and_log(cfg, evaluate_test=True, tags={"regsweep.role": "calibration"})
+        from regsweep import tracking  # noqa: lazy: only after a run exists
+
+        import mlflow
+
+        logged = mlflow.get_run(result.run_id)
+        per_image = tracking.load_per_image_correct(logged.info.artifact_uri)
+        runs.append({**{k: result.metrics[k] for k in ("test_accuracy", "val_accuracy", "train_accuracy", "gap",
+                                                       "test_gap", "train_images", "val_images", "test_images")},
+                     **{f"{split}_correct": value for split, value in per_image.items()}})
+    counts = dict(adopt=0, claim=0)
+    spreads = []
+    for repeat in range(repeats):
+        block = runs[2 * repeat * seeds:(2 * repeat + 2) * seeds]
+        a = Summary(BASELINE, [{**run, "seed": i + 1} for i, run in enumerate(block[:seeds])])
+        b = Summary("#1", [{**run, "seed": i + 1} for i, run in enumerate(block[seeds:])])
+        judged = results.verdict(a, b)
+        counts["adopt"] += judged.adopt
+        counts["claim"] += judged.case in CLAIMING
+        spreads.append(a.std("test_accuracy"))
+        print(f"  {repeat + 1:2d}: {judged.case:26s} test accuracy {results.with_interval(judged.accuracy, judged.alpha)}")
+    print(f"\nReal A/A, {repeats} comparisons of {seeds} vs {seeds} seeds ({len(runs)} runs, "
+          f"{time.perf_counter() - started:.0f} s; seed spread of test accuracy {np.mean(spreads):.3f}): "
+          f"false adoptions {counts['adopt']}, any claim {counts['claim']}.\n")
+
+
+if __name__ == "__main__":
+    sys.exit(main())
