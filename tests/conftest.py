@@ -47,6 +47,7 @@ def store(tmp_path, demo_store) -> Path:
 # The shared study's settings: 3 short trials in the test process, every artifact logged, and a
 # one-seed re-evaluation, so the answer's model is registered.
 FINISHED_STUDY = ["sweep.n_trials=3", "train.epochs=3", "train.fine_tune_epochs=1", "sweep.reevaluate.seeds=1",
+                  "sweep.reevaluate.max_seeds=1",
                   "sweep.reevaluate.top_k=1", "sweep.reevaluate.curve=[]", "sweep.pruner.name=none",
                   "sweep.trials_per_worker=0", "tracking.artifacts=all"]
 

@@ -32,7 +32,7 @@ from test_recovery import REGSWEEP, trials
 from regsweep import study as studies
 
 TINY = ["train.epochs=6", "train.fine_tune_epochs=2", "tracking.artifacts=none", "sweep.pruner.name=none",
-        "sweep.heartbeat_seconds=2", "sweep.reevaluate.seeds=1", "sweep.reevaluate.top_k=1",
+        "sweep.heartbeat_seconds=2", "sweep.reevaluate.seeds=1", "sweep.reevaluate.max_seeds=1", "sweep.reevaluate.top_k=1",
         "sweep.reevaluate.curve=[]"]
 
 

@@ -130,14 +130,14 @@ def report_command(args: list[str]) -> None:
                      "Rebuilds the report of a stored study from its Optuna storage and MLflow runs.")
     parser.add_argument("--reevaluate", action="store_true",
                         help="re-train the top settings and the baseline with fresh seeds and score them on the test "
-                             "split (only the runs still missing); needs the study's data overrides")
+                             "split, in rounds while the verdict can't tell (only the runs still missing)")
     parser.add_argument("--open", action="store_true", help="open report.html in a browser, where one exists")
     parser.add_argument("words", nargs="*", help=argparse.SUPPRESS)
     options = parser.parse_intermixed_args(args)
-    from regsweep import report  # lazy: MLflow, Optuna and matplotlib load only for the command that needs them
+    from regsweep import sweep  # lazy: MLflow, Optuna and matplotlib load only for the command that needs them
 
-    report.report_stored_study(*_study_and_overrides(options.words), reevaluate_first=options.reevaluate,
-                               open_html=options.open)
+    sweep.report_study(*_study_and_overrides(options.words), reevaluate_first=options.reevaluate,
+                       open_html=options.open)
 
 
 def cache_command(args: list[str]) -> None:

@@ -149,6 +149,12 @@ def override_key(override: str) -> str:
     return override.split("=", 1)[0].lstrip("+~")
 
 
+def training_overrides(overrides: list[str]) -> list[str]:
+    """The overrides that reach every run (the data, the model, where things are): those of a
+    `regsweep sweep` or `regsweep report` command line without the study's and Hydra's own."""
+    return [o for o in overrides if not o.startswith(("sweep.", "sweep=", "hydra."))]
+
+
 def _first_line(error: Exception) -> str:
     lines = [line.strip() for line in str(error).splitlines() if line.strip()]
     return lines[0].rstrip(".") if lines else type(error).__name__

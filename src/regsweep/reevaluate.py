@@ -1,12 +1,14 @@
 """Re-evaluation: re-train the top settings and a baseline with fresh seeds, score each once on
-the untouched test split, and say whether the recommendation beats doing nothing by more than noise.
+the untouched test split, in rounds, until the verdict against the baseline is decided.
 
 A search scored on the validation set overfits it (Cawley & Talbot, JMLR 2010), and one run
 carries seed noise. So the first top_k trials in the rule's order (regsweep.results) and the
-unregularized baseline (sweeps/baselines/<name>.yaml) are each trained S more times, with
-seeds the trials never used, and evaluated once on the test split. The runs are nested under
-the study's parent run, tagged `reeval`, and found again on the next report, so re-running
-trains only what is missing.
+unregularized baseline (sweeps/baselines/<name>.yaml) are each trained sweep.reevaluate.seeds
+more times, with seeds the trials never used, and evaluated once on the test split. While the
+verdict can't tell, the choice and the baseline get more seeds, round after round, up to
+sweep.reevaluate.max_seeds: `regsweep.results.rounds` says which runs each round needs, from the
+runs logged so far. The runs are nested under the study's parent run, tagged `reeval`, and found
+again on the next report, so re-running trains only what is missing.
 
 Then the learning curve: the answer's setting (the adopted one, or the baseline) re-trained on
 25 % and 50 % of the training images (sweep.reevaluate.curve), scored on the validation split
@@ -73,74 +75,112 @@ def merge(*override_lists: list[str]) -> list[str]:
     return list(merged.values())
 
 
-# --- training and finding the runs --------------------------------------------------------------
+# --- the rounds ----------------------------------------------------------------------------------
 
 
-def reevaluate_missing(optuna_study: optuna.Study, cfg: DictConfig, settings: DictConfig, parent_run_id: str,
-                       base_overrides: list[str]) -> bool:
-    """Trains every (setting, seed) that has no FINISHED re-evaluation run under the parent yet.
+def design(cfg: DictConfig, settings: DictConfig, candidates: int) -> results.Design:
+    """The re-evaluation's design from sweep.reevaluate: how many seeds, in which rounds, and how
+    many candidates its claims answer for."""
+    r = settings.reevaluate
+    return results.Design(seeds=int(r.seeds), max_seeds=max(int(r.get("max_seeds", r.seeds)), int(r.seeds)),
+                          candidates=candidates, margin=float(r.get("margin", results.MARGIN)),
+                          first_seed=int(cfg.train.seed) + 1)
 
-    `settings` is the study's sweep settings (its recorded ε); `base_overrides` what every run
-    starts from. Returns False when another worker holds the claim and is re-evaluating.
+
+@dataclass
+class Progress:
+    """The re-evaluation as it stands: what it plans, and the rounds replayed from its runs."""
+
+    planned: list[Setting]
+    rounds: results.Rounds
+    summaries: list[Summary]  # every finished run, per setting (the rounds read their looks from these)
+
+    def todo(self) -> list[tuple[Setting, int]]:
+        by_label = {setting.label: setting for setting in self.planned}
+        return [(by_label[label], seed) for label, seeds in self.rounds.todo.items() for seed in seeds]
+
+
+def progress_of(optuna_study: optuna.Study, cfg: DictConfig, settings: DictConfig, parent_run_id: str | None,
+                base_overrides: list[str]) -> Progress:
+    """Replays the re-evaluation from the runs logged under the parent (regsweep.results.rounds)."""
+    rows = study.trial_rows(optuna_study)
+    planned = settings_to_run(rows, settings, base_overrides) if any(row.state == "COMPLETE" for row in rows) else []
+    # A setting's runs are found by its label and seed, wherever they were trained (paths differ by machine).
+    labels = [setting.label for setting in planned]
+    summaries = [s for s in collect(cfg, parent_run_id) if s.label in labels]
+    plan = design(cfg, settings, max(1, len(planned) - 1))
+    return Progress(planned, results.rounds(labels, summaries, plan, settings.epsilon), summaries)
+
+
+def run_rounds(optuna_study: optuna.Study, cfg: DictConfig, settings: DictConfig, parent_run_id: str,
+               base_overrides: list[str], token: str) -> bool:
+    """Trains round after round until the rounds stop, then the learning curve; False when this
+    worker lost its claim on the way (the new holder goes on).
+
+    Each round is what `regsweep.results.rounds` asks for, given every run logged so far, so a
+    worker killed mid-round leaves finished runs that the next one counts and never re-trains.
     """
-    seeds = int(settings.reevaluate.seeds)
-    if seeds < 1:
-        raise RegsweepError(f"sweep.reevaluate.seeds={seeds}: re-evaluation needs at least 1 seed, such as 3")
-    if not missing_runs(optuna_study, cfg, settings, parent_run_id, base_overrides)[1] and \
-            not missing_curve_runs(optuna_study, cfg, settings, parent_run_id, base_overrides):
-        return True
-    token, holder = study.claim(optuna_study)
-    if token is None:
-        print(f"Another worker ({holder}) is re-evaluating this study; it writes the report when it is done.", flush=True)
-        return False
-    try:
-        # Listed again now that this process holds the claim: a worker that just finished may have trained some.
-        planned, todo = missing_runs(optuna_study, cfg, settings, parent_run_id, base_overrides)
-        if todo:
-            print(f"Re-evaluating {len(planned)} settings x {seeds} seeds on the test split ({len(todo)} runs to train)",
-                  flush=True)
-            if not _train(optuna_study, cfg, todo, parent_run_id, token, REEVAL):
-                return True
-        todo = missing_curve_runs(optuna_study, cfg, settings, parent_run_id, base_overrides)
-        if todo:
-            fractions = ", ".join(f"{100 * f:g} %" for f in settings.reevaluate.curve)
-            print(f"Learning curve: {len(todo)} runs on {fractions} of the training images (validation only)", flush=True)
-            _train(optuna_study, cfg, todo, parent_run_id, token, CURVE)
-    finally:
-        study.release(optuna_study, token)
+    end_interrupted_runs(cfg, parent_run_id)
+    state = progress_of(optuna_study, cfg, settings, parent_run_id, base_overrides)
+    while todo := state.todo():
+        print(_round_line(state.rounds, todo), flush=True)
+        if not _train(optuna_study, cfg, todo, parent_run_id, token, REEVAL):
+            return False
+        state = progress_of(optuna_study, cfg, settings, parent_run_id, base_overrides)
+    todo = missing_curve_runs(optuna_study, cfg, settings, parent_run_id, base_overrides)
+    if todo:
+        fractions = ", ".join(f"{100 * f:g} %" for f in settings.reevaluate.curve)
+        print(f"Learning curve: {len(todo)} runs on {fractions} of the training images (validation only)", flush=True)
+        return _train(optuna_study, cfg, todo, parent_run_id, token, CURVE)
     return True
 
 
-def missing_runs(optuna_study: optuna.Study, cfg: DictConfig, settings: DictConfig, parent_run_id: str,
-                 base_overrides: list[str]) -> tuple[list[Setting], list[tuple[Setting, int]]]:
-    """The settings to re-evaluate, and the (setting, seed) pairs with no FINISHED run yet."""
-    rows = study.trial_rows(optuna_study)
-    if not any(row.state == "COMPLETE" for row in rows):
-        return [], []  # nothing to compare with the baseline yet
-    planned = settings_to_run(rows, settings, base_overrides)
-    return planned, _not_yet_run(cfg, parent_run_id, planned, int(settings.reevaluate.seeds), REEVAL)
+def _round_line(rounds: results.Rounds, todo: list[tuple[Setting, int]]) -> str:
+    """What the next round trains, and why."""
+    plan = rounds.design
+    if rounds.verdict is None:
+        extra = (f", then up to {plan.max_seeds} for the choice and the baseline while the verdict can't tell"
+                 if plan.max_seeds > plan.seeds else "")
+        return f"Re-evaluating on the test split: {plan.seeds} seeds per setting{extra} ({len(todo)} runs to train)"
+    who = " and ".join(dict.fromkeys("the baseline" if s.label == BASELINE else f"trial {s.label}" for s, _ in todo))
+    accuracy = results.with_interval(rounds.verdict.accuracy, rounds.verdict.alpha)
+    return (f"Round {rounds.looks + 1}: can't tell yet after {len(rounds.chosen.runs)} seeds (test accuracy {accuracy}, "
+            f"trial {rounds.chosen.label} against the baseline): {len(todo)} more runs for {who}")
+
+
+def end_interrupted_runs(cfg: DictConfig, parent_run_id: str) -> None:
+    """Ends FAILED the re-evaluation and curve runs left RUNNING by a holder that died mid-run
+    (kill -9, a reboot): only the claim's holder trains them, and this process holds it now."""
+    tracking.use_store(cfg.tracking)
+    client = mlflow.MlflowClient()
+    experiment_id = client.get_run(parent_run_id).info.experiment_id
+    for role in (REEVAL, CURVE):
+        for run in client.search_runs([experiment_id], f"tags.`{tracking.PARENT_TAG}` = '{parent_run_id}' and "
+                                      f"tags.`{tracking.ROLE_TAG}` = '{role}' and attributes.status = 'RUNNING'"):
+            tracking.fail_run(run.info.run_id, "interrupted: the re-evaluating process stopped before this run ended "
+                                               "(killed, rebooted or out of memory); the next one trained it again")
 
 
 def missing_curve_runs(optuna_study: optuna.Study, cfg: DictConfig, settings: DictConfig, parent_run_id: str,
                        base_overrides: list[str]) -> list[tuple[Setting, int]]:
     """The learning curve's (setting, seed) pairs with no FINISHED run yet: the answer's setting
-    (the adopted one, or the baseline) at each share of sweep.reevaluate.curve. Empty until the
-    re-evaluation is done."""
+    (the adopted one, or the baseline) at each share of sweep.reevaluate.curve, with the first
+    round's seeds. Empty until the rounds have stopped."""
+    state = progress_of(optuna_study, cfg, settings, parent_run_id, base_overrides)
     rows = study.trial_rows(optuna_study)
-    found = results.answer(rows, collect(cfg, parent_run_id), settings.epsilon)
-    if found is None or found.verdict is None or not settings.reevaluate.curve:
+    found = results.answer(rows, state.rounds, settings.epsilon)
+    if found is None or found.verdict is None or state.rounds.todo or not settings.reevaluate.curve:
         return []
     by_label = {f"#{row.number}": row for row in rows}
     curve = (baseline_setting(settings, base_overrides) if found.keep_baseline
              else trial_setting(by_label[found.label], base_overrides))
     points = [Setting(curve.label, merge(curve.overrides, [f"data.train_fraction={fraction}"]), curve.trial_number)
               for fraction in settings.reevaluate.curve]
-    return _not_yet_run(cfg, parent_run_id, points, int(settings.reevaluate.seeds), CURVE)
-
-
-def _not_yet_run(cfg: DictConfig, parent_run_id: str, planned: list[Setting], seeds: int, role: str) -> list[tuple[Setting, int]]:
-    done = {run.data.tags.get(tracking.REEVAL_KEY_TAG) for run in logged_runs(cfg, parent_run_id, role)}
-    return [(setting, seed) for setting in planned for seed in seed_values(cfg, seeds) if run_key(setting, seed) not in done]
+    done = {(run.data.tags.get(tracking.REEVAL_TAG), float(run.data.params.get("data.train_fraction", "nan")),
+             int(run.data.params.get("train.seed", -1))) for run in logged_runs(cfg, parent_run_id, CURVE)}
+    seeds = state.rounds.design.seed_values(state.rounds.design.seeds)
+    return [(point, seed) for point, fraction in zip(points, settings.reevaluate.curve) for seed in seeds
+            if (point.label, float(fraction), seed) not in done]
 
 
 def _train(optuna_study: optuna.Study, cfg: DictConfig, todo: list[tuple[Setting, int]], parent_run_id: str,
@@ -175,11 +215,6 @@ def _train(optuna_study: optuna.Study, cfg: DictConfig, todo: list[tuple[Setting
     return True
 
 
-def seed_values(cfg: DictConfig, seeds: int) -> list[int]:
-    """Seeds no trial used: the trials all ran with train.seed."""
-    return [int(cfg.train.seed) + 1 + i for i in range(seeds)]
-
-
 def run_key(setting: Setting, seed: int) -> str:
     return hashlib.sha256(repr((sorted(setting.overrides), seed)).encode()).hexdigest()[:16]
 
@@ -205,10 +240,11 @@ def collect(cfg: DictConfig, parent_run_id: str | None) -> list[Summary]:
     for logged in logged_runs(cfg, parent_run_id):
         metrics = logged.data.metrics
         if all(name in metrics for name in METRICS):
-            run = {"seed": int(logged.data.params["train.seed"]), "run_id": logged.info.run_id,
+            seed = int(logged.data.params["train.seed"])
+            run = {"seed": seed, "run_id": logged.info.run_id,
                    **{name: metrics[name] for name in METRICS},
                    **{name: int(metrics[name]) for name in SIZES if name in metrics}, **_per_image(logged)}
-            by_label.setdefault(logged.data.tags[tracking.REEVAL_TAG], {})[logged.data.tags[tracking.REEVAL_KEY_TAG]] = run
+            by_label.setdefault(logged.data.tags[tracking.REEVAL_TAG], {}).setdefault(seed, run)  # one run a seed
     order = sorted(by_label, key=lambda label: (label != BASELINE, int(label[1:]) if label[1:].isdigit() else 0))
     return [Summary(label, sorted(by_label[label].values(), key=lambda run: run["seed"])) for label in order]
 

@@ -1,9 +1,9 @@
-"""`regsweep report`: the answer first (what to use, the verdict against the baseline, the
-warnings, what else would help), then the evidence and how to replay it, as report.md, a
-self-contained report.html, the terminal summary and the parent run's artifacts.
+"""The report: the answer first (what to use, the verdict against the baseline with its
+intervals, the warnings, what else would help), then the evidence and how to replay it, as
+report.md, a self-contained report.html, its plots and the terminal summary.
 
-What is recommended is decided in regsweep.results; this module only shows it. It trains
-nothing, except on `regsweep report --reevaluate` (regsweep.reevaluate).
+It only renders. What is recommended is decided in regsweep.results, and the end of a study
+(regsweep.sweep.end_study) gathers the facts, registers the model and logs what is written here.
 """
 
 from __future__ import annotations
@@ -12,7 +12,6 @@ import base64
 import html
 import math
 import shlex
-import warnings
 import webbrowser
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -21,37 +20,17 @@ import matplotlib
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
-import mlflow  # noqa: E402
+import matplotlib.ticker  # noqa: E402
+import numpy as np  # noqa: E402
 import optuna  # noqa: E402
 from hydra.core.override_parser.overrides_parser import OverridesParser  # noqa: E402
 from markdown_it import MarkdownIt  # noqa: E402
 from omegaconf import DictConfig, OmegaConf  # noqa: E402
 
-from regsweep import reevaluate, space, study, tracking  # noqa: E402
-from regsweep.config import RegsweepError, compose, compose_study, config_groups  # noqa: E402
-from regsweep.results import (BASELINE, Answer, CurvePoint, Summary, TrialRow, answer, baseline_row,  # noqa: E402
-                              caveats, complete, failures_by_reason, in_rule_order, pareto_front, pruned_by_level,
-                              recommend, representative_run)
-from regsweep.worker import import_tensorflow_quietly  # noqa: E402
-
-
-def importances(optuna_study: optuna.Study) -> dict[str, dict[str, float]]:
-    """Optuna's parameter importances for val_accuracy and for gap ({} when too few trials).
-
-    Optuna's default evaluator (PED-ANOVA) explains *low* target values: val_accuracy is negated.
-    """
-    signs = {"val_accuracy": -1.0, "gap": 1.0}
-    result = {}
-    for metric, sign in signs.items():
-        try:
-            with warnings.catch_warnings():
-                warnings.simplefilter("ignore", UserWarning)  # the "low target values" note: handled by sign
-                result[metric] = optuna.importance.get_param_importances(
-                    optuna_study, target=lambda t, m=metric, s=sign: s * t.user_attrs.get(m, math.nan)
-                )
-        except (ValueError, RuntimeError, ZeroDivisionError):
-            return {}
-    return result
+from regsweep import results  # noqa: E402
+from regsweep.config import config_groups  # noqa: E402
+from regsweep.results import (BASELINE, Answer, CurvePoint, Summary, TrialRow, baseline_row, caveats,  # noqa: E402
+                              complete, failures_by_reason, in_rule_order, pareto_front, pruned_by_level)
 
 
 def replay_command(overrides: list[str]) -> str:
@@ -79,58 +58,102 @@ def best_config(overrides: list[str], origin: str) -> str:
 # --- figures ----------------------------------------------------------------------------------
 
 
-def front_figure(rows: list[TrialRow], front: list[TrialRow], chosen: TrialRow | None, epsilon: float):
-    figure, axis = plt.subplots(figsize=(6.5, 4.5))
+def front_figure(rows: list[TrialRow], front: list[TrialRow], answer: Answer | None, epsilon: float):
+    """val_accuracy against gap for every trial, the front, ε, the baseline and the answer."""
+    figure, axis = plt.subplots(figsize=(6.5, 4.8))
     done = complete(rows)
     axis.scatter([r.gap for r in done], [r.val_accuracy for r in done], color="lightgrey", label="trials")
     axis.plot([r.gap for r in front], [r.val_accuracy for r in front], "o-", color="tab:blue", label="front")
     axis.axvline(epsilon, color="tab:red", linestyle="--", label=f"gap = ε ({epsilon:g})")
+    chosen = answer.row if answer is not None else None
+    if chosen is not None:  # a hollow star under the baseline's square: neither hides the other
+        adopted = answer.verdict is not None and not answer.keep_baseline
+        axis.scatter([chosen.gap], [chosen.val_accuracy], marker="*", s=380, facecolors="none",
+                     edgecolors="tab:orange", linewidths=2, zorder=3,
+                     label="the answer (after re-evaluation)" if adopted else "the answer (single trials)"
+                     if answer.verdict is None else "the answer: keep the baseline")
     baseline = baseline_row(rows)
     if baseline is not None:
-        axis.scatter([baseline.gap], [baseline.val_accuracy], marker="s", s=90, color="black", label="baseline")
-    if chosen is not None:
-        axis.scatter([chosen.gap], [chosen.val_accuracy], marker="*", s=260, color="tab:orange", label="recommended")
+        axis.scatter([baseline.gap], [baseline.val_accuracy], marker="s", s=60, color="black", zorder=4,
+                     label="baseline (trial #%d)" % baseline.number)
     axis.set_xlabel("gap = train_accuracy − val_accuracy (inference mode)")
     axis.set_ylabel("val_accuracy")
-    axis.set_title("trade-off: validation accuracy vs gap")
+    axis.set_title("trade-off: validation accuracy vs gap, one run per trial")
+    if answer is not None and answer.verdict is not None:
+        note = (f"The answer is chosen by re-evaluation: {len(answer.chosen.runs)} seeds each, judged on the test split "
+                f"({answer.verdict.case}).")
+    else:
+        note = "The answer is chosen from these single runs: not yet re-evaluated on a test split."
+    figure.text(0.01, 0.01, note, fontsize="small", color="dimgray")
     axis.legend(fontsize="small")
-    figure.tight_layout()
+    figure.tight_layout(rect=(0, 0.04, 1, 1))
     return figure
 
 
-def effects_figure(rows: list[TrialRow], space: dict[str, optuna.distributions.BaseDistribution]):
+def effects_figure(rows: list[TrialRow], space: dict[str, optuna.distributions.BaseDistribution], epsilon: float):
+    """val_accuracy and gap against each knob; discrete levels jittered and translucent, the
+    ε line on the gap row, the baseline trial marked."""
     keys = list(space)
     done = complete(rows)
-    figure, axes = plt.subplots(2, len(keys), figsize=(3.6 * len(keys), 6), squeeze=False)
+    baseline = baseline_row(rows)
+    jitter = np.random.default_rng(0)  # the same picture every time
+    figure, axes = plt.subplots(2, len(keys), figsize=(3.6 * len(keys), 6.4), squeeze=False)
     for column, key in enumerate(keys):
         distribution = space[key]
         categorical = isinstance(distribution, optuna.distributions.CategoricalDistribution)
+        levels = _levels(distribution)
         for row_index, metric in enumerate(("val_accuracy", "gap")):
             axis = axes[row_index][column]
-            points = [(r.params[key], getattr(r, metric)) for r in done if key in r.params]
+            points = [(r.params[key], getattr(r, metric), r is baseline) for r in done if key in r.params]
             if categorical:
                 labels = [str(c) for c in distribution.choices]
-                xs = [labels.index(str(x)) for x, _ in points]
+                position = {label: index for index, label in enumerate(labels)}
+                xs = [position[str(x)] for x, _, _ in points]
                 axis.set_xticks(range(len(labels)), labels, rotation=30)
             else:
-                xs = [x for x, _ in points]
+                xs = [x for x, _, _ in points]
                 if getattr(distribution, "log", False):
                     axis.set_xscale("log")
-            axis.scatter(xs, [y for _, y in points], color="tab:blue" if metric == "val_accuracy" else "tab:red")
+                    axis.xaxis.set_minor_formatter(matplotlib.ticker.NullFormatter())  # labels would overlap
+            if levels is not None:  # few levels: spread the points sideways so repeats show
+                width = 0.15 * (levels[1] - levels[0] if len(levels) > 1 else 1)
+                xs = [x + width * jitter.uniform(-1, 1) for x in xs]
+            axis.scatter(xs, [y for _, y, _ in points], alpha=0.55, edgecolors="none",
+                         color="tab:blue" if metric == "val_accuracy" else "tab:red")
+            marked = [(x, y) for x, (_, y, is_baseline) in zip(xs, points) if is_baseline]
+            if marked:
+                axis.scatter(*zip(*marked), marker="s", s=50, color="black", label="baseline")
+            if metric == "gap":
+                axis.axhline(epsilon, color="tab:red", linestyle="--", linewidth=1, label=f"ε = {epsilon:g}")
             axis.set_xlabel(key)
             axis.set_ylabel(metric)
-    figure.suptitle("effect of each knob (complete trials)")
+            if column == 0:
+                axis.legend(fontsize="x-small", loc="best")
+    figure.suptitle("effect of each knob (complete trials, one run each)")
     figure.tight_layout()
     return figure
 
 
+def _levels(distribution: optuna.distributions.BaseDistribution) -> list[float] | None:
+    """The values of a knob with a handful of discrete levels (categorical: their positions)."""
+    if isinstance(distribution, optuna.distributions.CategoricalDistribution):
+        return list(range(len(distribution.choices)))
+    step = getattr(distribution, "step", None)
+    if step is None or (distribution.high - distribution.low) / step > 12:
+        return None
+    return [distribution.low + i * step for i in range(int(round((distribution.high - distribution.low) / step)) + 1)]
+
+
 def curve_figure(curves: dict[str, list[CurvePoint]]):
-    """Validation accuracy against training-set size (log scale), one line per setting."""
+    """Validation accuracy against training-set size (log scale, ticks at the sizes measured)."""
     figure, axis = plt.subplots(figsize=(6.5, 4.5))
+    sizes = sorted({p.train_images for points in curves.values() for p in points})
     for label, points in curves.items():
         axis.errorbar([p.train_images for p in points], [p.val_accuracy for p in points], yerr=[p.std for p in points],
                       marker="o", capsize=3, label=label if label == BASELINE else f"trial {label}")
     axis.set_xscale("log", base=2)
+    axis.set_xticks(sizes, [str(size) for size in sizes])
+    axis.xaxis.set_minor_locator(matplotlib.ticker.NullLocator())
     axis.set_xlabel("training images")
     axis.set_ylabel("val_accuracy (mean ± std over seeds)")
     axis.set_title("would more data help? learning curve")
@@ -156,73 +179,109 @@ def _table(header: list[str], body: list[list]) -> str:
 
 @dataclass
 class Facts:
-    """What every part of the report is rendered from, gathered once."""
+    """What every part of the report is rendered from, gathered once (regsweep.sweep.end_study)."""
 
     name: str
     settings: DictConfig
-    keys: list[str]  # the searched knobs
+    space: dict[str, optuna.distributions.BaseDistribution]  # the searched knobs
     rows: list[TrialRow]
     answer: Answer | None
     single: TrialRow | None  # the rule on single trials
-    summaries: list[Summary]
+    summaries: list[Summary]  # every re-evaluation run, per setting
     curves: dict[str, list[CurvePoint]]
     shared: list[list[str]]  # images in more than one split
     baseline_overrides: list[str]  # the re-evaluation baseline as overrides
+    importance: dict[str, dict[str, float]] = field(default_factory=dict)
+    counts: dict[str, int] = field(default_factory=dict)  # trials by state
+    edges: list[str] = field(default_factory=list)  # the answer's knobs at the edge of their range
     replay: str = ""
     experiment: str = ""
+    reevaluate_command: str = ""  # `regsweep report <study> --reevaluate`, to settle an open verdict
     registered: dict[str, tuple[str, dict]] = field(default_factory=dict)  # alias → (version, run)
     not_registered: str = ""  # why registering failed, when it did
 
+    @property
+    def keys(self) -> list[str]:
+        return list(self.space)
+
+
+def _knobs(facts: Facts, row: TrialRow) -> str:
+    return " ".join(f"{key}={_fmt(row.params.get(key, '—'))}" for key in facts.keys)
+
 
 def answer_lines(facts: Facts) -> list[str]:
-    """The answer in 3–6 plain lines, markdown-marked: what to use, its test result against the
-    baseline, the verdict, the warnings and what else would help."""
+    """The answer in a few plain lines, markdown-marked: what to use, the verdict against the
+    baseline with its intervals, the seeds behind it, what would settle an open one, the
+    warnings and what else would help."""
     answer = facts.answer
     if answer is None:
         return ["No trial has completed yet."]
-    if answer.row is not None and (not answer.keep_baseline or answer.verdict is None):
-        knobs = " ".join(f"{key}={_fmt(answer.row.params.get(key, '—'))}" for key in facts.keys)
-    else:
-        knobs = " ".join(facts.baseline_overrides)
-    if answer.keep_baseline:
-        why = ("these knobs don't help on this data" if answer.verdict is not None
-               else "no searched setting matched its validation accuracy while overfitting less")
-        trial = f"trial #{answer.row.number}: " if answer.row is not None and answer.verdict is None else ""
-        lines = [f"**Keep your baseline** ({trial}{knobs}, everything else as given): {why}."]
-    else:
-        lines = [f"**Use trial {answer.label}**: {knobs}."]
     verdict = answer.verdict
-    if verdict is not None:
+    baseline = " ".join(facts.baseline_overrides)
+    if verdict is None:  # single trials only
+        if answer.keep_baseline:
+            trial = f"trial #{answer.row.number}: " if answer.row is not None else ""
+            lines = [f"**Keep your baseline** ({trial}{_knobs(facts, answer.row) if answer.row else baseline}, everything "
+                     "else as given): no searched setting matched its validation accuracy while overfitting less."]
+        else:
+            lines = [f"**Use trial {answer.label}**: {_knobs(facts, answer.row)}."]
+        lines.append(f"From one run each: val_accuracy {answer.row.val_accuracy:.4f}, gap {answer.row.gap:.4f}.")
+    else:
+        chosen = _setting_name(answer.chosen.label)
+        row = {f"#{r.number}": r for r in facts.rows}.get(answer.chosen.label)
+        its = f" ({_knobs(facts, row)})" if row is not None else ""
+        kept = f"**Keep your baseline** ({baseline}, everything else as given)"
+        lines = [{
+            results.NO_EFFECT: f"{kept}: these knobs don't help on this data.",
+            results.TRADE_OFF: f"{kept}: {chosen}{its}, the best the search found, costs test accuracy.",
+            results.CANT_TELL: f"{kept} for now: can't tell yet whether {chosen}{its} helps.",
+        }.get(verdict.case, f"**Use {chosen}**: {_knobs(facts, answer.row)}.")]
         images = answer.baseline.runs[0].get("test_images")
         where = f"on the test split ({images} images)" if images else "on the test split"
-        versus = f", {_setting_name(answer.chosen.label)} against the baseline" if answer.chosen.label != BASELINE else ""
-        line = f"**Verdict {where}{versus}:** {verdict.sentence}"
+        line = f"**Verdict {where}, simultaneous 95 % intervals:** {verdict.sentence}"
         if verdict.settle:
-            line += f" To settle it: {verdict.settle}."
+            line += f" To settle it: {verdict.settle}"
+            if verdict.seeds_needed and facts.reevaluate_command:
+                line += f": `{facts.reevaluate_command} sweep.reevaluate.max_seeds={verdict.seeds_needed}`"
+            line += "."
         lines.append(line)
-    elif answer.row is not None:
-        lines.append(f"From one run each: val_accuracy {answer.row.val_accuracy:.4f}, gap {answer.row.gap:.4f}.")
+        lines.append(f"**Seeds:** {seeds_line(answer)}.")
+    lines += [f"**Edge of the search space:** {edge}" for edge in facts.edges]
     lines += [f"**Warning:** {warning}" for warning in answer.warnings]
     if answer.more_data:
         lines.append(f"**What else would help:** {answer.more_data}")
     return lines
 
 
+def seeds_line(answer: Answer) -> str:
+    """How many seeds each setting got, and why the re-evaluation stopped."""
+    state = answer.rounds
+    most = max(len(s.runs) for s in state.summaries)
+    parts = [f"{_setting_name(s.label)} {len(s.runs)}" + (" (out of the race)" if len(s.runs) < most else "")
+             for s in state.summaries]
+    why = {results.DECIDED: "the verdict was decided", results.AT_MAX_SEEDS: "it reached sweep.reevaluate.max_seeds "
+           f"({state.design.max_seeds})", results.ONLY_IMAGES: "more seeds could not settle it (the test split is too "
+           "small)"}.get(state.reason, state.reason or "a round is unfinished")
+    looks = f"{state.looks} look{'s' * (state.looks != 1)}"
+    return f"{', '.join(parts)}; it stopped after {looks} because {why}"
+
+
 def _setting_name(label: str) -> str:
     return "the baseline" if label == BASELINE else f"trial {label}"
 
 
-def markdown(facts: Facts, importance: dict, counts: dict[str, int]) -> str:
-    s, rows, keys = facts.settings, facts.rows, facts.keys
+def markdown(facts: Facts) -> str:
+    s, rows, keys, counts = facts.settings, facts.rows, facts.keys, facts.counts
     out = [f"# regsweep report — study `{facts.name}`", "", "## The answer", ""]
     out += [f"- {line}" for line in answer_lines(facts)] + [""]
     if facts.replay:
         out += ["Replay:", "", "```bash", facts.replay, facts.experiment, "```", ""]
     registry = registry_lines(facts)
     out += (registry + [""]) if registry else []
-    out += [f"How it was chosen: among settings within noise of the highest validation accuracy, the smallest gap "
-            f"(gap ≤ ε = {s.epsilon:g} preferred); adopted only if, on the test split, it is more accurate than the "
-            "baseline, or as accurate and less overfit, beyond noise. Search objective: "
+    out += [f"How it was chosen: among the re-evaluated settings within noise of the highest validation accuracy, the "
+            f"smallest gap (gap ≤ ε = {s.epsilon:g} preferred); adopted only if, on the test split, it is more accurate "
+            f"than the baseline, or as accurate (within ±{facts.settings.reevaluate.get('margin', results.MARGIN):g}) "
+            "and less overfit, by intervals that hold together 95 % of the time. Search objective: "
             + {"accuracy": "maximize val_accuracy", "constrained": "maximize val_accuracy subject to gap ≤ ε",
                "pareto": "maximize val_accuracy and minimize gap (Pareto)"}[s.objective]
             + f". Trials: {counts['COMPLETE']} complete, {counts['PRUNED']} pruned, {counts['FAIL']} failed"
@@ -249,6 +308,7 @@ def markdown(facts: Facts, importance: dict, counts: dict[str, int]) -> str:
                     f"gap {_fmt(baseline.gap)}, train_accuracy {_fmt(baseline.train_accuracy)}.", ""]
     if counts["PRUNED"]:
         out += pruning_markdown(rows, keys)
+
     def knobs(row: TrialRow) -> list:
         return [row.params.get(k, "—") for k in keys]
 
@@ -257,6 +317,7 @@ def markdown(facts: Facts, importance: dict, counts: dict[str, int]) -> str:
                                                            for r in pareto_front(rows)]), ""]
     out += ["![trade-off front](front.png)", ""]
     out += ["## Parameter importances", ""]
+    importance = facts.importance
     if importance:
         out += [_table(["knob", "for val_accuracy", "for gap"],
                        [[k, importance["val_accuracy"].get(k, math.nan), importance["gap"].get(k, math.nan)] for k in keys]), ""]
@@ -289,14 +350,15 @@ def pruning_markdown(rows: list[TrialRow], keys: list[str]) -> list[str]:
             _table(["knob", "level", "complete", "pruned", "pruned share"], body), ""]
 
 
-def terminal_summary(facts: Facts, counts: dict[str, int]) -> str:
+def terminal_summary(facts: Facts) -> str:
+    counts = facts.counts
     lines = [f"\nStudy '{facts.name}': {counts['COMPLETE']} complete, {counts['PRUNED']} pruned, {counts['FAIL']} failed"]
     lines += [f"  failed {len(numbers)}x: {reason}" for reason, numbers in failures_by_reason(facts.rows)]
-    lines += ["", "The answer"] + [f"  {line.replace('**', '')}" for line in answer_lines(facts)]
+    lines += ["", "The answer"] + [f"  {line.replace('**', '').replace('`', '')}" for line in answer_lines(facts)]
     if facts.summaries:
         lines += ["", "Re-evaluation (mean ± std over seeds):"]
-        lines += [f"  {_setting_name(s.label):13s} test {s.pm('test_accuracy', 3)}  val {s.pm('val_accuracy', 3)}  "
-                  f"test gap {s.pm('test_gap', 3)}" for s in facts.summaries]
+        lines += [f"  {_setting_name(s.label):13s} {len(s.runs):2d} seeds  test {s.pm('test_accuracy', 3)}  "
+                  f"val {s.pm('val_accuracy', 3)}  test gap {s.pm('test_gap', 3)}" for s in facts.summaries]
     top = in_rule_order(facts.rows, facts.settings.epsilon)[:5]
     if top:
         lines.append("Top trials, in the rule's order:   #  val_acc   gap    knobs")
@@ -310,15 +372,16 @@ def terminal_summary(facts: Facts, counts: dict[str, int]) -> str:
 
 
 def reevaluation_markdown(facts: Facts) -> list[str]:
-    """The re-evaluation table (mean ± std over seeds) and how its noise is measured."""
-    stable = facts.answer.chosen if facts.answer is not None else None
+    """The re-evaluation: each setting's seeds and mean ± std, then every candidate against the
+    baseline as intervals, and how they are drawn."""
+    answer = facts.answer
+    state = answer.rounds if answer is not None else None
+    stable = answer.chosen if answer is not None else None
     single = facts.single
-    seeds = max(len(s.runs) for s in facts.summaries)
     out = ["## Re-evaluation on the test split", "",
-           f"Each setting re-trained with {seeds} fresh seeds and scored once on the test split, which no "
-           "trial ever saw. Here the test gap is train_accuracy − test_accuracy. Mean ± std over seeds. "
-           "A difference is beyond noise when it exceeds two standard errors, from the seed-to-seed spread of the "
-           "paired differences and the spread over the test images of the per-image differences.", ""]
+           "Each setting re-trained with fresh seeds (the same seed values for every setting) and scored once on the "
+           "test split, which no trial ever saw. Here the test gap is train_accuracy − test_accuracy. Mean ± std over "
+           "seeds.", ""]
 
     def name(summary):
         if summary.label == BASELINE:
@@ -331,34 +394,31 @@ def reevaluation_markdown(facts: Facts) -> list[str]:
     out += [_table(["setting", "seeds", "test_accuracy", "val_accuracy", "gap (val)", "test gap"],
                    [[name(s), len(s.runs), s.pm("test_accuracy", 4), s.pm("val_accuracy", 4), s.pm("gap", 4),
                      s.pm("test_gap", 4)] for s in facts.summaries]), ""]
+    if state is None or state.verdict is None:
+        return out
+    design, alpha = state.design, state.verdict.alpha
+    baseline = next(s for s in state.summaries if s.label == BASELINE)
+    rows = []
+    for summary in state.summaries:
+        if summary.label == BASELINE or len(summary.runs) < 2:
+            continue
+        accuracy = results.difference(baseline, summary, "test_accuracy")
+        gap = results.difference(baseline, summary, "test_gap")
+        rows.append([name(summary), min(len(summary.runs), len(baseline.runs)),
+                     results.with_interval(accuracy, alpha), results.with_interval(gap, alpha)])
+    out += ["Each setting against the baseline (paired by seed and by image), at the look the verdict was read:", "",
+            _table(["setting", "paired seeds", "test accuracy, difference", "test gap, difference"], rows), "",
+            f"Intervals: a t interval with Welch–Satterthwaite degrees of freedom over the seed-to-seed spread of the "
+            "paired differences and the per-image differences on the test images, never narrower than the paired t "
+            f"interval over the seeds alone. Each is drawn at {100 * (1 - alpha):.2f} % so that all of them hold together "
+            f"95 % of the time: 2 metrics × {design.candidates} candidate{'s' * (design.candidates != 1)} × "
+            f"{len(design.looks())} possible look{'s' * (len(design.looks()) != 1)} "
+            f"(after {', '.join(map(str, design.looks()))} seeds). "
+            f"Seeds: {seeds_line(answer)}.", ""]
     return out
 
 
 ALIASES = ("recommended", "baseline")
-
-
-def register_models(name: str, found: Answer | None) -> dict[str, tuple[str, dict]]:
-    """After re-evaluation, the answer's setting and the baseline, one seed each, as versions of
-    the registered model `name` under the aliases `recommended` and `baseline`.
-
-    A run already registered is not registered again, so a report with the same answer changes
-    nothing, and one whose answer changed moves the alias to the new setting's version.
-    """
-    if found is None or found.verdict is None:
-        return {}
-    recommended = found.baseline if found.keep_baseline else found.chosen
-    registered = {}
-    for alias, summary in zip(ALIASES, (recommended, found.baseline)):
-        run = representative_run(summary)
-        version = tracking.registered_version(name, run["run_id"])
-        if version is None:
-            import_tensorflow_quietly()
-            from regsweep import export  # lazy: TensorFlow, only to build a model not registered yet
-
-            version = export.register(name, run["run_id"])
-        tracking.set_alias(name, alias, version)
-        registered[alias] = (version, run)
-    return registered
 
 
 def registry_lines(facts: Facts) -> list[str]:
@@ -375,64 +435,21 @@ def registry_lines(facts: Facts) -> list[str]:
             f"`mlflow.pyfunc.load_model(\"{uri}\")`: raw 0–255 RGB images of any size in, one probability per class out."]
 
 
-def write_report(optuna_study: optuna.Study, cfg: DictConfig, parent_run_id: str | None, open_html: bool = False) -> Path:
-    """Writes report.md, report.html, their plots and the best-settings config; logs them to the
-    parent run. It trains nothing: re-evaluation runs already logged under the parent are read."""
-    settings = study.study_settings(optuna_study, cfg)
-    store = Path(cfg.paths.store)
-    out_dir = store / "reports" / optuna_study.study_name
+def render(facts: Facts, out_dir: Path) -> Path:
+    """Writes report.md, report.html and their plots into out_dir; returns report.md's path."""
     out_dir.mkdir(parents=True, exist_ok=True)
-    searched = space.parse_space(optuna_study.user_attrs.get("search_space", {}))
-    rows = study.trial_rows(optuna_study)
-    summaries = reevaluate.collect(cfg, parent_run_id)
-    curves = reevaluate.collect_curve(cfg, parent_run_id, summaries)
-    shared = optuna_study.user_attrs.get(study.SHARED_IMAGES_ATTR, [])
-    base_overrides = list(optuna_study.user_attrs.get("base_overrides", []))
-    baseline_overrides = space.baseline_overrides(settings.reevaluate.baseline)
-    facts = Facts(optuna_study.study_name, settings, list(searched), rows,
-                  answer(rows, summaries, settings.epsilon, curves, len(shared)), recommend(rows, settings.epsilon),
-                  summaries, curves, shared, baseline_overrides)
-    if facts.answer is not None:
-        chosen = facts.answer.row
-        if facts.answer.keep_baseline and (chosen is None or facts.answer.verdict is not None):
-            overrides, origin = reevaluate.merge(base_overrides, baseline_overrides), "keep the baseline"
-        else:
-            overrides, origin = chosen.overrides, f"trial #{chosen.number} (MLflow run {chosen.run_id})"
-        facts.replay = replay_command(overrides)
-        config_dir = store / "configs" / "experiment"
-        config_dir.mkdir(parents=True, exist_ok=True)
-        (config_dir / f"{optuna_study.study_name}_best.yaml").write_text(best_config(overrides, origin))
-        config_flag = "" if str(cfg.paths.store) == "mlruns" else f"--config-dir {store / 'configs'} "
-        facts.experiment = f"regsweep train {config_flag}+experiment={optuna_study.study_name}_best"
-    if parent_run_id is not None:
-        tracking.use_store(cfg.tracking)
-        try:
-            facts.registered = register_models(optuna_study.study_name, facts.answer)
-        except RegsweepError as error:  # the report stands without it; it says why
-            facts.not_registered = str(error)
-    answer_row = facts.answer.row if facts.answer is not None else None
-    front_figure(rows, pareto_front(rows), answer_row, settings.epsilon).savefig(out_dir / "front.png", dpi=110)
-    if searched and complete(rows):
-        effects_figure(rows, searched).savefig(out_dir / "effects.png", dpi=110)
-    if curves:
-        curve_figure(curves).savefig(out_dir / "learning_curve.png", dpi=110)
-    plt.close("all")
-    counts = {state: sum(r.state == state for r in rows) for state in ("COMPLETE", "PRUNED", "FAIL", "RUNNING")}
-    text = markdown(facts, importances(optuna_study), counts)
+    rows = facts.rows
+    figures = {"front.png": front_figure(rows, pareto_front(rows), facts.answer, facts.settings.epsilon)}
+    if facts.space and complete(rows):
+        figures["effects.png"] = effects_figure(rows, facts.space, facts.settings.epsilon)
+    if facts.curves:
+        figures["learning_curve.png"] = curve_figure(facts.curves)
+    for name, figure in figures.items():
+        figure.savefig(out_dir / name, dpi=110)
+        plt.close(figure)  # only these: a caller's own figures stay open
+    text = markdown(facts)
     (out_dir / "report.md").write_text(text)
-    (out_dir / "report.html").write_text(html_report(text, out_dir, f"regsweep report — {optuna_study.study_name}"))
-    if parent_run_id is not None:
-        client = mlflow.MlflowClient()
-        client.log_artifacts(parent_run_id, str(out_dir), artifact_path="report")
-        if answer_row is not None:
-            for metric in ("val_accuracy", "gap", "train_accuracy"):
-                client.log_metric(parent_run_id, f"recommended_{metric}", getattr(answer_row, metric))
-        if facts.answer is not None:
-            client.set_tag(parent_run_id, tracking.RECOMMENDED_TRIAL_TAG, facts.answer.label.lstrip("#"))
-    print(terminal_summary(facts, counts))
-    print(f"Report: {out_dir / 'report.md'} (and report.html)")
-    if open_html:
-        open_in_browser(out_dir / "report.html")
+    (out_dir / "report.html").write_text(html_report(text, out_dir, f"regsweep report — {facts.name}"))
     return out_dir / "report.md"
 
 
@@ -457,27 +474,3 @@ def open_in_browser(path: Path) -> None:
         print(f"No browser found here; open {path} on a machine with one.")
         return
     webbrowser.open(path.resolve().as_uri())
-
-
-def report_stored_study(study_name: str | None, overrides: list[str], reevaluate_first: bool = False,
-                        open_html: bool = False) -> Path:
-    """`regsweep report [study] [--reevaluate] [--open] [overrides]`: rebuilds the report from the
-    stored study.
-
-    It needs only where the study and the runs are stored, not the data or a search space;
-    --reevaluate also re-trains (see regsweep.reevaluate), which needs the study's data.
-    """
-    if study_name is not None:
-        overrides = [f"sweep.study={study_name}", *overrides]
-    cfg = compose_study(overrides)
-    stored = study.load_study(cfg.sweep, cfg.tracking.connect_timeout)
-    parent = stored.user_attrs.get(study.PARENT_RUN_ATTR)
-    if reevaluate_first and parent is not None:
-        # The recorded overrides mask passwords: the ones given here (tracking.uri=...) win.
-        given = [a for a in overrides if not a.startswith(("sweep.", "sweep=", "hydra."))]
-        start_from = reevaluate.merge(stored.user_attrs.get("base_overrides", []), given)
-        if not reevaluate.has_test_split(compose(start_from)):
-            raise RegsweepError("--reevaluate needs a test split: give data.test_dir (data=folders) "
-                                "or data.test_fraction (data=split) with the study's other data settings")
-        reevaluate.reevaluate_missing(stored, cfg, study.study_settings(stored, cfg), parent, start_from)
-    return write_report(stored, cfg, parent, open_html=open_html)

@@ -8,13 +8,15 @@ so Hydra users recognise it, and Optuna samples it.
 from __future__ import annotations
 
 import hashlib
+import math
+import shlex
 
 import optuna
 from hydra.core.override_parser.overrides_parser import OverridesParser
 from hydra.core.override_parser.types import ChoiceSweep, IntervalSweep, RangeSweep
 from omegaconf import DictConfig, OmegaConf
 
-from regsweep.config import RegsweepError, sweep_files
+from regsweep.config import BLOCKS, RegsweepError, sweep_files
 
 OBJECTIVES = ("accuracy", "constrained", "pareto")
 SAMPLERS = ("tpe", "random", "nsgaii")
@@ -201,3 +203,76 @@ def make_pruner(settings: DictConfig) -> optuna.pruners.BasePruner:
             n_startup_trials=pruner.n_startup_trials, n_warmup_steps=pruner.n_warmup_steps
         )
     return optuna.pruners.HyperbandPruner(min_resource=pruner.get("min_resource", 3))
+
+
+# --- the edges of the search space ------------------------------------------------------------
+
+EDGE_SHARE = 0.1  # a value in the outer tenth of its range sits at its edge
+# How far each knob can go at all (a range already at the limit has no wider range to try).
+KNOB_LIMITS = {"model.dropout": (0.0, 0.9), "augment.strength": (0.0, 1.0), "optim.lr": (0.0, math.inf)}
+
+
+def edges(params: dict, searched: dict[str, optuna.distributions.BaseDistribution], base: DictConfig,
+          command: str) -> list[str]:
+    """A sentence for each knob whose value lies in the outer tenth of its range (or on the end of
+    a discrete one) where the range could be wider, with the command line that searches the
+    wider range in a new study. `command` holds `{widened}` where the wider range goes."""
+    found = []
+    for key, distribution in searched.items():
+        value = params.get(key)
+        if isinstance(distribution, optuna.distributions.CategoricalDistribution) or not isinstance(value, (int, float)):
+            continue
+        side = _edge_side(value, distribution)
+        if side is None:
+            continue
+        wider = _widened(key, distribution, side, base)
+        if wider is None:
+            continue
+        where = "top" if side == "high" else "bottom"
+        found.append(f"{key}={value:.4g} lies at the {where} of its searched range "
+                     f"[{distribution.low:g}, {distribution.high:g}], where a wider range may do better: "
+                     f"`{command.format(widened=shlex.quote(f'{key}={wider}'))}`")
+    return found
+
+
+def _edge_side(value: float, distribution) -> str | None:
+    low, high = distribution.low, distribution.high
+    if distribution.step is not None:  # a discrete range: its two ends
+        return "high" if math.isclose(value, high) else "low" if math.isclose(value, low) else None
+    if distribution.log:
+        low, high, value = math.log(low), math.log(high), math.log(value)
+    position = (value - low) / (high - low)
+    return "high" if position >= 1 - EDGE_SHARE else "low" if position <= EDGE_SHARE else None
+
+
+def _widened(key: str, distribution, side: str, base: DictConfig) -> str | None:
+    """The expression of the range widened on `side`, within the knob's limits; None at a limit."""
+    floor, ceiling = KNOB_LIMITS.get(key, (0.0 if distribution.low >= 0 else -math.inf, math.inf))
+    if key == "model.unfrozen_blocks":
+        floor, ceiling = 0, len(BLOCKS.get(str(base.model.backbone), ()))
+    low, high, step = distribution.low, distribution.high, distribution.step
+    if distribution.log:
+        low, high = (low, min(high * 10, ceiling)) if side == "high" else (max(low / 10, floor or low / 10), high)
+    elif side == "high":
+        high = min(high + max((high - low) / 2, step or 0), ceiling)
+    else:
+        low = max(low - max((high - low) / 2, step or 0), floor)
+    if step is not None:  # stay on the grid
+        low = distribution.low - math.floor((distribution.low - low) / step + 1e-9) * step
+        high = distribution.low + math.floor((high - distribution.low) / step + 1e-9) * step
+    if (low, high) == (distribution.low, distribution.high):
+        return None
+    if isinstance(distribution, optuna.distributions.IntDistribution):
+        low, high = int(low), int(high)
+        inner = f"range({low}, {high})" if step == 1 else f"range({low}, {high}, step={step})"
+    elif step is not None:
+        inner = f"range({_float(low)}, {_float(high)}, step={_float(step)})"
+    else:
+        inner = f"interval({_float(low)}, {_float(high)})"
+    return f"tag(log, {inner})" if distribution.log else inner
+
+
+def _float(value: float) -> str:
+    """A float that Hydra's parser reads back as a float (0.0, not 0)."""
+    text = f"{value:g}"
+    return text if any(c in text for c in ".e") else f"{text}.0"

@@ -33,6 +33,7 @@ COUNTED = (optuna.trial.TrialState.COMPLETE, optuna.trial.TrialState.PRUNED)
 PARENT_RUN_ATTR = "mlflow_parent_run_id"  # the study's MLflow parent run
 DATA_FINGERPRINT_ATTR = "data_fingerprint"  # the images every worker must train on
 CLAIM_ATTR = "reevaluation_claim"  # which worker re-evaluates (see `claim`)
+REEVALUATION_ATTR = "reevaluation"  # the sweep.reevaluate settings it ran with: they define its verdict
 RECORD_KEYS = ("objective", "epsilon", "search_space", "base_overrides")  # what makes it the same study
 # On each trial:
 RUN_ID_ATTR = "mlflow_run_id"
@@ -283,11 +284,19 @@ def _wait_for_record(study: optuna.Study, record: dict, seconds: float = 30.0) -
         time.sleep(0.2)
 
 
-def study_settings(study: optuna.Study, cfg: DictConfig) -> DictConfig:
-    """The sweep settings, with the study's own objective and ε (fixed when it was created):
-    they define its answer, whatever the command line says now."""
+def study_settings(study: optuna.Study, cfg: DictConfig, reevaluating: bool = False) -> DictConfig:
+    """The sweep settings, with the study's own objective and ε (fixed when it was created) and,
+    unless this command re-evaluates, the re-evaluation settings its runs were trained with:
+    they define its answer, whatever a later `regsweep report` says."""
     recorded = {k: study.user_attrs[k] for k in ("objective", "epsilon") if k in study.user_attrs}
+    if not reevaluating and study.user_attrs.get(REEVALUATION_ATTR):
+        recorded["reevaluate"] = study.user_attrs[REEVALUATION_ATTR]
     return OmegaConf.merge(cfg.sweep, recorded)
+
+
+def record_reevaluation(study: optuna.Study, settings: DictConfig) -> None:
+    """Records the sweep.reevaluate settings the claim holder re-evaluates with."""
+    study.set_user_attr(REEVALUATION_ATTR, OmegaConf.to_container(settings, resolve=True))
 
 
 def trial_rows(study: optuna.Study) -> list[TrialRow]:
@@ -401,14 +410,20 @@ def claim(study: optuna.Study, settle_seconds: float = 5.0) -> tuple[str | None,
     finds a claim renewed within the lease (`lease_seconds`) and leaves the work to its holder;
     a claim whose holder died (no renewal for a lease) is taken over.
     """
-    held = study.user_attrs.get(CLAIM_ATTR)
-    if held and time.time() - held["renewed"] < lease_seconds(study):
-        return None, held["worker"]
+    holder = claim_holder(study)
+    if holder is not None:
+        return None, holder
     token, worker = uuid.uuid4().hex, f"{socket.gethostname()} pid {os.getpid()}"
     study.set_user_attr(CLAIM_ATTR, {"token": token, "worker": worker, "renewed": time.time()})
     time.sleep(settle_seconds)
     held = study.user_attrs.get(CLAIM_ATTR) or {}
     return (token, worker) if held.get("token") == token else (None, held.get("worker", "unknown"))
+
+
+def claim_holder(study: optuna.Study) -> str | None:
+    """The worker that holds a live claim (renewed within the lease), else None."""
+    held = study.user_attrs.get(CLAIM_ATTR)
+    return held["worker"] if held and time.time() - held["renewed"] < lease_seconds(study) else None
 
 
 def renew(study: optuna.Study, token: str) -> bool:

@@ -1,5 +1,5 @@
-"""`regsweep sweep`: an Optuna study over config keys, every trial a nested MLflow run, then
-the re-evaluation and the report.
+"""`regsweep sweep` and `regsweep report`: an Optuna study over config keys, every trial a nested
+MLflow run, and the one end of a study: the re-evaluation, the answer, the model and the report.
 
 Optuna drives the search and Hydra composes each trial from the same tree as
 `regsweep train`, plus the trial's values, so any trial replays with `regsweep train
@@ -7,20 +7,24 @@ Optuna drives the search and Hydra composes each trial from the same tree as
 its budget is a total: re-running the same command tops the study up, or only reports.
 The pieces, top to bottom: the search space (regsweep.space), the shared study
 (regsweep.study), one trial (regsweep.trial) in a worker process (regsweep.worker), the
-re-evaluation (regsweep.reevaluate) and the report (regsweep.report).
+re-evaluation (regsweep.reevaluate), the decisions (regsweep.results) and the report
+(regsweep.report, which only renders).
 """
 
 from __future__ import annotations
 
+import math
+import shlex
 import sys
+import warnings
 from pathlib import Path
 
 import mlflow
 import optuna
-from omegaconf import OmegaConf
+from omegaconf import DictConfig, OmegaConf
 
-from regsweep import data, reevaluate, report, space, study, tracking
-from regsweep.config import RegsweepError, compose, compose_study, override_key, redact, validate
+from regsweep import data, reevaluate, report, results, space, study, tracking
+from regsweep.config import RegsweepError, compose, compose_study, override_key, redact, training_overrides, validate
 from regsweep.study import Sweep
 from regsweep.trial import make_objective
 from regsweep.worker import TrialWorker, import_tensorflow_quietly
@@ -37,8 +41,7 @@ def prepare(args: list[str]) -> Sweep:
     space.check_settings(settings, expressions)
     searched_space = space.parse_space(expressions)
     fixed = space.as_overrides(dict(settings.fixed or {}))
-    user = [a for a in plain if not a.startswith(("sweep.", "sweep=", "hydra."))]
-    base_overrides = fixed + user
+    base_overrides = fixed + training_overrides(plain)
     base = compose(base_overrides)
     for key in searched_space:
         if OmegaConf.select(base, key, default="__missing__") == "__missing__":
@@ -94,14 +97,208 @@ def run_study(args: list[str]) -> optuna.Study:
     finally:
         if worker is not None:
             worker.close()
-    study.wait_for_other_workers(optuna_study)
-    if s.reevaluate.seeds > 0 and sweep.has_test_split:
-        if not reevaluate.reevaluate_missing(optuna_study, sweep.cfg, study.study_settings(optuna_study, sweep.cfg),
-                                             parent_run_id, sweep.base_overrides):
-            return optuna_study  # the worker that re-evaluates writes the report and ends the parent run
-    elif s.reevaluate.seeds > 0:
+    if s.reevaluate.seeds > 0 and not sweep.has_test_split:
         print("No test split, so no re-evaluation: give data.test_dir (data=folders) or data.test_fraction "
               "(data=split) to measure the recommendation against a baseline on untouched images.")
-    report.write_report(optuna_study, sweep.cfg, parent_run_id)
-    mlflow.MlflowClient().set_terminated(parent_run_id, "FINISHED")
+    end_study(optuna_study, sweep.cfg, parent_run_id, sweep.base_overrides,
+              reevaluating=s.reevaluate.seeds > 0 and sweep.has_test_split, finishing=True)
     return optuna_study
+
+
+# --- the end of a study ------------------------------------------------------------------------
+
+
+def end_study(optuna_study: optuna.Study, cfg: DictConfig, parent_run_id: str | None, base_overrides: list[str], *,
+              reevaluating: bool, finishing: bool, open_html: bool = False) -> Path | None:
+    """The one end of a study, for `regsweep sweep` and `regsweep report` alike:
+
+    1. wait for the other workers' trials (`finishing`: this command ran trials);
+    2. claim the re-evaluation, or leave it, and the report, to the worker that holds the claim;
+    3. re-evaluate in rounds (`reevaluating`; regsweep.reevaluate);
+    4. decide (regsweep.results);
+    5. register the answer's model and the baseline's;
+    6. write the report (regsweep.report) and log it to the parent run;
+    7. end the parent run (`finishing`).
+
+    Returns report.md's path, or None when another worker holds the claim: it re-evaluates,
+    and it writes the report when it is done.
+    """
+    if finishing:
+        study.wait_for_other_workers(optuna_study)
+    settings = study.study_settings(optuna_study, cfg, reevaluating=reevaluating)
+    if reevaluating and parent_run_id is not None and _work_left(optuna_study, cfg, settings, parent_run_id, base_overrides):
+        token, holder = study.claim(optuna_study)
+        if token is None:
+            _leave_to(holder)
+            return None
+        try:
+            study.record_reevaluation(optuna_study, settings.reevaluate)
+            if not reevaluate.run_rounds(optuna_study, cfg, settings, parent_run_id, base_overrides, token):
+                _leave_to("the worker that took over the claim")
+                return None
+        finally:
+            study.release(optuna_study, token)
+    elif (holder := study.claim_holder(optuna_study)) is not None:
+        _leave_to(holder)
+        return None
+    facts = gather(optuna_study, cfg, settings, parent_run_id, base_overrides)
+    if parent_run_id is not None:
+        tracking.use_store(cfg.tracking)
+        try:
+            facts.registered = register_models(optuna_study.study_name, facts.answer)
+        except RegsweepError as error:  # the report stands without it; it says why
+            facts.not_registered = str(error)
+    out_dir = Path(cfg.paths.store) / "reports" / optuna_study.study_name
+    path = report.render(facts, out_dir)
+    if parent_run_id is not None:
+        _log_report(parent_run_id, out_dir, facts.answer)
+        if finishing:
+            mlflow.MlflowClient().set_terminated(parent_run_id, "FINISHED")
+    print(report.terminal_summary(facts))
+    print(f"Report: {path} (and report.html)")
+    if open_html:
+        report.open_in_browser(out_dir / "report.html")
+    return path
+
+
+def _leave_to(holder: str) -> None:
+    print(f"Another worker ({holder}) is re-evaluating this study; it writes the report when it is done.", flush=True)
+
+
+def _work_left(optuna_study: optuna.Study, cfg: DictConfig, settings: DictConfig, parent_run_id: str,
+               base_overrides: list[str]) -> bool:
+    """Whether any re-evaluation or learning-curve run is still to train: only then is the claim
+    worth its few seconds' settling."""
+    return bool(reevaluate.progress_of(optuna_study, cfg, settings, parent_run_id, base_overrides).todo()
+                or reevaluate.missing_curve_runs(optuna_study, cfg, settings, parent_run_id, base_overrides))
+
+
+def gather(optuna_study: optuna.Study, cfg: DictConfig, settings: DictConfig, parent_run_id: str | None,
+           base_overrides: list[str]) -> report.Facts:
+    """Everything the report shows, read once from the study and its runs, and decided."""
+    searched = space.parse_space(optuna_study.user_attrs.get("search_space", {}))
+    rows = study.trial_rows(optuna_study)
+    progress = reevaluate.progress_of(optuna_study, cfg, settings, parent_run_id, base_overrides)
+    curves = reevaluate.collect_curve(cfg, parent_run_id, progress.summaries)
+    shared = optuna_study.user_attrs.get(study.SHARED_IMAGES_ATTR, [])
+    recorded = list(optuna_study.user_attrs.get("base_overrides", []))
+    baseline_overrides = space.baseline_overrides(settings.reevaluate.baseline)
+    found = results.answer(rows, progress.rounds, settings.epsilon, curves, len(shared))
+    facts = report.Facts(optuna_study.study_name, settings, searched, rows, found, results.recommend(rows, settings.epsilon),
+                         [s for s in progress.summaries if s.runs], curves, shared, baseline_overrides,
+                         importance=importances(optuna_study),
+                         counts={state: sum(r.state == state for r in rows) for state in ("COMPLETE", "PRUNED", "FAIL", "RUNNING")})
+    facts.reevaluate_command = f"regsweep report {optuna_study.study_name} --reevaluate" + "".join(
+        f" {shlex.quote(o)}" for o in _where(recorded, cfg))
+    if found is None:
+        return facts
+    if found.keep_baseline and (found.row is None or found.verdict is not None):
+        overrides, origin = reevaluate.merge(recorded, baseline_overrides), "keep the baseline"
+    else:
+        overrides, origin = found.row.overrides, f"trial #{found.row.number} (MLflow run {found.row.run_id})"
+    facts.replay = report.replay_command(overrides)
+    store = Path(cfg.paths.store)
+    config_dir = store / "configs" / "experiment"
+    config_dir.mkdir(parents=True, exist_ok=True)
+    (config_dir / f"{optuna_study.study_name}_best.yaml").write_text(report.best_config(overrides, origin))
+    config_flag = "" if str(cfg.paths.store) == "mlruns" else f"--config-dir {store / 'configs'} "
+    facts.experiment = f"regsweep train {config_flag}+experiment={optuna_study.study_name}_best"
+    edged = found.row if found.verdict is None or found.verdict.adopt else _row_of(rows, found.chosen)
+    if edged is not None and (found.verdict is None or found.verdict.case != results.TRADE_OFF):
+        facts.edges = space.edges(edged.params, searched, compose(reevaluate.merge(recorded, _where(recorded, cfg))),
+                                  _wider_command(optuna_study.study_name, recorded, cfg))
+    return facts
+
+
+def _row_of(rows: list[results.TrialRow], summary: results.Summary | None) -> results.TrialRow | None:
+    return next((r for r in rows if summary is not None and f"#{r.number}" == summary.label), None)
+
+
+def _where(recorded: list[str], cfg: DictConfig) -> list[str]:
+    """The overrides that say where this machine keeps the store, when not the default."""
+    return [] if str(cfg.paths.store) == "mlruns" else [f"paths.store={cfg.paths.store}"]
+
+
+def _wider_command(name: str, recorded: list[str], cfg: DictConfig) -> str:
+    """`regsweep sweep <the study's own overrides> {widened} sweep.study=<name>-wider`: a new study
+    (a study's search space is fixed when it starts)."""
+    own = [o for o in recorded if o not in space.as_overrides(dict(cfg.sweep.fixed or {}))] + _where(recorded, cfg)
+    return "regsweep sweep " + "".join(f"{shlex.quote(o)} " for o in own) + "{widened} " + \
+        shlex.quote(f"sweep.study={name}-wider")
+
+
+def importances(optuna_study: optuna.Study) -> dict[str, dict[str, float]]:
+    """Optuna's parameter importances for val_accuracy and for gap ({} when too few trials).
+
+    Optuna's default evaluator (PED-ANOVA) explains *low* target values: val_accuracy is negated.
+    """
+    signs = {"val_accuracy": -1.0, "gap": 1.0}
+    found = {}
+    for metric, sign in signs.items():
+        try:
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore", UserWarning)  # the "low target values" note: handled by sign
+                found[metric] = optuna.importance.get_param_importances(
+                    optuna_study, target=lambda t, m=metric, s=sign: s * t.user_attrs.get(m, math.nan)
+                )
+        except (ValueError, RuntimeError, ZeroDivisionError):
+            return {}
+    return found
+
+
+def register_models(name: str, found: results.Answer | None) -> dict[str, tuple[str, dict]]:
+    """After re-evaluation, the answer's setting and the baseline, one seed each, as versions of
+    the registered model `name` under the aliases `recommended` and `baseline`.
+
+    A run already registered is not registered again, so a report with the same answer changes
+    nothing, and one whose answer changed moves the alias to the new setting's version.
+    """
+    if found is None or found.verdict is None:
+        return {}
+    recommended = found.baseline if found.keep_baseline else found.chosen
+    registered = {}
+    for alias, summary in zip(report.ALIASES, (recommended, found.baseline)):
+        run = results.representative_run(summary)
+        version = tracking.registered_version(name, run["run_id"])
+        if version is None:
+            import_tensorflow_quietly()
+            from regsweep import export  # lazy: TensorFlow, only to build a model not registered yet
+
+            version = export.register(name, run["run_id"])
+        tracking.set_alias(name, alias, version)
+        registered[alias] = (version, run)
+    return registered
+
+
+def _log_report(parent_run_id: str, out_dir: Path, found: results.Answer | None) -> None:
+    """The report's files as the parent run's artifacts, and the answer as its metrics and tag."""
+    client = mlflow.MlflowClient()
+    client.log_artifacts(parent_run_id, str(out_dir), artifact_path="report")
+    if found is None:
+        return
+    if found.row is not None:
+        for metric in ("val_accuracy", "gap", "train_accuracy"):
+            client.log_metric(parent_run_id, f"recommended_{metric}", getattr(found.row, metric))
+    client.set_tag(parent_run_id, tracking.RECOMMENDED_TRIAL_TAG, found.label.lstrip("#"))
+
+
+def report_study(study_name: str | None, overrides: list[str], reevaluate_first: bool = False,
+                 open_html: bool = False) -> Path | None:
+    """`regsweep report [study] [--reevaluate] [--open] [overrides]`: the end of a stored study
+    again, from its Optuna storage and MLflow runs.
+
+    It needs only where the study and the runs are stored, not the data or a search space;
+    --reevaluate also re-trains what the rounds still ask for, which needs the study's data.
+    """
+    if study_name is not None:
+        overrides = [f"sweep.study={study_name}", *overrides]
+    cfg = compose_study(overrides)
+    stored = study.load_study(cfg.sweep, cfg.tracking.connect_timeout)
+    parent = stored.user_attrs.get(study.PARENT_RUN_ATTR)
+    # The recorded overrides mask passwords: the ones given here (tracking.uri=...) win.
+    start_from = reevaluate.merge(stored.user_attrs.get("base_overrides", []), training_overrides(overrides))
+    if reevaluate_first and parent is not None and not reevaluate.has_test_split(compose(start_from)):
+        raise RegsweepError("--reevaluate needs a test split: give data.test_dir (data=folders) "
+                            "or data.test_fraction (data=split) with the study's other data settings")
+    return end_study(stored, cfg, parent, start_from, reevaluating=reevaluate_first, finishing=False,
+                     open_html=open_html)
