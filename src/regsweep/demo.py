@@ -1,11 +1,19 @@
 """The offline digits demo: a real transfer task that needs no network.
 
-scikit-learn ships the handwritten digits (8×8, about 180 per class). Digits 5–9 pretrain the
-small demo CNN once; digits 0–4 are the target task, written out as PNG class folders with a
-deliberately small training split, so the model overfits the way the 99 %/70 % models of the
-Keras tutorial's adaptations do. Both are cached under `<store>/demo/`, keyed by everything
-that changes them, and written atomically (regsweep.files), so that an interrupted run never
-leaves a half-written cache.
+scikit-learn ships the handwritten digits (8×8, about 180 per class). Digits 8 and 9 pretrain
+the small demo CNN once; digits 0–4 are the target task, written out as PNG class folders with
+a deliberately small training split (10 per class), so the frozen model fits its training
+images perfectly and trails on validation, as a transfer model usually does at first.
+
+Why this split (measured; README, "The two commands"): pretrained on digits 5–9, the frozen
+features already suited 0–4 so well that no knob moved test accuracy by more than about 0.02,
+which 576 test images cannot tell from noise, and the demo's answer stayed "can't tell yet".
+Learned on two digits only, the top blocks carry less of what 0–4 need, so fine-tuning them
+pays, as it does for photos far from ImageNet; and 30 validation images per class leave about
+700 test images for the verdict.
+
+Both are cached under `<store>/demo/`, keyed by everything that changes them, and written
+atomically (regsweep.files), so that an interrupted run never leaves a half-written cache.
 """
 
 from __future__ import annotations
@@ -19,11 +27,11 @@ import numpy as np
 
 from regsweep.files import publish_folder, write_atomically
 
-SOURCE_CLASSES = (5, 6, 7, 8, 9)  # pretrain the backbone on these
+SOURCE_CLASSES = (8, 9)  # pretrain the backbone on these
 TARGET_CLASSES = (0, 1, 2, 3, 4)  # the demo's classification task
 SPLIT_SEED = 0  # the demo dataset is fixed; train.seed varies the training only
 PRETRAIN_EPOCHS = 3
-CACHE_VERSION = 1  # bump when the demo's construction changes
+CACHE_VERSION = 2  # bump when the demo's construction changes
 
 
 def digit_images(image_size: int) -> tuple[np.ndarray, np.ndarray]:
@@ -72,15 +80,18 @@ def ensure_demo_folders(store: Path, image_size: int, train_per_class: int, val_
 
 
 def ensure_pretrained_backbone(store: Path, image_size: int) -> Path:
-    """Pretrains the demo CNN on digits 5–9 once and returns its cached weights file."""
-    path = Path(store) / "demo" / f"demo_cnn-digits5to9-{_key(size=image_size, epochs=PRETRAIN_EPOCHS)}.weights.h5"
+    """Pretrains the demo CNN on SOURCE_CLASSES once and returns its cached weights file."""
+    source = "".join(map(str, SOURCE_CLASSES))
+    key = _key(size=image_size, epochs=PRETRAIN_EPOCHS, source=SOURCE_CLASSES)
+    path = Path(store) / "demo" / f"demo_cnn-digits{source}-{key}.weights.h5"
     if path.is_file():
         return path
     import keras
 
     from regsweep.model import build_demo_cnn, preprocess  # lazy: Keras (TensorFlow)
 
-    print(f"Pretraining the demo backbone on digits 5-9 (once; cached at {path}) ...", flush=True)
+    print(f"Pretraining the demo backbone on digits {' and '.join(map(str, SOURCE_CLASSES))} (once; cached at {path}) ...",
+          flush=True)
     images, labels = digit_images(image_size)
     source = np.isin(labels, SOURCE_CLASSES)
     x = np.repeat(images[source][..., None], 3, axis=-1).astype("float32")

@@ -178,7 +178,7 @@ def rebuild_recipe(cfg: DictConfig, class_names, weights: str | None, frozen_sha
 
 
 def resolve_weights(cfg: DictConfig, store: Path) -> str | None:
-    """'digits' means the demo CNN pretrained (once, cached) on digits 5–9."""
+    """'digits' means the demo CNN pretrained (once, cached) on digits 8 and 9 (regsweep.demo)."""
     weights = cfg.model.weights
     if weights == "digits":
         return str(demo.ensure_pretrained_backbone(store, cfg.model.image_size))
