@@ -19,6 +19,7 @@ seeds; a planted effect moves a (test accuracy) or the training images' a (the g
     python benchmarks/verdict_calibration.py            # the full tables (several minutes)
     python benchmarks/verdict_calibration.py --quick    # fewer repeats, for a look
     python benchmarks/verdict_calibration.py --real 20  # plus a real A/A on the demo, 20 repeats
+    python benchmarks/verdict_calibration.py --real 20 --real-only
 """
 
 from __future__ import annotations
@@ -29,7 +30,7 @@ import itertools
 import math
 import sys
 import time
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 
 import numpy as np
 from scipy import stats
@@ -158,7 +159,9 @@ def one_verdict(world: World, seeds: int, effect: tuple[float, float], repeats: 
     gap) planted in the chosen setting; (0, 0) is an A/A."""
     base = Setting(BASELINE, world.accuracy, world.train_accuracy, 0)
     aa = effect == (0.0, 0.0)
-    chosen = Setting("#1", world.accuracy + effect[0], world.train_accuracy + effect[0] + effect[1], 0 if aa else 1)
+    # An accuracy effect leaves the training images' accuracy as it was (so the gap shrinks by as
+    # much); a gap effect lowers the training images' accuracy alone.
+    chosen = Setting("#1", world.accuracy + effect[0], world.train_accuracy + effect[1], 0 if aa else 1)
     true_accuracy, true_gap = truth(base, chosen)
     counts = dict(adopt=0, claim=0, decided=0, cover_accuracy=0, cover_gap=0, cover95=0, detect=0)
     for _ in range(repeats):
@@ -189,7 +192,7 @@ def whole_decision(world: World, design: Design, effects: list[float], repeats: 
     effect each; all 0 is an A/A of every candidate), the choice on validation, and the rounds
     of `results.rounds` until they stop. Also the seeds it spent."""
     base = Setting(BASELINE, world.accuracy, world.train_accuracy, 0)
-    settings = [base] + [Setting(f"#{i + 1}", world.accuracy + e, world.train_accuracy + e, 0 if e == 0 else i + 1)
+    settings = [base] + [Setting(f"#{i + 1}", world.accuracy + e, world.train_accuracy, 0 if e == 0 else i + 1)
                          for i, e in enumerate(effects)]
     labels = [s.label for s in settings]
     counts = dict(adopt=0, claim=0, decided=0, detect=0, runs=0, wrong=0)
@@ -236,13 +239,32 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--real", type=int, default=0, help="also an A/A on real demo training, this many repeats")
     parser.add_argument("--store", default="/tmp/regsweep-calibration", help="the real A/A's scratch store")
+    parser.add_argument("--real-only", action="store_true", help="only the real A/A (with --real N)")
+    parser.add_argument("--sections", default="aa,planted,whole", help="which simulated tables, comma-separated")
     options = parser.parse_args(argv)
+    sections = set(options.sections.split(","))
+    if options.real_only:
+        real_aa(options.real or 20, options.store)
+        return 0
     repeats = options.repeats or (300 if options.quick else 2000)
     rng = np.random.default_rng(options.seed)
     started = time.perf_counter()
     print(f"# Verdict calibration ({repeats} repeats per cell; python benchmarks/verdict_calibration.py "
           f"{' '.join(sys.argv[1:])})\n")
 
+    if "aa" in sections:
+        aa_table(repeats, rng)
+    if "planted" in sections:
+        planted_table(repeats, rng)
+    if "whole" in sections:
+        whole_table(repeats, rng)
+    if options.real:
+        real_aa(options.real, options.store)
+    print(f"({time.perf_counter() - started:.0f} s)")
+    return 0
+
+
+def aa_table(repeats: int, rng: np.random.Generator) -> None:
     print("## A/A through results.verdict(baseline, chosen): no true difference\n")
     print("Targets: false adoption ≤ 2.5 %, any claim ≤ 5 %, coverage of the plain 95 % interval ≥ 93 %.\n")
     rows = []
@@ -256,6 +278,9 @@ def main(argv: list[str] | None = None) -> int:
     print(table(["seed spread", "seeds", "test images", "false adoption", "any claim", "95 % coverage",
                  "verdict coverage (acc)", "verdict coverage (gap)"], rows), "\n", flush=True)
 
+
+
+def planted_table(repeats: int, rng: np.random.Generator) -> None:
     print("## Planted effects through results.verdict: power and coverage\n")
     rows = []
     for (accuracy, gap), spread, seeds, images in itertools.product(
@@ -269,9 +294,13 @@ def main(argv: list[str] | None = None) -> int:
     print(table(["effect (acc / gap)", "seed spread", "seeds", "test images", "power", "decided",
                  "95 % coverage", "verdict coverage (acc)", "verdict coverage (gap)"], rows), "\n", flush=True)
 
+
+
+def whole_table(repeats: int, rng: np.random.Generator) -> None:
     print("## The whole re-evaluation: 3 candidates chosen on validation, then rounds\n")
-    print("Fixed: 3 seeds each, one look. Adaptive: 3 seeds each, then 3 more per round for the choice, the "
-          "baseline and the candidates still in the race, up to max_seeds.\n")
+    print("Fixed: 3 seeds each, one look. Adaptive: 3 seeds each, then 3 more per round for the choice and "
+          "the baseline, up to 12. Every candidate's seed luck is shared by val and test, the worst case for "
+          "choosing on validation.\n")
     rows = []
     designs = {"fixed 3": Design(seeds=3, max_seeds=3), "adaptive to 12": Design(seeds=3, max_seeds=12)}
     for (name, design), spread, images, effects in itertools.product(
@@ -285,11 +314,6 @@ def main(argv: list[str] | None = None) -> int:
                      pct(rates["decided"]), f"{rates['runs']:.1f}"])
     print(table(["design", "seed spread", "test images", "candidates' effects", "false adoption", "any claim",
                  "power (adopts a better one)", "decided", "runs trained"], rows), "\n", flush=True)
-
-    if options.real:
-        real_aa(options.real, options.store)
-    print(f"({time.perf_counter() - started:.0f} s)")
-    return 0
 
 
 def signed(value: float) -> str:
@@ -305,6 +329,9 @@ def real_aa(repeats: int, store: str, seeds: int = 3) -> None:
     settings: every claim is false."""
     from pathlib import Path
 
+    import mlflow
+
+    from regsweep import tracking
     from regsweep.config import compose
     from regsweep.worker import import_tensorflow_quietly
 
@@ -319,10 +346,6 @@ def real_aa(repeats: int, store: str, seeds: int = 3) -> None:
         cfg = compose([f"paths.store={store}", "tracking.artifacts=none", f"train.seed={1000 + seed}",
                        "model.dropout=0.0", "augment.strength=0.0", "model.unfrozen_blocks=0"])
         result = train.train_and_log(cfg, evaluate_test=True, tags={"regsweep.role": "calibration"})
-        from regsweep import tracking  # noqa: lazy: only after a run exists
-
-        import mlflow
-
         logged = mlflow.get_run(result.run_id)
         per_image = tracking.load_per_image_correct(logged.info.artifact_uri)
         runs.append({**{k: result.metrics[k] for k in ("test_accuracy", "val_accuracy", "train_accuracy", "gap",

@@ -65,6 +65,32 @@ def test_search_space_syntax_maps_to_optuna_distributions():
         space.parse_distribution("a", "interval(1.0, 0.5)")
 
 
+def test_a_knob_at_the_edge_of_its_range_is_named_with_the_wider_study_to_run():
+    from regsweep.config import compose
+
+    searched = space.parse_space({"model.dropout": "interval(0.0, 0.7)", "augment.strength": "range(0.0, 1.0, step=0.25)",
+                                  "optim.lr": "tag(log, interval(1e-4, 1e-2))", "model.unfrozen_blocks": "range(0, 2)"})
+    command = "regsweep sweep {widened} sweep.study=s-wider"
+    found = space.edges({"model.dropout": 0.68, "augment.strength": 1.0, "optim.lr": 1.1e-4, "model.unfrozen_blocks": 2},
+                        searched, compose([]), command)
+    assert found == [
+        "model.dropout=0.68 lies at the top of its searched range [0, 0.7], where a wider range may do better: "
+        "`regsweep sweep 'model.dropout=interval(0.0, 0.9)' sweep.study=s-wider`",
+        "optim.lr=0.00011 lies at the bottom of its searched range [0.0001, 0.01], where a wider range may do better: "
+        "`regsweep sweep 'optim.lr=tag(log, interval(1e-05, 0.01))' sweep.study=s-wider`",
+        "model.unfrozen_blocks=2 lies at the top of its searched range [0, 2], where a wider range may do better: "
+        "`regsweep sweep 'model.unfrozen_blocks=range(0, 3)' sweep.study=s-wider`",
+    ]  # augmentation 1 is its limit: nothing wider to try
+    # Inside the range, or at a limit of the knob itself (the demo CNN has 3 blocks): nothing to say.
+    assert space.edges({"model.dropout": 0.35, "model.unfrozen_blocks": 0}, searched, compose([]), command) == []
+    assert space.edges({"model.unfrozen_blocks": 3}, space.parse_space({"model.unfrozen_blocks": "range(0, 3)"}),
+                       compose([]), command) == []
+    # Every suggested range parses back.
+    for line in found:
+        expression = line.split("'")[1].split("=", 1)[1]
+        space.parse_distribution(line.split("=")[0], expression)
+
+
 def test_workers_on_other_machines_may_differ_only_in_where_things_are():
     given = ["paths.store=/scratch/mlruns", "cache.dir=/fast/cache", "tracking.uri=http://server:5000",
              "data.train_dir=/data/train", "+data.test_dir=/data/test", "tracking.experiment=pets",

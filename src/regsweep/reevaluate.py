@@ -32,7 +32,7 @@ import optuna
 from omegaconf import DictConfig
 
 from regsweep import data, progress, results, space, study, tracking
-from regsweep.config import RegsweepError, compose, override_key
+from regsweep.config import compose, override_key
 from regsweep.results import BASELINE, Summary
 from regsweep.worker import import_tensorflow_quietly
 
@@ -104,7 +104,8 @@ def progress_of(optuna_study: optuna.Study, cfg: DictConfig, settings: DictConfi
                 base_overrides: list[str]) -> Progress:
     """Replays the re-evaluation from the runs logged under the parent (regsweep.results.rounds)."""
     rows = study.trial_rows(optuna_study)
-    planned = settings_to_run(rows, settings, base_overrides) if any(row.state == "COMPLETE" for row in rows) else []
+    reevaluated = int(settings.reevaluate.seeds) > 0 and any(row.state == "COMPLETE" for row in rows)
+    planned = settings_to_run(rows, settings, base_overrides) if reevaluated else []  # seeds=0: none planned
     # A setting's runs are found by its label and seed, wherever they were trained (paths differ by machine).
     labels = [setting.label for setting in planned]
     summaries = [s for s in collect(cfg, parent_run_id) if s.label in labels]

@@ -127,7 +127,7 @@ def effects_figure(rows: list[TrialRow], space: dict[str, optuna.distributions.B
                 axis.axhline(epsilon, color="tab:red", linestyle="--", linewidth=1, label=f"ε = {epsilon:g}")
             axis.set_xlabel(key)
             axis.set_ylabel(metric)
-            if column == 0:
+            if column == 0 and axis.get_legend_handles_labels()[0]:
                 axis.legend(fontsize="x-small", loc="best")
     figure.suptitle("effect of each knob (complete trials, one run each)")
     figure.tight_layout()

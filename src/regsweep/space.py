@@ -127,18 +127,33 @@ def check_settings(settings: DictConfig, expressions: dict[str, str]) -> None:
         )
     if not isinstance(settings.epsilon, (int, float)) or settings.epsilon < 0:
         raise RegsweepError(f"sweep.epsilon={settings.epsilon} must be a number >= 0 (the largest acceptable gap)")
-    reeval = settings.reevaluate
+    check_reevaluation(settings.reevaluate)
+    if not expressions:
+        raise RegsweepError("the search space is empty: give sweep.params in the sweep file or key=interval(a, b) on the command line")
+
+
+def check_reevaluation(reeval: DictConfig, needs_seeds: bool = False) -> None:
+    """sweep.reevaluate, each bad value named with its fix; `needs_seeds` for a command that
+    re-evaluates whatever the study said (`regsweep report --reevaluate`)."""
     for key in ("seeds", "top_k"):
         if not isinstance(reeval[key], int) or reeval[key] < (0 if key == "seeds" else 1):
             raise RegsweepError(f"sweep.reevaluate.{key}={reeval[key]} must be an integer >= {0 if key == 'seeds' else 1}")
+    if needs_seeds and reeval.seeds < 1:
+        raise RegsweepError(f"sweep.reevaluate.seeds={reeval.seeds}: re-evaluation needs at least 1 seed, such as 3")
+    max_seeds = reeval.get("max_seeds", reeval.seeds)
+    if not isinstance(max_seeds, int) or max_seeds < 0:
+        raise RegsweepError(f"sweep.reevaluate.max_seeds={max_seeds} must be an integer >= 0: the most seeds the choice "
+                            "and the baseline get while the verdict can't tell (at or below seeds: one round only)")
+    margin = reeval.get("margin", 0.02)
+    if isinstance(margin, bool) or not isinstance(margin, (int, float)) or not 0 < margin < 1:
+        raise RegsweepError(f"sweep.reevaluate.margin={margin} must be a test-accuracy difference between 0 and 1, "
+                            "such as 0.02: smaller differences count as no effect")
     baseline_overrides(reeval.baseline)  # the named baseline file exists and reads
     curve = reeval.get("curve")
     if not OmegaConf.is_list(curve) or not all(
             isinstance(f, (int, float)) and not isinstance(f, bool) and 0 < f < 1 for f in curve):
         raise RegsweepError(f"sweep.reevaluate.curve={curve}: give shares of the training images strictly between 0 and 1, "
                             "such as [0.25,0.5], or [] to skip the learning curve")
-    if not expressions:
-        raise RegsweepError("the search space is empty: give sweep.params in the sweep file or key=interval(a, b) on the command line")
 
 
 def baseline_overrides(name: str) -> list[str]:

@@ -408,22 +408,40 @@ def claim(study: optuna.Study, settle_seconds: float = 5.0) -> tuple[str | None,
     Workers that finish together all write their claim, wait `settle_seconds`, and read it back:
     the last write wins for every reader, so exactly one goes on. A worker that arrives later
     finds a claim renewed within the lease (`lease_seconds`) and leaves the work to its holder;
-    a claim whose holder died (no renewal for a lease) is taken over.
+    a claim whose holder died (no renewal for a lease, or a process gone from this machine) is
+    taken over.
     """
     holder = claim_holder(study)
     if holder is not None:
         return None, holder
     token, worker = uuid.uuid4().hex, f"{socket.gethostname()} pid {os.getpid()}"
-    study.set_user_attr(CLAIM_ATTR, {"token": token, "worker": worker, "renewed": time.time()})
+    study.set_user_attr(CLAIM_ATTR, {"token": token, "worker": worker, "host": socket.gethostname(),
+                                     "pid": os.getpid(), "renewed": time.time()})
     time.sleep(settle_seconds)
     held = study.user_attrs.get(CLAIM_ATTR) or {}
     return (token, worker) if held.get("token") == token else (None, held.get("worker", "unknown"))
 
 
 def claim_holder(study: optuna.Study) -> str | None:
-    """The worker that holds a live claim (renewed within the lease), else None."""
+    """The worker that holds a live claim, else None. A claim is live while it is renewed within
+    the lease; one whose holder ran on this machine and is gone (killed, even with kill -9) is
+    dead at once, so the same command, re-run, resumes without waiting out the lease."""
     held = study.user_attrs.get(CLAIM_ATTR)
-    return held["worker"] if held and time.time() - held["renewed"] < lease_seconds(study) else None
+    if not held or time.time() - held["renewed"] >= lease_seconds(study):
+        return None
+    if held.get("host") == socket.gethostname() and not _alive(held.get("pid", 0)):
+        return None
+    return held["worker"]
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)  # signal 0: only asks whether the process exists
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # it exists, under another user
+        return True
+    return pid > 0
 
 
 def renew(study: optuna.Study, token: str) -> bool:

@@ -125,8 +125,9 @@ def end_study(optuna_study: optuna.Study, cfg: DictConfig, parent_run_id: str | 
     """
     if finishing:
         study.wait_for_other_workers(optuna_study)
+    reevaluating = reevaluating and parent_run_id is not None
     settings = study.study_settings(optuna_study, cfg, reevaluating=reevaluating)
-    if reevaluating and parent_run_id is not None and _work_left(optuna_study, cfg, settings, parent_run_id, base_overrides):
+    if reevaluating and _work_left(optuna_study, cfg, settings, parent_run_id, base_overrides):
         token, holder = study.claim(optuna_study)
         if token is None:
             _leave_to(holder)
@@ -141,6 +142,8 @@ def end_study(optuna_study: optuna.Study, cfg: DictConfig, parent_run_id: str | 
     elif (holder := study.claim_holder(optuna_study)) is not None:
         _leave_to(holder)
         return None
+    elif reevaluating:  # nothing left to train under these settings: they define the verdict from now on
+        study.record_reevaluation(optuna_study, settings.reevaluate)
     facts = gather(optuna_study, cfg, settings, parent_run_id, base_overrides)
     if parent_run_id is not None:
         tracking.use_store(cfg.tracking)
@@ -189,7 +192,7 @@ def gather(optuna_study: optuna.Study, cfg: DictConfig, settings: DictConfig, pa
                          importance=importances(optuna_study),
                          counts={state: sum(r.state == state for r in rows) for state in ("COMPLETE", "PRUNED", "FAIL", "RUNNING")})
     facts.reevaluate_command = f"regsweep report {optuna_study.study_name} --reevaluate" + "".join(
-        f" {shlex.quote(o)}" for o in _where(recorded, cfg))
+        f" {shlex.quote(o)}" for o in _where(cfg))
     if found is None:
         return facts
     if found.keep_baseline and (found.row is None or found.verdict is not None):
@@ -205,7 +208,7 @@ def gather(optuna_study: optuna.Study, cfg: DictConfig, settings: DictConfig, pa
     facts.experiment = f"regsweep train {config_flag}+experiment={optuna_study.study_name}_best"
     edged = found.row if found.verdict is None or found.verdict.adopt else _row_of(rows, found.chosen)
     if edged is not None and (found.verdict is None or found.verdict.case != results.TRADE_OFF):
-        facts.edges = space.edges(edged.params, searched, compose(reevaluate.merge(recorded, _where(recorded, cfg))),
+        facts.edges = space.edges(edged.params, searched, compose(reevaluate.merge(recorded, _where(cfg))),
                                   _wider_command(optuna_study.study_name, recorded, cfg))
     return facts
 
@@ -214,15 +217,16 @@ def _row_of(rows: list[results.TrialRow], summary: results.Summary | None) -> re
     return next((r for r in rows if summary is not None and f"#{r.number}" == summary.label), None)
 
 
-def _where(recorded: list[str], cfg: DictConfig) -> list[str]:
-    """The overrides that say where this machine keeps the store, when not the default."""
+def _where(cfg: DictConfig) -> list[str]:
+    """The override that says where this machine keeps the store, when not the default."""
     return [] if str(cfg.paths.store) == "mlruns" else [f"paths.store={cfg.paths.store}"]
 
 
 def _wider_command(name: str, recorded: list[str], cfg: DictConfig) -> str:
     """`regsweep sweep <the study's own overrides> {widened} sweep.study=<name>-wider`: a new study
     (a study's search space is fixed when it starts)."""
-    own = [o for o in recorded if o not in space.as_overrides(dict(cfg.sweep.fixed or {}))] + _where(recorded, cfg)
+    own = reevaluate.merge([o for o in recorded if o not in space.as_overrides(dict(cfg.sweep.fixed or {}))],
+                           _where(cfg))
     return "regsweep sweep " + "".join(f"{shlex.quote(o)} " for o in own) + "{widened} " + \
         shlex.quote(f"sweep.study={name}-wider")
 
@@ -293,6 +297,8 @@ def report_study(study_name: str | None, overrides: list[str], reevaluate_first:
     if study_name is not None:
         overrides = [f"sweep.study={study_name}", *overrides]
     cfg = compose_study(overrides)
+    if reevaluate_first:
+        space.check_reevaluation(cfg.sweep.reevaluate, needs_seeds=True)
     stored = study.load_study(cfg.sweep, cfg.tracking.connect_timeout)
     parent = stored.user_attrs.get(study.PARENT_RUN_ATTR)
     # The recorded overrides mask passwords: the ones given here (tracking.uri=...) win.
