@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import dataclasses
 import math
-import os
 import re
 from html.parser import HTMLParser
 from pathlib import Path
@@ -223,80 +222,3 @@ def test_the_replay_line_survives_a_shell_whatever_the_values_hold():
     assert shlex.split(line) == ["regsweep", "train", *overrides]
     assert "model.dropout=0.5" in line.split()  # plain values stay unquoted
 
-
-ROUNDS = [*TINY, "sweep.n_trials=2", "sweep.reevaluate.top_k=1", "sweep.reevaluate.curve=[]"]
-
-
-def reevaluation_runs(store: Path, study: str) -> list:
-    client = mlflow.MlflowClient(f"sqlite:///{store}/mlflow.db")
-    experiment = client.get_experiment_by_name("regsweep").experiment_id
-    return client.search_runs([experiment], f"tags.`regsweep.study` = '{study}' and tags.`regsweep.role` = 'reeval'")
-
-
-@pytest.mark.slow
-def test_killed_during_an_adaptive_round_the_same_command_resumes_with_the_same_answer(store, tmp_path):
-    """kill -9 in the middle of a round: re-running trains only what is missing, nothing stays
-    RUNNING, and the answer is the one an uninterrupted re-evaluation gives."""
-    import shutil
-    import signal
-    import subprocess
-    import time
-
-    from test_recovery import REGSWEEP, descendants
-
-    # Two seeds a round, up to 4: at 2 seeds the seed-to-seed spread rests on one degree of
-    # freedom, so the first verdict can't tell and a second round follows.
-    study_args = [*ROUNDS, "sweep.study=rounds"]
-    sweep.run_study([f"paths.store={store}", *study_args, "sweep.reevaluate.seeds=0"])  # the trials alone
-    args = [*study_args, "sweep.reevaluate.seeds=2", "sweep.reevaluate.max_seeds=4"]
-    twin = tmp_path / "twin" / "mlruns"
-    shutil.copytree(store, twin, symlinks=True)  # the same trials, to re-evaluate without interruption
-    env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3"}
-    command = [REGSWEEP, "sweep", f"paths.store={store}", *args]
-    killed = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env)
-    deadline = time.monotonic() + 600
-    while len([r for r in reevaluation_runs(store, "rounds") if r.info.status == "FINISHED"]) < 5:  # round 2 began
-        assert killed.poll() is None and time.monotonic() < deadline, killed.communicate()[0][-3000:]
-        time.sleep(0.2)
-    for pid in [*descendants(killed.pid), killed.pid]:
-        os.kill(pid, signal.SIGKILL)
-    killed.wait()
-
-    resumed = subprocess.run(command, capture_output=True, text=True, env=env, timeout=900)
-    assert resumed.returncode == 0, resumed.stdout[-3000:] + resumed.stderr[-3000:]
-    straight = subprocess.run([REGSWEEP, "sweep", f"paths.store={twin}", *args], capture_output=True, text=True,
-                              env=env, timeout=900, cwd=twin.parent)
-    assert straight.returncode == 0, straight.stdout[-3000:] + straight.stderr[-3000:]
-
-    runs = reevaluation_runs(store, "rounds")
-    finished = [(r.data.tags["reeval"], r.data.params["train.seed"]) for r in runs if r.info.status == "FINISHED"]
-    assert len(finished) == len(set(finished)) == 8  # 2 settings × 4 seeds, none trained twice
-    assert not [r for r in runs if r.info.status == "RUNNING"]  # the killed run is ended, with its reason
-    assert all("interrupted" in r.data.tags["regsweep.error"] for r in runs if r.info.status == "FAILED")
-    answers = [(folder / "reports" / "rounds" / "report.md").read_text().split("## The answer")[1].split("Replay:")[0]
-               .replace(str(folder), "<store>") for folder in (store, twin)]
-    assert re.sub(r"run `\w+`", "", answers[0]) == re.sub(r"run `\w+`", "", answers[1])
-    assert "**Seeds:** the baseline 4, trial #" in answers[0]
-
-
-@pytest.mark.slow
-def test_two_workers_finishing_together_one_re_evaluates_and_the_other_leaves_it(store):
-    """`regsweep sweep` twice at once on a study whose trials are done: both reach the end of the
-    study; exactly one re-evaluates and writes the report, the other says so and exits 0."""
-    import subprocess
-
-    from test_recovery import REGSWEEP
-
-    args = [f"paths.store={store}", *ROUNDS, "sweep.study=pair-end"]
-    sweep.run_study([*args, "sweep.reevaluate.seeds=0"])
-    report_file = store / "reports" / "pair-end" / "report.md"
-    report_file.unlink()
-    env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3"}
-    command = [REGSWEEP, "sweep", *args, *FIXED_2]
-    workers = [subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env)
-               for _ in range(2)]
-    outputs = [worker.communicate(timeout=900)[0] for worker in workers]
-    assert [worker.returncode for worker in workers] == [0, 0], outputs
-    assert sum("Re-evaluating on the test split" in out and "Report: " in out for out in outputs) == 1, outputs
-    assert sum("Another worker (" in out and "Report: " not in out for out in outputs) == 1, outputs
-    assert len(reevaluation_runs(store, "pair-end")) == 4 and report_file.is_file()

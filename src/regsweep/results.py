@@ -43,7 +43,9 @@ from regsweep.config import redact
 BASELINE = "baseline"  # the re-evaluation label of the unregularized reference
 ALPHA = 0.05  # how often, at most, any interval of one verdict misses: 95 % for all of them together
 # Differences in test accuracy smaller than this count as "no effect": about one image in fifty,
-# below what a user would act on and (measured) what one seed's re-run moves a frozen model.
+# less than a user would change settings for, and still within reach: when two models disagree
+# on 3–5 % of the images, the test images' own noise (at the verdict's corrected level) fits
+# inside ±0.02 from about 700–1,200 test images. A smaller margin needs far larger test splits.
 MARGIN = 0.02
 
 # Verdict cases, after re-evaluation on the test split.
@@ -294,8 +296,9 @@ class Difference:
         90–92 % at 2 seeds, where the seed part rests on one degree of freedom and the
         approximation's tails are too light; the paired t over seeds is exact when the images
         hold no effect of their own (an A/A), but misses the test images' own noise when they
-        do. Together they covered 95–99 % from 2 to 10 seeds and 100 to 5,000 images, with
-        intervals at most a few per cent wider than Welch–Satterthwaite's from 3 seeds on.
+        do. Together they covered 93–99 % from 2 to 10 seeds and 100 to 5,000 images (A/A and
+        planted effects), with intervals at most a few per cent wider than Welch–Satterthwaite's
+        from 3 seeds on.
         """
         if self.seeds < 2:
             return math.inf
