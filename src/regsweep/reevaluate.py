@@ -143,7 +143,7 @@ def _round_line(rounds: results.Rounds, todo: list[tuple[Setting, int]]) -> str:
         extra = (f", then up to {plan.max_seeds} for the choice and the baseline while the verdict can't tell"
                  if plan.max_seeds > plan.seeds else "")
         return f"Re-evaluating on the test split: {plan.seeds} seeds per setting{extra} ({len(todo)} runs to train)"
-    who = " and ".join(dict.fromkeys("the baseline" if s.label == BASELINE else f"trial {s.label}" for s, _ in todo))
+    who = " and ".join(dict.fromkeys(results.setting_name(s.label) for s, _ in todo))
     accuracy = results.with_interval(rounds.verdict.accuracy, rounds.verdict.alpha)
     return (f"Round {rounds.looks + 1}: can't tell yet after {len(rounds.chosen.runs)} seeds (test accuracy {accuracy}, "
             f"trial {rounds.chosen.label} against the baseline): {len(todo)} more runs for {who}")

@@ -227,7 +227,7 @@ def answer_lines(facts: Facts) -> list[str]:
             lines = [f"**Use trial {answer.label}**: {_knobs(facts, answer.row)}."]
         lines.append(f"From one run each: val_accuracy {answer.row.val_accuracy:.4f}, gap {answer.row.gap:.4f}.")
     else:
-        chosen = _setting_name(answer.chosen.label)
+        chosen = results.setting_name(answer.chosen.label)
         row = {f"#{r.number}": r for r in facts.rows}.get(answer.chosen.label)
         its = f" ({_knobs(facts, row)})" if row is not None else ""
         kept = f"**Keep your baseline** ({baseline}, everything else as given)"
@@ -257,17 +257,13 @@ def seeds_line(answer: Answer) -> str:
     """How many seeds each setting got, and why the re-evaluation stopped."""
     state = answer.rounds
     most = max(len(s.runs) for s in state.summaries)
-    parts = [f"{_setting_name(s.label)} {len(s.runs)}" + (" (out of the race)" if len(s.runs) < most else "")
+    parts = [f"{results.setting_name(s.label)} {len(s.runs)}" + (" (out of the race)" if len(s.runs) < most else "")
              for s in state.summaries]
     why = {results.DECIDED: "the verdict was decided", results.AT_MAX_SEEDS: "it reached sweep.reevaluate.max_seeds "
            f"({state.design.max_seeds})", results.ONLY_IMAGES: "more seeds could not settle it (the test split is too "
            "small)"}.get(state.reason, state.reason or "a round is unfinished")
     looks = f"{state.looks} look{'s' * (state.looks != 1)}"
     return f"{', '.join(parts)}; it stopped after {looks} because {why}"
-
-
-def _setting_name(label: str) -> str:
-    return "the baseline" if label == BASELINE else f"trial {label}"
 
 
 def markdown(facts: Facts) -> str:
@@ -291,7 +287,7 @@ def markdown(facts: Facts) -> str:
     if facts.curves:
         out += ["## Would more data help?", "", "![learning curve](learning_curve.png)", "",
                 _table(["setting", "training images", "val_accuracy (mean)", "std over seeds"],
-                       [[_setting_name(label), p.train_images, p.val_accuracy, p.std]
+                       [[results.setting_name(label), p.train_images, p.val_accuracy, p.std]
                         for label, points in facts.curves.items() for p in points]), ""]
     single = facts.single
     out += ["## Single-trial choice", ""]
@@ -357,7 +353,7 @@ def terminal_summary(facts: Facts) -> str:
     lines += ["", "The answer"] + [f"  {line.replace('**', '').replace('`', '')}" for line in answer_lines(facts)]
     if facts.summaries:
         lines += ["", "Re-evaluation (mean ± std over seeds):"]
-        lines += [f"  {_setting_name(s.label):13s} {len(s.runs):2d} seeds  test {s.pm('test_accuracy', 3)}  "
+        lines += [f"  {results.setting_name(s.label):13s} {len(s.runs):2d} seeds  test {s.pm('test_accuracy', 3)}  "
                   f"val {s.pm('val_accuracy', 3)}  test gap {s.pm('test_gap', 3)}" for s in facts.summaries]
     top = in_rule_order(facts.rows, facts.settings.epsilon)[:5]
     if top:

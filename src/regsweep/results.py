@@ -506,7 +506,7 @@ def verdict(baseline: Summary, chosen: Summary, design: Design = Design()) -> Ve
     case = classify(accuracy.interval(alpha), gap.interval(alpha), margin)
     n = min(len(chosen.runs), len(baseline.runs))
     acc_text, gap_text = with_interval(accuracy, alpha), with_interval(gap, alpha)
-    evidence = f"{_setting(chosen.label)} against the baseline, {n} seed{'s' * (n != 1)} each"
+    evidence = f"{setting_name(chosen.label)} against the baseline, {n} seed{'s' * (n != 1)} each"
     if case == BETTER:
         sentence = f"Better: test accuracy {acc_text}, test gap {gap_text} ({evidence})."
     elif case == LESS_OVERFIT:
@@ -527,7 +527,8 @@ def verdict(baseline: Summary, chosen: Summary, design: Design = Design()) -> Ve
     return Verdict(case, accuracy, gap, sentence, settle, alpha, margin, only_images, needed)
 
 
-def _setting(label: str) -> str:
+def setting_name(label: str) -> str:
+    """`the baseline`, or `trial #7`: how a re-evaluated setting is named in sentences."""
     return "the baseline" if label == BASELINE else f"trial {label}"
 
 
@@ -568,7 +569,7 @@ def images_to_decide(difference: Difference, alpha: float, margin: float) -> int
 def _settle(accuracy: Difference, label: str, seeds: int, alpha: float, margin: float, needed: int | None) -> str:
     """One line: which setting needs how many seeds, or how many test images only would do."""
     if seeds < 2:
-        return (f"the seed-to-seed spread is not measured with {seeds} seed: re-evaluate {_setting(label)} and the "
+        return (f"the seed-to-seed spread is not measured with {seeds} seed: re-evaluate {setting_name(label)} and the "
                 "baseline with 3 or more seeds (sweep.reevaluate.seeds)")
     if only_images_settle(accuracy, alpha, margin):
         noise = accuracy.images_only_half_width(alpha)
@@ -576,9 +577,9 @@ def _settle(accuracy: Difference, label: str, seeds: int, alpha: float, margin: 
                 f"about {images_to_decide(accuracy, alpha, margin):,} test images (now "
                 f"{max(n for _, _, n in accuracy.image_parts):,}) with seeds to spare")
     if needed is None:
-        return (f"more than 200 seeds each for {_setting(label)} and the baseline at today's spread: a larger test "
+        return (f"more than 200 seeds each for {setting_name(label)} and the baseline at today's spread: a larger test "
                 "split, or a setting further from the baseline, would settle it sooner")
-    return f"about {needed} seeds each for {_setting(label)} and the baseline (now {seeds})"
+    return f"about {needed} seeds each for {setting_name(label)} and the baseline (now {seeds})"
 
 
 # --- the rounds of the re-evaluation ----------------------------------------------------------------
