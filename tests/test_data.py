@@ -181,3 +181,146 @@ def test_a_training_subset_is_stratified_nested_and_keeps_every_class(tmp_path):
     assert all(len(files) == 1 for files in names[quarter].values())  # ceil(0.8) = 1: at least one per class
     assert all(len(files) == 4 for files in names[half].values())
     assert all(names[quarter][c] <= names[half][c] for c in names[half])  # the smaller subset is part of the larger
+
+
+def _odd_class_tree(root: Path) -> Path:
+    """Class folders holding what users' folders hold: sub-folders (one with a name already used
+    above it), hidden files and folders, odd suffixes, a working symlink and a symlinked folder."""
+    write_class_folders(root, 2, classes=("cat", "dog"))
+    cat, good = root / "cat", (root / "cat" / "cat_000.png").read_bytes()
+    for name in ("sub/cat_000.png", "sub/deeper/upper.JPG", ".thumbs/small.png", ".hidden.png", ".png"):
+        (cat / name).parent.mkdir(parents=True, exist_ok=True)
+        (cat / name).write_bytes(good)
+    for name in ("photo.webp", "photo.png.txt", "sub/notes.md", ".DS_Store", ".thumbs/index.db"):
+        (cat / name).write_bytes(good)
+    (cat / "again.png").symlink_to(cat / "cat_000.png")
+    (root.parent / "elsewhere").mkdir()
+    (root.parent / "elsewhere" / "far.png").write_bytes(good)
+    (cat / "linked").symlink_to(root.parent / "elsewhere")
+    return root
+
+
+def test_the_check_vouches_for_exactly_the_files_keras_reads(tmp_path):
+    import keras
+
+    root = _odd_class_tree(tmp_path / "train")
+    loader = keras.utils.image_dataset_from_directory(root, class_names=["cat", "dog"], shuffle=False, verbose=False)
+    keras_reads = [Path(p).relative_to(root).as_posix() for p in loader.file_paths]
+    checked = [p.relative_to(root).as_posix() for c in ("cat", "dog") for p in data.image_files(root, c)]
+    assert checked == keras_reads
+    assert {"cat/sub/cat_000.png", "cat/sub/deeper/upper.JPG", "cat/.thumbs/small.png", "cat/.png"} <= set(checked)
+    # What Keras leaves unread is named, hidden clutter is not.
+    bad = {p.relative_to(root).as_posix(): why for p, why in data.unusable_files(root, ("cat", "dog"), tmp_path / "s")}
+    assert sorted(bad) == ["cat/linked", "cat/photo.png.txt", "cat/photo.webp", "cat/sub/notes.md"]
+    assert "symbolic link to a folder" in bad["cat/linked"]
+    # The loader reads that same list (it compares), and a nested edit changes the fingerprint.
+    assert len(data.load_images(root, ("cat", "dog"), 16)[1]) == len(keras_reads)
+    before = data.folder_fingerprint(root, ("cat", "dog"))
+    (root / "cat" / "sub" / "deeper" / "upper.JPG").write_bytes(b"edited")
+    assert data.folder_fingerprint(root, ("cat", "dog")) != before
+
+
+@pytest.mark.parametrize("kind", ["loop", "broken"])
+def test_a_bad_symlink_stops_the_run_before_it_starts_naming_it_and_the_fix(tmp_path, kind):
+    write_class_folders(tmp_path / "train", 2)
+    write_class_folders(tmp_path / "val", 2, seed=1)
+    link = tmp_path / "train" / "circle" / "x.jpg"
+    link.symlink_to("x.jpg" if kind == "loop" else tmp_path / "moved-away.jpg")
+    cfg = data_cfg("data=folders", f"data.train_dir={tmp_path / 'train'}", f"data.val_dir={tmp_path / 'val'}")
+    words = "symbolic link loop" if kind == "loop" else "broken symbolic link"
+    with pytest.raises(RegsweepError, match=rf"circle/x\.jpg in data\.train_dir=.* {words} .*: repair or remove the link"):
+        data.resolve_splits(cfg, 32, tmp_path / "store")
+
+
+def test_skip_leaves_out_bad_links_and_nested_corrupt_images_and_keras_reads_the_rest(tmp_path, capfd):
+    write_class_folders(tmp_path / "train", 3)
+    write_class_folders(tmp_path / "val", 2, seed=1)
+    square = tmp_path / "train" / "square"
+    (square / "sub").mkdir()
+    (square / "sub" / "square_000.png").write_bytes((square / "square_001.png").read_bytes())  # kept: same name as above
+    (square / "sub" / "bad.jpg").write_bytes(b"\xff\xd8\xff\xe0" + b"not really a jpeg" * 20)
+    (square / "loop.png").symlink_to("loop.png")
+    (square / "gone.png").symlink_to(tmp_path / "nowhere.png")
+    base = ["data=folders", f"data.train_dir={tmp_path / 'train'}", f"data.val_dir={tmp_path / 'val'}"]
+    with pytest.raises(RegsweepError, match=r"square/gone\.png in data\.train_dir=.* and 2 more"):
+        data.resolve_splits(data_cfg(*base), 32, tmp_path / "store")
+    splits = data.resolve_splits(data_cfg(*base, "data.on_bad_image=skip"), 32, tmp_path / "store")
+    assert sorted(Path(p).relative_to(square).as_posix() for p in splits.skipped) == ["gone.png", "loop.png", "sub/bad.jpg"]
+    warning = capfd.readouterr().err
+    assert "square/sub/bad.jpg: cannot be decoded" in warning and "square/loop.png: is a symbolic link loop" in warning
+    images, labels = data.load_images(splits.train, splits.class_names, 32)  # Keras reads the view without crashing
+    assert np.bincount(labels).tolist() == [3, 4, 3]  # the nested good image is kept, under its own name
+    assert (splits.train / "square" / "sub" / "square_000.png").is_file()
+
+
+def test_a_split_view_keeps_nested_files_under_their_own_paths(tmp_path):
+    source = write_class_folders(tmp_path / "all", 6, classes=("a", "b"))
+    for class_name in ("a", "b"):
+        (source / class_name / "sub").mkdir()
+        for i in range(4):  # the same names as the files above them
+            (source / class_name / "sub" / f"{class_name}_{i:03d}.png").write_bytes(
+                (source / class_name / f"{class_name}_{5 - i:03d}.png").read_bytes())
+    view = data.split_folder(source, 0.2, 0.0, seed=0, store=tmp_path / "store")
+    for class_name in ("a", "b"):
+        seen = [p.relative_to(view / split / class_name).as_posix()
+                for split in ("train", "validation") for p in data.image_files(view / split, class_name)]
+        assert sorted(seen) == sorted([f"{class_name}_{i:03d}.png" for i in range(6)]
+                                      + [f"sub/{class_name}_{i:03d}.png" for i in range(4)])
+
+
+def test_a_class_folder_spelled_nfc_in_one_split_and_nfd_in_another_is_one_class(tmp_path):
+    import unicodedata
+
+    nfc, nfd = (unicodedata.normalize(form, "Kleid-ü") for form in ("NFC", "NFD"))
+    write_class_folders(tmp_path / "train", 2, classes=(nfc, "Hose"))
+    write_class_folders(tmp_path / "val", 3, classes=(nfd, "Hose"), seed=1)
+    cfg = data_cfg("data=folders", f"data.train_dir={tmp_path / 'train'}", f"data.val_dir={tmp_path / 'val'}")
+    splits = data.resolve_splits(cfg, 32, tmp_path / "store")
+    assert splits.class_names == ("Hose", nfc)
+    # Keras reads the NFD folder as the same class, with the same label as in train.
+    assert np.bincount(data.load_images(splits.val, splits.class_names, 16)[1]).tolist() == [3, 3]
+    assert np.bincount(data.load_images(splits.train, splits.class_names, 16)[1]).tolist() == [2, 2]
+    write_class_folders(tmp_path / "val", 1, classes=(nfc,), seed=2)  # now both spellings side by side
+    with pytest.raises(RegsweepError, match="2 class folders named Kleid-ü, spelled in different Unicode normalizations"):
+        data.resolve_splits(cfg, 32, tmp_path / "store")
+
+
+def test_a_comma_in_a_class_folder_name_is_refused_naming_the_folder(tmp_path):
+    write_class_folders(tmp_path / "all", 4, classes=("Hose,lang", "Hemd"))
+    cfg = data_cfg("data=split", f"data.dir={tmp_path / 'all'}")
+    with pytest.raises(RegsweepError, match=r"class folder Hose,lang in data\.dir=.* has a comma .*: rename the folder"):
+        data.resolve_splits(cfg, 32, tmp_path / "store")
+
+
+@pytest.mark.parametrize("names", [["猫", "犬", "cat"], ["ℊ", "x"]], ids=["cjk", "stix-only"])
+def test_class_names_in_the_confusion_matrix_draw_without_missing_glyphs(names):
+    """Class names come from folder names; a plot must show each class, not boxes and warnings
+    (this module tests the folders that plot labels come from)."""
+    import io
+    import warnings
+
+    from matplotlib import font_manager
+
+    from regsweep import tracking
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # "Glyph … missing from font(s)" is a UserWarning
+        figure = tracking.confusion_figure(np.eye(len(names), dtype=int), names)
+        figure.savefig(io.BytesIO(), format="png")
+    axis = figure.axes[0]
+    labels = [label.get_text() for label in axis.get_xticklabels()]
+    font_has_all = any(not e.name.startswith("Last Resort") and {ord(c) for n in names for c in n}
+                       <= set(font_manager.get_font(e.fname).get_charmap()) for e in font_manager.fontManager.ttflist)
+    if font_has_all:  # STIXGeneral, bundled with matplotlib, has ℊ; DejaVu Sans, the default, does not
+        assert labels == names
+    else:
+        assert labels == [str(i) for i in range(len(names))]
+        assert "0 = \\u732b, 1 = \\u72ac, 2 = cat" in " ".join(axis.get_xlabel().split())
+
+
+def test_loading_stops_if_keras_would_read_other_files_than_the_check_listed(tmp_path, monkeypatch):
+    write_class_folders(tmp_path / "train", 2, classes=("a", "b"))
+    (tmp_path / "train" / "a" / "extra.jpg").write_bytes((tmp_path / "train" / "a" / "a_000.png").read_bytes())
+    monkeypatch.setattr(data, "IMAGE_SUFFIXES", (".png",))  # as if Keras and the check disagreed on suffixes
+    with pytest.raises(RegsweepError, match=r"Keras \S+ reads 5 image file\(s\) in .* where regsweep's image check lists 4"):
+        data.load_images(tmp_path / "train", ("a", "b"), 16)

@@ -7,12 +7,14 @@ Keras's own `image_dataset_from_directory`, so the demo exercises exactly the us
 
 from __future__ import annotations
 
+import errno
 import hashlib
 import json
 import math
 import os
 import sys
 import tempfile
+import unicodedata
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -23,7 +25,7 @@ from regsweep import demo, progress
 from regsweep.config import RegsweepError
 from regsweep.files import publish_folder, write_text_atomically
 
-IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".gif")  # what Keras's loader reads
+IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".gif")  # what Keras's loader reads (ALLOWLIST_FORMATS)
 
 
 @dataclass(frozen=True)
@@ -65,6 +67,7 @@ def resolve_splits(data: DictConfig, image_size: int, store: Path, with_test: bo
             keys["test"] = "data.test_dir"
     elif data.source == "split":
         _require_folder(Path(data.dir), "data.dir")
+        check_class_folders({"train": Path(data.dir)}, {"train": "data.dir"})  # names data.dir, not a split of it
         root = split_folder(Path(data.dir), data.val_fraction, data.test_fraction, data.split_seed, Path(store))
         folders = {s: root / s for s in ("train", "validation", "test") if (root / s).is_dir()}
         keys = {s: f"data.dir ({s} part)" for s in folders}
@@ -86,8 +89,9 @@ def resolve_splits(data: DictConfig, image_size: int, store: Path, with_test: bo
         if bad and data.on_bad_image == "error":
             path, why = bad[0]
             more = f" and {len(bad) - 1} more" if len(bad) > 1 else ""
+            fix = "repair or remove the link" if "symbolic link" in why else "fix or remove the file"
             raise RegsweepError(
-                f"{path} in {keys[split]}={folder} {why}{more}: fix or remove the file(s), "
+                f"{path} in {keys[split]}={folder} {why}{more}: {fix}(s), "
                 "or set data.on_bad_image=skip to leave them out with a warning"
             )
         if bad:
@@ -118,7 +122,29 @@ def _require_folder(folder: Path, key: str) -> None:
 
 
 def class_folders(folder: Path) -> list[str]:
-    return sorted(p.name for p in folder.iterdir() if p.is_dir() and not p.name.startswith("."))
+    """The class names: the sub-folders Keras takes as classes (not hidden), in Unicode NFC, so a
+    name typed as NFC in one split and NFD in another (macOS writes NFD) is one class."""
+    spellings: dict[str, list[str]] = {}
+    for path in folder.iterdir():
+        if path.is_dir() and not path.name.startswith("."):
+            spellings.setdefault(unicodedata.normalize("NFC", path.name), []).append(path.name)
+    for class_name, names in spellings.items():
+        if len(names) > 1:
+            raise RegsweepError(
+                f"{folder} has {len(names)} class folders named {class_name}, spelled in different Unicode "
+                "normalizations (NFC and NFD): merge them into one folder")
+    return sorted(spellings)
+
+
+def _class_dir(folder: Path, class_name: str) -> Path:
+    """The class's folder as spelled on disk (class names are NFC; the folder may be NFD)."""
+    exact = folder / class_name
+    if exact.is_dir() or not folder.is_dir():
+        return exact
+    for path in folder.iterdir():
+        if unicodedata.normalize("NFC", path.name) == class_name and path.is_dir():
+            return path
+    return exact
 
 
 def check_class_folders(folders: dict[str, Path], keys: dict[str, str]) -> tuple[str, ...]:
@@ -129,6 +155,11 @@ def check_class_folders(folders: dict[str, Path], keys: dict[str, str]) -> tuple
             f"{keys['train']}={folders['train']} has {len(train_classes)} class sub-folder(s): "
             "a classifier needs at least 2, one sub-folder per class"
         )
+    with_comma = [name for name in train_classes if "," in name]
+    if with_comma:  # the MLflow parameter data.class_names joins them with commas: "a,b" would read as two
+        raise RegsweepError(
+            f"class folder {with_comma[0]} in {keys['train']}={folders['train']} has a comma in its name, which "
+            "the logged class list (data.class_names) uses between classes: rename the folder without it in every split")
     for split, folder in folders.items():
         classes = class_folders(folder)
         if classes != train_classes:
@@ -154,31 +185,44 @@ _WARNED: set[tuple] = set()
 
 
 def unusable_files(folder: Path, class_names: tuple[str, ...], store: Path) -> list[tuple[Path, str]]:
-    """Files in the class folders that would not train: not an image Keras reads, empty, or
-    undecodable (corrupt, truncated). Hidden files are ignored.
+    """Files in the class folders that would not train: not an image Keras reads, empty,
+    undecodable (corrupt, truncated), a broken symbolic link or a link loop, or a symlinked
+    sub-folder (Keras does not enter one). Hidden files are ignored unless Keras reads them.
 
-    Keras would otherwise skip the wrong suffixes silently (the user believes their .webp files
-    are used) and crash mid-training on a broken JPEG. Every image is decoded once: the verdicts
-    are kept on disk under <store>/cache/image-checks by the folder's content fingerprint.
+    It checks exactly the files Keras reads (`image_files`: sub-folders included), so nothing it
+    passes can crash a run. A bad link is treated like a corrupt file: data.on_bad_image=skip
+    leaves it out with the same warning. Keras would otherwise skip the wrong suffixes silently
+    (the user believes their .webp files are used) and crash mid-training on a broken JPEG.
+    Every image is decoded once: the verdicts are kept on disk under <store>/cache/image-checks
+    by the folder's content fingerprint (which covers every listed file, so it changed when
+    nested files joined the listing); links are checked afresh each time, at the cost of a stat.
     """
     found: list[tuple[Path, str]] = []
     for class_name in class_names:
-        for path in sorted((folder / class_name).iterdir()):
-            if path.name.startswith(".") or path.is_dir():
-                continue
-            if path.suffix.lower() not in IMAGE_SUFFIXES:
-                found.append((path, f"is not an image file Keras reads (it takes {', '.join(IMAGE_SUFFIXES)})"))
+        class_dir = _class_dir(folder, class_name)
+        for path, kind in _class_entries(folder, class_name):
+            if kind == "image":
+                why = _link_problem(path)
+            elif any(part.startswith(".") for part in path.relative_to(class_dir).parts):
+                why = None
+            elif kind == "linked folder":
+                why = "is a symbolic link to a folder, which Keras does not enter (put the folder itself there)"
+            else:
+                why = f"is not an image file Keras reads (it takes {', '.join(IMAGE_SUFFIXES)})"
+            if why:
+                found.append((path, why))
     memo = store / "cache" / "image-checks" / f"{folder_fingerprint(folder, class_names)}.json"
     if memo.is_file():
         verdicts = json.loads(memo.read_text())
     else:
         verdicts = {}
-        files = _listing(folder, class_names)
+        unreadable = {path for path, _ in found}
+        files = [path for _, _, path in _listing(folder, class_names) if path not in unreadable]
         with progress.steps(f"checking images in {folder}", len(files)) as advance:
-            for class_name, path in files:
+            for path in files:
                 why = _decode_problem(path)
                 if why:
-                    verdicts[f"{class_name}/{path.name}"] = why
+                    verdicts[path.relative_to(folder).as_posix()] = why
                 advance()
         write_text_atomically(memo, json.dumps(verdicts))
     found += [(folder / name, why) for name, why in verdicts.items()]
@@ -192,7 +236,9 @@ def _decode_problem(path: Path) -> str | None:
     stat = path.stat()
     key = (str(path.resolve()), stat.st_size, stat.st_mtime_ns, stat.st_ino)
     if key not in _CHECKED:
-        if stat.st_size == 0:
+        if not path.is_file():  # a pipe would block the decoder (and Keras) forever
+            _CHECKED[key] = "is not a regular file (a pipe or a device)"
+        elif stat.st_size == 0:
             _CHECKED[key] = "is an empty (zero-byte) file"
         else:
             try:
@@ -205,10 +251,24 @@ def _decode_problem(path: Path) -> str | None:
     return _CHECKED[key]
 
 
+def _link_problem(path: Path) -> str | None:
+    """Why Keras could not open this listed file through its symbolic link (None: it can)."""
+    try:
+        os.stat(path)
+        return None
+    except OSError as error:
+        if not os.path.islink(path):
+            return f"cannot be read ({error.strerror})"
+        target = os.readlink(path)
+        if error.errno == errno.ELOOP:
+            return f"is a symbolic link loop (it points to {target}, which leads back to itself)"
+        return f"is a broken symbolic link (it points to {target}, which leads to no file)"
+
+
 def without_files(folder: Path, class_names: tuple[str, ...], left_out: list[Path], store: Path) -> Path:
     """A view of `folder` without `left_out`, so its fingerprint (and every cache key) reflects the skip."""
-    excluded = {path.resolve() for path in left_out}
-    kept = {c: [p for p in image_files(folder, c) if p.resolve() not in excluded] for c in class_names}
+    excluded = set(left_out)  # the same listing's paths: a link loop has no resolved path
+    kept = {c: [p for p in image_files(folder, c) if p not in excluded] for c in class_names}
     return link_view(folder, kept, "usable", store)
 
 
@@ -225,8 +285,10 @@ def training_subset(folder: Path, class_names: tuple[str, ...], fraction: float,
 
 def link_view(folder: Path, files_by_class: dict[str, list[Path]], kind: str, store: Path) -> Path:
     """Some of `folder`'s images as a class-folder tree of symlinks under <store>/splits/, named
-    by what it holds: the same selection is one folder, written once, whole."""
-    listing = {c: [p.name for p in files] for c, files in files_by_class.items()}
+    by what it holds: the same selection is one folder, written once, whole. Each link keeps its
+    path under the class folder (sub-folders too), so names stay unique and Keras reads the view
+    exactly as the selection lists it."""
+    listing = {c: _relative_names(folder, c, files) for c, files in files_by_class.items()}
     key = hashlib.sha256(repr((str(folder.resolve()), listing)).encode()).hexdigest()[:12]
     view = store / "splits" / f"{folder.name}-{kind}-{key}"
     if view.is_dir():
@@ -235,10 +297,24 @@ def link_view(folder: Path, files_by_class: dict[str, list[Path]], kind: str, st
     staging = Path(tempfile.mkdtemp(prefix=f".{kind}-", dir=view.parent))
     for class_name, files in files_by_class.items():
         (staging / class_name).mkdir()
-        for path in files:
-            os.symlink(path.resolve(), staging / class_name / path.name)
+        for path, name in zip(files, listing[class_name]):
+            _link(path, staging / class_name / name)
     publish_folder(staging, view)
     return view
+
+
+def _relative_names(folder: Path, class_name: str, files: list[Path]) -> list[str]:
+    """Each file's path under its class folder, e.g. "sub/a.jpg": unique where names alone are not."""
+    class_dir = _class_dir(folder, class_name)
+    return [path.relative_to(class_dir).as_posix() for path in files]
+
+
+def _link(path: Path, link: Path) -> None:
+    """A link to the file's real path; to the listed path itself when that does not resolve, so
+    the check on the view names the user's broken link (Path.resolve raises on a loop)."""
+    target = os.path.realpath(path)
+    link.parent.mkdir(parents=True, exist_ok=True)
+    os.symlink(target if os.path.exists(target) else os.path.abspath(path), link)
 
 
 def _warn_skipped(key: str, bad: list[tuple[Path, str]]) -> None:
@@ -261,9 +337,27 @@ def _require_images_in_every_class(folder: Path, class_names: tuple[str, ...], k
 
 
 def image_files(folder: Path, class_name: str) -> list[Path]:
-    return sorted(
-        p for p in (folder / class_name).iterdir() if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES
-    )
+    """The files Keras's image_dataset_from_directory reads as this class's images, in its order.
+
+    The one definition the check, the fingerprints, the link views and the loader's own listing
+    (compared in `load_images`) share: files in sub-folders too, hidden ones, and links whether
+    or not they lead to a file, since Keras lists them all; the check then names the bad ones.
+    """
+    return [path for path, kind in _class_entries(folder, class_name) if kind == "image"]
+
+
+def _class_entries(folder: Path, class_name: str):
+    """(path, kind) of everything under a class folder, walked as Keras walks it (keras/src/utils/
+    dataset_utils.py, iter_valid_files with follow_links=False: os.walk, which does not enter
+    symlinked sub-folders, roots sorted, names sorted within each; a name is an image when it
+    ends, in lower case, with an image suffix). kind: "image", "other" (any other file) or
+    "linked folder" (a symlinked sub-folder, which Keras leaves unread)."""
+    for root, dirs, files in sorted(os.walk(_class_dir(folder, class_name)), key=lambda entry: entry[0]):
+        for name in sorted(files):
+            yield Path(root, name), "image" if name.lower().endswith(IMAGE_SUFFIXES) else "other"
+        for name in sorted(dirs):
+            if os.path.islink(os.path.join(root, name)):
+                yield Path(root, name), "linked folder"
 
 
 def split_fingerprints(splits: Splits) -> dict[str, str]:
@@ -276,8 +370,9 @@ def shared_images(splits: Splits) -> list[list[str]]:
     a model scored on images it trained on looks better than it is."""
     by_content: dict[bytes, list[tuple[str, str]]] = {}
     for split, folder in splits.folders.items():
-        for class_name, path in _listing(folder, splits.class_names):
-            by_content.setdefault(_content_hash(path), []).append((split, f"{split}/{class_name}/{path.name}"))
+        for class_name, name, path in _listing(folder, splits.class_names):
+            if _link_problem(path) is None:  # a link to nothing has no content to share
+                by_content.setdefault(_content_hash(path), []).append((split, f"{split}/{class_name}/{name}"))
     return [[name for _, name in group] for group in by_content.values() if len({split for split, _ in group}) > 1]
 
 
@@ -293,20 +388,28 @@ def fingerprint(splits: Splits, by_split: dict[str, str] | None = None) -> str:
 
 
 def folder_fingerprint(folder: Path, class_names: tuple[str, ...]) -> str:
-    """A hash of one split's class names, file names and file contents."""
+    """A hash of one split's class names, file paths (under the class folder) and file contents:
+    of every file Keras reads, so an edit in a sub-folder changes it too. A link that leads to no
+    file counts by where it points (the check refuses or skips it)."""
     digest = hashlib.sha256()
     files = _listing(folder, class_names)
     with progress.steps(f"fingerprinting {folder}", len(files)) as advance:  # reads every byte: minutes on 20,000
-        for class_name, path in files:
-            digest.update(f"{class_name}/{path.name}\0".encode())
-            digest.update(_content_hash(path))
+        for class_name, name, path in files:
+            digest.update(f"{class_name}/{name}\0".encode())
+            problem = _link_problem(path)
+            digest.update(_content_hash(path) if problem is None else f"{problem}\0".encode())
             advance()
     return digest.hexdigest()[:16]
 
 
-def _listing(folder: Path, class_names: tuple[str, ...]) -> list[tuple[str, Path]]:
-    """(class name, image file) of every image, class by class: the count a progress bar needs up front."""
-    return [(class_name, path) for class_name in class_names for path in image_files(folder, class_name)]
+def _listing(folder: Path, class_names: tuple[str, ...]) -> list[tuple[str, str, Path]]:
+    """(class name, path under the class folder, file) of every image Keras reads, in its order,
+    class by class: the count a progress bar needs up front."""
+    listing = []
+    for class_name in class_names:
+        files = image_files(folder, class_name)
+        listing += zip([class_name] * len(files), _relative_names(folder, class_name, files), files)
+    return listing
 
 
 _CONTENT_HASHES: dict[tuple, bytes] = {}
@@ -334,10 +437,8 @@ def split_folder(root: Path, val_fraction: float, test_fraction: float, seed: in
     """
     classes = class_folders(root)
     listing = {c: image_files(root, c) for c in classes}
-    key = hashlib.sha256(
-        repr((str(root.resolve()), val_fraction, test_fraction, seed,
-              {c: [p.name for p in files] for c, files in listing.items()})).encode()
-    ).hexdigest()[:12]
+    names = {c: _relative_names(root, c, files) for c, files in listing.items()}  # sub-folders kept: unique
+    key = hashlib.sha256(repr((str(root.resolve()), val_fraction, test_fraction, seed, names)).encode()).hexdigest()[:12]
     view = store / "splits" / f"{root.name}-{key}"
     if view.is_dir():
         return view
@@ -360,7 +461,7 @@ def split_folder(root: Path, val_fraction: float, test_fraction: float, seed: in
             target = staging / split / class_name
             target.mkdir(parents=True)
             for i in indices:
-                os.symlink(files[i].resolve(), target / files[i].name)
+                _link(files[i], target / names[class_name][i])
     publish_folder(staging, view)
     return view
 
@@ -398,13 +499,15 @@ def load_images(folder: Path, class_names: tuple[str, ...], image_size: int) -> 
         folder,
         labels="inferred",
         label_mode="int",
-        class_names=list(class_names),
+        class_names=[_class_dir(folder, c).name for c in class_names],  # as spelled on disk; labels follow this order
         color_mode="rgb",
         batch_size=256,
         image_size=(image_size, image_size),
         shuffle=False,
+        follow_links=False,  # Keras's default, spelled out: `image_files` walks the same way
         verbose=False,
     )
+    _require_same_files(folder, class_names, loader.file_paths)
     dataset = loader.map(lambda x, y: (tf.cast(tf.round(tf.clip_by_value(x, 0, 255)), tf.uint8), tf.cast(y, tf.int32)),
                          num_parallel_calls=tf.data.AUTOTUNE)
     batches = []
@@ -418,6 +521,21 @@ def load_images(folder: Path, class_names: tuple[str, ...], image_size: int) -> 
     while len(_DECODED) > _DECODED_KEPT:
         _DECODED.pop(next(iter(_DECODED)))
     return images, labels
+
+
+def _require_same_files(folder: Path, class_names: tuple[str, ...], read: list[str]) -> None:
+    """Stops if Keras reads other files than `image_files` lists (a Keras that walks differently):
+    the check and the fingerprints would then vouch for images the model never sees, or miss some."""
+    import keras
+
+    listed = [path.relative_to(folder).as_posix() for _, _, path in _listing(folder, class_names)]
+    got = [Path(os.path.relpath(path, folder)).as_posix() for path in read]
+    if got != listed:
+        first = next((a, b) for a, b in zip([*got, None], [*listed, None]) if a != b)
+        raise RegsweepError(
+            f"Keras {keras.__version__} reads {len(got)} image file(s) in {folder} where regsweep's image check lists "
+            f"{len(listed)} (first difference: Keras {first[0]}, check {first[1]}): install the Keras version "
+            "regsweep's requirements name, or report this")
 
 
 def _to_float(images, labels):
