@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import socket
 import subprocess
 import sys
 import time
@@ -12,6 +13,8 @@ from pathlib import Path
 import optuna
 import pytest
 from conftest import service_url
+
+from regsweep import cli
 
 REGSWEEP = str(Path(sys.executable).with_name("regsweep"))
 
@@ -72,3 +75,85 @@ def _artifact_files(client, run_id: str, folder: str | None = None) -> list[str]
     for entry in client.list_artifacts(run_id, folder):
         files += _artifact_files(client, run_id, entry.path) if entry.is_dir else [entry.path]
     return files
+
+
+# A database tracking URI (MLflow's SQLAlchemy store) on a port that refuses at once: no server needed.
+REFUSING_DATABASE = "postgresql://u:secret@127.0.0.1:1/db"
+
+
+def regsweep(command: str, args: list[str], cwd: Path, monkeypatch, capfd) -> tuple[int, str, str]:
+    """(exit code, stdout, stderr): `regsweep train` as its own process (Hydra's app), the other
+    commands in this process through the same entry point, which saves starting Python each time."""
+    if command == "train":
+        result = subprocess.run([REGSWEEP, command, *args], capture_output=True, text=True, timeout=300, cwd=cwd)
+        return result.returncode, result.stdout, result.stderr
+    monkeypatch.chdir(cwd)
+    capfd.readouterr()
+    with pytest.raises(SystemExit) as stopped:
+        cli.main([command, *args])
+    out, err = capfd.readouterr()
+    return stopped.value.code, out, err
+
+
+def free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
+@pytest.mark.parametrize("command, words", [("train", []), ("sweep", []), ("report", ["some-study"]),
+                                            ("ui", ["--port", "free"]), ("export", ["0123456789abcdef"])])
+def test_every_command_stops_at_a_database_tracking_uri_that_refuses_in_one_masked_sentence(command, words, tmp_path,
+                                                                                            monkeypatch, capfd):
+    store = tmp_path / "store"
+    words = [str(free_port()) if word == "free" else word for word in words]
+    started = time.monotonic()
+    code, out, err = regsweep(command, [*words, f"tracking.uri={REFUSING_DATABASE}", "tracking.connect_timeout=2",
+                                        f"paths.store={store}"], tmp_path, monkeypatch, capfd)
+    elapsed = time.monotonic() - started
+    lines = err.strip().splitlines()
+    assert code == 2 and len(lines) == 1, err[-3000:]
+    masked = "tracking.uri=postgresql://u:***@127.0.0.1:1/db"
+    assert lines[0].startswith(f"regsweep: error: {masked} cannot be reached ("), lines
+    assert "start the database server or fix the URL" in lines[0]
+    assert "secret" not in out + err
+    assert elapsed < 30, elapsed  # not MLflow's two minutes of retries
+    assert not (store / "optuna.db").exists(), "no Optuna study is recorded before every service answered"
+    assert not (store / "mlflow.db").exists()
+
+
+def test_train_stops_within_the_timeout_at_a_database_that_never_answers(tmp_path):
+    with socket.socket() as silent:
+        silent.bind(("127.0.0.1", 0))
+        silent.listen()  # the kernel completes the handshake; the database's greeting never comes
+        url = f"postgresql://u:secret@127.0.0.1:{silent.getsockname()[1]}/db"
+        started = time.monotonic()
+        result = subprocess.run([REGSWEEP, "train", f"tracking.uri={url}", "tracking.connect_timeout=2",
+                                 f"paths.store={tmp_path}"], capture_output=True, text=True, timeout=300, cwd=tmp_path)
+        elapsed = time.monotonic() - started
+    lines = result.stderr.strip().splitlines()
+    assert result.returncode == 2 and len(lines) == 1, result.stderr[-3000:]
+    masked = url.replace(":secret@", ":***@")
+    assert lines[0].startswith(f"regsweep: error: tracking.uri={masked} cannot be reached ("), lines
+    assert "within 2 s" in lines[0] or "timeout" in lines[0], lines
+    assert "secret" not in result.stdout + result.stderr
+    assert elapsed < 30, elapsed
+
+
+def test_a_run_that_fails_inside_hydra_shows_neither_its_overrides_nor_a_password(tmp_path):
+    """Hydra prints a failed job's overrides in clear: the job's error reaches regsweep's sentence
+    instead, and Hydra only ever holds the password as an interpolation."""
+    for split in ("train", "val"):
+        (tmp_path / split).mkdir()  # no class folders: the run stops reading its data, inside Hydra's job
+    result = subprocess.run([REGSWEEP, "train", "data=folders", f"data.train_dir={tmp_path / 'train'}",
+                             f"data.val_dir={tmp_path / 'val'}", f"+note={REFUSING_DATABASE}",
+                             f"paths.store={tmp_path}"], capture_output=True, text=True, timeout=300, cwd=tmp_path)
+    lines = result.stderr.strip().splitlines()
+    assert result.returncode == 2 and len(lines) == 1, result.stderr[-3000:]
+    assert lines[0].startswith("regsweep: error: data.train_dir="), lines  # the job's own error
+    assert "Error executing job" not in result.stderr and "secret" not in result.stdout + result.stderr
+
+    shown = subprocess.run([REGSWEEP, "train", "--cfg", "job", f"tracking.uri={REFUSING_DATABASE}"],
+                           capture_output=True, text=True, timeout=300, cwd=tmp_path)
+    assert shown.returncode == 0 and "uri: postgresql://u:${oc.env:" in shown.stdout, shown.stdout[-3000:]
+    assert "secret" not in shown.stdout + shown.stderr

@@ -86,24 +86,101 @@ def _study_and_overrides(words: list[str]) -> tuple[str | None, list[str]]:
 
 
 def train_command(args: list[str]) -> None:
-    """`regsweep train`: Hydra's own app. A single run's overrides are composed first, so an
-    unknown key or option is one sentence and exit code 2, not Hydra's paragraph and exit 1;
-    multirun, help and Hydra's own settings are left to Hydra."""
-    if not any(a.startswith("-") for a in args):
-        compose([a for a in args if not override_key(a).startswith(("hydra.", "hydra/"))])
+    """`regsweep train`: Hydra's own app.
+
+    Hydra prints and saves the overrides (a failed job's, each multirun job's, multirun.yaml), so
+    a URL's password reaches it as an interpolation of this process's environment instead. The
+    overrides are composed and the tracking store is reached first (with -m, each sweep at its
+    first value and each option of a swept config group), so an unknown key or option, or a store
+    that does not answer, is one sentence and exit code 2, not Hydra's paragraph and exit 1 or
+    MLflow's minutes of retries. Help, --cfg and Hydra's other flags are left to Hydra.
+    """
+    args = _passwords_from_environment(args)
+    flags = [a for a in args if a.startswith("-")]
+    if all(flag in ("-m", "--multirun") for flag in flags):
+        from regsweep import tracking  # lazy: MLflow, which the run loads anyway
+        from regsweep.config import validate
+
+        overrides = [a for a in args if not a.startswith("-") and not override_key(a).startswith(("hydra.", "hydra/"))]
+        first, *others = _sweep_runs(overrides) if flags else [overrides]
+        for run in others:
+            compose(run)
+        cfg = compose(first)
+        validate(cfg)
+        tracking.check_reachable(cfg.tracking)
     sys.argv = ["regsweep train", *args]
     search_own_conf_first()
-    _train_app()
+    failed = None
+    try:
+        _train_app()
+    except _RunFailed as escaped:
+        failed = escaped.args[0]
+    if failed is not None:
+        raise failed  # outside Hydra: main's one sentence, or the traceback
+
+
+def _passwords_from_environment(args: list[str]) -> list[str]:
+    """The arguments with each URL password replaced by ${oc.env:REGSWEEP_PASSWORD_<n>}, its
+    value set in this process's environment (which multirun's jobs inherit)."""
+    from regsweep.config import redact
+
+    names: dict[str, str] = {}
+
+    def hide(password: str) -> str:
+        if "${" in password:  # an interpolation already: nothing in clear
+            return password
+        if password not in names:
+            names[password] = f"REGSWEEP_PASSWORD_{len(names) + 1}"
+            os.environ[names[password]] = password
+        return f"${{oc.env:{names[password]}}}"
+
+    return [redact(a, hide) for a in args]
+
+
+def _sweep_runs(overrides: list[str]) -> list[list[str]]:
+    """The runs of `regsweep train -m` composed before Hydra starts: every sweep (a=1,2, range(),
+    choice(), interval()) at its first value, then each other option of a swept config group
+    (model=vgg16,resnet50) in turn. Bad syntax is left to compose, which names it."""
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+    from hydra.errors import HydraException
+
+    from regsweep.config import config_groups
+
+    try:
+        parsed = OverridesParser.create().parse_overrides(overrides)
+    except HydraException:
+        return [overrides]
+    first, options = [], {}
+    for line, override in zip(overrides, parsed):
+        if not override.is_sweep_override():
+            first.append(line)
+            continue
+        key, group = override.get_key_element(), override.key_or_group in config_groups()
+        try:
+            values = ([str(override.value().start)] if override.is_interval_sweep()
+                      else list(override.sweep_string_iterator()) if group
+                      else [next(override.sweep_string_iterator())])
+        except (HydraException, StopIteration):  # glob(): its options are Hydra's to list
+            continue
+        first.append(f"{key}={values[0]}")
+        if group:
+            options[len(first) - 1] = [f"{key}={value}" for value in values[1:]]
+    return [first] + [first[:at] + [option] + first[at + 1:] for at, others in options.items() for option in others]
+
+
+class _RunFailed(BaseException):
+    """Carries a run's error (its one argument) past Hydra, which catches only Exception and would
+    print the job's overrides and its own traceback with it."""
 
 
 def _train_task(cfg: DictConfig) -> None:
-    import_tensorflow_quietly()
-    from regsweep import train  # lazy: TensorFlow, loaded quietly just above
-
     try:
+        import_tensorflow_quietly()
+        from regsweep import train  # lazy: TensorFlow, loaded quietly just above
+
         result = train.train_and_log(cfg)
-    except RegsweepError as error:
-        _fail(error)
+    except Exception as error:  # noqa: BLE001 - every error goes to main, none to Hydra
+        raise _RunFailed(error) from None
     print(train.summary(result, cfg))
 
 

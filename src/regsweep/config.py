@@ -331,12 +331,13 @@ def _fail(message: str) -> None:
     raise RegsweepError(message)
 
 
-_URL_PASSWORD = re.compile(r"(://[^:/@\s]+:)[^@/\s]+@")
+_URL_PASSWORD = re.compile(r"(://[^:/@\s]+:)([^@/\s]+)@")
 
 
-def redact(text: str) -> str:
-    """Hides the password in URLs such as postgresql://user:secret@host/db."""
-    return _URL_PASSWORD.sub(r"\1***@", text)
+def redact(text: str, hide=lambda password: "***") -> str:
+    """Hides the password in URLs such as postgresql://user:secret@host/db: as ***, or as what
+    `hide(password)` returns (`regsweep train` hands Hydra an interpolation in its place)."""
+    return _URL_PASSWORD.sub(lambda found: f"{found[1]}{hide(found[2])}@", text)
 
 
 def flatten(cfg: DictConfig) -> dict[str, str]:

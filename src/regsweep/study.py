@@ -111,9 +111,8 @@ def _create_storage(url: str, connect_timeout: float, attempts: int = 5) -> optu
     not answer is not tried again: its timeout is the whole wait.
     """
     engine_kwargs = {} if url.startswith("sqlite") else dict(POOL)
-    if sqlalchemy.engine.make_url(url).get_backend_name() == "postgresql":
-        # psycopg counts whole seconds, and at least 2 (libpq's rule).
-        engine_kwargs["connect_args"] = {"connect_timeout": max(2, math.ceil(connect_timeout))}
+    if bounded := tracking.connect_args(url, connect_timeout):  # PostgreSQL's and MySQL's drivers, among others
+        engine_kwargs["connect_args"] = bounded
     for _ in range(attempts - 1):
         try:
             with tracking.creating(url):

@@ -299,6 +299,7 @@ def report_study(study_name: str | None, overrides: list[str], reevaluate_first:
     cfg = compose_study(overrides)
     if reevaluate_first:
         space.check_reevaluation(cfg.sweep.reevaluate, needs_seeds=True)
+    tracking.check_reachable(cfg.tracking)  # before the storage: nothing is read or created until both answer
     stored = study.load_study(cfg.sweep, cfg.tracking.connect_timeout)
     parent = stored.user_attrs.get(study.PARENT_RUN_ATTR)
     # The recorded overrides mask passwords: the ones given here (tracking.uri=...) win.

@@ -9,8 +9,10 @@ Names are fixed so that `train`, sweep trials and the report agree: per-epoch cu
 from __future__ import annotations
 
 import importlib.metadata
+import math
 import os
 import tempfile
+import threading
 import warnings
 from contextlib import contextmanager
 from pathlib import Path
@@ -72,19 +74,38 @@ def use_store(tracking: DictConfig) -> str:
 
 _REACHED: set[str] = set()
 
+# MLflow's database stores (SQLite aside: a local file, nothing to wait for).
+DATABASES = ("postgresql", "mysql", "mssql")
+
 
 def check_reachable(tracking: DictConfig) -> None:
-    """Stops at once, in one sentence, when a tracking server does not answer within
-    tracking.connect_timeout seconds. MLflow's own client retries for minutes in silence.
+    """Stops at once, in one sentence, when the tracking server or database does not answer within
+    tracking.connect_timeout seconds. MLflow's own client retries for minutes in silence (its
+    database store for about two, then prints a 200-line traceback).
 
     Any HTTP answer counts, even a 401 or a 404: the server is there.
     """
     uri = str(tracking.uri)
-    if not uri.startswith(("http://", "https://")) or uri in _REACHED:
+    if uri in _REACHED:
         return
+    timeout = float(tracking.connect_timeout)
+    if uri.startswith(("http://", "https://")):
+        _check_server(uri, timeout)
+    elif _backend(uri) in DATABASES:
+        check_database_reachable(uri, timeout, "tracking.uri")
+    else:
+        return
+    _REACHED.add(uri)
+
+
+def _backend(url: str) -> str:
+    """`postgresql` for postgresql+psycopg://...: the database, whichever driver the URL names."""
+    return url.split("://", 1)[0].split("+", 1)[0]
+
+
+def _check_server(uri: str, timeout: float) -> None:
     import requests  # lazy: an MLflow dependency, needed only for a server URL
 
-    timeout = float(tracking.connect_timeout)
     try:
         requests.get(f"{uri.rstrip('/')}/health", timeout=timeout)
     except requests.RequestException as error:
@@ -93,7 +114,69 @@ def check_reachable(tracking: DictConfig) -> None:
         raise RegsweepError(
             f"tracking.uri={redact(uri)} cannot be reached ({why}): start the server or fix the URL, "
             "or raise tracking.connect_timeout for a slow network") from None
-    _REACHED.add(uri)
+
+
+# The pip package of each database driver SQLAlchemy may import, where it is not the module's name.
+DRIVER_PACKAGES = {"MySQLdb": "mysqlclient", "pymysql": "PyMySQL", "psycopg": "'psycopg[binary]'",
+                   "psycopg2": "psycopg2-binary", "mysql": "mysql-connector-python"}
+
+
+def check_database_reachable(url: str, timeout: float, setting: str) -> None:
+    """Opens and closes one connection to the database at `url`, and gives up after `timeout`
+    seconds whatever the driver does: one that ignores its own timeout cannot hang a command."""
+    import sqlalchemy  # lazy: MLflow's and Optuna's dependency, needed only for a database URL
+
+    outcome: list[BaseException | None] = []
+
+    def connect() -> None:
+        try:
+            engine = sqlalchemy.create_engine(url, connect_args=connect_args(url, timeout),
+                                              poolclass=sqlalchemy.pool.NullPool)
+            try:
+                with engine.connect():
+                    pass
+            finally:
+                engine.dispose()
+            outcome.append(None)
+        except Exception as error:  # noqa: BLE001 - each driver raises its own types; all are reported
+            outcome.append(error)
+
+    attempt = threading.Thread(target=connect, name="regsweep-connect", daemon=True)
+    attempt.start()
+    attempt.join(timeout)
+    ended = outcome[:]  # read once: the attempt may still end while this reads
+    if ended == [None]:
+        return
+    error = ended[0] if ended else None
+    if isinstance(error, ModuleNotFoundError):
+        module = error.name or "its driver"
+        raise RegsweepError(
+            f"{setting}={redact(url)} needs the database driver {module}, which is not installed: "
+            f"pip install {DRIVER_PACKAGES.get(module, module)}, or name an installed one in the URL "
+            f"({_backend(url)}+<driver>://...)") from None
+    if error is None:
+        why = f"no answer within {timeout:g} s"
+    else:
+        reason = getattr(error, "orig", None) or error  # the driver's own message, without SQLAlchemy's links
+        lines = str(reason).strip().splitlines()
+        why = redact(lines[0] if lines else type(reason).__name__)[:200]
+    raise RegsweepError(
+        f"{setting}={redact(url)} cannot be reached ({why}): start the database server or fix the URL "
+        "(host, port, user, password, database), or raise tracking.connect_timeout for a slow network") from None
+
+
+# Each driver's own connect timeout, by SQLAlchemy's driver name; whole seconds, at least 2 (libpq's rule).
+TIMEOUT_ARGUMENTS = {"psycopg": "connect_timeout", "psycopg2": "connect_timeout", "mysqldb": "connect_timeout",
+                     "pymysql": "connect_timeout", "pyodbc": "timeout"}
+
+
+def connect_args(url: str, timeout: float) -> dict[str, int]:
+    """SQLAlchemy's connect_args that bound a new connection to `url` by `timeout` seconds, for
+    the drivers above; {} for the others (SQLite among them)."""
+    import sqlalchemy
+
+    argument = TIMEOUT_ARGUMENTS.get(sqlalchemy.engine.make_url(url).get_driver_name())
+    return {argument: max(2, math.ceil(timeout))} if argument else {}
 
 
 def _use_store(tracking: DictConfig, uri: str) -> str:
