@@ -13,7 +13,7 @@ PACKAGE = Path(__file__).resolve().parents[1] / "src" / "regsweep"
 # Top to bottom: CLI → commands → study mechanics → decisions → training → data and models →
 # tracking and config. README.md's code tour follows the same order.
 LAYERS = ["cli", "sweep", "report", "ui", "reevaluate", "trial", "study", "worker", "space", "results",
-          "export", "train", "cache", "data", "demo", "model", "tracking", "files", "progress", "config"]
+          "export", "train", "cache", "data", "demo", "model", "tracking", "files", "progress", "faults", "config"]
 
 
 def own_imports(path: Path) -> list[tuple[str, int, bool]]:

@@ -236,7 +236,7 @@ def test_one_worker_claims_the_reevaluation_when_several_finish_together(tmp_pat
     def worker(index: int) -> None:
         time.sleep(0.05 * index)  # they arrive within the settle time, not at the same instant
         own = optuna.load_study(study_name="claims", storage=f"sqlite:///{tmp_path}/optuna.db")
-        results[index] = studies.claim(own, settle_seconds=1.0)[0]
+        results[index] = studies.claim(own, heartbeat_seconds=10, settle_seconds=1.0)[0]
 
     threads = [threading.Thread(target=worker, args=(i,)) for i in range(4)]
     for thread in threads:
@@ -247,14 +247,30 @@ def test_one_worker_claims_the_reevaluation_when_several_finish_together(tmp_pat
     assert len(winners) == 1
 
     # A worker that comes later leaves a fresh claim to its holder, and takes over a stale one.
-    later, holder = studies.claim(study, settle_seconds=0.0)
+    later, holder = studies.claim(study, heartbeat_seconds=10, settle_seconds=0.0)
     assert later is None and re.fullmatch(r".+ pid \d+", holder)
     assert studies.renew(study, winners[0])
-    stale = {**study.user_attrs[studies.CLAIM_ATTR], "renewed": time.time() - 601}
+    held = study.user_attrs[studies.CLAIM_ATTR]
+    assert held["lease"] == 30  # three heartbeats
+    stale = {**held, "renewed": time.time() - 31}
     study.set_user_attr(studies.CLAIM_ATTR, stale)
-    taken, _ = studies.claim(study, settle_seconds=0.0)
+    taken, _ = studies.claim(study, heartbeat_seconds=10, settle_seconds=0.0)
     assert taken is not None and not studies.renew(study, winners[0])  # the old holder learns it lost
     studies.release(study, winners[0])  # not its claim any more: nothing changes
     assert study.user_attrs[studies.CLAIM_ATTR]["token"] == taken
     studies.release(study, taken)
     assert study.user_attrs[studies.CLAIM_ATTR] is None
+
+
+def test_a_claim_lives_as_long_as_its_holder_renews_it_and_dies_three_heartbeats_after(tmp_path):
+    """A holder on another machine (its pid cannot be asked) that is killed mid-run: the next
+    worker takes over within three heartbeats, not a fixed 10 minutes."""
+    study = optuna.create_study(study_name="lease", storage=f"sqlite:///{tmp_path}/optuna.db")
+    token, _ = studies.claim(study, heartbeat_seconds=0.2, settle_seconds=0.0)
+    study.set_user_attr(studies.CLAIM_ATTR, {**study.user_attrs[studies.CLAIM_ATTR], "host": "elsewhere"})
+    with studies.keeping(study, token, heartbeat_seconds=0.2):
+        time.sleep(1.5)  # longer than the lease (0.6 s): only the heartbeat keeps it
+        assert studies.claim_holder(study) is not None
+    time.sleep(0.8)  # the holder stopped renewing, as a killed one does
+    assert studies.claim_holder(study) is None
+

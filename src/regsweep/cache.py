@@ -108,6 +108,8 @@ class FeatureStore:
                 if entries[i] is None and i not in stagings:
                     if (self.entries / name).exists():  # a folder without a valid meta.json: not ours to trust
                         self.remove(self.entries / name)
+                    for leftover in self.entries.glob(f".staging-{name}-*"):  # a killed filler's: we hold its lock
+                        shutil.rmtree(leftover, ignore_errors=True)
                     stagings[i] = Path(tempfile.mkdtemp(prefix=f".staging-{name}-", dir=self.entries))
             if stagings:
                 try:

@@ -22,9 +22,9 @@ os.environ.setdefault("MLFLOW_SUPPRESS_PRINTING_URL_TO_STDOUT", "true")
 import hydra  # noqa: E402
 from omegaconf import DictConfig, OmegaConf  # noqa: E402
 
-from regsweep import cache  # noqa: E402
-from regsweep.config import (CONF_DIR, RegsweepError, compose, compose_study, override_key,  # noqa: E402
-                             search_own_conf_first)
+from regsweep import cache, faults  # noqa: E402
+from regsweep.config import (CONF_DIR, RegsweepError, compose, compose_study, config_groups,  # noqa: E402
+                             override_key, redact, search_own_conf_first, validate)
 from regsweep.worker import import_tensorflow_quietly  # noqa: E402
 
 USAGE = """usage: regsweep <command> [options] [hydra overrides]
@@ -99,7 +99,6 @@ def train_command(args: list[str]) -> None:
     flags = [a for a in args if a.startswith("-")]
     if all(flag in ("-m", "--multirun") for flag in flags):
         from regsweep import tracking  # lazy: MLflow, which the run loads anyway
-        from regsweep.config import validate
 
         overrides = [a for a in args if not a.startswith("-") and not override_key(a).startswith(("hydra.", "hydra/"))]
         first, *others = _sweep_runs(overrides) if flags else [overrides]
@@ -122,7 +121,6 @@ def train_command(args: list[str]) -> None:
 def _passwords_from_environment(args: list[str]) -> list[str]:
     """The arguments with each URL password replaced by ${oc.env:REGSWEEP_PASSWORD_<n>}, its
     value set in this process's environment (which multirun's jobs inherit)."""
-    from regsweep.config import redact
 
     names: dict[str, str] = {}
 
@@ -144,7 +142,6 @@ def _sweep_runs(overrides: list[str]) -> list[list[str]]:
     from hydra.core.override_parser.overrides_parser import OverridesParser
     from hydra.errors import HydraException
 
-    from regsweep.config import config_groups
 
     try:
         parsed = OverridesParser.create().parse_overrides(overrides)
@@ -303,19 +300,38 @@ def main(argv: list[str] | None = None) -> None:
         print(f"regsweep {importlib.metadata.version('regsweep')}")
         return
     command = COMMANDS.get(args[0])
+    faults.stop_on_signals()
     try:
         if command is None:
             raise RegsweepError(f"unknown command '{args[0]}': use one of {', '.join(COMMANDS)}")
         command(args[1:])
     except RegsweepError as error:
         _fail(error)
-    except KeyboardInterrupt:
-        resume = " Re-run the same command to resume the study." if args[0] == "sweep" else ""
-        print(f"\nregsweep: stopped.{resume}", file=sys.stderr)
-        sys.exit(130)
+    except KeyboardInterrupt as stop:
+        print(f"\nregsweep: {_stopped(args[0], stop)}", file=sys.stderr)
+        sys.exit(faults.exit_code(stop))
     except BrokenPipeError:  # `regsweep cache info | head`: the reader left, nothing is wrong
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
         sys.exit(0)
+    except Exception as error:  # a full, read-only or damaged store: one sentence too
+        found = faults.sentence(error, _store_given(args))
+        if found is None or os.environ.get("REGSWEEP_VERBOSE"):
+            raise
+        _fail(RegsweepError(found))
+
+
+def _stopped(command: str, stop: KeyboardInterrupt) -> str:
+    """One line: what the stop request stopped (the notes added on its way up), and what to do."""
+    what = "; ".join(getattr(stop, "__notes__", [])) or "nothing was running"
+    again = {"sweep": "re-run the same command to resume the study",
+             "report": "re-run the same command to resume the re-evaluation",
+             "train": "re-run the same command to train again"}.get(command, "re-run the same command")
+    return f"{faults.stop_reason(stop)}: {what}; {again}."
+
+
+def _store_given(args: list[str]) -> str:
+    """paths.store as given on the command line, for a sentence about a store that names no file."""
+    return next((a.split("=", 1)[1] for a in reversed(args) if a.startswith("paths.store=")), "mlruns")
 
 
 def _fail(error: RegsweepError) -> None:

@@ -199,13 +199,18 @@ class Facts:
     reevaluate_command: str = ""  # `regsweep report <study> --reevaluate`, to settle an open verdict
     registered: dict[str, tuple[str, dict]] = field(default_factory=dict)  # alias → (version, run)
     not_registered: str = ""  # why registering failed, when it did
+    in_progress: str = ""  # "in progress: 1 complete, 1 running, 2 to go": the answer is provisional
 
     @property
     def keys(self) -> list[str]:
         return list(self.space)
 
 
-def _knobs(facts: Facts, row: TrialRow) -> str:
+def _knobs(facts: Facts, row: TrialRow | None) -> str:
+    """The searched knobs' values of a trial; the baseline's overrides where it has no trial row
+    (its trial was stopped and never completed)."""
+    if row is None:
+        return " ".join(facts.baseline_overrides)
     return " ".join(f"{key}={_fmt(row.params.get(key, '—'))}" for key in facts.keys)
 
 
@@ -214,8 +219,14 @@ def answer_lines(facts: Facts) -> list[str]:
     baseline with its intervals, the seeds behind it, what would settle an open one, the
     warnings and what else would help."""
     answer = facts.answer
+    provisional = ([f"**Provisional**: the study is {facts.in_progress}, so this answer can still change."]
+                   if facts.in_progress else [])
     if answer is None:
-        return ["No trial has completed yet."]
+        return provisional + ["No trial has completed yet."]
+    return provisional + _answer_lines(facts, answer)
+
+
+def _answer_lines(facts: Facts, answer: Answer) -> list[str]:
     verdict = answer.verdict
     baseline = " ".join(facts.baseline_overrides)
     if verdict is None:  # single trials only
@@ -271,7 +282,7 @@ def markdown(facts: Facts) -> str:
     out = [f"# regsweep report — study `{facts.name}`", "", "## The answer", ""]
     out += [f"- {line}" for line in answer_lines(facts)] + [""]
     if facts.replay:
-        out += ["Replay:", "", "```bash", facts.replay, facts.experiment, "```", ""]
+        out += ["Replay:", "", "```bash", facts.replay, *[facts.experiment] * bool(facts.experiment), "```", ""]
     registry = registry_lines(facts)
     out += (registry + [""]) if registry else []
     out += [f"How it was chosen: among the re-evaluated settings within noise of the highest validation accuracy, the "
@@ -362,7 +373,7 @@ def terminal_summary(facts: Facts) -> str:
             knobs = " ".join(f"{k.rsplit('.', 1)[-1]}={_fmt(v)}" for k, v in r.params.items())
             lines.append(f"           {r.number:4d}  {r.val_accuracy:.4f}  {r.gap:+.4f}  {knobs}")
     if facts.replay:
-        lines += ["Replay:", f"  {facts.replay}", f"  {facts.experiment}"]
+        lines += ["Replay:", f"  {facts.replay}"] + [f"  {facts.experiment}"] * bool(facts.experiment)
     lines += [line.replace("`", "") for line in registry_lines(facts)]
     return "\n".join(lines)
 

@@ -741,9 +741,11 @@ def fixed_rounds(summaries: list[Summary], epsilon: float) -> Rounds:
 
 
 def answer(rows: list[TrialRow], reevaluated: Rounds | list[Summary], epsilon: float,
-           curves: dict[str, list[CurvePoint]] | None = None, shared_images: int = 0) -> Answer | None:
+           curves: dict[str, list[CurvePoint]] | None = None, shared_images: int = 0,
+           test_split: bool = False) -> Answer | None:
     """The rule, the verdict and the checks, together. Before a re-evaluation (or without a test
-    split) the single-trial choice stands, with a warning that it is unconfirmed."""
+    split) the single-trial choice stands, with a warning that it is unconfirmed and how to
+    confirm it (`test_split`: the study has one)."""
     state = reevaluated if isinstance(reevaluated, Rounds) else fixed_rounds(reevaluated, epsilon)
     warnings = []
     if shared_images:
@@ -759,6 +761,9 @@ def answer(rows: list[TrialRow], reevaluated: Rounds | list[Summary], epsilon: f
             warnings.append(f"Chosen on validation accuracy from single runs: the re-evaluation on the test split is "
                             f"unfinished ({sum(map(len, state.todo.values()))} runs to go); re-run the same command "
                             "to finish it.")
+        elif test_split:
+            warnings.append("Chosen on validation accuracy from single runs: not yet confirmed on the test split against "
+                            "the baseline (run `regsweep report --reevaluate` with sweep.reevaluate.seeds of at least 1).")
         else:
             warnings.append("Chosen on validation accuracy from single runs: not yet confirmed on a test split against "
                             "the baseline (give a test split and run `regsweep report --reevaluate`).")

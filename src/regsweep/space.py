@@ -116,6 +116,9 @@ def check_settings(settings: DictConfig, expressions: dict[str, str]) -> None:
         raise RegsweepError(f"sweep.pruner.name={settings.pruner.name} is unknown: use one of {', '.join(PRUNERS)}")
     if not isinstance(settings.n_trials, int) or settings.n_trials < 1:
         raise RegsweepError(f"sweep.n_trials={settings.n_trials} must be a positive integer")
+    if not isinstance(settings.max_failures, int) or settings.max_failures < 1:
+        raise RegsweepError(f"sweep.max_failures={settings.max_failures} must be a positive integer: the failed trials "
+                            "after which one invocation stops, such as 5")
     if not isinstance(settings.trials_per_worker, int) or settings.trials_per_worker < 0:
         raise RegsweepError(
             f"sweep.trials_per_worker={settings.trials_per_worker} must be an integer >= 0 "

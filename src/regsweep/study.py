@@ -13,9 +13,11 @@ import math
 import os
 import random
 import socket
+import threading
 import time
 import uuid
 import warnings
+from contextlib import contextmanager
 from dataclasses import dataclass
 
 import mlflow
@@ -23,7 +25,7 @@ import optuna
 import sqlalchemy
 from omegaconf import DictConfig, OmegaConf
 
-from regsweep import space, tracking
+from regsweep import faults, space, tracking
 from regsweep.config import RegsweepError, override_key, redact
 from regsweep.results import TrialRow
 
@@ -35,6 +37,8 @@ DATA_FINGERPRINT_ATTR = "data_fingerprint"  # the images every worker must train
 CLAIM_ATTR = "reevaluation_claim"  # which worker re-evaluates (see `claim`)
 REEVALUATION_ATTR = "reevaluation"  # the sweep.reevaluate settings it ran with: they define its verdict
 RECORD_KEYS = ("objective", "epsilon", "search_space", "base_overrides")  # what makes it the same study
+BUDGET_ATTR = "n_trials"  # the latest sweep's sweep.n_trials: what a report counts "to go" against
+TEST_SPLIT_ATTR = "test_split"  # whether the study's data has a test split to re-evaluate on
 # On each trial:
 RUN_ID_ATTR = "mlflow_run_id"
 FAIL_REASON_ATTR = "fail_reason"
@@ -87,7 +91,11 @@ def open_storage(url: str, heartbeat_seconds: int | None = None, tracking_cfg: D
     if storage is None:
         try:
             storage = _create_storage(url, connect_timeout)
+        except RegsweepError:  # a damaged SQLite file, already said in one sentence
+            raise
         except Exception as error:
+            if faults.problem(error) is not None:  # a full or read-only disk: said as such, by the command
+                raise
             raise RegsweepError(
                 f"sweep.storage={redact(url)} cannot be opened ({redact(str(error).splitlines()[0])[:200]}): "
                 f"check the URL and that its database answers within tracking.connect_timeout ({connect_timeout:g} s), "
@@ -234,6 +242,22 @@ def open_study(sweep: Sweep) -> optuna.Study:
     return study
 
 
+STOPPED_REASONS = ("terminated", "stopped", "interrupted", "no space left")  # a trial that did not end by itself
+
+
+def requeue_stopped_baseline(study: optuna.Study, sweep: Sweep) -> None:
+    """Runs the baseline trial again when it was stopped before it ended (Ctrl-C, SIGTERM, a
+    kill, a full disk): every answer is measured against it, so a resume must not go without."""
+    baselines = [t for t in study.get_trials(deepcopy=False) if t.user_attrs.get(BASELINE_ATTR)]
+    if not baselines or any(t.state != optuna.trial.TrialState.FAIL for t in baselines):
+        return
+    if not str(baselines[-1].user_attrs.get(FAIL_REASON_ATTR, "")).startswith(STOPPED_REASONS):
+        return  # it failed by itself: running it again would fail again
+    values = space.baseline_values(sweep.space, sweep.base)
+    if values:
+        study.enqueue_trial(values, user_attrs={BASELINE_ATTR: True}, skip_if_exists=False)
+
+
 def _seed_sampler(study: optuna.Study, settings: DictConfig, existing: int) -> None:
     """Gives the study this worker's sampler, once the study is known to be the same (a refused
     worker records nothing)."""
@@ -293,6 +317,29 @@ def study_settings(study: optuna.Study, cfg: DictConfig, reevaluating: bool = Fa
     return OmegaConf.merge(cfg.sweep, recorded)
 
 
+def record_budget(study: optuna.Study, n_trials: int, test_split: bool) -> None:
+    """The budget this sweep runs to, so that `regsweep report` can tell a study in progress,
+    and whether its data has a test split, so that the report says how to confirm its answer."""
+    for key, value in ((BUDGET_ATTR, n_trials), (TEST_SPLIT_ATTR, test_split)):
+        if study.user_attrs.get(key) != value:
+            study.set_user_attr(key, value)
+
+
+def in_progress(study: optuna.Study) -> str:
+    """"in progress: 1 complete, 1 running, 2 to go" while trials run or the budget is not met,
+    else "": a report read mid-study is provisional."""
+    states = [t.state for t in study.get_trials(deepcopy=False)]
+    counted = sum(state in COUNTED for state in states)
+    running = states.count(optuna.trial.TrialState.RUNNING)
+    to_go = max(0, int(study.user_attrs.get(BUDGET_ATTR, 0)) - counted - running)
+    if not running and not to_go:
+        return ""
+    complete = states.count(optuna.trial.TrialState.COMPLETE)
+    pruned = states.count(optuna.trial.TrialState.PRUNED)
+    return (f"in progress: {complete} complete" + (f", {pruned} pruned" if pruned else "")
+            + f", {running} running, {to_go} to go")
+
+
 def record_reevaluation(study: optuna.Study, settings: DictConfig) -> None:
     """Records the sweep.reevaluate settings the claim holder re-evaluates with."""
     study.set_user_attr(REEVALUATION_ATTR, OmegaConf.to_container(settings, resolve=True))
@@ -332,6 +379,8 @@ def parent_run(study: optuna.Study, sweep: Sweep) -> str:
             run = client.get_run(run_id)
             if run.info.lifecycle_stage == "active":
                 client.update_run(run_id, status="RUNNING")
+                if tracking.ERROR_TAG in run.data.tags:  # why an earlier invocation stopped: resumed now
+                    client.delete_tag(run_id, tracking.ERROR_TAG)
                 return run_id
         except mlflow.exceptions.MlflowException:
             pass  # deleted from the tracking store: start a new parent
@@ -400,33 +449,57 @@ def wait_for_other_workers(study: optuna.Study, poll_seconds: float = 2.0) -> No
 # --- one worker re-evaluates -------------------------------------------------------------------
 
 
-def claim(study: optuna.Study, settle_seconds: float = 5.0) -> tuple[str | None, str]:
+def claim(study: optuna.Study, heartbeat_seconds: float, settle_seconds: float = 5.0) -> tuple[str | None, str]:
     """Claims the study's re-evaluation for this process: (token, this worker), or (None, the
     holder) when another worker holds it.
 
     Workers that finish together all write their claim, wait `settle_seconds`, and read it back:
     the last write wins for every reader, so exactly one goes on. A worker that arrives later
-    finds a claim renewed within the lease (`lease_seconds`) and leaves the work to its holder;
-    a claim whose holder died (no renewal for a lease, or a process gone from this machine) is
-    taken over.
+    finds a live claim and leaves the work to its holder. The holder renews it every heartbeat
+    (`keeping`); a claim not renewed for its lease (three heartbeats), or whose process is gone
+    from this machine, is dead, and taken over.
     """
     holder = claim_holder(study)
     if holder is not None:
         return None, holder
     token, worker = uuid.uuid4().hex, f"{socket.gethostname()} pid {os.getpid()}"
+    lease = max(3.0 * heartbeat_seconds, 2.0 * settle_seconds)  # the settling itself renews nothing
     study.set_user_attr(CLAIM_ATTR, {"token": token, "worker": worker, "host": socket.gethostname(),
-                                     "pid": os.getpid(), "renewed": time.time()})
+                                     "pid": os.getpid(), "renewed": time.time(), "lease": lease})
     time.sleep(settle_seconds)
     held = study.user_attrs.get(CLAIM_ATTR) or {}
     return (token, worker) if held.get("token") == token else (None, held.get("worker", "unknown"))
 
 
+@contextmanager
+def keeping(study: optuna.Study, token: str, heartbeat_seconds: float):
+    """Renews the claim every heartbeat from a thread while the block runs: the claim lives
+    exactly as long as its holder, whatever one re-evaluation run takes."""
+    stop = threading.Event()
+
+    def beat() -> None:
+        while not stop.wait(heartbeat_seconds):
+            try:
+                if not renew(study, token):
+                    return  # taken over: the new holder renews it
+            except Exception:  # noqa: BLE001 - a store that hiccups: the next beat tries again
+                pass
+
+    thread = threading.Thread(target=beat, name="regsweep-claim-heartbeat", daemon=True)
+    thread.start()
+    try:
+        yield
+    finally:
+        stop.set()
+        thread.join(timeout=heartbeat_seconds + 30)
+
+
 def claim_holder(study: optuna.Study) -> str | None:
     """The worker that holds a live claim, else None. A claim is live while it is renewed within
-    the lease; one whose holder ran on this machine and is gone (killed, even with kill -9) is
+    its lease; one whose holder ran on this machine and is gone (killed, even with kill -9) is
     dead at once, so the same command, re-run, resumes without waiting out the lease."""
     held = study.user_attrs.get(CLAIM_ATTR)
-    if not held or time.time() - held["renewed"] >= lease_seconds(study):
+    if not held or time.time() - held["renewed"] >= held.get("lease", lease_seconds(study)):
         return None
     if held.get("host") == socket.gethostname() and not _alive(held.get("pid", 0)):
         return None
@@ -458,8 +531,8 @@ def release(study: optuna.Study, token: str) -> None:
 
 
 def lease_seconds(study: optuna.Study) -> float:
-    """How long a claim holds without renewal: three of the study's longest trials, at least 10
-    minutes, so one re-evaluation run (a trial's training plus a test pass) always fits."""
+    """The lease of a claim written before claims carried their own (regsweep 0.x renewed only
+    between runs): three of the study's longest trials, at least 10 minutes."""
     durations = [(t.datetime_complete - t.datetime_start).total_seconds() for t in study.get_trials(deepcopy=False)
                  if t.datetime_complete is not None and t.datetime_start is not None]
     return max(600.0, 3 * max(durations, default=0.0))

@@ -13,6 +13,8 @@ re-evaluation (regsweep.reevaluate), the decisions (regsweep.results) and the re
 
 from __future__ import annotations
 
+import collections
+import contextlib
 import math
 import shlex
 import sys
@@ -23,7 +25,7 @@ import mlflow
 import optuna
 from omegaconf import DictConfig, OmegaConf
 
-from regsweep import data, reevaluate, report, results, space, study, tracking
+from regsweep import data, faults, reevaluate, report, results, space, study, tracking
 from regsweep.config import RegsweepError, compose, compose_study, override_key, redact, training_overrides, validate
 from regsweep.study import Sweep
 from regsweep.trial import make_objective
@@ -48,6 +50,10 @@ def prepare(args: list[str]) -> Sweep:
             raise RegsweepError(f"sweep.params {key}: no such config key: check it against `regsweep train --cfg job`")
     # Bad settings or data stop here, before a study or an MLflow run exists.
     validate(base)
+    for url in (str(base.tracking.uri), str(settings.storage)):  # a damaged store: said before anything is recorded
+        if url.startswith("sqlite:///"):
+            faults.check_database(Path(url.removeprefix("sqlite:///")))
+    faults.keep_reserve(Path(base.paths.store))
     tracking.check_reachable(base.tracking)
     splits = data.resolve_splits(base.data, base.model.image_size, Path(base.paths.store))
     shared = data.shared_images(splits)
@@ -70,39 +76,91 @@ def run_study(args: list[str]) -> optuna.Study:
         print("Note: augment.strength is searched without a step, so each augmented trial computes its own "
               "cached views; declare one to share them, e.g. 'augment.strength=range(0.0, 1.0, step=0.25)'.")
     optuna_study = study.open_study(sweep)
-    remaining = s.n_trials - len(optuna_study.get_trials(deepcopy=False, states=study.COUNTED))
+    done = len(optuna_study.get_trials(deepcopy=False, states=study.COUNTED))
+    remaining = s.n_trials - done
     worker = TrialWorker(s.trials_per_worker) if remaining > 0 and s.trials_per_worker > 0 else None
     if worker is not None:
         worker.start()  # it imports TensorFlow while this process sets up the MLflow parent run
     elif remaining > 0:
         import_tensorflow_quietly()  # trials run in this process
+    parent_run_id = None
     try:
         parent_run_id = study.parent_run(optuna_study, sweep)
         study.fail_stale_trials(optuna_study)  # a killed earlier run's trial: FAIL, and its MLflow run FAILED
         if remaining > 0:
-            print(f"Study '{s.study}' ({s.objective}, epsilon {s.epsilon}): {s.n_trials - remaining} of "
+            study.requeue_stopped_baseline(optuna_study, sweep)
+        study.record_budget(optuna_study, s.n_trials, sweep.has_test_split)
+        if remaining > 0:
+            print(f"Study '{s.study}' ({s.objective}, epsilon {s.epsilon}): {done} of "
                   f"{s.n_trials} trials done, running {remaining} more. Storage: {redact(str(s.storage))}", flush=True)
-            try:
-                optuna_study.optimize(
-                    make_objective(sweep, parent_run_id, worker),
-                    n_trials=remaining + s.max_failures,
-                    catch=(Exception,),
-                    callbacks=[optuna.study.MaxTrialsCallback(s.n_trials, states=study.COUNTED)],
-                )
-            except KeyboardInterrupt:
-                mlflow.MlflowClient().set_terminated(parent_run_id, "KILLED")
-                raise
+            _optimize(optuna_study, sweep, parent_run_id, worker)
         else:
-            print(f"Study '{s.study}' already has its {s.n_trials} trials; reporting.", flush=True)
+            print(f"Study '{s.study}' already has {done} trials (sweep.n_trials={s.n_trials}); reporting.", flush=True)
+        if worker is not None:
+            worker.close()
+        if s.reevaluate.seeds > 0 and not sweep.has_test_split:
+            print("No test split, so no re-evaluation: give data.test_dir (data=folders) or data.test_fraction "
+                  "(data=split) to measure the recommendation against a baseline on untouched images.")
+        end_study(optuna_study, sweep.cfg, parent_run_id, sweep.base_overrides,
+                  reevaluating=s.reevaluate.seeds > 0 and sweep.has_test_split, finishing=True)
+    except BaseException as error:
+        if parent_run_id is not None:
+            _end_parent(parent_run_id, error, Path(sweep.base.paths.store))
+        raise
     finally:
         if worker is not None:
             worker.close()
-    if s.reevaluate.seeds > 0 and not sweep.has_test_split:
-        print("No test split, so no re-evaluation: give data.test_dir (data=folders) or data.test_fraction "
-              "(data=split) to measure the recommendation against a baseline on untouched images.")
-    end_study(optuna_study, sweep.cfg, parent_run_id, sweep.base_overrides,
-              reevaluating=s.reevaluate.seeds > 0 and sweep.has_test_split, finishing=True)
     return optuna_study
+
+
+def _optimize(optuna_study: optuna.Study, sweep: Sweep, parent_run_id: str, worker: TrialWorker | None) -> None:
+    """The trials, until the budget is met, `sweep.max_failures` trials of this invocation have
+    failed, or the store fails (full, read-only or damaged), each of the last two in one sentence."""
+    s = sweep.settings
+    store_faults: list[str] = []
+    failed: list[str] = []
+
+    def count_failures(stopping_study: optuna.Study, trial: optuna.trial.FrozenTrial) -> None:
+        if trial.state == optuna.trial.TrialState.FAIL:
+            failed.append(trial.user_attrs.get(study.FAIL_REASON_ATTR) or "unknown")
+            if len(failed) >= s.max_failures:
+                stopping_study.stop()
+
+    optuna.logging.set_verbosity(optuna.logging.ERROR)  # each trial prints its own line, failures too
+    try:
+        optuna_study.optimize(
+            make_objective(sweep, parent_run_id, worker, store_faults),
+            n_trials=s.n_trials + s.max_failures,  # an upper bound: the callbacks stop it
+            catch=(Exception,),
+            callbacks=[optuna.study.MaxTrialsCallback(s.n_trials, states=study.COUNTED), count_failures],
+        )
+    except Exception as error:  # Optuna could not record a trial's end: the store failed under it
+        found = faults.sentence(error, str(sweep.base.paths.store))
+        if found is None:
+            raise
+        raise RegsweepError(found) from error
+    finally:
+        optuna.logging.set_verbosity(optuna.logging.WARNING)
+    if store_faults:
+        raise RegsweepError(store_faults[0])
+    if len(failed) >= s.max_failures:
+        reasons = "; ".join(f"{count}× {reason}" for reason, count in collections.Counter(failed).most_common(3))
+        raise RegsweepError(f"{len(failed)} trials failed in this run, so the sweep stopped (sweep.max_failures="
+                            f"{s.max_failures}): {reasons}: fix the cause, then re-run the same command to resume")
+
+
+def _end_parent(parent_run_id: str, error: BaseException, store: Path) -> None:
+    """The study's parent run is never left RUNNING: KILLED on a stop request, FAILED otherwise
+    (a resume sets it RUNNING again). A store that refuses even this is ended by the next command."""
+    stopped = isinstance(error, KeyboardInterrupt)
+    with contextlib.suppress(Exception):
+        faults.free_reserve(store, error)
+        client = mlflow.MlflowClient()
+        client.set_tag(parent_run_id, tracking.ERROR_TAG,
+                       faults.stop_reason(error) if stopped else tracking.error_summary(error))
+        client.set_terminated(parent_run_id, "KILLED" if stopped else "FAILED")
+        if stopped:
+            error.add_note("the study's parent run ended KILLED")
 
 
 # --- the end of a study ------------------------------------------------------------------------
@@ -125,27 +183,36 @@ def end_study(optuna_study: optuna.Study, cfg: DictConfig, parent_run_id: str | 
     """
     if finishing:
         study.wait_for_other_workers(optuna_study)
-    reevaluating = reevaluating and parent_run_id is not None
+    unfinished = study.in_progress(optuna_study)
+    if unfinished:  # `regsweep report` mid-study: an answer to look at, nothing to act on or move
+        print(f"Study '{optuna_study.study_name}' is {unfinished}: the answer below is provisional, and it is "
+              "re-evaluated, registered and logged when the study is complete.", flush=True)
+    reevaluating = reevaluating and parent_run_id is not None and not unfinished
     settings = study.study_settings(optuna_study, cfg, reevaluating=reevaluating)
     if reevaluating and _work_left(optuna_study, cfg, settings, parent_run_id, base_overrides):
-        token, holder = study.claim(optuna_study)
+        token, holder = study.claim(optuna_study, settings.heartbeat_seconds)
         if token is None:
             _leave_to(holder)
             return None
         try:
-            study.record_reevaluation(optuna_study, settings.reevaluate)
-            if not reevaluate.run_rounds(optuna_study, cfg, settings, parent_run_id, base_overrides, token):
-                _leave_to("the worker that took over the claim")
-                return None
+            with study.keeping(optuna_study, token, settings.heartbeat_seconds):
+                study.record_reevaluation(optuna_study, settings.reevaluate)
+                if not reevaluate.run_rounds(optuna_study, cfg, settings, parent_run_id, base_overrides, token):
+                    _leave_to("the worker that took over the claim")
+                    return None
+        except KeyboardInterrupt as stop:
+            stop.add_note("the re-evaluation claim was released")
+            raise
         finally:
-            study.release(optuna_study, token)
+            with contextlib.suppress(Exception):  # a store that refuses it: the claim's process is gone anyway
+                study.release(optuna_study, token)
     elif (holder := study.claim_holder(optuna_study)) is not None:
         _leave_to(holder)
         return None
     elif reevaluating:  # nothing left to train under these settings: they define the verdict from now on
         study.record_reevaluation(optuna_study, settings.reevaluate)
-    facts = gather(optuna_study, cfg, settings, parent_run_id, base_overrides)
-    if parent_run_id is not None:
+    facts = gather(optuna_study, cfg, settings, parent_run_id, base_overrides, provisional=unfinished)
+    if parent_run_id is not None and not unfinished:
         tracking.use_store(cfg.tracking)
         try:
             facts.registered = register_models(optuna_study.study_name, facts.answer)
@@ -153,7 +220,7 @@ def end_study(optuna_study: optuna.Study, cfg: DictConfig, parent_run_id: str | 
             facts.not_registered = str(error)
     out_dir = Path(cfg.paths.store) / "reports" / optuna_study.study_name
     path = report.render(facts, out_dir)
-    if parent_run_id is not None:
+    if parent_run_id is not None and not unfinished:
         _log_report(parent_run_id, out_dir, facts.answer)
         if finishing:
             mlflow.MlflowClient().set_terminated(parent_run_id, "FINISHED")
@@ -177,8 +244,9 @@ def _work_left(optuna_study: optuna.Study, cfg: DictConfig, settings: DictConfig
 
 
 def gather(optuna_study: optuna.Study, cfg: DictConfig, settings: DictConfig, parent_run_id: str | None,
-           base_overrides: list[str]) -> report.Facts:
-    """Everything the report shows, read once from the study and its runs, and decided."""
+           base_overrides: list[str], provisional: str = "") -> report.Facts:
+    """Everything the report shows, read once from the study and its runs, and decided.
+    The best-settings file is written only for a complete study (`provisional` empty)."""
     searched = space.parse_space(optuna_study.user_attrs.get("search_space", {}))
     rows = study.trial_rows(optuna_study)
     progress = reevaluate.progress_of(optuna_study, cfg, settings, parent_run_id, base_overrides)
@@ -186,11 +254,13 @@ def gather(optuna_study: optuna.Study, cfg: DictConfig, settings: DictConfig, pa
     shared = optuna_study.user_attrs.get(study.SHARED_IMAGES_ATTR, [])
     recorded = list(optuna_study.user_attrs.get("base_overrides", []))
     baseline_overrides = space.baseline_overrides(settings.reevaluate.baseline)
-    found = results.answer(rows, progress.rounds, settings.epsilon, curves, len(shared))
+    found = results.answer(rows, progress.rounds, settings.epsilon, curves, len(shared),
+                           test_split=bool(optuna_study.user_attrs.get(study.TEST_SPLIT_ATTR)))
     facts = report.Facts(optuna_study.study_name, settings, searched, rows, found, results.recommend(rows, settings.epsilon),
                          [s for s in progress.summaries if s.runs], curves, shared, baseline_overrides,
                          importance=importances(optuna_study),
                          counts={state: sum(r.state == state for r in rows) for state in ("COMPLETE", "PRUNED", "FAIL", "RUNNING")})
+    facts.in_progress = provisional
     facts.reevaluate_command = f"regsweep report {optuna_study.study_name} --reevaluate" + "".join(
         f" {shlex.quote(o)}" for o in _where(cfg))
     if found is None:
@@ -200,12 +270,13 @@ def gather(optuna_study: optuna.Study, cfg: DictConfig, settings: DictConfig, pa
     else:
         overrides, origin = found.row.overrides, f"trial #{found.row.number} (MLflow run {found.row.run_id})"
     facts.replay = report.replay_command(overrides)
-    store = Path(cfg.paths.store)
-    config_dir = store / "configs" / "experiment"
-    config_dir.mkdir(parents=True, exist_ok=True)
-    (config_dir / f"{optuna_study.study_name}_best.yaml").write_text(report.best_config(overrides, origin))
-    config_flag = "" if str(cfg.paths.store) == "mlruns" else f"--config-dir {store / 'configs'} "
-    facts.experiment = f"regsweep train {config_flag}+experiment={optuna_study.study_name}_best"
+    if not provisional:
+        store = Path(cfg.paths.store)
+        config_dir = store / "configs" / "experiment"
+        config_dir.mkdir(parents=True, exist_ok=True)
+        (config_dir / f"{optuna_study.study_name}_best.yaml").write_text(report.best_config(overrides, origin))
+        config_flag = "" if str(cfg.paths.store) == "mlruns" else f"--config-dir {store / 'configs'} "
+        facts.experiment = f"regsweep train {config_flag}+experiment={optuna_study.study_name}_best"
     edged = found.row if found.verdict is None or found.verdict.adopt else _row_of(rows, found.chosen)
     if edged is not None and (found.verdict is None or found.verdict.case != results.TRADE_OFF):
         facts.edges = space.edges(edged.params, searched, compose(reevaluate.merge(recorded, _where(cfg))),

@@ -8,7 +8,9 @@ Names are fixed so that `train`, sweep trials and the report agree: per-epoch cu
 
 from __future__ import annotations
 
+import contextlib
 import importlib.metadata
+import logging
 import math
 import os
 import tempfile
@@ -25,6 +27,7 @@ import mlflow  # noqa: E402
 import numpy as np  # noqa: E402
 from omegaconf import DictConfig, OmegaConf  # noqa: E402
 
+from regsweep import faults  # noqa: E402
 from regsweep.config import RegsweepError, flatten, redact  # noqa: E402
 from regsweep.files import file_lock  # noqa: E402
 
@@ -41,6 +44,10 @@ RECOMMENDED_TRIAL_TAG = "regsweep.recommended_trial"  # on the parent run, after
 SKIPPED_FILES_TAG = "regsweep.skipped_files"
 PARENT_TAG = "mlflow.parentRunId"  # MLflow's own: nests a run under the study's parent run
 
+# MLflow logs every database error with its traceback before it raises it: regsweep says what
+# went wrong in one sentence (a full or damaged store: regsweep.faults).
+logging.getLogger("mlflow.store.db.utils").setLevel(logging.CRITICAL)
+
 # MLflow draws a progress bar for each artifact it downloads: noise for the dozens of tiny files
 # a report reads (per-image results, trained weights); regsweep shows its own progress.
 os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
@@ -54,12 +61,14 @@ def creating(url: str):
 
     Two sweeps started together on a new store would otherwise both create its tables, and the
     slower one fails with "table ... already exists" (measured with Optuna's storage). Other
-    URLs are servers that handle this themselves.
+    URLs are servers that handle this themselves. A file that is there but damaged is refused
+    in one sentence first (regsweep.faults.check_database).
     """
     if not url.startswith("sqlite:///"):
         yield
         return
     path = Path(url.removeprefix("sqlite:///"))
+    faults.check_database(path)
     with file_lock(path.with_name(path.name + ".lock")):
         yield
 
@@ -236,8 +245,14 @@ def training_run(cfg: DictConfig, name: str, class_names, fingerprints: dict[str
         mlflow.set_tags({f"version.{lib}": _version(lib) for lib in LIBRARIES})
         yield run
     except BaseException as error:
-        mlflow.set_tag(ERROR_TAG, error_summary(error))
-        mlflow.end_run("KILLED" if isinstance(error, KeyboardInterrupt) else "FAILED")
+        faults.free_reserve(Path(cfg.paths.store), error)
+        stopped = isinstance(error, KeyboardInterrupt)
+        with contextlib.suppress(Exception):  # a full disk may refuse it: the run's end still matters more
+            mlflow.set_tag(ERROR_TAG, faults.stop_reason(error) if stopped else error_summary(error))
+        with contextlib.suppress(Exception):  # a full disk may refuse it too: the next command ends the run
+            mlflow.end_run("KILLED" if stopped else "FAILED")
+        if stopped:
+            error.add_note(f"MLflow run {run.info.run_id} ({name}) ended KILLED")
         raise
     mlflow.end_run("FINISHED")
 
@@ -256,7 +271,10 @@ def fail_run(run_id: str, reason: str) -> None:
 
 
 def error_summary(error: BaseException) -> str:
-    """`Type: first line of the message`, secrets masked, short enough for a tag."""
+    """`Type: first line of the message`, secrets masked, short enough for a tag; a full or
+    read-only disk is said as such ("no space left on device: <path>")."""
+    if (disk := faults.reason(error)) is not None:
+        return redact(disk)[:500]
     lines = str(error).strip().splitlines()
     return redact(f"{type(error).__name__}: {lines[0] if lines else ''}")[:500]
 

@@ -17,7 +17,7 @@ import keras
 import numpy as np
 from omegaconf import DictConfig
 
-from regsweep import cache, data, demo, tracking
+from regsweep import cache, data, demo, faults, tracking
 from regsweep import model as models
 from regsweep.config import RegsweepError, redact, run_name, validate
 
@@ -47,6 +47,7 @@ def train_and_log(cfg: DictConfig, parent_run_id: str | None = None, tags: dict[
         validate(cfg)
         tracking.check_reachable(cfg.tracking)  # before any data work: an unreachable server fails in seconds
         store = Path(cfg.paths.store)
+        faults.keep_reserve(store)  # room to record this run's end if the disk fills up under it
         seed = cfg.train.seed
         splits = data.resolve_splits(cfg.data, cfg.model.image_size, store, with_test=with_test)
         by_split = data.split_fingerprints(splits)  # listed once: the cache keys on them too

@@ -7,21 +7,31 @@ sweep.trials_per_worker=0, in the sweep's own process.
 
 from __future__ import annotations
 
+import contextlib
 import math
 import sys
+from pathlib import Path
 
 import mlflow
 import optuna
 from omegaconf import DictConfig
 
-from regsweep import results, space, study, tracking
+from regsweep import faults, results, space, study, tracking
 from regsweep.config import compose, redact
 from regsweep.study import FAIL_REASON_ATTR, INTERRUPTED, RUN_ID_ATTR, Sweep
 from regsweep.worker import ChildDied, TrialWorker
 
 
 class TrialFailed(Exception):
-    """A trial's error, reduced to `Type: message` so it crosses the worker process boundary."""
+    """A trial's error, reduced to `Type: message` so it crosses the worker process boundary,
+    with the sentence for a full, read-only or damaged store when it was one (it stops the sweep)."""
+
+    def __init__(self, summary: str, store_fault: str | None = None):
+        super().__init__(summary, store_fault)
+        self.summary, self.store_fault = summary, store_fault
+
+    def __str__(self) -> str:
+        return self.summary
 
 
 class TrialMonitor:
@@ -132,6 +142,10 @@ def run_trial(sweep: Sweep, trial: optuna.Trial, values: dict, parent_run_id: st
         raise
     except Exception as error:
         reason = tracking.error_summary(error)
+        if faults.problem(error) is not None:  # the store itself failed: record what it still takes
+            faults.free_reserve(Path(sweep.base.paths.store), error)
+            _record_store_fault(trial, run_ids, reason)
+            raise
         trial.set_user_attr(FAIL_REASON_ATTR, reason)
         if not run_ids:  # failed before training started (bad value, bad data): record it anyway
             experiment_id = client.get_run(parent_run_id).info.experiment_id
@@ -142,9 +156,10 @@ def run_trial(sweep: Sweep, trial: optuna.Trial, values: dict, parent_run_id: st
         set_state("FAIL")
         progress.finish("FAIL", reason)
         raise
-    except KeyboardInterrupt:
-        trial.set_user_attr(FAIL_REASON_ATTR, "KeyboardInterrupt: stopped with Ctrl-C")
-        set_state("FAIL")
+    except KeyboardInterrupt as stop:
+        with contextlib.suppress(Exception):  # the stop must go on even if the store refuses these
+            trial.set_user_attr(FAIL_REASON_ATTR, faults.stop_reason(stop))
+            set_state("FAIL")
         raise
     metrics = result.metrics
     trial.set_user_attr(FAIL_REASON_ATTR, "")
@@ -160,6 +175,16 @@ def run_trial(sweep: Sweep, trial: optuna.Trial, values: dict, parent_run_id: st
     return metrics["val_accuracy"], metrics["gap"]
 
 
+def _record_store_fault(trial: optuna.Trial, run_ids: list[str], reason: str) -> None:
+    """Best effort on a full, read-only or damaged store: the trial's reason and its run FAILED.
+    What the store refuses now, the next command records (the trial's heartbeat stops)."""
+    with contextlib.suppress(Exception):
+        trial.set_user_attr(FAIL_REASON_ATTR, reason)
+    if run_ids:
+        with contextlib.suppress(Exception):
+            tracking.fail_run(run_ids[0], reason)
+
+
 def run_trial_in_child(sweep: Sweep, trial_id: int, values: dict, parent_run_id: str):
     """`run_trial` in the worker child, on the same study storage as the sweep."""
     s = sweep.settings
@@ -171,13 +196,16 @@ def run_trial_in_child(sweep: Sweep, trial_id: int, values: dict, parent_run_id:
     except (optuna.TrialPruned, KeyboardInterrupt):
         raise
     except Exception as error:
-        raise TrialFailed(tracking.error_summary(error)) from None
+        raise TrialFailed(tracking.error_summary(error), faults.sentence(error, str(sweep.base.paths.store))) from None
 
 
 def run_in_worker(worker: TrialWorker, sweep: Sweep, trial: optuna.Trial, values: dict, parent_run_id: str):
     """The trial in the worker's child; if the child dies, the trial and its MLflow run are FAIL."""
     try:
         return worker.call(run_trial_in_child, sweep, trial._trial_id, values, parent_run_id)
+    except KeyboardInterrupt as stop:
+        stop.add_note(f"trial #{trial.number} ended FAIL")
+        raise
     except ChildDied as died:
         reason = str(died)
         trial.set_user_attr(FAIL_REASON_ATTR, reason)
@@ -187,13 +215,28 @@ def run_in_worker(worker: TrialWorker, sweep: Sweep, trial: optuna.Trial, values
         raise TrialFailed(reason) from None
 
 
-def make_objective(sweep: Sweep, parent_run_id: str, worker: TrialWorker | None):
-    """Optuna's objective: the sampler picks values here, the trial runs here or in the worker."""
+def make_objective(sweep: Sweep, parent_run_id: str, worker: TrialWorker | None, store_faults: list[str]):
+    """Optuna's objective: the sampler picks values here, the trial runs here or in the worker.
+
+    A full, read-only or damaged store stops the study after this trial (its sentence goes to
+    `store_faults`): every later trial would fail the same way.
+    """
 
     def objective(trial: optuna.Trial):
         values = {key: space.suggest(trial, key, distribution) for key, distribution in sweep.space.items()}
-        if worker is None:
-            return run_trial(sweep, trial, values, parent_run_id)
-        return run_in_worker(worker, sweep, trial, values, parent_run_id)
+        try:
+            if worker is None:
+                return run_trial(sweep, trial, values, parent_run_id)
+            return run_in_worker(worker, sweep, trial, values, parent_run_id)
+        except KeyboardInterrupt as stop:
+            if worker is None:
+                stop.add_note(f"trial #{trial.number} ended FAIL")
+            raise
+        except Exception as error:
+            found = error.store_fault if isinstance(error, TrialFailed) else faults.sentence(error, str(sweep.base.paths.store))
+            if found is not None:
+                store_faults.append(found)
+                trial.study.stop()
+            raise
 
     return objective

@@ -18,9 +18,26 @@ import time
 from concurrent.futures import ProcessPoolExecutor
 from concurrent.futures.process import BrokenProcessPool
 
+from regsweep.faults import Terminated, raise_terminated
+
 
 class ChildDied(Exception):
     """The child process died mid-call (killed, or out of memory)."""
+
+
+def _interrupt_once(signum, frame):
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # the terminal's Ctrl-C and the sweep's forwarded one
+    raise KeyboardInterrupt
+
+
+def _forward(stop: KeyboardInterrupt) -> None:
+    """Passes a stop request on to this process's children: SIGTERM (and `kill -INT <pid>`)
+    reaches only the process it is sent to, not its process group as a terminal's Ctrl-C does."""
+    for child in multiprocessing.active_children():
+        try:
+            os.kill(child.pid, signal.SIGTERM if isinstance(stop, Terminated) else signal.SIGINT)
+        except ProcessLookupError:
+            pass
 
 
 def import_tensorflow_quietly() -> None:
@@ -43,9 +60,10 @@ def import_tensorflow_quietly() -> None:
 
 
 def _start_child() -> None:
-    """Start-up of a child: quiet TensorFlow, leave Ctrl-C to the call in progress (the sweep
-    decides what happens between calls), and die with the sweep."""
+    """Start-up of a child: quiet TensorFlow, leave Ctrl-C and SIGTERM to the call in progress
+    (the sweep decides what happens between calls), and die with the sweep."""
     signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
     threading.Thread(target=_exit_with_parent, args=(os.getppid(),), daemon=True).start()
     import_tensorflow_quietly()
     import optuna
@@ -67,12 +85,15 @@ def _warm_up() -> None:
 
 
 def _interruptible(function, *args):
-    """`function(*args)` with Ctrl-C delivered: the trial it runs records itself as stopped."""
-    signal.signal(signal.SIGINT, signal.default_int_handler)
+    """`function(*args)` with Ctrl-C and SIGTERM delivered, once each: the trial it runs records
+    itself as stopped, and a second signal must not cut that short."""
+    signal.signal(signal.SIGINT, _interrupt_once)
+    signal.signal(signal.SIGTERM, raise_terminated)
     try:
         return function(*args)
     finally:
         signal.signal(signal.SIGINT, signal.SIG_IGN)  # idle between calls: the parent decides
+        signal.signal(signal.SIGTERM, signal.SIG_IGN)
 
 
 class TrialWorker:
@@ -109,8 +130,9 @@ class TrialWorker:
         future = self.pool.submit(_interruptible, function, *args)
         try:
             return future.result()
-        except KeyboardInterrupt:
-            try:  # the child got the same Ctrl-C: let it record its run as KILLED first
+        except KeyboardInterrupt as stop:
+            _forward(stop)
+            try:  # let the child record its run as KILLED first
                 future.exception(timeout=60)
             except BaseException:
                 pass

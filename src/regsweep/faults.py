@@ -1,0 +1,184 @@
+"""Faults that are not the user's input: stop requests, a full or read-only disk, a damaged store.
+
+Each becomes one sentence that says what happened, where, and what to do, so a sweep stopped by
+a scheduler, a full disk or a broken file leaves nothing RUNNING, loses nothing recorded, and
+the same command resumes. The sentences are raised as RegsweepError (exit code 2); a stop
+request stays an exception of its own (exit code 130 or 143), raised where Ctrl-C would be.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import errno
+import os
+import signal
+import sqlite3
+from pathlib import Path
+
+from regsweep.config import RegsweepError
+
+# --- stop requests: Ctrl-C and SIGTERM ------------------------------------------------------------
+
+
+class Terminated(KeyboardInterrupt):
+    """SIGTERM, as systemd, Docker, Kubernetes and batch schedulers send it, raised where Ctrl-C
+    would be: every path that ends a run, a trial or a claim cleanly on Ctrl-C does so on
+    SIGTERM too, and nothing is left RUNNING for the next command to find."""
+
+    def __init__(self):
+        super().__init__("terminated (SIGTERM)")
+
+
+def stop_on_signals() -> None:
+    """Ctrl-C and SIGTERM both stop the main thread with an exception. Set explicitly: a script
+    that starts `regsweep sweep &` without job control starts it with Ctrl-C ignored."""
+    signal.signal(signal.SIGINT, signal.default_int_handler)
+    signal.signal(signal.SIGTERM, raise_terminated)
+
+
+def raise_terminated(signum, frame):
+    """The SIGTERM handler. Once only: the clean-up it starts must not be cut short by a second."""
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
+    raise Terminated()
+
+
+def stop_reason(stop: KeyboardInterrupt) -> str:
+    """Why a run or a trial ended KILLED or FAIL, for its reason."""
+    return str(stop) if isinstance(stop, Terminated) else "stopped with Ctrl-C (SIGINT)"
+
+
+def exit_code(stop: KeyboardInterrupt) -> int:
+    """The shell's convention: 128 + the signal's number."""
+    return 128 + (signal.SIGTERM if isinstance(stop, Terminated) else signal.SIGINT)
+
+
+# --- full, read-only and damaged stores -------------------------------------------------------------
+
+NO_SPACE = "no space left on device"
+_FULL = (errno.ENOSPC, errno.EDQUOT)
+_READ_ONLY = (errno.EROFS,)
+# What SQLite (through sqlite3, SQLAlchemy, Optuna and MLflow) says instead of an errno.
+_SQLITE_FULL = "database or disk is full"
+_SQLITE_READ_ONLY = ("attempt to write a readonly database", "readonly database")
+_SQLITE_DAMAGED = ("file is not a database", "database disk image is malformed", "file is encrypted or is not a database")
+
+
+def _chain(error: BaseException):
+    """The error and every error it was raised from or during (Optuna's "Should not reach."
+    assertion hides the full disk in its context)."""
+    seen: set[int] = set()
+    todo = [error]
+    while todo:
+        current = todo.pop()
+        if current is None or id(current) in seen:
+            continue
+        seen.add(id(current))
+        yield current
+        todo += [current.__cause__, current.__context__]
+
+
+def problem(error: BaseException) -> tuple[str, str | None] | None:
+    """("full" | "read-only" | "damaged", the path when the error names one), or None when the
+    error is none of these."""
+    for current in _chain(error):
+        if isinstance(current, OSError) and current.errno in _FULL + _READ_ONLY:
+            kind = "full" if current.errno in _FULL else "read-only"
+            return kind, current.filename and str(current.filename)
+    for current in _chain(error):
+        text = str(current).lower()
+        if _SQLITE_FULL in text or "[errno 28]" in text or "no space left on device" in text:
+            return "full", None
+        if any(phrase in text for phrase in _SQLITE_READ_ONLY) or "read-only file system" in text:
+            return "read-only", None
+        if any(phrase in text for phrase in _SQLITE_DAMAGED):
+            return "damaged", None
+    return None
+
+
+def reason(error: BaseException) -> str | None:
+    """A trial's or a run's short reason, when the error is a full or read-only disk."""
+    found = problem(error)
+    if found is None or found[0] == "damaged":
+        return None
+    kind, path = found
+    return (NO_SPACE if kind == "full" else "read-only file system") + (f": {path}" if path else "")
+
+
+def sentence(error: BaseException, store: str = "mlruns") -> str | None:
+    """The one sentence for a full, read-only or damaged store anywhere in `error`, else None.
+
+    `store` is paths.store as given, for when the error does not name the file.
+    """
+    found = problem(error)
+    if found is None:
+        return None
+    kind, path = found
+    where = path or f"the store {store}/"
+    if kind == "full":
+        return (f"{NO_SPACE} for {where}: free some space (regsweep cache clear empties the feature cache), or give "
+                "paths.store=<folder on a larger disk> (cache.dir=<folder> moves only the feature cache); what was "
+                "recorded is kept, and the same command resumes")
+    if kind == "read-only":
+        return (f"{where} is on a read-only file system: run regsweep in a writable folder, or give "
+                "paths.store=<folder on a writable disk>")
+    return (f"a database in {where} is damaged (not a sound SQLite file): move it aside or restore it from a backup, "
+            "then re-run; regsweep never deletes or rewrites it")
+
+
+RESERVE_FILE = ".reserve"  # in the store: room kept for recording how things ended when its disk fills
+RESERVE_BYTES = 1 << 20
+
+
+def keep_reserve(store: Path) -> None:
+    """Keeps 1 MiB of the store's disk in a file, so that when the disk fills up the failure can
+    still be recorded (the trial FAIL with its reason, its run FAILED) instead of being left
+    RUNNING. Best effort: on a disk already full, there is simply no reserve."""
+    path = Path(store) / RESERVE_FILE
+    if path.is_file() and path.stat().st_size == RESERVE_BYTES:
+        return
+    with contextlib.suppress(OSError):
+        path.parent.mkdir(parents=True, exist_ok=True)
+        with open(path, "wb") as reserve:
+            reserve.write(b"\0" * RESERVE_BYTES)
+            reserve.flush()
+            os.fsync(reserve.fileno())
+        return
+    with contextlib.suppress(OSError):
+        path.unlink(missing_ok=True)  # half a reserve is none
+
+
+def free_reserve(store: Path, error: BaseException) -> None:
+    """Gives the reserve back when `error` is a full disk: the records of how things ended go next."""
+    found = problem(error)
+    if found is not None and found[0] == "full":
+        with contextlib.suppress(OSError):
+            (Path(store) / RESERVE_FILE).unlink(missing_ok=True)
+
+
+_SOUND: set[tuple] = set()
+
+
+def check_database(path: Path) -> None:
+    """Refuses a SQLite file that is not a sound database (truncated, overwritten), before
+    Optuna or MLflow open it: their errors are tracebacks that blame a URL or a migration.
+
+    Read-only and once per file state per process; the file is never changed.
+    """
+    if not path.is_file() or path.stat().st_size == 0:  # not created yet, or an empty new database
+        return
+    stat = path.stat()
+    key = (str(path.resolve()), stat.st_size, stat.st_mtime_ns)
+    if key in _SOUND:
+        return
+    try:
+        with contextlib.closing(sqlite3.connect(f"{path.resolve().as_uri()}?mode=ro", uri=True)) as database:
+            verdict = database.execute("PRAGMA quick_check").fetchone()[0]
+    except sqlite3.DatabaseError as error:
+        if not any(phrase in str(error).lower() for phrase in _SQLITE_DAMAGED):
+            return  # locked, or not openable here: the real open says so
+        verdict = str(error)
+    if verdict != "ok":
+        raise RegsweepError(
+            f"{path} is damaged ({verdict.splitlines()[0][:120]}): move it aside (mv {path} {path}.damaged) or restore "
+            "it from a backup, then re-run (a new one is created where none is); regsweep never deletes or rewrites it")
+    _SOUND.add(key)

@@ -1,0 +1,318 @@
+"""Faults that are not the user's input, as an operator meets them: a stop request (SIGTERM,
+Ctrl-C to a sweep started in the background), a full disk, a damaged or read-only store, a
+report read mid-study, trials that all fail.
+
+Each test asserts what a user relies on: one sentence and the exit code, nothing left RUNNING
+in MLflow or Optuna, every earlier row still there and the SQLite integrity check passing, and
+the same command resuming and finishing. (Secrets and unreachable databases: test_secrets.py;
+link loops and nested corrupt images: test_data.py and the sweep case below.)
+"""
+
+from __future__ import annotations
+
+import errno
+import hashlib
+import os
+import shutil
+import signal
+import sqlite3
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import mlflow
+import optuna
+import pytest
+from conftest import write_class_folders
+
+from regsweep import cli, sweep, tracking
+from regsweep import study as studies
+from regsweep.config import RegsweepError
+
+REGSWEEP = str(Path(sys.executable).with_name("regsweep"))
+ENV = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3"}
+TINY = ["train.epochs=3", "train.fine_tune_epochs=1", "tracking.artifacts=none", "sweep.pruner.name=none",
+        "sweep.reevaluate.top_k=1", "sweep.reevaluate.curve=[]", "sweep.heartbeat_seconds=1"]
+
+
+# --- what every fault test checks ------------------------------------------------------------------
+
+
+def runs(store: Path, study: str | None = None) -> list:
+    client = mlflow.MlflowClient(f"sqlite:///{store}/mlflow.db")
+    experiment = client.get_experiment_by_name("regsweep")
+    if experiment is None:
+        return []
+    where = f"tags.`regsweep.study` = '{study}'" if study else ""
+    return client.search_runs([experiment.experiment_id], where, max_results=1000)
+
+
+def trials(store: Path, study: str) -> list[optuna.trial.FrozenTrial]:
+    return optuna.load_study(study_name=study, storage=f"sqlite:///{store}/optuna.db").get_trials()
+
+
+def assert_sound_and_nothing_running(store: Path, study: str) -> None:
+    for database in ("optuna.db", "mlflow.db"):
+        with sqlite3.connect(store / database) as connection:
+            assert connection.execute("PRAGMA integrity_check").fetchone()[0] == "ok", database
+    assert "RUNNING" not in {t.state.name for t in trials(store, study)}
+    assert "RUNNING" not in {r.info.status for r in runs(store, study)}
+
+
+def one_sentence(stderr: str) -> str:
+    """The error output is one `regsweep: …` line (MLflow's INFO lines about its tables aside)."""
+    lines = [line for line in stderr.strip().splitlines() if line.strip() and " INFO " not in line]
+    assert len(lines) == 1, stderr[-3000:]
+    assert "Traceback" not in stderr
+    return lines[0]
+
+
+def wait_for(condition, seconds: float, what: str, process: subprocess.Popen | None = None):
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline:
+        if process is not None and process.poll() is not None:
+            raise AssertionError(f"the command ended before {what}: {process.communicate()[1][-3000:]}")
+        value = condition()
+        if value:
+            return value
+        time.sleep(0.2)
+    raise AssertionError(f"timed out after {seconds} s waiting for {what}")
+
+
+# --- stop requests ------------------------------------------------------------------------------------
+
+
+@pytest.mark.slow
+def test_stopped_mid_trial_and_mid_reevaluation_each_stop_ends_everything_and_the_same_command_resumes(store):
+    """Ctrl-C to a sweep a script started in the background (Ctrl-C is ignored there unless
+    regsweep listens for it), then SIGTERM, as a scheduler sends it, during the re-evaluation:
+    each time one line, exit 130 or 143, nothing RUNNING, the claim released; then the same
+    command finishes at once, without waiting out a lease."""
+    command = [REGSWEEP, "sweep", f"paths.store={store}", *TINY, "sweep.n_trials=2", "sweep.study=stops",
+               "sweep.reevaluate.seeds=2", "sweep.reevaluate.max_seeds=2"]
+    background = subprocess.Popen(["bash", "-c", f'{" ".join(command)} & echo $! > "{store}/pid"; wait'],
+                                  stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, env=ENV)
+    pid_file = store / "pid"
+    wait_for(lambda: pid_file.is_file() and pid_file.read_text().strip(), 30, "the background sweep", background)
+    training = wait_for(lambda: [r for r in runs(store, "stops") if r.info.status == "RUNNING"
+                                 and r.data.tags.get("regsweep.role") != "study"], 300, "a trial's run", background)
+    time.sleep(1.0)  # in the middle of its epochs
+    os.kill(int(pid_file.read_text()), signal.SIGINT)  # only the sweep, as `kill -INT` does
+    stderr = background.communicate(timeout=120)[1]
+    assert background.returncode == 130, stderr[-3000:]
+    line = one_sentence(stderr)
+    assert line.startswith("regsweep: stopped with Ctrl-C (SIGINT): trial #0 ended FAIL") and "re-run the same" in line
+    assert_sound_and_nothing_running(store, "stops")
+    stopped = trials(store, "stops")[0]
+    assert stopped.state.name == "FAIL" and stopped.user_attrs["fail_reason"] == "stopped with Ctrl-C (SIGINT)"
+    assert {r.info.run_id: r.info.status for r in runs(store, "stops")}[training[0].info.run_id] == "KILLED"
+
+    during = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=ENV)
+    wait_for(lambda: [r for r in runs(store, "stops") if r.info.status == "RUNNING"
+                      and r.data.tags.get("regsweep.role") == "reeval"], 600, "a re-evaluation run", during)
+    during.send_signal(signal.SIGTERM)
+    out, err = during.communicate(timeout=120)
+    assert during.returncode == 143, err[-3000:]
+    line = one_sentence(err)
+    assert line.startswith("regsweep: terminated (SIGTERM): MLflow run ") and "re-evaluation claim was released" in line
+    assert "(#1 baseline)" in out  # the stopped baseline trial ran again
+    assert_sound_and_nothing_running(store, "stops")
+    recorded = optuna.load_study(study_name="stops", storage=f"sqlite:///{store}/optuna.db")
+    assert recorded.user_attrs[studies.CLAIM_ATTR] is None
+    killed = [r for r in runs(store, "stops") if r.info.status == "KILLED"]
+    assert {r.data.tags["regsweep.error"] for r in killed} >= {"terminated (SIGTERM)"}
+    assert [r.data.tags.get("regsweep.role") for r in runs(store, "stops")].count("study") == 1
+
+    started = time.monotonic()
+    resumed = subprocess.run(command, capture_output=True, text=True, env=ENV, timeout=900)
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    assert "Another worker" not in resumed.stdout and "Re-evaluating on the test split" in resumed.stdout
+    assert time.monotonic() - started < 300
+    assert_sound_and_nothing_running(store, "stops")
+    parent = next(r for r in runs(store, "stops") if r.data.tags.get("regsweep.role") == "study")
+    assert parent.info.status == "FINISHED" and "regsweep.error" not in parent.data.tags
+    assert (store / "reports" / "stops" / "report.md").is_file()
+
+
+# --- full disks ---------------------------------------------------------------------------------------
+
+
+@pytest.mark.slow
+def test_a_disk_that_fills_under_a_trial_is_one_sentence_the_trial_fails_with_the_reason_and_it_resumes(store, monkeypatch):
+    """Injected where it can be anywhere (no tmpfs needed): the trial's weights cannot be written."""
+    base = [f"paths.store={store}", *TINY, "sweep.trials_per_worker=0", "sweep.study=full", "sweep.reevaluate.seeds=0",
+            "model.dropout=choice(0.1, 0.2)"]
+    sweep.run_study([*base, "sweep.n_trials=1"])
+    args = [*base, "sweep.n_trials=2"]
+    before = {t.number: t.user_attrs["val_accuracy"] for t in trials(store, "full")}
+
+    def no_space(arrays, recipe):
+        raise OSError(errno.ENOSPC, "No space left on device", str(store / "artifacts" / "weights.npz"))
+
+    monkeypatch.setattr(tracking, "log_trained", no_space)
+    with pytest.raises(RegsweepError, match=r"^no space left on device for .*weights.npz: free some space"):
+        sweep.run_study(args)
+    failed = trials(store, "full")[-1]
+    assert failed.state.name == "FAIL" and failed.user_attrs["fail_reason"].startswith("no space left on device: ")
+    run = next(r for r in runs(store, "full") if r.info.run_id == failed.user_attrs["mlflow_run_id"])
+    assert run.info.status == "FAILED" and run.data.tags["regsweep.error"].startswith("no space left on device")
+    assert_sound_and_nothing_running(store, "full")
+    assert not list((store / "cache").rglob(".staging-*"))
+
+    monkeypatch.undo()
+    sweep.run_study(args)
+    after = trials(store, "full")
+    assert {t.number: t.user_attrs["val_accuracy"] for t in after if t.number in before} == before
+    assert sum(t.state.name == "COMPLETE" for t in after) == 2
+    assert_sound_and_nothing_running(store, "full")
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(os.geteuid() != 0, reason="mounting a small tmpfs needs root (CI runs as root)")
+def test_a_store_on_a_disk_that_really_fills_up_stops_in_one_sentence_and_resumes_once_there_is_room(tmp_path, demo_store):
+    disk = tmp_path / "disk"
+    disk.mkdir()
+    subprocess.run(["mount", "-t", "tmpfs", "-o", "size=40m", "tmpfs", str(disk)], check=True)
+    try:
+        store = disk / "mlruns"
+        shutil.copytree(demo_store / "demo", store / "demo")  # the demo's data and backbone, as a user's store has
+        command = [REGSWEEP, "sweep", f"paths.store={store}", *TINY, "sweep.study=disk", "sweep.reevaluate.seeds=0",
+                   "model.dropout=choice(0.1, 0.2)"]
+        first = subprocess.run([*command, "sweep.n_trials=1"], capture_output=True, text=True, env=ENV, timeout=600)
+        assert first.returncode == 0, first.stderr[-3000:]
+        ballast = disk / "ballast"
+        free = shutil.disk_usage(disk).free
+        subprocess.run(["fallocate", "-l", str(free - 300 * 1024), str(ballast)], check=True)  # 300 KiB left
+
+        full = subprocess.run([*command, "sweep.n_trials=3"], capture_output=True, text=True, env=ENV, timeout=600)
+        assert full.returncode == 2, full.stderr[-3000:]
+        assert one_sentence(full.stderr).startswith(f"regsweep: error: no space left on device for the store {store}")
+        assert_sound_and_nothing_running(store, "disk")
+        failed = [t for t in trials(store, "disk") if t.state.name == "FAIL"]
+        assert failed and all(t.user_attrs["fail_reason"].startswith("no space left on device") for t in failed)
+        assert not list((store / "cache").rglob(".staging-*"))
+
+        ballast.unlink()
+        resumed = subprocess.run([*command, "sweep.n_trials=3"], capture_output=True, text=True, env=ENV, timeout=600)
+        assert resumed.returncode == 0, resumed.stderr[-3000:]
+        assert sum(t.state.name == "COMPLETE" for t in trials(store, "disk")) == 3
+        assert_sound_and_nothing_running(store, "disk")
+    finally:
+        subprocess.run(["umount", "-l", str(disk)], check=False)
+
+
+# --- damaged and read-only stores ------------------------------------------------------------------
+
+
+def _digest(path: Path) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+@pytest.mark.parametrize("database", ["mlflow.db", "optuna.db"])
+def test_a_damaged_database_is_named_in_one_sentence_and_never_rewritten(finished_study, tmp_path, database, capsys):
+    store = tmp_path / "mlruns"
+    shutil.copytree(finished_study, store, symlinks=True)
+    damaged = store / database
+    damaged.write_bytes(damaged.read_bytes()[: damaged.stat().st_size // 3])  # truncated, as a full disk or a bad copy leaves it
+    digest = _digest(damaged)
+    for command in (["sweep", f"paths.store={store}", *TINY, "sweep.study=fresh"], ["report", f"paths.store={store}"]):
+        with pytest.raises(SystemExit) as exit_code:
+            cli.main(command)
+        assert exit_code.value.code == 2
+        line = one_sentence(capsys.readouterr().err)
+        assert line.startswith(f"regsweep: error: {damaged} is damaged (") and "move it aside" in line, line
+        assert _digest(damaged) == digest
+    if database == "mlflow.db":  # refused before the study was created
+        assert "fresh" not in optuna.get_all_study_names(f"sqlite:///{store}/optuna.db")
+
+
+@pytest.mark.slow
+def test_train_on_a_damaged_tracking_store_is_one_sentence(finished_study, tmp_path):
+    store = tmp_path / "mlruns"
+    shutil.copytree(finished_study, store, symlinks=True)
+    damaged = store / "mlflow.db"
+    damaged.write_bytes(b"this is not a database" * 100)
+    digest = _digest(damaged)
+    result = subprocess.run([REGSWEEP, "train", f"paths.store={store}", "train.epochs=1", "train.fine_tune_epochs=0"],
+                            capture_output=True, text=True, env=ENV, timeout=300)
+    assert result.returncode == 2, result.stderr[-3000:]
+    assert one_sentence(result.stderr).startswith(f"regsweep: error: {damaged} is damaged")
+    assert _digest(damaged) == digest
+
+
+@pytest.fixture
+def read_only_folder(tmp_path):
+    """An empty folder regsweep cannot write to: a read-only mount as root (root ignores modes)."""
+    folder = tmp_path / "read-only"
+    folder.mkdir()
+    if os.geteuid() == 0:
+        subprocess.run(["mount", "-t", "tmpfs", "-o", "ro,size=1m", "tmpfs", str(folder)], check=True)
+        yield folder
+        subprocess.run(["umount", "-l", str(folder)], check=False)
+    else:
+        folder.chmod(0o555)
+        yield folder
+        folder.chmod(0o755)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("command", [["train", "train.epochs=1"], ["sweep", "sweep.n_trials=1"]])
+def test_a_read_only_working_folder_is_one_sentence_that_suggests_paths_store(read_only_folder, command):
+    result = subprocess.run([REGSWEEP, *command], capture_output=True, text=True, env=ENV, timeout=300,
+                            cwd=read_only_folder)
+    assert result.returncode == 2, result.stderr[-3000:]
+    line = one_sentence(result.stderr)
+    assert "paths.store=" in line and ("read-only" in line or "not writable" in line), line
+
+
+# --- a study in progress, and trials that all fail ----------------------------------------------------
+
+
+def test_a_report_mid_study_says_it_is_in_progress_and_moves_nothing(finished_study, tmp_path, capsys):
+    store = tmp_path / "mlruns"
+    shutil.copytree(finished_study, store, symlinks=True)
+    recorded = optuna.load_study(study_name="regularization", storage=f"sqlite:///{store}/optuna.db")
+    counted = len(recorded.get_trials(states=studies.COUNTED))
+    recorded.set_user_attr(studies.BUDGET_ATTR, counted + 2)
+    recorded.ask()  # a trial another worker is running
+    best = store / "configs" / "experiment" / "regularization_best.yaml"
+    best.unlink()
+    client = mlflow.MlflowClient(f"sqlite:///{store}/mlflow.db")
+    aliases = {a: client.get_model_version_by_alias("regularization", a).version for a in ("recommended", "baseline")}
+    parent = client.get_run(recorded.user_attrs[studies.PARENT_RUN_ATTR])
+
+    sweep.report_study("regularization", [f"paths.store={store}"])
+    out = capsys.readouterr().out
+    assert f"is in progress: {counted} complete, 1 running, 1 to go" in out.splitlines()[0]
+    assert "Provisional" in out.split("The answer")[1]
+    assert "**Provisional**" in (store / "reports" / "regularization" / "report.md").read_text()
+    assert not best.exists()
+    assert aliases == {a: client.get_model_version_by_alias("regularization", a).version for a in aliases}
+    assert client.get_run(parent.info.run_id).data.tags == parent.data.tags
+
+
+def test_a_sweep_whose_trials_all_fail_stops_after_max_failures_with_the_reasons_counted(store):
+    args = [f"paths.store={store}", *TINY, "sweep.trials_per_worker=0", "sweep.n_trials=10", "sweep.max_failures=3",
+            "sweep.study=doomed", "model.dropout=choice(1.5, 2.5)"]
+    with pytest.raises(RegsweepError, match=r"^3 trials failed in this run, so the sweep stopped \(sweep.max_failures=3\): "
+                                            r"\d× .*outside \[0, 1\)") as error:
+        sweep.run_study(args)
+    assert "re-run the same command" in str(error.value)
+    assert [t.state.name for t in trials(store, "doomed")] == ["FAIL"] * 3
+    assert_sound_and_nothing_running(store, "doomed")
+    parent = next(r for r in runs(store, "doomed") if r.data.tags.get("regsweep.role") == "study")
+    assert parent.info.status == "FAILED"
+
+
+def test_a_link_loop_in_the_images_is_refused_before_any_trial(tmp_path, capsys):
+    train = write_class_folders(tmp_path / "train", 3, size=32)
+    validation = write_class_folders(tmp_path / "validation", 2, size=32, seed=1)
+    loop = train / "circle" / "loop.png"
+    loop.symlink_to(loop)
+    with pytest.raises(SystemExit) as exit_code:
+        cli.main(["sweep", f"paths.store={tmp_path / 'mlruns'}", "data=folders", f"data.train_dir={train}",
+                  f"data.val_dir={validation}", *TINY])
+    assert exit_code.value.code == 2
+    assert str(loop) in one_sentence(capsys.readouterr().err)
+    assert not (tmp_path / "mlruns" / "optuna.db").exists()
