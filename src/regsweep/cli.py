@@ -106,6 +106,7 @@ def train_command(args: list[str]) -> None:
             compose(run)
         cfg = compose(first)
         validate(cfg)
+        faults.check_writable(Path(cfg.paths.store))
         tracking.check_reachable(cfg.tracking)
     sys.argv = ["regsweep train", *args]
     search_own_conf_first()

@@ -13,6 +13,7 @@ import errno
 import os
 import signal
 import sqlite3
+import tempfile
 from pathlib import Path
 
 from regsweep.config import RegsweepError
@@ -57,6 +58,7 @@ def exit_code(stop: KeyboardInterrupt) -> int:
 NO_SPACE = "no space left on device"
 _FULL = (errno.ENOSPC, errno.EDQUOT)
 _READ_ONLY = (errno.EROFS,)
+_NOT_WRITABLE = (errno.EACCES, errno.EPERM)
 # What SQLite (through sqlite3, SQLAlchemy, Optuna and MLflow) says instead of an errno.
 _SQLITE_FULL = "database or disk is full"
 _SQLITE_READ_ONLY = ("attempt to write a readonly database", "readonly database")
@@ -78,11 +80,12 @@ def _chain(error: BaseException):
 
 
 def problem(error: BaseException) -> tuple[str, str | None] | None:
-    """("full" | "read-only" | "damaged", the path when the error names one), or None when the
-    error is none of these."""
+    """("full" | "read-only" | "not writable" | "damaged", the path when the error names one), or
+    None when the error is none of these."""
     for current in _chain(error):
-        if isinstance(current, OSError) and current.errno in _FULL + _READ_ONLY:
-            kind = "full" if current.errno in _FULL else "read-only"
+        if isinstance(current, OSError) and current.errno in _FULL + _READ_ONLY + _NOT_WRITABLE:
+            kind = ("full" if current.errno in _FULL else "read-only" if current.errno in _READ_ONLY
+                    else "not writable")
             return kind, current.filename and str(current.filename)
     for current in _chain(error):
         text = str(current).lower()
@@ -101,7 +104,8 @@ def reason(error: BaseException) -> str | None:
     if found is None or found[0] == "damaged":
         return None
     kind, path = found
-    return (NO_SPACE if kind == "full" else "read-only file system") + (f": {path}" if path else "")
+    return {"full": NO_SPACE, "read-only": "read-only file system", "not writable": "permission denied"}[kind] + (
+        f": {path}" if path else "")
 
 
 def sentence(error: BaseException, store: str = "mlruns") -> str | None:
@@ -121,8 +125,23 @@ def sentence(error: BaseException, store: str = "mlruns") -> str | None:
     if kind == "read-only":
         return (f"{where} is on a read-only file system: run regsweep in a writable folder, or give "
                 "paths.store=<folder on a writable disk>")
+    if kind == "not writable":
+        return (f"{where} is not writable (permission denied): run regsweep in a folder you may write to, or give "
+                "paths.store=<writable folder>")
     return (f"a database in {where} is damaged (not a sound SQLite file): move it aside or restore it from a backup, "
             "then re-run; regsweep never deletes or rewrites it")
+
+
+def check_writable(folder: Path) -> None:
+    """Refuses a store that cannot be written, in one sentence, before anything starts: Hydra
+    writes a run's folder there before any of regsweep's code runs."""
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        with tempfile.NamedTemporaryFile(dir=folder, prefix=".writable-"):
+            pass
+    except OSError as error:
+        raise RegsweepError(sentence(error, str(folder)) or f"{folder} cannot be written ({error.strerror}): give "
+                            "paths.store=<writable folder>") from None
 
 
 RESERVE_FILE = ".reserve"  # in the store: room kept for recording how things ended when its disk fills

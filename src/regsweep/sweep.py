@@ -53,6 +53,7 @@ def prepare(args: list[str]) -> Sweep:
     for url in (str(base.tracking.uri), str(settings.storage)):  # a damaged store: said before anything is recorded
         if url.startswith("sqlite:///"):
             faults.check_database(Path(url.removeprefix("sqlite:///")))
+    faults.check_writable(Path(base.paths.store))
     faults.keep_reserve(Path(base.paths.store))
     tracking.check_reachable(base.tracking)
     splits = data.resolve_splits(base.data, base.model.image_size, Path(base.paths.store))
