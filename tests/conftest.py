@@ -16,7 +16,7 @@ SHARED_WEIGHTS = Path(os.environ.get("REGSWEEP_SHARED_WEIGHTS", REPO.parent / "s
 
 # The longest files first (measured with --durations): `make test` hands whole files to two
 # processes as each becomes free, so starting with the long ones lets both finish together.
-LONGEST_FIRST = ["test_scale_out.py", "test_rounds.py", "test_recovery.py", "test_sweep.py", "test_reevaluate.py",
+LONGEST_FIRST = ["test_scale_out.py", "test_faults.py", "test_rounds.py", "test_recovery.py", "test_sweep.py", "test_reevaluate.py",
                  "test_train.py", "test_ui.py", "test_bad_input.py", "test_secrets.py", "test_cache.py", "test_model.py",
                  "test_wheel.py", "test_calibration.py"]
 

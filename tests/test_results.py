@@ -208,7 +208,9 @@ def test_before_re_evaluation_the_single_trial_choice_is_the_answer_and_says_it_
     rows = [row(0, 0.90, 0.10, baseline=True), row(2, 0.895, 0.06)]
     answer = results.answer(rows, [], epsilon=0.1)
     assert answer.label == "#2" and answer.verdict is None
-    assert any("not yet confirmed on a test split" in w for w in answer.warnings)
+    assert any("not yet confirmed on a test split" in w and "give a test split" in w for w in answer.warnings)
+    with_test = results.answer(rows, [], epsilon=0.1, test_split=True)  # re-evaluation was off (seeds=0)
+    assert any("--reevaluate" in w and "give a test split" not in w for w in with_test.warnings)
 
 
 # --- the rounds: seeds where they decide ------------------------------------------------------------

@@ -139,7 +139,7 @@ def test_sweep_logs_one_parent_and_a_tagged_child_per_trial_then_reports_and_rep
             assert trial.value == trial.user_attrs["val_accuracy"]  # the default objective: accuracy
 
     # One rule names one trial: the progress line's last "best", the report's answer and the
-    # best-settings file (no test split here, so the single-trial choice is the answer).
+    # best-settings file (no re-evaluation here, so the single-trial choice is the answer).
     chosen = recommend(studies.trial_rows(study), 0.1)
     progress_best = re.findall(r"best #(\d+):", printed)[-1]
     text = (store / "reports" / "main" / "report.md").read_text()
@@ -148,7 +148,9 @@ def test_sweep_logs_one_parent_and_a_tagged_child_per_trial_then_reports_and_rep
     assert progress_best == str(chosen.number)
     assert f"trial #{chosen.number}" in answer.lower() and f"model.dropout={chosen.params['model.dropout']:.4g}" in answer
     assert f"Recommended by regsweep: trial #{chosen.number} " in best_file
-    assert "not yet confirmed on a test split" in answer
+    # The demo has a test split: the way to confirm is to re-evaluate, not to "give a test split".
+    assert "not yet confirmed on the test split" in answer and "sweep.reevaluate.seeds of at least 1" in answer
+    assert "give a test split" not in answer
     assert "## Trade-off front" in text and (store / "reports" / "main" / "front.png").is_file()
     artifacts = {a.path for a in client(store).list_artifacts(parents[0].info.run_id, "report")}
     assert {"report/report.md", "report/front.png"} <= artifacts

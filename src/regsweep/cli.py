@@ -272,8 +272,11 @@ def export_command(args: list[str]) -> None:
     if str(cfg.tracking.uri).startswith("sqlite:///") and not local.is_file():  # export reads; it creates no store
         raise RegsweepError(f"no MLflow store at {local}: run regsweep export in the folder that holds mlruns/, "
                             "or give paths.store=<folder> or tracking.uri=<server>")
+    from regsweep import tracking  # lazy: MLflow, only for the commands that reach the store
+
+    tracking.check_reachable(cfg.tracking)  # before TensorFlow's seconds of start-up
     import_tensorflow_quietly()
-    from regsweep import export, tracking  # lazy: TensorFlow, only for the command that builds a model
+    from regsweep import export  # lazy: TensorFlow, only for the command that builds a model
 
     tracking.use_store(cfg.tracking)
     run_id = run_ids[0]
