@@ -13,8 +13,8 @@ from pathlib import Path
 import optuna
 import pytest
 from conftest import service_url
+from test_bad_input import regsweep  # the same entry point, in this process but for train
 
-from regsweep import cli
 
 REGSWEEP = str(Path(sys.executable).with_name("regsweep"))
 
@@ -79,20 +79,6 @@ def _artifact_files(client, run_id: str, folder: str | None = None) -> list[str]
 
 # A database tracking URI (MLflow's SQLAlchemy store) on a port that refuses at once: no server needed.
 REFUSING_DATABASE = "postgresql://u:secret@127.0.0.1:1/db"
-
-
-def regsweep(command: str, args: list[str], cwd: Path, monkeypatch, capfd) -> tuple[int, str, str]:
-    """(exit code, stdout, stderr): `regsweep train` as its own process (Hydra's app), the other
-    commands in this process through the same entry point, which saves starting Python each time."""
-    if command == "train":
-        result = subprocess.run([REGSWEEP, command, *args], capture_output=True, text=True, timeout=300, cwd=cwd)
-        return result.returncode, result.stdout, result.stderr
-    monkeypatch.chdir(cwd)
-    capfd.readouterr()
-    with pytest.raises(SystemExit) as stopped:
-        cli.main([command, *args])
-    out, err = capfd.readouterr()
-    return stopped.value.code, out, err
 
 
 def free_port() -> int:

@@ -88,10 +88,9 @@ def run_study(args: list[str]) -> optuna.Study:
     try:
         parent_run_id = study.parent_run(optuna_study, sweep)
         study.fail_stale_trials(optuna_study)  # a killed earlier run's trial: FAIL, and its MLflow run FAILED
-        if remaining > 0:
-            study.requeue_stopped_baseline(optuna_study, sweep)
         study.record_budget(optuna_study, s.n_trials, sweep.has_test_split)
         if remaining > 0:
+            study.requeue_stopped_baseline(optuna_study, sweep)
             print(f"Study '{s.study}' ({s.objective}, epsilon {s.epsilon}): {done} of "
                   f"{s.n_trials} trials done, running {remaining} more. Storage: {redact(str(s.storage))}", flush=True)
             _optimize(optuna_study, sweep, parent_run_id, worker)

@@ -203,9 +203,6 @@ def run_in_worker(worker: TrialWorker, sweep: Sweep, trial: optuna.Trial, values
     """The trial in the worker's child; if the child dies, the trial and its MLflow run are FAIL."""
     try:
         return worker.call(run_trial_in_child, sweep, trial._trial_id, values, parent_run_id)
-    except KeyboardInterrupt as stop:
-        stop.add_note(f"trial #{trial.number} ended FAIL")
-        raise
     except ChildDied as died:
         reason = str(died)
         trial.set_user_attr(FAIL_REASON_ATTR, reason)
@@ -229,8 +226,7 @@ def make_objective(sweep: Sweep, parent_run_id: str, worker: TrialWorker | None,
                 return run_trial(sweep, trial, values, parent_run_id)
             return run_in_worker(worker, sweep, trial, values, parent_run_id)
         except KeyboardInterrupt as stop:
-            if worker is None:
-                stop.add_note(f"trial #{trial.number} ended FAIL")
+            stop.add_note(f"trial #{trial.number} ended FAIL")  # here or in the worker: Optuna records it FAIL
             raise
         except Exception as error:
             found = error.store_fault if isinstance(error, TrialFailed) else faults.sentence(error, str(sweep.base.paths.store))

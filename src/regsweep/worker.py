@@ -18,16 +18,11 @@ import time
 from concurrent.futures import ProcessPoolExecutor
 from concurrent.futures.process import BrokenProcessPool
 
-from regsweep.faults import Terminated, raise_terminated
+from regsweep.faults import Terminated, raise_interrupted_once, raise_terminated
 
 
 class ChildDied(Exception):
     """The child process died mid-call (killed, or out of memory)."""
-
-
-def _interrupt_once(signum, frame):
-    signal.signal(signal.SIGINT, signal.SIG_IGN)  # the terminal's Ctrl-C and the sweep's forwarded one
-    raise KeyboardInterrupt
 
 
 def _forward(stop: KeyboardInterrupt) -> None:
@@ -87,7 +82,7 @@ def _warm_up() -> None:
 def _interruptible(function, *args):
     """`function(*args)` with Ctrl-C and SIGTERM delivered, once each: the trial it runs records
     itself as stopped, and a second signal must not cut that short."""
-    signal.signal(signal.SIGINT, _interrupt_once)
+    signal.signal(signal.SIGINT, raise_interrupted_once)
     signal.signal(signal.SIGTERM, raise_terminated)
     try:
         return function(*args)
