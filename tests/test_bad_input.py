@@ -231,3 +231,9 @@ def test_a_study_database_that_never_answers_stops_the_sweep_within_the_timeout(
     assert stderr.strip().splitlines() == [sentence]
     assert "secret" not in stdout + stderr
     assert not list((tmp_path / "store").glob("mlflow.db")), "no MLflow run or experiment is recorded"
+
+
+def test_a_report_in_a_folder_without_a_store_creates_nothing(tmp_path, monkeypatch, capfd):
+    returncode, _, stderr = regsweep("report", ["nosuchstudy"], tmp_path, monkeypatch, capfd)
+    assert returncode == 2 and stderr.startswith("regsweep: error: no study named 'nosuchstudy': there is no study")
+    assert list(tmp_path.iterdir()) == []  # no empty mlruns/optuna.db made to say so

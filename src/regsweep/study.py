@@ -19,6 +19,7 @@ import uuid
 import warnings
 from contextlib import contextmanager
 from dataclasses import dataclass
+from pathlib import Path
 
 import mlflow
 import optuna
@@ -139,7 +140,13 @@ def close_storages() -> None:
 
 
 def load_study(settings: DictConfig, connect_timeout: float) -> optuna.Study:
-    """A stored study, for reports and the UI: it must exist."""
+    """A stored study, for reports and the UI: it must exist (a missing SQLite file is not
+    created just to say so)."""
+    url = str(settings.storage)
+    if url.startswith("sqlite:///") and not Path(url.removeprefix("sqlite:///")).is_file():
+        raise RegsweepError(
+            f"no study named '{settings.study}': there is no study storage at {url.removeprefix('sqlite:///')}: run "
+            "`regsweep sweep` first, or run this in the folder that holds mlruns/ (or give paths.store=<folder>)")
     try:
         return optuna.load_study(study_name=settings.study,
                                  storage=open_storage(str(settings.storage), connect_timeout=connect_timeout))
