@@ -315,3 +315,23 @@ def test_a_link_loop_in_the_images_is_refused_before_any_trial(tmp_path, capsys)
     assert exit_code.value.code == 2
     assert str(loop) in one_sentence(capsys.readouterr().err)
     assert not (tmp_path / "mlruns" / "optuna.db").exists()
+
+
+def test_a_stop_that_tensorflow_replaces_with_its_own_error_still_ends_the_run_killed(store):
+    """A stop raised inside a traced TensorFlow function can come out as TensorFlow's own
+    "Nesting violated …" AssertionError (seen in a Ctrl-C mid-trial): the run ends KILLED with the
+    stop's reason, and the stop, not the error, goes on up."""
+    from conftest import quick_cfg
+
+    from regsweep import faults
+
+    faults._REQUESTED.append(faults.Terminated())  # as the SIGTERM handler records it
+    try:
+        with pytest.raises(faults.Terminated) as stopped:
+            with tracking.training_run(quick_cfg(store), "stopped", ("a", "b"), {}) as run:
+                raise AssertionError("Nesting violated for default stack of FuncGraph objects")
+    finally:
+        faults.forget_stops()
+    assert isinstance(stopped.value.__cause__, AssertionError)
+    ended = mlflow.MlflowClient(f"sqlite:///{store}/mlflow.db").get_run(run.info.run_id)
+    assert ended.info.status == "KILLED" and ended.data.tags["regsweep.error"] == "terminated (SIGTERM)"

@@ -30,24 +30,49 @@ class Terminated(KeyboardInterrupt):
         super().__init__("terminated (SIGTERM)")
 
 
+_REQUESTED: list[KeyboardInterrupt] = []  # the stop requests this process (or this worker call) received
+
+
 def stop_on_signals() -> None:
     """Ctrl-C and SIGTERM both stop the main thread with an exception. Set explicitly: a script
     that starts `regsweep sweep &` without job control starts it with Ctrl-C ignored."""
-    signal.signal(signal.SIGINT, signal.default_int_handler)
+    signal.signal(signal.SIGINT, raise_interrupted)
     signal.signal(signal.SIGTERM, raise_terminated)
+
+
+def _stop(request: KeyboardInterrupt):
+    _REQUESTED.append(request)
+    raise request
 
 
 def raise_terminated(signum, frame):
     """The SIGTERM handler. Once only: the clean-up it starts must not be cut short by a second."""
     signal.signal(signal.SIGTERM, signal.SIG_IGN)
-    raise Terminated()
+    _stop(Terminated())
+
+
+def raise_interrupted(signum, frame):
+    """The SIGINT handler: Python's own, but the request is remembered (see `requested_stop`)."""
+    _stop(KeyboardInterrupt())
 
 
 def raise_interrupted_once(signum, frame):
     """A SIGINT handler for a worker child, which hears both the terminal's Ctrl-C and the one its
     sweep passes on: the first stops the call, the second must not cut its clean-up short."""
     signal.signal(signal.SIGINT, signal.SIG_IGN)
-    raise KeyboardInterrupt
+    _stop(KeyboardInterrupt())
+
+
+def requested_stop() -> KeyboardInterrupt | None:
+    """The stop request received, if any. TensorFlow's clean-up can replace the KeyboardInterrupt
+    raised inside it with an error of its own ("Nesting violated for default stack …"): a run or
+    trial that fails that way was stopped, and must end as stopped, not as failed."""
+    return _REQUESTED[-1] if _REQUESTED else None
+
+
+def forget_stops() -> None:
+    """A worker child starts each call with no stop request: the sweep decided the last one."""
+    _REQUESTED.clear()
 
 
 def stop_reason(stop: KeyboardInterrupt) -> str:

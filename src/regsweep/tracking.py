@@ -246,14 +246,17 @@ def training_run(cfg: DictConfig, name: str, class_names, fingerprints: dict[str
         yield run
     except BaseException as error:
         faults.free_reserve(Path(cfg.paths.store), error)
-        stopped = isinstance(error, KeyboardInterrupt)
+        stop = error if isinstance(error, KeyboardInterrupt) else faults.requested_stop()
         with contextlib.suppress(Exception):  # a full disk may refuse it: the run's end still matters more
-            mlflow.set_tag(ERROR_TAG, faults.stop_reason(error) if stopped else error_summary(error))
+            mlflow.set_tag(ERROR_TAG, faults.stop_reason(stop) if stop else error_summary(error))
         with contextlib.suppress(Exception):  # a full disk may refuse it too: the next command ends the run
-            mlflow.end_run("KILLED" if stopped else "FAILED")
-        if stopped:
-            error.add_note(f"MLflow run {run.info.run_id} ({name}) ended KILLED")
-        raise
+            mlflow.end_run("KILLED" if stop else "FAILED")
+        if stop is None:
+            raise
+        stop.add_note(f"MLflow run {run.info.run_id} ({name}) ended KILLED")
+        if stop is error:
+            raise
+        raise stop from error  # the stop that TensorFlow's clean-up replaced
     mlflow.end_run("FINISHED")
 
 

@@ -141,6 +141,9 @@ def run_trial(sweep: Sweep, trial: optuna.Trial, values: dict, parent_run_id: st
         progress.finish("PRUNED", str(pruned))
         raise
     except Exception as error:
+        if (stop := faults.requested_stop()) is not None:  # stopped, though TensorFlow's clean-up said otherwise
+            _record_stop(trial, stop, set_state)
+            raise stop from error
         reason = tracking.error_summary(error)
         if faults.problem(error) is not None:  # the store itself failed: record what it still takes
             faults.free_reserve(Path(sweep.base.paths.store), error)
@@ -157,9 +160,7 @@ def run_trial(sweep: Sweep, trial: optuna.Trial, values: dict, parent_run_id: st
         progress.finish("FAIL", reason)
         raise
     except KeyboardInterrupt as stop:
-        with contextlib.suppress(Exception):  # the stop must go on even if the store refuses these
-            trial.set_user_attr(FAIL_REASON_ATTR, faults.stop_reason(stop))
-            set_state("FAIL")
+        _record_stop(trial, stop, set_state)
         raise
     metrics = result.metrics
     trial.set_user_attr(FAIL_REASON_ATTR, "")
@@ -173,6 +174,12 @@ def run_trial(sweep: Sweep, trial: optuna.Trial, values: dict, parent_run_id: st
     if single:
         return metrics["val_accuracy"]
     return metrics["val_accuracy"], metrics["gap"]
+
+
+def _record_stop(trial: optuna.Trial, stop: KeyboardInterrupt, set_state) -> None:
+    with contextlib.suppress(Exception):  # the stop must go on even if the store refuses these
+        trial.set_user_attr(FAIL_REASON_ATTR, faults.stop_reason(stop))
+        set_state("FAIL")
 
 
 def _record_store_fault(trial: optuna.Trial, run_ids: list[str], reason: str) -> None:

@@ -18,7 +18,7 @@ import time
 from concurrent.futures import ProcessPoolExecutor
 from concurrent.futures.process import BrokenProcessPool
 
-from regsweep.faults import Terminated, raise_interrupted_once, raise_terminated
+from regsweep.faults import Terminated, forget_stops, raise_interrupted_once, raise_terminated
 
 
 class ChildDied(Exception):
@@ -82,6 +82,7 @@ def _warm_up() -> None:
 def _interruptible(function, *args):
     """`function(*args)` with Ctrl-C and SIGTERM delivered, once each: the trial it runs records
     itself as stopped, and a second signal must not cut that short."""
+    forget_stops()
     signal.signal(signal.SIGINT, raise_interrupted_once)
     signal.signal(signal.SIGTERM, raise_terminated)
     try:
