@@ -27,8 +27,9 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--seeds", type=int, default=4)
     parser.add_argument("--views", default="2,4,8", help="the K values to compare with cache=off")
-    parser.add_argument("overrides", nargs="*",
-                        default=["augment.strength=0.5", "model.dropout=0.3", "model.unfrozen_blocks=1"])
+    parser.add_argument(
+        "overrides", nargs="*", default=["augment.strength=0.5", "model.dropout=0.3", "model.unfrozen_blocks=1"]
+    )
     args = parser.parse_args()
 
     from regsweep import train
@@ -38,20 +39,26 @@ def main() -> None:
     variants = {"cache=off": ["cache=off"], **{f"K={k}": [f"cache.augmented_views={k}"] for k in args.views.split(",")}}
     print(f"demo, {' '.join(args.overrides)}, seeds 0-{args.seeds - 1}")
     try:
-        train.train_and_log(compose([f"paths.store={store}", "train.epochs=1", "tracking.artifacts=none"]))  # pretrain the demo backbone
+        train.train_and_log(
+            compose([f"paths.store={store}", "train.epochs=1", "tracking.artifacts=none"])
+        )  # pretrain the demo backbone
         for name, extra in variants.items():
             val, gap, seconds = [], [], []
             for seed in range(args.seeds):
-                cfg = compose([f"paths.store={store}", "tracking.artifacts=none", f"train.seed={seed}",
-                               *args.overrides, *extra])
+                cfg = compose(
+                    [f"paths.store={store}", "tracking.artifacts=none", f"train.seed={seed}", *args.overrides, *extra]
+                )
                 start = time.perf_counter()
                 metrics = train.train_and_log(cfg).metrics
                 seconds.append(time.perf_counter() - start)
                 val.append(metrics["val_accuracy"])
                 gap.append(metrics["gap"])
-            print(f"  {name:<10} val_accuracy {statistics.mean(val):.3f} ± {statistics.stdev(val):.3f}   "
-                  f"gap {statistics.mean(gap):.3f} ± {statistics.stdev(gap):.3f}   "
-                  f"{statistics.mean(seconds):.1f} s/run", flush=True)
+            print(
+                f"  {name:<10} val_accuracy {statistics.mean(val):.3f} ± {statistics.stdev(val):.3f}   "
+                f"gap {statistics.mean(gap):.3f} ± {statistics.stdev(gap):.3f}   "
+                f"{statistics.mean(seconds):.1f} s/run",
+                flush=True,
+            )
     finally:
         shutil.rmtree(store.parent, ignore_errors=True)
 

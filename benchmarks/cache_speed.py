@@ -45,8 +45,9 @@ def run_sweep(store: Path, overrides: list[str], watch_trials: tuple[int, ...] =
     start = time.perf_counter()
     # Re-evaluation (after the trials) is the same work in both modes: left out of the comparison.
     command = [*REGSWEEP, "sweep", f"paths.store={store}", "sweep.reevaluate.seeds=0", *overrides]
-    process = subprocess.Popen(command, cwd=store.parent,
-                               stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env)
+    process = subprocess.Popen(
+        command, cwd=store.parent, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env
+    )
     peak = [0.0]
 
     def sample():
@@ -105,8 +106,13 @@ def study_figures(store: Path, study: str = "regularization") -> dict:
         hits, misses = hits + m.get("cache_hits", 0), misses + m.get("cache_misses", 0)
         if trial.state.name == "COMPLETE":
             wall = (trial.datetime_complete - trial.datetime_start).total_seconds()
-            compute = (m["seconds_setup"] + m["seconds_features"] + m["seconds_fit"] - m["seconds_callbacks"]
-                       + m["seconds_evaluate"])
+            compute = (
+                m["seconds_setup"]
+                + m["seconds_features"]
+                + m["seconds_fit"]
+                - m["seconds_callbacks"]
+                + m["seconds_evaluate"]
+            )
             shares.append(max(wall - compute, 0.0) / wall)
             for name in ("setup", "features", "evaluate"):
                 stages[name].append(m[f"seconds_{name}"])
@@ -136,9 +142,12 @@ def compare(name: str, work: Path, overrides: list[str], demo: Path | None) -> d
             (store / "demo").symlink_to(demo)
         result = run_sweep(store, overrides + extra)
         rows[mode] = {**result, **study_figures(store)}
-        print(f"  {name:<24} {mode:<10} {rows[mode]['wall']:7.1f} s  {rows[mode]['trials']} trials "
-              f"({rows[mode]['complete']} complete)  {rows[mode]['epochs']} epochs  "
-              f"best val {rows[mode]['best_val']:.4f}", flush=True)
+        print(
+            f"  {name:<24} {mode:<10} {rows[mode]['wall']:7.1f} s  {rows[mode]['trials']} trials "
+            f"({rows[mode]['complete']} complete)  {rows[mode]['epochs']} epochs  "
+            f"best val {rows[mode]['best_val']:.4f}",
+            flush=True,
+        )
         print(f"    mean complete trial (s): {json.dumps(rows[mode]['mean_trial_s'])}", flush=True)
     on, off = rows["cache"], rows["cache=off"]
     summary = {
@@ -208,18 +217,27 @@ def prepare_demo(work: Path) -> Path:
     """Pretrains the demo backbone once, outside the timed sweeps (a `regsweep train` with 1 epoch)."""
     store = work / "demo-store" / "mlruns"
     store.mkdir(parents=True)
-    subprocess.run([*REGSWEEP, "train", f"paths.store={store}", "train.epochs=1", "tracking.artifacts=none"],
-                   cwd=store.parent, check=True, stdout=subprocess.DEVNULL,
-                   env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3"})
+    subprocess.run(
+        [*REGSWEEP, "train", f"paths.store={store}", "train.epochs=1", "tracking.artifacts=none"],
+        cwd=store.parent,
+        check=True,
+        stdout=subprocess.DEVNULL,
+        env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3"},
+    )
     return store / "demo"
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--cases", default="a,b,c,d",
-                        help="a: demo, b: demo frozen, c: mobilenet_v2 (both studies), cf: only its frozen study, d: RSS")
+    parser.add_argument(
+        "--cases",
+        default="a,b,c,d",
+        help="a: demo, b: demo frozen, c: mobilenet_v2 (both studies), cf: only its frozen study, d: RSS",
+    )
     parser.add_argument("--trials", type=int, default=24, help="sweep.n_trials for cases a, b and c")
-    parser.add_argument("--images", type=int, default=60, help="case c: training images per class (half as many for validation)")
+    parser.add_argument(
+        "--images", type=int, default=60, help="case c: training images per class (half as many for validation)"
+    )
     parser.add_argument("--size", type=int, default=96, help="case c: model.image_size")
     parser.add_argument("--rss-trials", type=int, default=50, help="case d: trials of the long sweep")
     parser.add_argument("--keep", action="store_true", help="keep the work folder")
@@ -228,8 +246,10 @@ def main() -> None:
 
     import tensorflow as tf
 
-    print(f"machine: {platform.processor() or platform.machine()}, {os.cpu_count()} CPU cores, "
-          f"Python {platform.python_version()}, TensorFlow {tf.__version__}")
+    print(
+        f"machine: {platform.processor() or platform.machine()}, {os.cpu_count()} CPU cores, "
+        f"Python {platform.python_version()}, TensorFlow {tf.__version__}"
+    )
     print(f"command: python benchmarks/{Path(__file__).name} {' '.join(sys.argv[1:])}", flush=True)
     work = Path(tempfile.mkdtemp(prefix="regsweep-bench-"))
     results = []
@@ -239,17 +259,24 @@ def main() -> None:
         if "a" in cases:
             results.append(compare("a demo default", work, budget, demo))
         if "b" in cases:
-            results.append(compare("b demo frozen", work, budget + ["model.unfrozen_blocks=0"], demo))
+            results.append(compare("b demo frozen", work, [*budget, "model.unfrozen_blocks=0"], demo))
         if cases & {"c", "cf"}:
             images = generated_images(work / "images", args.images, max(args.images // 2, 2))
             weights = str(SHARED_WEIGHTS) if SHARED_WEIGHTS.is_file() else "null"
             print(f"  mobilenet_v2 weights: {weights if weights != 'null' else 'null (shared ImageNet file absent)'}")
-            common = budget + ["model=mobilenet_v2", f"model.weights={weights}", f"model.image_size={args.size}",
-                               "data=folders", f"data.train_dir={images}/train", f"data.val_dir={images}/val",
-                               "data.batch_size=32"]
+            common = [
+                *budget,
+                "model=mobilenet_v2",
+                f"model.weights={weights}",
+                f"model.image_size={args.size}",
+                "data=folders",
+                f"data.train_dir={images}/train",
+                f"data.val_dir={images}/val",
+                "data.batch_size=32",
+            ]
             if "c" in cases:
                 results.append(compare("c mobilenet_v2 default", work, common, None))
-            results.append(compare("c mobilenet_v2 frozen", work, common + ["model.unfrozen_blocks=0"], None))
+            results.append(compare("c mobilenet_v2 frozen", work, [*common, "model.unfrozen_blocks=0"], None))
         if "d" in cases:
             store = work / "rss" / "mlruns"
             store.mkdir(parents=True)
@@ -257,9 +284,13 @@ def main() -> None:
             n = args.rss_trials
             result = run_sweep(store, [f"sweep.n_trials={n}", "sweep.study=rss"], watch_trials=(5, n))
             peaks = result["peaks"]
-            summary = {"case": f"d peak RSS, demo sweep of {n} trials", "rss_after_5_mib": round(peaks[5]),
-                       f"rss_after_{n}_mib": round(peaks[n]), "ratio": round(peaks[n] / peaks[5], 3),
-                       "wall_s": round(result["wall"], 1)}
+            summary = {
+                "case": f"d peak RSS, demo sweep of {n} trials",
+                "rss_after_5_mib": round(peaks[5]),
+                f"rss_after_{n}_mib": round(peaks[n]),
+                "ratio": round(peaks[n] / peaks[5], 3),
+                "wall_s": round(result["wall"], 1),
+            }
             print("  " + json.dumps(summary), flush=True)
             results.append(summary)
     finally:

@@ -22,8 +22,13 @@ import time
 from pathlib import Path
 
 REGSWEEP = str(Path(sys.executable).with_name("regsweep"))
-TINY = ["train.epochs=6", "train.fine_tune_epochs=2", "tracking.artifacts=none", "sweep.heartbeat_seconds=2",
-        "sweep.reevaluate.seeds=0"]
+TINY = [
+    "train.epochs=6",
+    "train.fine_tune_epochs=2",
+    "tracking.artifacts=none",
+    "sweep.heartbeat_seconds=2",
+    "sweep.reevaluate.seeds=0",
+]
 
 
 def sweeps(store: Path, trials: int, workers: int) -> dict:
@@ -31,8 +36,10 @@ def sweeps(store: Path, trials: int, workers: int) -> dict:
     env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3"}
     env.pop("MLFLOW_TRACKING_URI", None)
     start = time.perf_counter()
-    processes = [subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env)
-                 for _ in range(workers)]
+    processes = [
+        subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env)
+        for _ in range(workers)
+    ]
     outputs = [p.communicate()[0] for p in processes]
     wall = time.perf_counter() - start
     return {"wall": wall, "codes": [p.returncode for p in processes], "outputs": outputs, **outcome(store)}
@@ -69,15 +76,29 @@ def main() -> None:
             alone = sweeps(Path(folder) / "alone" / "mlruns", args.trials, 1)
             pair = sweeps(Path(folder) / "pair" / "mlruns", args.trials, 2)
         locked = sum("database is locked" in text for text in pair["outputs"] + alone["outputs"])
-        row = {"repeat": repeat, "alone_s": round(alone["wall"], 1), "pair_s": round(pair["wall"], 1),
-               "speedup": round(alone["wall"] / pair["wall"], 2), "pair_codes": pair["codes"], "locked": locked,
-               **{k: pair[k] for k in ("counted", "failed", "baselines", "parents", "children", "duplicate_runs")}}
+        row = {
+            "repeat": repeat,
+            "alone_s": round(alone["wall"], 1),
+            "pair_s": round(pair["wall"], 1),
+            "speedup": round(alone["wall"] / pair["wall"], 2),
+            "pair_codes": pair["codes"],
+            "locked": locked,
+            **{k: pair[k] for k in ("counted", "failed", "baselines", "parents", "children", "duplicate_runs")},
+        }
         rows.append(row)
         print(json.dumps(row), flush=True)
         if any(pair["codes"]):
             print("".join(text[-2000:] for text in pair["outputs"]))
-    ok = all(not any(r["pair_codes"]) and not r["locked"] and r["failed"] == 0 and r["baselines"] == 1
-             and r["parents"] == 1 and r["duplicate_runs"] == 0 and r["children"] == r["counted"] for r in rows)
+    ok = all(
+        not any(r["pair_codes"])
+        and not r["locked"]
+        and r["failed"] == 0
+        and r["baselines"] == 1
+        and r["parents"] == 1
+        and r["duplicate_runs"] == 0
+        and r["children"] == r["counted"]
+        for r in rows
+    )
     mean = sum(r["speedup"] for r in rows) / len(rows)
     print(f"all clean: {ok}; two workers vs one, wall-time ratio: mean {mean:.2f}x")
 

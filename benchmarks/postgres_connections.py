@@ -25,7 +25,8 @@ def watch(url: str, peaks: dict[str, int], stop: threading.Event) -> None:
         while not stop.is_set():
             rows = connection.execute(
                 "SELECT datname, count(*) FROM pg_stat_activity WHERE backend_type = 'client backend' "
-                "AND pid <> pg_backend_pid() GROUP BY datname").fetchall()
+                "AND pid <> pg_backend_pid() GROUP BY datname"
+            ).fetchall()
             for database, count in rows:
                 peaks[database] = max(peaks.get(database, 0), count)
             time.sleep(0.05)
@@ -42,8 +43,11 @@ def main() -> int:
     code = subprocess.call(command)
     stop.set()
     watcher.join()
-    print(f"command exited {code} after {time.monotonic() - started:.0f} s; peak connections per database: "
-          + ", ".join(f"{database} {count}" for database, count in sorted(peaks.items())), flush=True)
+    print(
+        f"command exited {code} after {time.monotonic() - started:.0f} s; peak connections per database: "
+        + ", ".join(f"{database} {count}" for database, count in sorted(peaks.items())),
+        flush=True,
+    )
     return code
 
 

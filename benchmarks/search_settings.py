@@ -32,8 +32,11 @@ def make_split(per_class: int, out: Path, validation: int = 100, seed: int = 0) 
     for class_dir in sorted(p for p in SIGN_DIGITS.iterdir() if p.is_dir()):
         files = sorted(p for p in class_dir.iterdir() if p.suffix.lower() in (".jpg", ".jpeg", ".png"))
         random.Random(seed).shuffle(files)
-        parts = {"train": files[:per_class], "validation": files[per_class:per_class + validation],
-                 "test": files[per_class + validation:]}
+        parts = {
+            "train": files[:per_class],
+            "validation": files[per_class : per_class + validation],
+            "test": files[per_class + validation :],
+        }
         for split, chosen in parts.items():
             target = out / split / class_dir.name
             target.mkdir(parents=True, exist_ok=True)
@@ -41,15 +44,19 @@ def make_split(per_class: int, out: Path, validation: int = 100, seed: int = 0) 
                 link = target / path.name
                 if not link.exists():
                     os.symlink(path, link)
-    print(f"{out}: " + ", ".join(f"{s} {sum(1 for _ in (out / s).rglob('*.*'))}" for s in ("train", "validation", "test")))
+    print(
+        f"{out}: " + ", ".join(f"{s} {sum(1 for _ in (out / s).rglob('*.*'))}" for s in ("train", "validation", "test"))
+    )
 
 
 def summarize(store: Path, names: list[str]) -> None:
     from regsweep import reevaluate, results, study
     from regsweep.config import compose_study
 
-    print("| study | objective | sweep wall s | complete | pruned | pruned, augmented | pruned, not augmented "
-          "| answer | its test accuracy | baseline's test accuracy |")
+    print(
+        "| study | objective | sweep wall s | complete | pruned | pruned, augmented | pruned, not augmented "
+        "| answer | its test accuracy | baseline's test accuracy |"
+    )
     print("|" + "---|" * 10)
     for name in names:
         cfg = compose_study([f"paths.store={store}", f"sweep.study={name}"])
@@ -71,9 +78,12 @@ def summarize(store: Path, names: list[str]) -> None:
         adopted = by_label.get(answer.label) if answer else None
         baseline = by_label.get(results.BASELINE)
         pruned = sum(t.state.name == "PRUNED" for t in finished)
-        print(f"| {name} | {settings.objective} | {wall:.0f} | {len(finished) - pruned} | {pruned} | {share(augmented)} | "
-              f"{share(plain)} | {answer.label if answer else '—'} | "
-              f"{adopted.pm('test_accuracy', 3) if adopted else '—'} | {baseline.pm('test_accuracy', 3) if baseline else '—'} |")
+        print(
+            f"| {name} | {settings.objective} | {wall:.0f} | {len(finished) - pruned} | {pruned} | "
+            f"{share(augmented)} | {share(plain)} | {answer.label if answer else '—'} | "
+            f"{adopted.pm('test_accuracy', 3) if adopted else '—'} | "
+            f"{baseline.pm('test_accuracy', 3) if baseline else '—'} |"
+        )
 
 
 def main() -> None:

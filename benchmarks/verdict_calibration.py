@@ -62,7 +62,7 @@ class World:
 
 
 def _scale(tau: float, difficulty: float, shape: float) -> float:
-    return math.sqrt(1 + difficulty ** 2 + shape ** 2 + tau ** 2)
+    return math.sqrt(1 + difficulty**2 + shape**2 + tau**2)
 
 
 @functools.cache
@@ -75,7 +75,7 @@ def _tau(accuracy: float, spread: float, difficulty: float, shape: float) -> flo
 
     def spread_of(tau: float) -> float:
         a = stats.norm.ppf(accuracy) * _scale(tau, difficulty, shape)
-        per_seed = stats.norm.cdf((a + tau * nodes) / math.sqrt(1 + difficulty ** 2 + shape ** 2))
+        per_seed = stats.norm.cdf((a + tau * nodes) / math.sqrt(1 + difficulty**2 + shape**2))
         mean = (weights * per_seed).sum()
         return math.sqrt((weights * (per_seed - mean) ** 2).sum())
 
@@ -120,8 +120,11 @@ class Simulation:
         its luck from other seeds than a setting with offset 0 (an A/A on disjoint seeds)."""
         w, tau = self.world, self.world.tau
         scale = _scale(tau, w.difficulty, w.shape)
-        a = {"test": stats.norm.ppf(setting.accuracy) * scale, "validation": stats.norm.ppf(setting.accuracy) * scale,
-             "train": stats.norm.ppf(setting.train_accuracy) * scale}
+        a = {
+            "test": stats.norm.ppf(setting.accuracy) * scale,
+            "validation": stats.norm.ppf(setting.accuracy) * scale,
+            "train": stats.norm.ppf(setting.train_accuracy) * scale,
+        }
         shape = self._shape(setting.shape_seed)
         own_luck = self.rng.standard_normal(self.max_seeds)
         common = self.common_luck if seed_offset == 0 else self.rng.standard_normal(self.max_seeds)
@@ -163,7 +166,7 @@ def one_verdict(world: World, seeds: int, effect: tuple[float, float], repeats: 
     # much); a gap effect lowers the training images' accuracy alone.
     chosen = Setting("#1", world.accuracy + effect[0], world.train_accuracy + effect[1], 0 if aa else 1)
     true_accuracy, true_gap = truth(base, chosen)
-    counts = dict(adopt=0, claim=0, decided=0, cover_accuracy=0, cover_gap=0, cover95=0, detect=0)
+    counts = {"adopt": 0, "claim": 0, "decided": 0, "cover_accuracy": 0, "cover_gap": 0, "cover95": 0, "detect": 0}
     for _ in range(repeats):
         simulation = Simulation(world, rng, seeds)
         baseline_runs = simulation.runs(base)
@@ -178,31 +181,41 @@ def one_verdict(world: World, seeds: int, effect: tuple[float, float], repeats: 
         counts["cover_accuracy"] += low <= true_accuracy <= high
         counts["cover_gap"] += glow <= true_gap <= ghigh
         counts["cover95"] += plain_low <= true_accuracy <= plain_high
-        counts["detect"] += (judged.case == results.BETTER if effect[0] > 0 else
-                             judged.case == results.LESS_OVERFIT if effect[1] < 0 else False)
+        counts["detect"] += (
+            judged.case == results.BETTER
+            if effect[0] > 0
+            else judged.case == results.LESS_OVERFIT
+            if effect[1] < 0
+            else False
+        )
     return {key: value / repeats for key, value in counts.items()}
 
 
 # --- the whole re-evaluation: candidates, the choice, the rounds -----------------------------------
 
 
-def whole_decision(world: World, design: Design, effects: list[float], repeats: int, rng: np.random.Generator,
-                   epsilon: float = 0.1) -> dict:
+def whole_decision(
+    world: World, design: Design, effects: list[float], repeats: int, rng: np.random.Generator, epsilon: float = 0.1
+) -> dict:
     """Rates for the whole re-evaluation: the baseline and len(effects) candidates (test accuracy
     effect each; all 0 is an A/A of every candidate), the choice on validation, and the rounds
     of `results.rounds` until they stop. Also the seeds it spent."""
     base = Setting(BASELINE, world.accuracy, world.train_accuracy, 0)
-    settings = [base] + [Setting(f"#{i + 1}", world.accuracy + e, world.train_accuracy, 0 if e == 0 else i + 1)
-                         for i, e in enumerate(effects)]
+    settings = [base] + [
+        Setting(f"#{i + 1}", world.accuracy + e, world.train_accuracy, 0 if e == 0 else i + 1)
+        for i, e in enumerate(effects)
+    ]
     labels = [s.label for s in settings]
-    counts = dict(adopt=0, claim=0, decided=0, detect=0, runs=0, wrong=0)
+    counts = {"adopt": 0, "claim": 0, "decided": 0, "detect": 0, "runs": 0, "wrong": 0}
     best = max(effects)
     for _ in range(repeats):
         simulation = Simulation(world, rng, design.max_seeds)
         # A/A: every setting on its own seeds' luck; with effects, paired seeds share theirs.
-        full = {s.label: simulation.runs(s, seed_offset=1 if s.shape_seed == 0 and s.label != BASELINE else 0)
-                for s in settings}
-        shown = {label: 0 for label in labels}
+        full = {
+            s.label: simulation.runs(s, seed_offset=1 if s.shape_seed == 0 and s.label != BASELINE else 0)
+            for s in settings
+        }
+        shown = dict.fromkeys(labels, 0)
         while True:
             state = results.rounds(labels, [first(full[label], n) for label, n in shown.items() if n], design, epsilon)
             if not state.todo:
@@ -249,8 +262,10 @@ def main(argv: list[str] | None = None) -> int:
     repeats = options.repeats or (300 if options.quick else 2000)
     rng = np.random.default_rng(options.seed)
     started = time.perf_counter()
-    print(f"# Verdict calibration ({repeats} repeats per cell; python benchmarks/verdict_calibration.py "
-          f"{' '.join(sys.argv[1:])})\n")
+    print(
+        f"# Verdict calibration ({repeats} repeats per cell; python benchmarks/verdict_calibration.py "
+        f"{' '.join(sys.argv[1:])})\n"
+    )
 
     if "aa" in sections:
         aa_table(repeats, rng)
@@ -273,47 +288,127 @@ def aa_table(repeats: int, rng: np.random.Generator) -> None:
             continue
         world = World(seed_spread=spread, images=images)
         rates = one_verdict(world, seeds, (0.0, 0.0), repeats, rng)
-        rows.append([f"{spread:.2f}", str(seeds), str(images), pct(rates["adopt"]), pct(rates["claim"]),
-                     pct(rates["cover95"]), pct(rates["cover_accuracy"]), pct(rates["cover_gap"])])
-    print(table(["seed spread", "seeds", "test images", "false adoption", "any claim", "95 % coverage",
-                 "verdict coverage (acc)", "verdict coverage (gap)"], rows), "\n", flush=True)
-
+        rows.append(
+            [
+                f"{spread:.2f}",
+                str(seeds),
+                str(images),
+                pct(rates["adopt"]),
+                pct(rates["claim"]),
+                pct(rates["cover95"]),
+                pct(rates["cover_accuracy"]),
+                pct(rates["cover_gap"]),
+            ]
+        )
+    print(
+        table(
+            [
+                "seed spread",
+                "seeds",
+                "test images",
+                "false adoption",
+                "any claim",
+                "95 % coverage",
+                "verdict coverage (acc)",
+                "verdict coverage (gap)",
+            ],
+            rows,
+        ),
+        "\n",
+        flush=True,
+    )
 
 
 def planted_table(repeats: int, rng: np.random.Generator) -> None:
     print("## Planted effects through results.verdict: power and coverage\n")
     rows = []
     for (accuracy, gap), spread, seeds, images in itertools.product(
-            ((0.03, 0.0), (0.05, 0.0), (0.10, 0.0), (0.0, -0.10), (0.0, -0.20)), (0.0, 0.05, 0.10), (3, 5, 8),
-            (576, 2000)):
+        ((0.03, 0.0), (0.05, 0.0), (0.10, 0.0), (0.0, -0.10), (0.0, -0.20)), (0.0, 0.05, 0.10), (3, 5, 8), (576, 2000)
+    ):
         world = World(seed_spread=spread, images=images, train_accuracy=0.99 if gap == 0 else 0.995)
         rates = one_verdict(world, seeds, (accuracy, gap), repeats // 2, rng)
-        rows.append([f"{signed(accuracy)} / {signed(gap)}", f"{spread:.2f}", str(seeds), str(images),
-                     pct(rates["detect"]), pct(rates["decided"]), pct(rates["cover95"]), pct(rates["cover_accuracy"]),
-                     pct(rates["cover_gap"])])
-    print(table(["effect (acc / gap)", "seed spread", "seeds", "test images", "power", "decided",
-                 "95 % coverage", "verdict coverage (acc)", "verdict coverage (gap)"], rows), "\n", flush=True)
-
+        rows.append(
+            [
+                f"{signed(accuracy)} / {signed(gap)}",
+                f"{spread:.2f}",
+                str(seeds),
+                str(images),
+                pct(rates["detect"]),
+                pct(rates["decided"]),
+                pct(rates["cover95"]),
+                pct(rates["cover_accuracy"]),
+                pct(rates["cover_gap"]),
+            ]
+        )
+    print(
+        table(
+            [
+                "effect (acc / gap)",
+                "seed spread",
+                "seeds",
+                "test images",
+                "power",
+                "decided",
+                "95 % coverage",
+                "verdict coverage (acc)",
+                "verdict coverage (gap)",
+            ],
+            rows,
+        ),
+        "\n",
+        flush=True,
+    )
 
 
 def whole_table(repeats: int, rng: np.random.Generator) -> None:
     print("## The whole re-evaluation: 3 candidates chosen on validation, then rounds\n")
-    print("Fixed: 3 seeds each, one look. Adaptive: 3 seeds each, then 3 more per round for the choice and "
-          "the baseline, up to 12. Every candidate's seed luck is shared by val and test, the worst case for "
-          "choosing on validation.\n")
+    print(
+        "Fixed: 3 seeds each, one look. Adaptive: 3 seeds each, then 3 more per round for the choice and "
+        "the baseline, up to 12. Every candidate's seed luck is shared by val and test, the worst case for "
+        "choosing on validation.\n"
+    )
     rows = []
     designs = {"fixed 3": Design(seeds=3, max_seeds=3), "adaptive to 12": Design(seeds=3, max_seeds=12)}
     for (name, design), spread, images, effects in itertools.product(
-            designs.items(), (0.0, 0.05, 0.10), (576, 2000),
-            ([0.0, 0.0, 0.0], [0.05, 0.0, 0.0], [0.10, 0.0, 0.0], [0.10, 0.05, 0.0])):
+        designs.items(),
+        (0.0, 0.05, 0.10),
+        (576, 2000),
+        ([0.0, 0.0, 0.0], [0.05, 0.0, 0.0], [0.10, 0.0, 0.0], [0.10, 0.05, 0.0]),
+    ):
         world = World(seed_spread=spread, images=images, pairing=0.5)
         rates = whole_decision(world, design, effects, repeats // 4, rng)
         what = "A/A" if max(effects) == 0 else "+" + "/".join(f"{e:.2f}" for e in effects)
-        rows.append([name, f"{spread:.2f}", str(images), what, pct(rates["adopt"]) if max(effects) == 0 else "",
-                     pct(rates["claim"]) if max(effects) == 0 else "", pct(rates["detect"]) if max(effects) else "",
-                     pct(rates["decided"]), f"{rates['runs']:.1f}"])
-    print(table(["design", "seed spread", "test images", "candidates' effects", "false adoption", "any claim",
-                 "power (adopts a better one)", "decided", "runs trained"], rows), "\n", flush=True)
+        rows.append(
+            [
+                name,
+                f"{spread:.2f}",
+                str(images),
+                what,
+                pct(rates["adopt"]) if max(effects) == 0 else "",
+                pct(rates["claim"]) if max(effects) == 0 else "",
+                pct(rates["detect"]) if max(effects) else "",
+                pct(rates["decided"]),
+                f"{rates['runs']:.1f}",
+            ]
+        )
+    print(
+        table(
+            [
+                "design",
+                "seed spread",
+                "test images",
+                "candidates' effects",
+                "false adoption",
+                "any claim",
+                "power (adopts a better one)",
+                "decided",
+                "runs trained",
+            ],
+            rows,
+        ),
+        "\n",
+        flush=True,
+    )
 
 
 def signed(value: float) -> str:
@@ -339,32 +434,61 @@ def real_aa(repeats: int, store: str, seeds: int = 3) -> None:
     from regsweep import train
 
     Path(store).mkdir(parents=True, exist_ok=True)
-    print(f"## Real A/A on the demo: the baseline setting on {2 * repeats} disjoint sets of {seeds} seeds\n", flush=True)
+    print(
+        f"## Real A/A on the demo: the baseline setting on {2 * repeats} disjoint sets of {seeds} seeds\n", flush=True
+    )
     runs = []
     started = time.perf_counter()
     for seed in range(1, 2 * repeats * seeds + 1):
-        cfg = compose([f"paths.store={store}", "tracking.artifacts=none", f"train.seed={1000 + seed}",
-                       "model.dropout=0.0", "augment.strength=0.0", "model.unfrozen_blocks=0"])
+        cfg = compose(
+            [
+                f"paths.store={store}",
+                "tracking.artifacts=none",
+                f"train.seed={1000 + seed}",
+                "model.dropout=0.0",
+                "augment.strength=0.0",
+                "model.unfrozen_blocks=0",
+            ]
+        )
         result = train.train_and_log(cfg, evaluate_test=True, tags={"regsweep.role": "calibration"})
         logged = mlflow.get_run(result.run_id)
         per_image = tracking.load_per_image_correct(logged.info.artifact_uri)
-        runs.append({**{k: result.metrics[k] for k in ("test_accuracy", "val_accuracy", "train_accuracy", "gap",
-                                                       "test_gap", "train_images", "val_images", "test_images")},
-                     **{f"{split}_correct": value for split, value in per_image.items()}})
-    counts = dict(adopt=0, claim=0)
+        runs.append(
+            {
+                **{
+                    k: result.metrics[k]
+                    for k in (
+                        "test_accuracy",
+                        "val_accuracy",
+                        "train_accuracy",
+                        "gap",
+                        "test_gap",
+                        "train_images",
+                        "val_images",
+                        "test_images",
+                    )
+                },
+                **{f"{split}_correct": value for split, value in per_image.items()},
+            }
+        )
+    counts = {"adopt": 0, "claim": 0}
     spreads = []
     for repeat in range(repeats):
-        block = runs[2 * repeat * seeds:(2 * repeat + 2) * seeds]
+        block = runs[2 * repeat * seeds : (2 * repeat + 2) * seeds]
         a = Summary(BASELINE, [{**run, "seed": i + 1} for i, run in enumerate(block[:seeds])])
         b = Summary("#1", [{**run, "seed": i + 1} for i, run in enumerate(block[seeds:])])
         judged = results.verdict(a, b)
         counts["adopt"] += judged.adopt
         counts["claim"] += judged.case in CLAIMING
         spreads.append(a.std("test_accuracy"))
-        print(f"  {repeat + 1:2d}: {judged.case:26s} test accuracy {results.with_interval(judged.accuracy, judged.alpha)}")
-    print(f"\nReal A/A, {repeats} comparisons of {seeds} vs {seeds} seeds ({len(runs)} runs, "
-          f"{time.perf_counter() - started:.0f} s; seed spread of test accuracy {np.mean(spreads):.3f}): "
-          f"false adoptions {counts['adopt']}, any claim {counts['claim']}.\n")
+        print(
+            f"  {repeat + 1:2d}: {judged.case:26s} test accuracy {results.with_interval(judged.accuracy, judged.alpha)}"
+        )
+    print(
+        f"\nReal A/A, {repeats} comparisons of {seeds} vs {seeds} seeds ({len(runs)} runs, "
+        f"{time.perf_counter() - started:.0f} s; seed spread of test accuracy {np.mean(spreads):.3f}): "
+        f"false adoptions {counts['adopt']}, any claim {counts['claim']}.\n"
+    )
 
 
 if __name__ == "__main__":

@@ -16,9 +16,22 @@ SHARED_WEIGHTS = Path(os.environ.get("REGSWEEP_SHARED_WEIGHTS", REPO.parent / "s
 
 # The longest files first (measured with --durations): `make test` hands whole files to two
 # processes as each becomes free, so starting with the long ones lets both finish together.
-LONGEST_FIRST = ["test_scale_out.py", "test_faults.py", "test_rounds.py", "test_recovery.py", "test_sweep.py", "test_reevaluate.py",
-                 "test_train.py", "test_ui.py", "test_bad_input.py", "test_secrets.py", "test_cache.py", "test_model.py",
-                 "test_wheel.py", "test_calibration.py"]
+LONGEST_FIRST = [
+    "test_scale_out.py",
+    "test_faults.py",
+    "test_rounds.py",
+    "test_recovery.py",
+    "test_sweep.py",
+    "test_reevaluate.py",
+    "test_train.py",
+    "test_ui.py",
+    "test_bad_input.py",
+    "test_secrets.py",
+    "test_cache.py",
+    "test_model.py",
+    "test_wheel.py",
+    "test_calibration.py",
+]
 
 
 def pytest_collection_modifyitems(items):
@@ -47,10 +60,18 @@ def store(tmp_path, demo_store) -> Path:
 
 # The shared study's settings: 3 short trials in the test process, every artifact logged, and a
 # one-seed re-evaluation, so the answer's model is registered.
-FINISHED_STUDY = ["sweep.n_trials=3", "train.epochs=3", "train.fine_tune_epochs=1", "sweep.reevaluate.seeds=1",
-                  "sweep.reevaluate.max_seeds=1",
-                  "sweep.reevaluate.top_k=1", "sweep.reevaluate.curve=[]", "sweep.pruner.name=none",
-                  "sweep.trials_per_worker=0", "tracking.artifacts=all"]
+FINISHED_STUDY = [
+    "sweep.n_trials=3",
+    "train.epochs=3",
+    "train.fine_tune_epochs=1",
+    "sweep.reevaluate.seeds=1",
+    "sweep.reevaluate.max_seeds=1",
+    "sweep.reevaluate.top_k=1",
+    "sweep.reevaluate.curve=[]",
+    "sweep.pruner.name=none",
+    "sweep.trials_per_worker=0",
+    "tracking.artifacts=all",
+]
 
 
 @pytest.fixture(scope="session")
@@ -79,8 +100,9 @@ def quick_cfg(store: Path, *overrides: str):
     return compose([f"paths.store={store}", *QUICK, *overrides])
 
 
-def write_class_folders(root: Path, per_class: int, size: int = 40, classes=("circle", "square", "stripes"),
-                        modes=("RGB",), seed: int = 0) -> Path:
+def write_class_folders(
+    root: Path, per_class: int, size: int = 40, classes=("circle", "square", "stripes"), modes=("RGB",), seed: int = 0
+) -> Path:
     """Writes a learnable toy dataset: each class is a drawn pattern with random colour and position."""
     from PIL import Image, ImageDraw
 

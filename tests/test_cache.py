@@ -11,18 +11,26 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from conftest import QUICK, write_class_folders
 
+from conftest import QUICK, write_class_folders
 from regsweep import cache, data
 from regsweep import model as models
 from regsweep.config import compose
 
 
 def folders_cfg(store: Path, root: Path, *overrides: str):
-    return compose([
-        f"paths.store={store}", "data=folders", f"data.train_dir={root}/train", f"data.val_dir={root}/val",
-        "model.weights=null", "data.batch_size=4", *QUICK, *overrides,
-    ])
+    return compose(
+        [
+            f"paths.store={store}",
+            "data=folders",
+            f"data.train_dir={root}/train",
+            f"data.val_dir={root}/val",
+            "model.weights=null",
+            "data.batch_size=4",
+            *QUICK,
+            *overrides,
+        ]
+    )
 
 
 @pytest.fixture
@@ -41,8 +49,9 @@ def prepare(cfg):
     keras.utils.set_random_seed(cfg.train.seed)
     weights = None if cfg.model.weights is None else str(cfg.model.weights)
     base = models.load_backbone(cfg.model.backbone, cfg.model.image_size, weights)
-    classifier = models.build_classifier(cfg.model.backbone, base, len(splits.class_names),
-                                         cfg.model.pooling, 8, 0.0, 0)
+    classifier = models.build_classifier(
+        cfg.model.backbone, base, len(splits.class_names), cfg.model.pooling, 8, 0.0, 0
+    )
     return cache.prepare(cfg, splits, base, classifier)
 
 
@@ -109,8 +118,10 @@ def test_a_hit_gives_bit_identical_features_to_a_fresh_computation(tmp_path, ima
     assert hit.misses == 0 and fresh.hits == 0
 
     def arrays(result):
-        return [np.concatenate([x for x, _ in dataset]) for dataset in
-                (result.head.datasets.train_eval, result.head.datasets.val)]
+        return [
+            np.concatenate([x for x, _ in dataset])
+            for dataset in (result.head.datasets.train_eval, result.head.datasets.val)
+        ]
 
     for from_hit, from_fresh in zip(arrays(hit), arrays(fresh)):
         assert from_hit.tobytes() == from_fresh.tobytes()
@@ -154,8 +165,9 @@ def test_one_pass_over_the_images_stores_every_cut_up_to_the_top(tmp_path, image
     """A study mixes unfrozen-block counts: the pass a deep cut needs serves the shallower ones."""
     passes = []
     write = cache.write_features
-    monkeypatch.setattr(cache, "write_features", lambda folders, *args, **kw: (passes.append(len(folders)),
-                                                                             write(folders, *args, **kw)))
+    monkeypatch.setattr(
+        cache, "write_features", lambda folders, *args, **kw: (passes.append(len(folders)), write(folders, *args, **kw))
+    )
     store = tmp_path / "mlruns"
     views = ("augment.strength=0.5", "cache.augmented_views=2")
     deep = prepare(folders_cfg(store, images, *views, "model.unfrozen_blocks=2"))
@@ -216,8 +228,10 @@ print("hit" if entry.hit else "filled")
 
 def test_two_processes_filling_one_entry_never_expose_a_partial_file(tmp_path):
     root, log = tmp_path / "cache", tmp_path / "fills.log"
-    workers = [subprocess.Popen([sys.executable, "-c", FILLER, str(root), str(log)],
-                                stdout=subprocess.PIPE, text=True) for _ in range(2)]
+    workers = [
+        subprocess.Popen([sys.executable, "-c", FILLER, str(root), str(log)], stdout=subprocess.PIPE, text=True)
+        for _ in range(2)
+    ]
     seen_complete = 0
     while any(worker.poll() is None for worker in workers):
         for path in (root / "features").glob("[!.]*") if (root / "features").is_dir() else ():

@@ -11,9 +11,8 @@ import numpy as np
 import pytest
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
-import verdict_calibration as calibration  # noqa: E402
-
-from regsweep.results import Design  # noqa: E402
+import verdict_calibration as calibration
+from regsweep.results import Design
 
 
 @pytest.fixture
@@ -34,7 +33,9 @@ def test_the_interval_keeps_its_coverage_at_2_seeds_on_100_images(rng):
 
 
 def test_a_planted_effect_is_found_and_covered(rng):
-    rates = calibration.one_verdict(calibration.World(seed_spread=0.02, images=576, pairing=0.5), 5, (0.10, 0.0), 300, rng)
+    rates = calibration.one_verdict(
+        calibration.World(seed_spread=0.02, images=576, pairing=0.5), 5, (0.10, 0.0), 300, rng
+    )
     assert rates["detect"] >= 0.9 and rates["cover95"] >= 0.93
 
 

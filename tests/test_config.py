@@ -13,9 +13,19 @@ from regsweep.config import RegsweepError, compose, compose_study, flatten, reda
 
 def test_default_config_uses_the_canonical_knob_keys():
     cfg = compose()
-    for key in ("model.dropout", "augment.strength", "optim.lr", "model.unfrozen_blocks",
-                "data.train_dir", "data.val_dir", "data.test_dir", "model.backbone", "model.weights",
-                "train.seed", "tracking.uri"):
+    for key in (
+        "model.dropout",
+        "augment.strength",
+        "optim.lr",
+        "model.unfrozen_blocks",
+        "data.train_dir",
+        "data.val_dir",
+        "data.test_dir",
+        "model.backbone",
+        "model.weights",
+        "train.seed",
+        "tracking.uri",
+    ):
         assert key in flatten(cfg), key
     assert cfg.model.backbone == "demo_cnn" and cfg.data.train_dir is None  # the offline demo
     validate(cfg)
@@ -70,11 +80,13 @@ def test_own_conf_and_sweeps_in_the_working_directory_come_before_regsweeps_own(
     (tmp_path / "conf" / "model").mkdir(parents=True)
     (tmp_path / "conf" / "model" / "wide.yaml").write_text("defaults:\n  - demo_cnn\n  - _self_\nhead_units: 256\n")
     (tmp_path / "conf" / "train").mkdir()
-    (tmp_path / "conf" / "train" / "default.yaml").write_text("epochs: 3\nfine_tune_epochs: 2\nseed: 0\n"
-                                                               "early_stopping_patience: 5\nverbose: 0\n")
+    (tmp_path / "conf" / "train" / "default.yaml").write_text(
+        "epochs: 3\nfine_tune_epochs: 2\nseed: 0\nearly_stopping_patience: 5\nverbose: 0\n"
+    )
     (tmp_path / "sweeps" / "baselines").mkdir(parents=True)
-    (tmp_path / "sweeps" / "quick.yaml").write_text("study: quick\nn_trials: 2\n"
-                                                    "params:\n  model.dropout: interval(0, 0.5)\n")
+    (tmp_path / "sweeps" / "quick.yaml").write_text(
+        "study: quick\nn_trials: 2\nparams:\n  model.dropout: interval(0, 0.5)\n"
+    )
     (tmp_path / "sweeps" / "baselines" / "light.yaml").write_text("model.dropout: 0.1\n")
     monkeypatch.chdir(tmp_path)
     cfg = compose(["model=wide"])
@@ -83,10 +95,13 @@ def test_own_conf_and_sweeps_in_the_working_directory_come_before_regsweeps_own(
     assert compose_study(["sweep=quick"]).sweep.n_trials == 2
     assert compose_study([]).sweep.study == "regularization"
     assert space.baseline_overrides("light") == ["model.dropout=0.1"]
-    with pytest.raises(RegsweepError, match=r"sweep=nope is not a known sweep: choose one of quick, regularization, "
-                                            r"or write sweeps/nope.yaml in the working directory"):
+    with pytest.raises(
+        RegsweepError,
+        match=r"sweep=nope is not a known sweep: choose one of quick, regularization, "
+        r"or write sweeps/nope.yaml in the working directory",
+    ):
         compose_study(["sweep=nope"])
-    with pytest.raises(RegsweepError, match="choose one of light, unregularized, or write sweeps/baselines/nope.yaml"):
+    with pytest.raises(RegsweepError, match=r"choose one of light, unregularized, or write sweeps/baselines/nope.yaml"):
         space.baseline_overrides("nope")
     job = regsweep("train", "--cfg", "job", "model=wide", cwd=tmp_path)  # Hydra's own app searches ./conf first too
     assert job.returncode == 0 and "head_units: 256" in job.stdout and "epochs: 3" in job.stdout
@@ -127,7 +142,8 @@ def test_cli_prints_its_version_and_refuses_a_mistyped_flag_in_one_sentence():
     typo = regsweep("report", "--reevalute", "sweep.study=nothing")
     assert typo.returncode == 2 and "Traceback" not in typo.stderr
     assert typo.stderr.strip().splitlines() == [
-        "regsweep: error: unrecognized arguments: --reevalute: see regsweep report --help"]
+        "regsweep: error: unrecognized arguments: --reevalute: see regsweep report --help"
+    ]
     port = regsweep("ui", "--port", "http")
     assert port.returncode == 2
     assert "argument --port: http is not a port number: give one from 1 to 65535" in port.stderr
@@ -162,6 +178,8 @@ def test_a_tracking_server_that_never_answers_stops_the_command_within_its_timeo
         assert time.monotonic() - start < 10
     finally:
         silent.close()
-    assert str(stopped.value) == (f"tracking.uri=http://user:***@127.0.0.1:{url.rsplit(':', 1)[1]} cannot be reached "
-                                  "(no answer within 2 s): start the server or fix the URL, or raise "
-                                  "tracking.connect_timeout for a slow network")
+    assert str(stopped.value) == (
+        f"tracking.uri=http://user:***@127.0.0.1:{url.rsplit(':', 1)[1]} cannot be reached "
+        "(no answer within 2 s): start the server or fix the URL, or raise "
+        "tracking.connect_timeout for a slow network"
+    )

@@ -6,8 +6,8 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from conftest import write_class_folders
 
+from conftest import write_class_folders
 from regsweep import data
 from regsweep.config import RegsweepError, compose
 
@@ -39,10 +39,7 @@ def test_missing_folder_is_named(tmp_path):
 
 
 def _split_files(root: Path) -> dict[str, dict[str, set[str]]]:
-    return {
-        split.name: {c.name: {f.name for f in c.iterdir()} for c in split.iterdir()}
-        for split in root.iterdir()
-    }
+    return {split.name: {c.name: {f.name for f in c.iterdir()} for c in split.iterdir()} for split in root.iterdir()}
 
 
 def test_one_folder_split_is_stratified_seeded_and_disjoint(tmp_path):
@@ -100,8 +97,12 @@ def _write_bad_files(folder: Path) -> dict[str, str]:
     (folder / "empty.jpg").write_bytes(b"")
     (folder / "notes.txt").write_text("shot on a phone")
     (folder / ".DS_Store").write_bytes(b"\0\0")  # hidden: ignored, as Keras ignores it
-    return {"corrupt.jpg": "cannot be decoded", "truncated.png": "cannot be decoded",
-            "empty.jpg": "empty (zero-byte)", "notes.txt": "not an image file"}
+    return {
+        "corrupt.jpg": "cannot be decoded",
+        "truncated.png": "cannot be decoded",
+        "empty.jpg": "empty (zero-byte)",
+        "notes.txt": "not an image file",
+    }
 
 
 def test_unreadable_files_stop_the_run_naming_one_and_the_fix(tmp_path):
@@ -109,15 +110,21 @@ def test_unreadable_files_stop_the_run_naming_one_and_the_fix(tmp_path):
     write_class_folders(tmp_path / "val", 2)
     _write_bad_files(tmp_path / "train" / "square")
     cfg = data_cfg("data=folders", f"data.train_dir={tmp_path / 'train'}", f"data.val_dir={tmp_path / 'val'}")
-    with pytest.raises(RegsweepError, match=r"square/\w+\.\w+ in data\.train_dir=.* and 3 more: .*data\.on_bad_image=skip"):
+    with pytest.raises(
+        RegsweepError, match=r"square/\w+\.\w+ in data\.train_dir=.* and 3 more: .*data\.on_bad_image=skip"
+    ):
         data.resolve_splits(cfg, 32, tmp_path / "store")
 
 
 def test_skip_leaves_out_each_unreadable_file_with_a_warning_and_a_new_fingerprint(tmp_path, capfd):
     write_class_folders(tmp_path / "train", 3)
     write_class_folders(tmp_path / "val", 2)
-    cfg = data_cfg("data=folders", f"data.train_dir={tmp_path / 'train'}", f"data.val_dir={tmp_path / 'val'}",
-                   "data.on_bad_image=skip")
+    cfg = data_cfg(
+        "data=folders",
+        f"data.train_dir={tmp_path / 'train'}",
+        f"data.val_dir={tmp_path / 'val'}",
+        "data.on_bad_image=skip",
+    )
     clean = data.resolve_splits(cfg, 32, tmp_path / "store")
     clean_fingerprint = data.fingerprint(clean)
     expected = _write_bad_files(tmp_path / "train" / "square")
@@ -149,8 +156,12 @@ def test_an_empty_class_folder_is_named(tmp_path):
 def test_one_folder_given_as_two_splits_is_refused(tmp_path):
     write_class_folders(tmp_path / "train", 2)
     write_class_folders(tmp_path / "test", 2, seed=1)
-    cfg = data_cfg("data=folders", f"data.train_dir={tmp_path / 'train'}", f"data.val_dir={tmp_path / 'test'}",
-                   f"data.test_dir={tmp_path / 'test'}/")
+    cfg = data_cfg(
+        "data=folders",
+        f"data.train_dir={tmp_path / 'train'}",
+        f"data.val_dir={tmp_path / 'test'}",
+        f"data.test_dir={tmp_path / 'test'}/",
+    )
     with pytest.raises(RegsweepError, match=r"data\.test_dir=.*test is the same folder as data\.val_dir"):
         data.resolve_splits(cfg, 32, tmp_path / "store")
 
@@ -161,23 +172,37 @@ def test_images_copied_into_another_split_are_found_by_content_and_warned_about(
     write_class_folders(tmp_path / "train", 3)
     write_class_folders(tmp_path / "val", 3, seed=1)
     write_class_folders(tmp_path / "test", 3, seed=2)
-    (tmp_path / "test" / "circle" / "renamed.png").write_bytes((tmp_path / "train" / "circle" / "circle_001.png").read_bytes())
-    args = [f"paths.store={tmp_path / 'store'}", "data=folders", f"data.train_dir={tmp_path / 'train'}",
-            f"data.val_dir={tmp_path / 'val'}", f"data.test_dir={tmp_path / 'test'}"]
+    (tmp_path / "test" / "circle" / "renamed.png").write_bytes(
+        (tmp_path / "train" / "circle" / "circle_001.png").read_bytes()
+    )
+    args = [
+        f"paths.store={tmp_path / 'store'}",
+        "data=folders",
+        f"data.train_dir={tmp_path / 'train'}",
+        f"data.val_dir={tmp_path / 'val'}",
+        f"data.test_dir={tmp_path / 'test'}",
+    ]
     prepared = sweep.prepare(args)
     assert prepared.shared_images == [["train/circle/circle_001.png", "test/circle/renamed.png"]]
     warning = capsys.readouterr().err
-    assert "1 image(s) appear in more than one split" in warning and "train/circle/circle_001.png = test/circle/renamed.png" in warning
+    assert (
+        "1 image(s) appear in more than one split" in warning
+        and "train/circle/circle_001.png = test/circle/renamed.png" in warning
+    )
 
 
 def test_a_training_subset_is_stratified_nested_and_keeps_every_class(tmp_path):
     write_class_folders(tmp_path / "train", 8)
     write_class_folders(tmp_path / "val", 2, seed=1)
     base = ["data=folders", f"data.train_dir={tmp_path / 'train'}", f"data.val_dir={tmp_path / 'val'}"]
-    quarter, half = (data.resolve_splits(data_cfg(*base, f"data.train_fraction={f}"), 32, tmp_path / "store").train
-                     for f in (0.1, 0.5))
-    names = {folder: {c: {p.name for p in data.image_files(folder, c)} for c in ("circle", "square", "stripes")}
-             for folder in (quarter, half)}
+    quarter, half = (
+        data.resolve_splits(data_cfg(*base, f"data.train_fraction={f}"), 32, tmp_path / "store").train
+        for f in (0.1, 0.5)
+    )
+    names = {
+        folder: {c: {p.name for p in data.image_files(folder, c)} for c in ("circle", "square", "stripes")}
+        for folder in (quarter, half)
+    }
     assert all(len(files) == 1 for files in names[quarter].values())  # ceil(0.8) = 1: at least one per class
     assert all(len(files) == 4 for files in names[half].values())
     assert all(names[quarter][c] <= names[half][c] for c in names[half])  # the smaller subset is part of the larger
@@ -228,7 +253,9 @@ def test_a_bad_symlink_stops_the_run_before_it_starts_naming_it_and_the_fix(tmp_
     link.symlink_to("x.jpg" if kind == "loop" else tmp_path / "moved-away.jpg")
     cfg = data_cfg("data=folders", f"data.train_dir={tmp_path / 'train'}", f"data.val_dir={tmp_path / 'val'}")
     words = "symbolic link loop" if kind == "loop" else "broken symbolic link"
-    with pytest.raises(RegsweepError, match=rf"circle/x\.jpg in data\.train_dir=.* {words} .*: repair or remove the link"):
+    with pytest.raises(
+        RegsweepError, match=rf"circle/x\.jpg in data\.train_dir=.* {words} .*: repair or remove the link"
+    ):
         data.resolve_splits(cfg, 32, tmp_path / "store")
 
 
@@ -237,7 +264,9 @@ def test_skip_leaves_out_bad_links_and_nested_corrupt_images_and_keras_reads_the
     write_class_folders(tmp_path / "val", 2, seed=1)
     square = tmp_path / "train" / "square"
     (square / "sub").mkdir()
-    (square / "sub" / "square_000.png").write_bytes((square / "square_001.png").read_bytes())  # kept: same name as above
+    (square / "sub" / "square_000.png").write_bytes(
+        (square / "square_001.png").read_bytes()
+    )  # kept: same name as above
     (square / "sub" / "bad.jpg").write_bytes(b"\xff\xd8\xff\xe0" + b"not really a jpeg" * 20)
     (square / "loop.png").symlink_to("loop.png")
     (square / "gone.png").symlink_to(tmp_path / "nowhere.png")
@@ -245,10 +274,14 @@ def test_skip_leaves_out_bad_links_and_nested_corrupt_images_and_keras_reads_the
     with pytest.raises(RegsweepError, match=r"square/gone\.png in data\.train_dir=.* and 2 more"):
         data.resolve_splits(data_cfg(*base), 32, tmp_path / "store")
     splits = data.resolve_splits(data_cfg(*base, "data.on_bad_image=skip"), 32, tmp_path / "store")
-    assert sorted(Path(p).relative_to(square).as_posix() for p in splits.skipped) == ["gone.png", "loop.png", "sub/bad.jpg"]
+    assert sorted(Path(p).relative_to(square).as_posix() for p in splits.skipped) == [
+        "gone.png",
+        "loop.png",
+        "sub/bad.jpg",
+    ]
     warning = capfd.readouterr().err
     assert "square/sub/bad.jpg: cannot be decoded" in warning and "square/loop.png: is a symbolic link loop" in warning
-    images, labels = data.load_images(splits.train, splits.class_names, 32)  # Keras reads the view without crashing
+    _images, labels = data.load_images(splits.train, splits.class_names, 32)  # Keras reads the view without crashing
     assert np.bincount(labels).tolist() == [3, 4, 3]  # the nested good image is kept, under its own name
     assert (splits.train / "square" / "sub" / "square_000.png").is_file()
 
@@ -259,13 +292,18 @@ def test_a_split_view_keeps_nested_files_under_their_own_paths(tmp_path):
         (source / class_name / "sub").mkdir()
         for i in range(4):  # the same names as the files above them
             (source / class_name / "sub" / f"{class_name}_{i:03d}.png").write_bytes(
-                (source / class_name / f"{class_name}_{5 - i:03d}.png").read_bytes())
+                (source / class_name / f"{class_name}_{5 - i:03d}.png").read_bytes()
+            )
     view = data.split_folder(source, 0.2, 0.0, seed=0, store=tmp_path / "store")
     for class_name in ("a", "b"):
-        seen = [p.relative_to(view / split / class_name).as_posix()
-                for split in ("train", "validation") for p in data.image_files(view / split, class_name)]
-        assert sorted(seen) == sorted([f"{class_name}_{i:03d}.png" for i in range(6)]
-                                      + [f"sub/{class_name}_{i:03d}.png" for i in range(4)])
+        seen = [
+            p.relative_to(view / split / class_name).as_posix()
+            for split in ("train", "validation")
+            for p in data.image_files(view / split, class_name)
+        ]
+        assert sorted(seen) == sorted(
+            [f"{class_name}_{i:03d}.png" for i in range(6)] + [f"sub/{class_name}_{i:03d}.png" for i in range(4)]
+        )
 
 
 def test_a_class_folder_spelled_nfc_in_one_split_and_nfd_in_another_is_one_class(tmp_path):
@@ -281,14 +319,18 @@ def test_a_class_folder_spelled_nfc_in_one_split_and_nfd_in_another_is_one_class
     assert np.bincount(data.load_images(splits.val, splits.class_names, 16)[1]).tolist() == [3, 3]
     assert np.bincount(data.load_images(splits.train, splits.class_names, 16)[1]).tolist() == [2, 2]
     write_class_folders(tmp_path / "val", 1, classes=(nfc,), seed=2)  # now both spellings side by side
-    with pytest.raises(RegsweepError, match="2 class folders named Kleid-ü, spelled in different Unicode normalizations"):
+    with pytest.raises(
+        RegsweepError, match="2 class folders named Kleid-ü, spelled in different Unicode normalizations"
+    ):
         data.resolve_splits(cfg, 32, tmp_path / "store")
 
 
 def test_a_comma_in_a_class_folder_name_is_refused_naming_the_folder(tmp_path):
     write_class_folders(tmp_path / "all", 4, classes=("Hose,lang", "Hemd"))
     cfg = data_cfg("data=split", f"data.dir={tmp_path / 'all'}")
-    with pytest.raises(RegsweepError, match=r"class folder Hose,lang in data\.dir=.* has a comma .*: rename the folder"):
+    with pytest.raises(
+        RegsweepError, match=r"class folder Hose,lang in data\.dir=.* has a comma .*: rename the folder"
+    ):
         data.resolve_splits(cfg, 32, tmp_path / "store")
 
 
@@ -309,8 +351,11 @@ def test_class_names_in_the_confusion_matrix_draw_without_missing_glyphs(names):
         figure.savefig(io.BytesIO(), format="png")
     axis = figure.axes[0]
     labels = [label.get_text() for label in axis.get_xticklabels()]
-    font_has_all = any(not e.name.startswith("Last Resort") and {ord(c) for n in names for c in n}
-                       <= set(font_manager.get_font(e.fname).get_charmap()) for e in font_manager.fontManager.ttflist)
+    font_has_all = any(
+        not e.name.startswith("Last Resort")
+        and {ord(c) for n in names for c in n} <= set(font_manager.get_font(e.fname).get_charmap())
+        for e in font_manager.fontManager.ttflist
+    )
     if font_has_all:  # STIXGeneral, bundled with matplotlib, has ℊ; DejaVu Sans, the default, does not
         assert labels == names
     else:
@@ -322,5 +367,7 @@ def test_loading_stops_if_keras_would_read_other_files_than_the_check_listed(tmp
     write_class_folders(tmp_path / "train", 2, classes=("a", "b"))
     (tmp_path / "train" / "a" / "extra.jpg").write_bytes((tmp_path / "train" / "a" / "a_000.png").read_bytes())
     monkeypatch.setattr(data, "IMAGE_SUFFIXES", (".png",))  # as if Keras and the check disagreed on suffixes
-    with pytest.raises(RegsweepError, match=r"Keras \S+ reads 5 image file\(s\) in .* where regsweep's image check lists 4"):
+    with pytest.raises(
+        RegsweepError, match=r"Keras \S+ reads 5 image file\(s\) in .* where regsweep's image check lists 4"
+    ):
         data.load_images(tmp_path / "train", ("a", "b"), 16)

@@ -24,16 +24,23 @@ from pathlib import Path
 import mlflow
 import optuna
 import pytest
-from conftest import write_class_folders
 
+from conftest import write_class_folders
 from regsweep import cli, sweep, tracking
 from regsweep import study as studies
 from regsweep.config import RegsweepError
 
 REGSWEEP = str(Path(sys.executable).with_name("regsweep"))
 ENV = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3"}
-TINY = ["train.epochs=3", "train.fine_tune_epochs=1", "tracking.artifacts=none", "sweep.pruner.name=none",
-        "sweep.reevaluate.top_k=1", "sweep.reevaluate.curve=[]", "sweep.heartbeat_seconds=1"]
+TINY = [
+    "train.epochs=3",
+    "train.fine_tune_epochs=1",
+    "tracking.artifacts=none",
+    "sweep.pruner.name=none",
+    "sweep.reevaluate.top_k=1",
+    "sweep.reevaluate.curve=[]",
+    "sweep.heartbeat_seconds=1",
+]
 
 
 # --- what every fault test checks ------------------------------------------------------------------
@@ -89,14 +96,35 @@ def test_stopped_mid_trial_and_mid_reevaluation_each_stop_ends_everything_and_th
     regsweep listens for it), then SIGTERM, as a scheduler sends it, during the re-evaluation:
     each time one line, exit 130 or 143, nothing RUNNING, the claim released; then the same
     command finishes at once, without waiting out a lease."""
-    command = [REGSWEEP, "sweep", f"paths.store={store}", *TINY, "sweep.n_trials=2", "sweep.study=stops",
-               "sweep.reevaluate.seeds=2", "sweep.reevaluate.max_seeds=2"]
-    background = subprocess.Popen(["bash", "-c", f'{" ".join(command)} & echo $! > "{store}/pid"; wait $!'],
-                                  stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, env=ENV)
+    command = [
+        REGSWEEP,
+        "sweep",
+        f"paths.store={store}",
+        *TINY,
+        "sweep.n_trials=2",
+        "sweep.study=stops",
+        "sweep.reevaluate.seeds=2",
+        "sweep.reevaluate.max_seeds=2",
+    ]
+    background = subprocess.Popen(
+        ["bash", "-c", f'{" ".join(command)} & echo $! > "{store}/pid"; wait $!'],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        text=True,
+        env=ENV,
+    )
     pid_file = store / "pid"
     wait_for(lambda: pid_file.is_file() and pid_file.read_text().strip(), 30, "the background sweep", background)
-    training = wait_for(lambda: [r for r in runs(store, "stops") if r.info.status == "RUNNING"
-                                 and r.data.tags.get("regsweep.role") != "study"], 300, "a trial's run", background)
+    training = wait_for(
+        lambda: [
+            r
+            for r in runs(store, "stops")
+            if r.info.status == "RUNNING" and r.data.tags.get("regsweep.role") != "study"
+        ],
+        300,
+        "a trial's run",
+        background,
+    )
     time.sleep(1.0)  # in the middle of its epochs
     os.kill(int(pid_file.read_text()), signal.SIGINT)  # only the sweep, as `kill -INT` does
     stderr = background.communicate(timeout=120)[1]
@@ -109,8 +137,16 @@ def test_stopped_mid_trial_and_mid_reevaluation_each_stop_ends_everything_and_th
     assert {r.info.run_id: r.info.status for r in runs(store, "stops")}[training[0].info.run_id] == "KILLED"
 
     during = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=ENV)
-    wait_for(lambda: [r for r in runs(store, "stops") if r.info.status == "RUNNING"
-                      and r.data.tags.get("regsweep.role") == "reeval"], 600, "a re-evaluation run", during)
+    wait_for(
+        lambda: [
+            r
+            for r in runs(store, "stops")
+            if r.info.status == "RUNNING" and r.data.tags.get("regsweep.role") == "reeval"
+        ],
+        600,
+        "a re-evaluation run",
+        during,
+    )
     during.send_signal(signal.SIGTERM)
     out, err = during.communicate(timeout=120)
     assert during.returncode == 143, err[-3000:]
@@ -139,10 +175,18 @@ def test_stopped_mid_trial_and_mid_reevaluation_each_stop_ends_everything_and_th
 
 
 @pytest.mark.slow
-def test_a_disk_that_fills_under_a_trial_is_one_sentence_the_trial_fails_with_the_reason_and_it_resumes(store, monkeypatch):
+def test_a_disk_that_fills_under_a_trial_is_one_sentence_the_trial_fails_with_the_reason_and_it_resumes(
+    store, monkeypatch
+):
     """Injected where it can be anywhere (no tmpfs needed): the trial's weights cannot be written."""
-    base = [f"paths.store={store}", *TINY, "sweep.trials_per_worker=0", "sweep.study=full", "sweep.reevaluate.seeds=0",
-            "model.dropout=choice(0.1, 0.2)"]
+    base = [
+        f"paths.store={store}",
+        *TINY,
+        "sweep.trials_per_worker=0",
+        "sweep.study=full",
+        "sweep.reevaluate.seeds=0",
+        "model.dropout=choice(0.1, 0.2)",
+    ]
     sweep.run_study([*base, "sweep.n_trials=1"])
     args = [*base, "sweep.n_trials=2"]
     before = {t.number: t.user_attrs["val_accuracy"] for t in trials(store, "full")}
@@ -176,8 +220,15 @@ def test_a_store_on_a_disk_that_really_fills_up_stops_in_one_sentence_and_resume
     subprocess.run(["mount", "-t", "tmpfs", "-o", "size=40m", "tmpfs", str(disk)], check=True)
     try:
         store = disk / "mlruns"  # the demo's data and backbone are made there too, as in a user's store
-        command = [REGSWEEP, "sweep", f"paths.store={store}", *TINY, "sweep.study=disk", "sweep.reevaluate.seeds=0",
-                   "model.dropout=choice(0.1, 0.2)"]
+        command = [
+            REGSWEEP,
+            "sweep",
+            f"paths.store={store}",
+            *TINY,
+            "sweep.study=disk",
+            "sweep.reevaluate.seeds=0",
+            "model.dropout=choice(0.1, 0.2)",
+        ]
         first = subprocess.run([*command, "sweep.n_trials=1"], capture_output=True, text=True, env=ENV, timeout=600)
         assert first.returncode == 0, first.stderr[-3000:]
         ballast = disk / "ballast"
@@ -213,7 +264,9 @@ def test_a_damaged_database_is_named_in_one_sentence_and_never_rewritten(finishe
     store = tmp_path / "mlruns"
     shutil.copytree(finished_study, store, symlinks=True)
     damaged = store / database
-    damaged.write_bytes(damaged.read_bytes()[: damaged.stat().st_size // 3])  # truncated, as a full disk or a bad copy leaves it
+    damaged.write_bytes(
+        damaged.read_bytes()[: damaged.stat().st_size // 3]
+    )  # truncated, as a full disk or a bad copy leaves it
     digest = _digest(damaged)
     for command in (["sweep", f"paths.store={store}", *TINY, "sweep.study=fresh"], ["report", f"paths.store={store}"]):
         with pytest.raises(SystemExit) as exit_code:
@@ -233,8 +286,13 @@ def test_train_on_a_damaged_tracking_store_is_one_sentence(finished_study, tmp_p
     damaged = store / "mlflow.db"
     damaged.write_bytes(b"this is not a database" * 100)
     digest = _digest(damaged)
-    result = subprocess.run([REGSWEEP, "train", f"paths.store={store}", "train.epochs=1", "train.fine_tune_epochs=0"],
-                            capture_output=True, text=True, env=ENV, timeout=300)
+    result = subprocess.run(
+        [REGSWEEP, "train", f"paths.store={store}", "train.epochs=1", "train.fine_tune_epochs=0"],
+        capture_output=True,
+        text=True,
+        env=ENV,
+        timeout=300,
+    )
     assert result.returncode == 2, result.stderr[-3000:]
     assert one_sentence(result.stderr).startswith(f"regsweep: error: {damaged} is damaged")
     assert _digest(damaged) == digest
@@ -258,8 +316,9 @@ def read_only_folder(tmp_path):
 @pytest.mark.slow
 @pytest.mark.parametrize("command", [["train", "train.epochs=1"], ["sweep", "sweep.n_trials=1"]])
 def test_a_read_only_working_folder_is_one_sentence_that_suggests_paths_store(read_only_folder, command):
-    result = subprocess.run([REGSWEEP, *command], capture_output=True, text=True, env=ENV, timeout=300,
-                            cwd=read_only_folder)
+    result = subprocess.run(
+        [REGSWEEP, *command], capture_output=True, text=True, env=ENV, timeout=300, cwd=read_only_folder
+    )
     assert result.returncode == 2, result.stderr[-3000:]
     line = one_sentence(result.stderr)
     assert "paths.store=" in line and ("read-only" in line or "not writable" in line), line
@@ -292,10 +351,20 @@ def test_a_report_mid_study_says_it_is_in_progress_and_moves_nothing(finished_st
 
 
 def test_a_sweep_whose_trials_all_fail_stops_after_max_failures_with_the_reasons_counted(store):
-    args = [f"paths.store={store}", *TINY, "sweep.trials_per_worker=0", "sweep.n_trials=10", "sweep.max_failures=3",
-            "sweep.study=doomed", "model.dropout=choice(1.5, 2.5)"]
-    with pytest.raises(RegsweepError, match=r"^3 trials failed in this run, so the sweep stopped \(sweep.max_failures=3\): "
-                                            r"\d× .*outside \[0, 1\)") as error:
+    args = [
+        f"paths.store={store}",
+        *TINY,
+        "sweep.trials_per_worker=0",
+        "sweep.n_trials=10",
+        "sweep.max_failures=3",
+        "sweep.study=doomed",
+        "model.dropout=choice(1.5, 2.5)",
+    ]
+    with pytest.raises(
+        RegsweepError,
+        match=r"^3 trials failed in this run, so the sweep stopped \(sweep.max_failures=3\): "
+        r"\d× .*outside \[0, 1\)",
+    ) as error:
         sweep.run_study(args)
     assert "re-run the same command" in str(error.value)
     assert [t.state.name for t in trials(store, "doomed")] == ["FAIL"] * 3
@@ -310,8 +379,16 @@ def test_a_link_loop_in_the_images_is_refused_before_any_trial(tmp_path, capsys)
     loop = train / "circle" / "loop.png"
     loop.symlink_to(loop)
     with pytest.raises(SystemExit) as exit_code:
-        cli.main(["sweep", f"paths.store={tmp_path / 'mlruns'}", "data=folders", f"data.train_dir={train}",
-                  f"data.val_dir={validation}", *TINY])
+        cli.main(
+            [
+                "sweep",
+                f"paths.store={tmp_path / 'mlruns'}",
+                "data=folders",
+                f"data.train_dir={train}",
+                f"data.val_dir={validation}",
+                *TINY,
+            ]
+        )
     assert exit_code.value.code == 2
     assert str(loop) in one_sentence(capsys.readouterr().err)
     assert not (tmp_path / "mlruns" / "optuna.db").exists()
@@ -322,14 +399,15 @@ def test_a_stop_that_tensorflow_replaces_with_its_own_error_still_ends_the_run_k
     "Nesting violated …" AssertionError (seen in a Ctrl-C mid-trial): the run ends KILLED with the
     stop's reason, and the stop, not the error, goes on up."""
     from conftest import quick_cfg
-
     from regsweep import faults
 
     faults._REQUESTED.append(faults.Terminated())  # as the SIGTERM handler records it
     try:
-        with pytest.raises(faults.Terminated) as stopped:
-            with tracking.training_run(quick_cfg(store), "stopped", ("a", "b"), {}) as run:
-                raise AssertionError("Nesting violated for default stack of FuncGraph objects")
+        with (
+            pytest.raises(faults.Terminated) as stopped,
+            tracking.training_run(quick_cfg(store), "stopped", ("a", "b"), {}) as run,
+        ):
+            raise AssertionError("Nesting violated for default stack of FuncGraph objects")
     finally:
         faults.forget_stops()
     assert isinstance(stopped.value.__cause__, AssertionError)

@@ -12,15 +12,41 @@ PACKAGE = Path(__file__).resolve().parents[1] / "src" / "regsweep"
 
 # Top to bottom: CLI → commands → study mechanics → decisions → training → data and models →
 # tracking and config. README.md's code tour follows the same order.
-LAYERS = ["cli", "sweep", "report", "ui", "reevaluate", "trial", "study", "worker", "space", "results",
-          "export", "train", "cache", "data", "demo", "model", "tracking", "files", "progress", "faults", "config"]
+LAYERS = [
+    "cli",
+    "sweep",
+    "report",
+    "ui",
+    "reevaluate",
+    "trial",
+    "study",
+    "worker",
+    "space",
+    "results",
+    "export",
+    "train",
+    "cache",
+    "data",
+    "demo",
+    "model",
+    "tracking",
+    "files",
+    "progress",
+    "faults",
+    "config",
+]
 
 
 def own_imports(path: Path) -> list[tuple[str, int, bool]]:
     """(regsweep module imported, line, whether inside a function) for each import of the package."""
     tree = ast.parse(path.read_text())
-    inside = {id(node) for function in ast.walk(tree) if isinstance(function, (ast.FunctionDef, ast.AsyncFunctionDef))
-              for node in ast.walk(function) if node is not function}
+    inside = {
+        id(node)
+        for function in ast.walk(tree)
+        if isinstance(function, (ast.FunctionDef, ast.AsyncFunctionDef))
+        for node in ast.walk(function)
+        if node is not function
+    }
     found = []
     for node in ast.walk(tree):
         names = []
@@ -40,30 +66,42 @@ def test_every_module_has_a_place_in_the_layers():
 
 
 def test_modules_import_only_modules_below_them_so_there_are_no_loops():
-    upward = [f"{module}.py:{line} imports {target}"
-              for module in LAYERS
-              for target, line, _ in own_imports(PACKAGE / f"{module}.py")
-              if LAYERS.index(target) <= LAYERS.index(module)]
+    upward = [
+        f"{module}.py:{line} imports {target}"
+        for module in LAYERS
+        for target, line, _ in own_imports(PACKAGE / f"{module}.py")
+        if LAYERS.index(target) <= LAYERS.index(module)
+    ]
     assert upward == []
 
 
 def test_an_import_inside_a_function_says_why_on_its_line():
     lines = {module: (PACKAGE / f"{module}.py").read_text().splitlines() for module in LAYERS}
-    unexplained = [f"{module}.py:{line}" for module in LAYERS for _, line, in_function in own_imports(PACKAGE / f"{module}.py")
-                   if in_function and "lazy:" not in lines[module][line - 1]]
+    unexplained = [
+        f"{module}.py:{line}"
+        for module in LAYERS
+        for _, line, in_function in own_imports(PACKAGE / f"{module}.py")
+        if in_function and "lazy:" not in lines[module][line - 1]
+    ]
     assert unexplained == []
 
 
 def test_the_decision_module_is_plain_python():
     """No MLflow, Optuna or TensorFlow in the decisions: NumPy and SciPy for the statistics only."""
     tree = ast.parse((PACKAGE / "results.py").read_text())
-    imported = {alias.name.split(".")[0] for node in ast.walk(tree) if isinstance(node, ast.Import) for alias in node.names}
-    imported |= {node.module.split(".")[0] for node in ast.walk(tree) if isinstance(node, ast.ImportFrom) and node.module}
+    imported = {
+        alias.name.split(".")[0] for node in ast.walk(tree) if isinstance(node, ast.Import) for alias in node.names
+    }
+    imported |= {
+        node.module.split(".")[0] for node in ast.walk(tree) if isinstance(node, ast.ImportFrom) and node.module
+    }
     assert imported <= {"__future__", "math", "statistics", "dataclasses", "numpy", "scipy", "regsweep"}
 
 
 def test_the_sweep_process_and_the_cli_do_not_load_tensorflow():
-    code = ("import sys, regsweep.cli, regsweep.sweep, regsweep.report, regsweep.ui, regsweep.cache; "
-            "print(sorted(m for m in ('tensorflow', 'keras') if m in sys.modules))")
+    code = (
+        "import sys, regsweep.cli, regsweep.sweep, regsweep.report, regsweep.ui, regsweep.cache; "
+        "print(sorted(m for m in ('tensorflow', 'keras') if m in sys.modules))"
+    )
     loaded = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120, check=True)
     assert loaded.stdout.strip() == "[]"

@@ -65,10 +65,19 @@ def test_missing_imagenet_weights_explain_where_to_put_the_file(tmp_path, monkey
     assert "model.weights=<path>" in message
 
 
-@pytest.mark.parametrize("backbone, unfrozen", [
-    ("demo_cnn", 0), ("demo_cnn", 1), ("demo_cnn", 3), ("mobilenet_v2", 0), ("mobilenet_v2", 3),
-    ("vgg16", 1), ("efficientnet_b0", 2), ("resnet50", 1),
-])
+@pytest.mark.parametrize(
+    "backbone, unfrozen",
+    [
+        ("demo_cnn", 0),
+        ("demo_cnn", 1),
+        ("demo_cnn", 3),
+        ("mobilenet_v2", 0),
+        ("mobilenet_v2", 3),
+        ("vgg16", 1),
+        ("efficientnet_b0", 2),
+        ("resnet50", 1),
+    ],
+)
 def test_prefix_then_suffix_then_head_equals_the_whole_classifier(backbone, unfrozen):
     """The feature cache trains suffix + head on prefix outputs: that must be the same function."""
     import numpy as np
@@ -83,8 +92,9 @@ def test_prefix_then_suffix_then_head_equals_the_whole_classifier(backbone, unfr
     assert features[0].ndim == 2  # phase 1 caches one pooled vector per image, not a feature map
     for cut in cuts:
         on_features = models.classifier_on_features(classifier, backbone, base, cut, features[cut].shape[1:])
-        np.testing.assert_allclose(on_features.predict(features[cut], verbose=0),
-                                   classifier.predict(images, verbose=0), rtol=1e-5, atol=1e-6)
+        np.testing.assert_allclose(
+            on_features.predict(features[cut], verbose=0), classifier.predict(images, verbose=0), rtol=1e-5, atol=1e-6
+        )
     _, suffix = models.split_backbone(backbone, base, unfrozen)
     assert (suffix is None) == (unfrozen == 0)
     if suffix is not None:  # the cut is a block boundary: the suffix holds exactly the top blocks
@@ -99,10 +109,13 @@ def test_preprocessing_is_stock_layers_computing_the_backbones_own_function(back
     """A saved model loads with plain Keras, and still gets exactly keras.applications' input."""
     import numpy as np
 
-    own = {"demo_cnn": lambda x: x / 255.0, "vgg16": keras.applications.vgg16.preprocess_input,
-           "mobilenet_v2": keras.applications.mobilenet_v2.preprocess_input,
-           "efficientnet_b0": keras.applications.efficientnet.preprocess_input,
-           "resnet50": keras.applications.resnet50.preprocess_input}[backbone]
+    own = {
+        "demo_cnn": lambda x: x / 255.0,
+        "vgg16": keras.applications.vgg16.preprocess_input,
+        "mobilenet_v2": keras.applications.mobilenet_v2.preprocess_input,
+        "efficientnet_b0": keras.applications.efficientnet.preprocess_input,
+        "resnet50": keras.applications.resnet50.preprocess_input,
+    }[backbone]
     inputs = keras.Input((8, 8, 3))
     layers = keras.Model(inputs, models.preprocess(backbone, inputs))
     assert all(type(layer).__module__.startswith("keras.") for layer in layers.layers)

@@ -8,8 +8,8 @@ import subprocess
 import sys
 
 import pytest
-from conftest import write_class_folders
 
+from conftest import write_class_folders
 from regsweep import progress
 
 
@@ -76,10 +76,24 @@ def test_piped_output_of_a_real_command_shows_the_image_check_as_lines(tmp_path)
     write_class_folders(train, 5, size=16, classes=("a", "b"))
     write_class_folders(val, 2, size=16, classes=("a", "b"))
     (train / "a" / "broken.png").write_bytes(b"not a png")
-    command = [sys.executable, "-c", "from regsweep.cli import main; main()", "sweep", f"paths.store={tmp_path / 's'}",
-               "data=folders", f"data.train_dir={train}", f"data.val_dir={val}"]
-    result = subprocess.run(command, check=False, capture_output=True, text=True, timeout=300,
-                            env={**os.environ, "REGSWEEP_PROGRESS_SECONDS": "0"})
+    command = [
+        sys.executable,
+        "-c",
+        "from regsweep.cli import main; main()",
+        "sweep",
+        f"paths.store={tmp_path / 's'}",
+        "data=folders",
+        f"data.train_dir={train}",
+        f"data.val_dir={val}",
+    ]
+    result = subprocess.run(
+        command,
+        check=False,
+        capture_output=True,
+        text=True,
+        timeout=300,
+        env={**os.environ, "REGSWEEP_PROGRESS_SECONDS": "0"},
+    )
     lines = result.stderr.splitlines()
     assert result.returncode == 2, result.stderr[-2000:]
     assert f"checking images in {train}: 1 / 11 images, " in result.stderr

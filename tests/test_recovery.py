@@ -18,13 +18,26 @@ from regsweep import cache
 from regsweep import study as studies
 
 REGSWEEP = str(Path(sys.executable).with_name("regsweep"))
-TINY = ["train.epochs=6", "train.fine_tune_epochs=2", "tracking.artifacts=none", "sweep.pruner.name=none",
-        "sweep.reevaluate.seeds=0"]
+TINY = [
+    "train.epochs=6",
+    "train.fine_tune_epochs=2",
+    "tracking.artifacts=none",
+    "sweep.pruner.name=none",
+    "sweep.reevaluate.seeds=0",
+]
 
 
 def sweep_command(store: Path, storage: str, study: str, *extra: str) -> list[str]:
-    return [REGSWEEP, "sweep", f"paths.store={store}", f"sweep.storage={storage}", f"sweep.study={study}",
-            "sweep.heartbeat_seconds=1", *TINY, *extra]
+    return [
+        REGSWEEP,
+        "sweep",
+        f"paths.store={store}",
+        f"sweep.storage={storage}",
+        f"sweep.study={study}",
+        "sweep.heartbeat_seconds=1",
+        *TINY,
+        *extra,
+    ]
 
 
 def descendants(pid: int) -> list[int]:
@@ -77,8 +90,11 @@ def test_a_sweep_killed_mid_trial_resumes_to_its_budget_and_loses_nothing(store,
         if process.poll() is None:
             process.kill()
     # The trial's worker goes with its sweep: nothing finishes the trial behind the restart's back.
-    wait_for(lambda: not any(Path(f"/proc/{pid}").exists() and "zombie" not in _state(pid) for pid in worker_pids),
-             10, "the sweep's worker to exit")
+    wait_for(
+        lambda: not any(Path(f"/proc/{pid}").exists() and "zombie" not in _state(pid) for pid in worker_pids),
+        10,
+        "the sweep's worker to exit",
+    )
     tracking = mlflow.MlflowClient(f"sqlite:///{store}/mlflow.db")
     assert tracking.get_run(victim.user_attrs["mlflow_run_id"]).info.status == "RUNNING"
 
@@ -130,11 +146,20 @@ def test_two_sweeps_on_one_study_share_the_budget_without_losing_or_repeating_a_
     study = f"pair-{uuid.uuid4().hex[:8]}"
     optuna_url, mlflow_url = f"sqlite:///{store}/optuna.db", f"sqlite:///{store}/mlflow.db"
     budget, workers = 6, 2
-    command = sweep_command(store, optuna_url, study, f"sweep.n_trials={budget}", f"tracking.uri={mlflow_url}",
-                            "model.dropout=interval(0.0, 0.5)", "augment.strength=choice(0.0, 0.5)")
+    command = sweep_command(
+        store,
+        optuna_url,
+        study,
+        f"sweep.n_trials={budget}",
+        f"tracking.uri={mlflow_url}",
+        "model.dropout=interval(0.0, 0.5)",
+        "augment.strength=choice(0.0, 0.5)",
+    )
     env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3"}
-    processes = [subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
-                 for _ in range(workers)]
+    processes = [
+        subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
+        for _ in range(workers)
+    ]
     outputs = [p.communicate(timeout=900) for p in processes]
     for process, (out, err) in zip(processes, outputs):
         assert process.returncode == 0, (out + err)[-3000:]

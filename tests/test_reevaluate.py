@@ -21,7 +21,7 @@ FIXED_2 = ["sweep.reevaluate.seeds=2", "sweep.reevaluate.max_seeds=2"]  # one ro
 
 
 class _Checker(HTMLParser):
-    VOID = {"meta", "img", "br", "hr", "link", "input"}
+    VOID = frozenset({"meta", "img", "br", "hr", "link", "input"})
 
     def __init__(self):
         super().__init__()
@@ -48,7 +48,10 @@ def test_the_html_report_is_well_formed_and_embeds_its_plots(tmp_path):
         axis.plot([0, 1], [1, 0])
         figure.savefig(tmp_path / name)
     plt.close("all")
-    text = "# Title\n\n| a | b |\n|---|---|\n| 1 | 2 |\n\n![front](front.png)\n\n![effects](effects.png)\n\n**Verdict:** x < y\n"
+    text = (
+        "# Title\n\n| a | b |\n|---|---|\n| 1 | 2 |\n\n"
+        "![front](front.png)\n\n![effects](effects.png)\n\n**Verdict:** x < y\n"
+    )
     page = report.html_report(text, tmp_path, "regsweep <study>")
     checker = _Checker()
     checker.feed(page)
@@ -76,11 +79,18 @@ def test_a_sweep_never_touches_the_test_split_and_reevaluation_is_nested_tagged_
     trial_runs = client.search_runs([experiment], "tags.`regsweep.study` = 'reeval'")
     assert len(trial_runs) == 4  # parent + 3 trials
     assert not any(name.startswith("test_") for r in trial_runs for name in r.data.metrics)
-    assert len({r.data.params.get("data.test_fingerprint") for r in trial_runs if "data.test_fingerprint" in r.data.params}) == 1
+    assert (
+        len(
+            {r.data.params.get("data.test_fingerprint") for r in trial_runs if "data.test_fingerprint" in r.data.params}
+        )
+        == 1
+    )
 
     # The demo's test split is disjoint from train and validation, by name and by content.
     splits = data.resolve_splits(sweep.prepare(args).base.data, 32, store)
-    contents = {name: {p.read_bytes() for p in getattr(splits, name).rglob("*.png")} for name in ("train", "val", "test")}
+    contents = {
+        name: {p.read_bytes() for p in getattr(splits, name).rglob("*.png")} for name in ("train", "val", "test")
+    }
     assert contents["test"] and not (contents["test"] & contents["train"] or contents["test"] & contents["val"])
 
     # Which runs list or read the test split's files: only the re-evaluation's, never the learning curve's.
@@ -99,8 +109,11 @@ def test_a_sweep_never_touches_the_test_split_and_reevaluation_is_nested_tagged_
 
     monkeypatch.setattr(data, "image_files", listing_spy)
     monkeypatch.setattr(train, "train_and_log", train_spy)
-    path = sweep.report_study("reeval", [f"paths.store={store}", *TINY, *FIXED_2, "sweep.reevaluate.top_k=2",
-                                         "sweep.reevaluate.curve=[0.5]"], reevaluate_first=True)
+    path = sweep.report_study(
+        "reeval",
+        [f"paths.store={store}", *TINY, *FIXED_2, "sweep.reevaluate.top_k=2", "sweep.reevaluate.curve=[0.5]"],
+        reevaluate_first=True,
+    )
     monkeypatch.setattr(data, "image_files", real_image_files)
     curve_reads = [reads for role, reads in reads_by_role if role == "curve"]
     assert curve_reads and curve_reads == [0] * len(curve_reads)
@@ -111,16 +124,22 @@ def test_a_sweep_never_touches_the_test_split_and_reevaluation_is_nested_tagged_
     assert {r.data.tags["mlflow.parentRunId"] for r in reeval_runs} == {parent}
     assert {r.data.params["train.seed"] for r in reeval_runs} == {"1", "2"}  # seeds no trial used
     baseline_runs = [r for r in reeval_runs if r.data.tags["reeval"] == "baseline"]
-    assert {(r.data.params["model.dropout"], r.data.params["augment.strength"], r.data.params["model.unfrozen_blocks"])
-            for r in baseline_runs} == {("0.0", "0.0", "0")}
+    assert {
+        (r.data.params["model.dropout"], r.data.params["augment.strength"], r.data.params["model.unfrozen_blocks"])
+        for r in baseline_runs
+    } == {("0.0", "0.0", "0")}
 
     # The report's means and stds are those of the logged runs.
     text = path.read_text()
     for label in {r.data.tags["reeval"] for r in reeval_runs}:
         values = [r.data.metrics["test_accuracy"] for r in reeval_runs if r.data.tags["reeval"] == label]
         mean = sum(values) / 2
-        std = abs(values[0] - values[1]) / 2 ** 0.5
-        row = next(line for line in text.splitlines() if line.startswith(f"| {'baseline' if label == 'baseline' else 'trial ' + label}"))
+        std = abs(values[0] - values[1]) / 2**0.5
+        row = next(
+            line
+            for line in text.splitlines()
+            if line.startswith(f"| {'baseline' if label == 'baseline' else 'trial ' + label}")
+        )
         assert f"| {mean:.4f} ± {std:.4f} |" in row
     assert text.index("## The answer") < text.index("## Re-evaluation") and "**Verdict on the test split" in text
     html = path.with_name("report.html").read_text()
@@ -132,7 +151,9 @@ def test_a_sweep_never_touches_the_test_split_and_reevaluation_is_nested_tagged_
     classes = len(splits.class_names)
     [full] = {int(r.data.metrics["train_images"]) for r in reeval_runs}
     assert {r.data.metrics["train_images"] for r in curve_runs} == {math.ceil(full // classes / 2) * classes}
-    assert all(r.data.params["data.test_fingerprint"] == "none" and "test_accuracy" not in r.data.metrics for r in curve_runs)
+    assert all(
+        r.data.params["data.test_fingerprint"] == "none" and "test_accuracy" not in r.data.metrics for r in curve_runs
+    )
     assert "## Would more data help?" in text and "![learning curve](learning_curve.png)" in text
     artifacts = {a.path for a in client.list_artifacts(parent, "report")}
     assert {"report/report.html", "report/learning_curve.png"} <= artifacts
@@ -144,13 +165,19 @@ def test_a_sweep_never_touches_the_test_split_and_reevaluation_is_nested_tagged_
     recommended = client.get_model_version_by_alias("reeval", "recommended")
     adopted = found.baseline if found.keep_baseline else found.chosen
     assert recommended.run_id == results.representative_run(adopted)["run_id"]
-    assert client.get_model_version_by_alias("reeval", "baseline").run_id == results.representative_run(found.baseline)["run_id"]
+    assert (
+        client.get_model_version_by_alias("reeval", "baseline").run_id
+        == results.representative_run(found.baseline)["run_id"]
+    )
     assert "`models:/reeval@recommended`" in text
     versions = len(client.search_model_versions("name = 'reeval'"))
 
     # Again: nothing new is trained or registered, the same numbers come back.
-    again = sweep.report_study("reeval", [f"paths.store={store}", *TINY, *FIXED_2, "sweep.reevaluate.top_k=2",
-                                          "sweep.reevaluate.curve=[0.5]"], reevaluate_first=True)
+    again = sweep.report_study(
+        "reeval",
+        [f"paths.store={store}", *TINY, *FIXED_2, "sweep.reevaluate.top_k=2", "sweep.reevaluate.curve=[0.5]"],
+        reevaluate_first=True,
+    )
     assert len(client.search_runs([experiment], "tags.`regsweep.role` = 'reeval'")) == 6
     assert len(client.search_runs([experiment], "tags.`regsweep.role` = 'curve'")) == len(curve_runs)
     assert re.findall(r"± [0-9.]+", again.read_text()) == re.findall(r"± [0-9.]+", text)
@@ -161,7 +188,10 @@ def test_a_sweep_never_touches_the_test_split_and_reevaluation_is_nested_tagged_
     sweep.register_models("reeval", dataclasses.replace(found, label=other.label, chosen=other))
     moved = client.get_model_version_by_alias("reeval", "recommended")
     assert moved.run_id == results.representative_run(other)["run_id"] and int(moved.version) == versions + 1
-    assert client.get_model_version_by_alias("reeval", "baseline").run_id == results.representative_run(found.baseline)["run_id"]
+    assert (
+        client.get_model_version_by_alias("reeval", "baseline").run_id
+        == results.representative_run(found.baseline)["run_id"]
+    )
 
 
 @pytest.mark.slow
@@ -177,9 +207,22 @@ def test_a_test_split_unlike_validation_is_flagged_and_the_answer_never_loses_te
         target = dark / image.parent.name / image.name
         target.parent.mkdir(parents=True, exist_ok=True)
         ImageOps.invert(Image.open(image).convert("RGB")).save(target)
-    args = [f"paths.store={store}", *TINY, "train.epochs=8", "sweep.study=dark", "sweep.n_trials=3", *FIXED_2,
-            "sweep.reevaluate.top_k=1", "sweep.reevaluate.curve=[]", "data=folders", "data.flip=none", "data.batch_size=8",
-            f"data.train_dir={splits.train}", f"data.val_dir={splits.val}", f"data.test_dir={dark}"]
+    args = [
+        f"paths.store={store}",
+        *TINY,
+        "train.epochs=8",
+        "sweep.study=dark",
+        "sweep.n_trials=3",
+        *FIXED_2,
+        "sweep.reevaluate.top_k=1",
+        "sweep.reevaluate.curve=[]",
+        "data=folders",
+        "data.flip=none",
+        "data.batch_size=8",
+        f"data.train_dir={splits.train}",
+        f"data.val_dir={splits.val}",
+        f"data.test_dir={dark}",
+    ]
     study = sweep.run_study(args)
     text = (store / "reports" / "dark" / "report.md").read_text()
     answer = text.split("## The answer")[1].split("\n## ")[0]
@@ -216,9 +259,13 @@ def test_open_shows_the_html_report_in_a_browser_or_says_where_it_is(tmp_path, m
 def test_the_replay_line_survives_a_shell_whatever_the_values_hold():
     import shlex
 
-    overrides = ["data.train_dir=/data/my photos/train", "model.pooling=choice(avg, max)", "tracking.uri=http://h/$HOME",
-                 "data.val_dir=/data/it's/val", "model.dropout=0.5"]
+    overrides = [
+        "data.train_dir=/data/my photos/train",
+        "model.pooling=choice(avg, max)",
+        "tracking.uri=http://h/$HOME",
+        "data.val_dir=/data/it's/val",
+        "model.dropout=0.5",
+    ]
     line = report.replay_command(overrides)
     assert shlex.split(line) == ["regsweep", "train", *overrides]
     assert "model.dropout=0.5" in line.split()  # plain values stay unquoted
-

@@ -28,10 +28,22 @@ def setting(label, test_right, train=1.0, val_right=None, images=500, val_images
     train_right = round(train * train_images)
     runs = []
     for seed, (t, v) in enumerate(zip(test_right, val_right), start=1):
-        runs.append({"seed": seed, "train_accuracy": train, "test_accuracy": t / images, "val_accuracy": v / val_images,
-                     "test_gap": train - t / images, "gap": train - v / val_images, "train_images": train_images,
-                     "val_images": val_images, "test_images": images, "train_correct": correct(train_images, train_right),
-                     "validation_correct": correct(val_images, v), "test_correct": correct(images, t)})
+        runs.append(
+            {
+                "seed": seed,
+                "train_accuracy": train,
+                "test_accuracy": t / images,
+                "val_accuracy": v / val_images,
+                "test_gap": train - t / images,
+                "gap": train - v / val_images,
+                "train_images": train_images,
+                "val_images": val_images,
+                "test_images": images,
+                "train_correct": correct(train_images, train_right),
+                "validation_correct": correct(val_images, v),
+                "test_correct": correct(images, t),
+            }
+        )
     return Summary(label, runs)
 
 
@@ -39,7 +51,12 @@ def setting(label, test_right, train=1.0, val_right=None, images=500, val_images
 
 
 def test_a_smaller_gap_bought_with_accuracy_is_a_trade_off_never_the_recommendation():
-    rows = [row(0, 0.90, 0.10, baseline=True), row(1, 0.80, 0.02), row(2, 0.895, 0.06), row(3, 0.0, 0.0, state="PRUNED")]
+    rows = [
+        row(0, 0.90, 0.10, baseline=True),
+        row(1, 0.80, 0.02),
+        row(2, 0.895, 0.06),
+        row(3, 0.0, 0.0, state="PRUNED"),
+    ]
     # 0.895 is within one standard error (0.013 on 500 images) of 0.90: tied, and its gap is smaller.
     assert results.recommend(rows, epsilon=0.1).number == 2
     # With ε = 0.05 no tied trial meets it: still the accurate one, and the gap-meeting #1 is shown as a trade-off.
@@ -63,7 +80,13 @@ def test_what_counts_as_a_tie_shrinks_with_a_larger_validation_set():
 
 
 def test_rule_order_puts_the_tied_trials_first_then_the_most_accurate():
-    rows = [row(0, 0.80, 0.20, baseline=True), row(1, 0.95, 0.15), row(2, 0.945, 0.05), row(3, 0.70, 0.0), row(4, 0.90, 0.1)]
+    rows = [
+        row(0, 0.80, 0.20, baseline=True),
+        row(1, 0.95, 0.15),
+        row(2, 0.945, 0.05),
+        row(3, 0.70, 0.0),
+        row(4, 0.90, 0.1),
+    ]
     assert [r.number for r in results.in_rule_order(rows, 0.1)] == [2, 1, 4, 0, 3]
     assert [r.number for r in results.candidates(rows, 0.1, top_k=2)] == [2, 1]
 
@@ -75,8 +98,13 @@ def test_a_trial_that_could_become_the_recommendation_is_on_the_front():
 
 
 def test_pruned_trials_are_counted_by_knob_level():
-    rows = [TrialRow(0, "COMPLETE", {"s": 0.0}), TrialRow(1, "PRUNED", {"s": 0.5}), TrialRow(2, "PRUNED", {"s": 0.5}),
-            TrialRow(3, "COMPLETE", {"s": 0.5}), TrialRow(4, "FAIL", {"s": 1.0})]
+    rows = [
+        TrialRow(0, "COMPLETE", {"s": 0.0}),
+        TrialRow(1, "PRUNED", {"s": 0.5}),
+        TrialRow(2, "PRUNED", {"s": 0.5}),
+        TrialRow(3, "COMPLETE", {"s": 0.5}),
+        TrialRow(4, "FAIL", {"s": 1.0}),
+    ]
     assert results.pruned_by_level(rows, "s") == [("0", 1, 0), ("0.5", 1, 2)]
     many = [TrialRow(i, "PRUNED" if i >= 6 else "COMPLETE", {"lr": 10.0 ** -(i / 3)}) for i in range(9)]
     assert [(done, pruned) for _, done, pruned in results.pruned_by_level(many, "lr")] == [(0, 3), (3, 0), (3, 0)]
@@ -88,13 +116,20 @@ def test_pruned_trials_are_counted_by_knob_level():
 BASE = setting(BASELINE, [400, 405, 395], train=1.0)  # test 0.80 ± 0.01, test gap 0.20
 
 
-@pytest.mark.parametrize("chosen, case, adopt", [
-    (setting("#1", [440, 445, 438], train=1.0), results.BETTER, True),
-    (setting("#2", [401, 404, 396], train=0.90), results.LESS_OVERFIT, True),  # same accuracy, gap 0.20 → 0.10
-    (setting("#3", [350, 352, 348], train=0.75), results.TRADE_OFF, False),  # the gap shrinks by losing accuracy
-    (setting("#4", [402, 403, 396], train=0.99), results.NO_EFFECT, False),  # within ±0.02, one training image
-    (setting("#5", [430, 380, 410], train=1.0), results.CANT_TELL, False),  # the seeds disagree: +0.06, −0.05, +0.03
-])
+@pytest.mark.parametrize(
+    "chosen, case, adopt",
+    [
+        (setting("#1", [440, 445, 438], train=1.0), results.BETTER, True),
+        (setting("#2", [401, 404, 396], train=0.90), results.LESS_OVERFIT, True),  # same accuracy, gap 0.20 → 0.10
+        (setting("#3", [350, 352, 348], train=0.75), results.TRADE_OFF, False),  # the gap shrinks by losing accuracy
+        (setting("#4", [402, 403, 396], train=0.99), results.NO_EFFECT, False),  # within ±0.02, one training image
+        (
+            setting("#5", [430, 380, 410], train=1.0),
+            results.CANT_TELL,
+            False,
+        ),  # the seeds disagree: +0.06, −0.05, +0.03
+    ],
+)
 def test_the_verdict_is_one_of_five_cases_accuracy_first(chosen, case, adopt):
     judged = results.verdict(BASE, chosen)
     assert judged.case == case and judged.adopt == adopt
@@ -121,8 +156,10 @@ def test_the_noise_covers_the_finite_test_set_not_only_the_seeds():
     assert judged.case == results.CANT_TELL and judged.only_images_settle and judged.seeds_needed is None
     assert "only a larger test split would" in judged.settle and "test images (now 100)" in judged.settle
     # The same 2 points on 10,000 images are beyond noise.
-    assert results.verdict(setting(BASELINE, [7000] * 3, images=10000),
-                           setting("#1", [7200] * 3, images=10000)).case == results.BETTER
+    assert (
+        results.verdict(setting(BASELINE, [7000] * 3, images=10000), setting("#1", [7200] * 3, images=10000)).case
+        == results.BETTER
+    )
 
 
 def test_an_open_verdict_says_how_many_seeds_would_settle_it():
@@ -133,8 +170,9 @@ def test_an_open_verdict_says_how_many_seeds_would_settle_it():
     assert judged.seeds_needed is not None and judged.seeds_needed > 3
     assert f"about {judged.seeds_needed} seeds each for trial #1 and the baseline (now 3)" in judged.settle
     # That many seeds at today's spreads would decide it.
-    spread = results.Difference(judged.accuracy.mean, judged.accuracy.seed_variance, judged.seeds_needed,
-                                judged.accuracy.image_parts)
+    spread = results.Difference(
+        judged.accuracy.mean, judged.accuracy.seed_variance, judged.seeds_needed, judged.accuracy.image_parts
+    )
     low, high = spread.interval(judged.alpha)
     assert low > 0 or high < 0 or -judged.margin <= low <= high <= judged.margin
 
@@ -161,16 +199,22 @@ def test_the_stable_choice_applies_the_rule_across_seeds_among_the_candidates():
     assert results.stable_choice([baseline, lucky, steady], 0.1).label == "#2"
     assert results.stable_choice([baseline], 0.1) is None
     # Equally accurate and equally overfit: the earlier trial.
-    assert results.stable_choice([setting("#5", [400] * 3, val_right=[440] * 3), setting("#3", [400] * 3, val_right=[440] * 3)],
-                                 0.1).label == "#3"
+    assert (
+        results.stable_choice(
+            [setting("#5", [400] * 3, val_right=[440] * 3), setting("#3", [400] * 3, val_right=[440] * 3)], 0.1
+        ).label
+        == "#3"
+    )
 
 
 def test_validation_and_test_that_disagree_on_the_baseline_are_flagged():
     agree = setting(BASELINE, [450, 452, 448], val_right=[455, 450, 452])
     assert results.disagreement(agree) == ""
     darker_test = setting(BASELINE, [350, 352, 348], val_right=[455, 450, 452])
-    assert "Validation and test disagree on the baseline: val_accuracy 0.90 ± 0.01 against test_accuracy 0.70 ± 0.00" \
+    assert (
+        "Validation and test disagree on the baseline: val_accuracy 0.90 ± 0.01 against test_accuracy 0.70 ± 0.00"
         in results.disagreement(darker_test)
+    )
 
 
 # --- the answer --------------------------------------------------------------------------------
@@ -193,15 +237,19 @@ def test_the_answer_adopts_a_better_setting_and_says_what_more_data_would_add():
     curve = [CurvePoint(6, 0.60, 0.02), CurvePoint(13, 0.75, 0.02), CurvePoint(25, 0.884, 0.01)]
     answer = results.answer(rows, [baseline, chosen], 0.1, curves={"#1": curve}, shared_images=2)
     assert answer.label == "#1" and answer.verdict.case == results.BETTER and answer.row is rows[1]
-    assert answer.more_data == ("Doubling the training images would likely add about +0.05 validation accuracy, "
-                                "more than any setting found (+0.02); trial #1's learning curve: 0.60 at 6, 0.75 at 13, "
-                                "0.88 at 25 training images.")
+    assert answer.more_data == (
+        "Doubling the training images would likely add about +0.05 validation accuracy, "
+        "more than any setting found (+0.02); trial #1's learning curve: 0.60 at 6, 0.75 at 13, "
+        "0.88 at 25 training images."
+    )
     assert any("2 image(s) appear in more than one split" in w for w in answer.warnings)
 
 
 def test_a_flat_learning_curve_says_more_of_the_same_images_would_add_little():
     flat = [CurvePoint(6, 0.90, 0.01), CurvePoint(13, 0.905, 0.01), CurvePoint(25, 0.90, 0.01)]
-    assert results.more_data_sentence(flat, 0.0, "the baseline").startswith("More images of the same kind would likely add little")
+    assert results.more_data_sentence(flat, 0.0, "the baseline").startswith(
+        "More images of the same kind would likely add little"
+    )
 
 
 def test_before_re_evaluation_the_single_trial_choice_is_the_answer_and_says_it_is_unconfirmed():
@@ -228,8 +276,12 @@ def test_rounds_add_seeds_to_the_choice_and_the_baseline_until_the_verdict_is_de
     first = results.rounds(labels, [], design, 0.1)
     assert first.todo == {label: [1, 2, 3] for label in labels} and first.verdict is None
     # #1 leads on validation and its verdict can't tell yet; #2 trails it.
-    baseline = setting(BASELINE, [400, 405, 395, 398, 402, 401, 399, 404, 396], val_right=[400, 405, 395, 398, 402, 401, 399, 404, 396])
-    leader = setting("#1", [430, 415, 420, 428, 428, 426, 429, 427, 428], val_right=[440, 442, 445, 441, 443, 444, 440, 442, 441])
+    baseline = setting(
+        BASELINE, [400, 405, 395, 398, 402, 401, 399, 404, 396], val_right=[400, 405, 395, 398, 402, 401, 399, 404, 396]
+    )
+    leader = setting(
+        "#1", [430, 415, 420, 428, 428, 426, 429, 427, 428], val_right=[440, 442, 445, 441, 443, 444, 440, 442, 441]
+    )
     loser = setting("#2", [300, 302, 301], val_right=[300, 302, 301])
     state = results.rounds(labels, [first3(baseline), first3(leader), loser], design, 0.1)
     assert state.verdict.case == results.CANT_TELL and state.chosen.label == "#1"
@@ -238,7 +290,9 @@ def test_rounds_add_seeds_to_the_choice_and_the_baseline_until_the_verdict_is_de
     partial = results.rounds(labels, [Summary(BASELINE, baseline.runs[:5]), first3(leader), loser], design, 0.1)
     assert partial.todo == {BASELINE: [6], "#1": [4, 5, 6]} and partial.verdict.case == results.CANT_TELL
     # With 6 seeds each the verdict is decided, and the rounds stop there.
-    done = results.rounds(labels, [Summary(BASELINE, baseline.runs[:6]), Summary("#1", leader.runs[:6]), loser], design, 0.1)
+    done = results.rounds(
+        labels, [Summary(BASELINE, baseline.runs[:6]), Summary("#1", leader.runs[:6]), loser], design, 0.1
+    )
     assert done.todo == {} and done.reason == results.DECIDED and done.verdict.case == results.BETTER
     assert done.looks == 2 and [len(s.runs) for s in done.summaries] == [6, 6, 3]
     # Runs past the look the rounds stopped at (say, trained by hand) do not change its verdict.

@@ -12,12 +12,19 @@ from pathlib import Path
 
 import mlflow
 import pytest
-from test_recovery import REGSWEEP, descendants
 
 from regsweep import sweep
+from test_recovery import REGSWEEP, descendants
 
-TINY = ["train.epochs=3", "train.fine_tune_epochs=1", "tracking.artifacts=none", "sweep.trials_per_worker=0",
-        "sweep.n_trials=2", "sweep.reevaluate.top_k=1", "sweep.reevaluate.curve=[]"]
+TINY = [
+    "train.epochs=3",
+    "train.fine_tune_epochs=1",
+    "tracking.artifacts=none",
+    "sweep.trials_per_worker=0",
+    "sweep.n_trials=2",
+    "sweep.reevaluate.top_k=1",
+    "sweep.reevaluate.curve=[]",
+]
 ENV = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3"}
 
 
@@ -39,8 +46,15 @@ def test_killed_during_an_adaptive_round_the_same_command_resumes_with_the_same_
     sweep.run_study([f"paths.store={store}", *TINY, "sweep.study=rounds", "sweep.reevaluate.seeds=0"])  # trials only
     # Two seeds a round, up to 4: at 2 seeds the seed-to-seed spread rests on one degree of
     # freedom, so the first verdict can't tell and a second round follows.
-    command = [REGSWEEP, "sweep", f"paths.store={store}", *TINY, "sweep.study=rounds", "sweep.reevaluate.seeds=2",
-               "sweep.reevaluate.max_seeds=4"]
+    command = [
+        REGSWEEP,
+        "sweep",
+        f"paths.store={store}",
+        *TINY,
+        "sweep.study=rounds",
+        "sweep.reevaluate.seeds=2",
+        "sweep.reevaluate.max_seeds=4",
+    ]
     killed = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=ENV)
     deadline = time.monotonic() + 600
     while len(before := [r for r in reevaluation_runs(store, "rounds") if r.info.status == "FINISHED"]) < 5:
@@ -54,9 +68,12 @@ def test_killed_during_an_adaptive_round_the_same_command_resumes_with_the_same_
     assert resumed.returncode == 0, resumed.stdout[-3000:] + resumed.stderr[-3000:]
     assert "Another worker" not in resumed.stdout  # the killed holder's claim died with it
     runs = reevaluation_runs(store, "rounds")
-    finished = {(r.data.tags["reeval"], r.data.params["train.seed"]): r.info.run_id
-                for r in runs if r.info.status == "FINISHED"}
-    assert len(finished) == len([r for r in runs if r.info.status == "FINISHED"]) == 8  # 2 settings × 4 seeds, once each
+    finished = {
+        (r.data.tags["reeval"], r.data.params["train.seed"]): r.info.run_id for r in runs if r.info.status == "FINISHED"
+    }
+    assert (
+        len(finished) == len([r for r in runs if r.info.status == "FINISHED"]) == 8
+    )  # 2 settings × 4 seeds, once each
     assert {r.info.run_id for r in before} <= set(finished.values())  # what had finished was not trained again
     assert not [r for r in runs if r.info.status == "RUNNING"]  # the killed run is ended, with its reason
     assert all("interrupted" in r.data.tags["regsweep.error"] for r in runs if r.info.status == "FAILED")
@@ -75,8 +92,10 @@ def test_two_workers_finishing_together_one_re_evaluates_and_the_other_leaves_it
     report_file = store / "reports" / "pair-end" / "report.md"
     report_file.unlink()
     command = [REGSWEEP, "sweep", *args, "sweep.reevaluate.seeds=2", "sweep.reevaluate.max_seeds=2"]
-    workers = [subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=ENV)
-               for _ in range(2)]
+    workers = [
+        subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=ENV)
+        for _ in range(2)
+    ]
     outputs = [worker.communicate(timeout=900)[0] for worker in workers]
     assert [worker.returncode for worker in workers] == [0, 0], outputs
     assert sum("Re-evaluating on the test split" in out and "Report: " in out for out in outputs) == 1, outputs

@@ -26,14 +26,22 @@ import mlflow
 import numpy as np
 import optuna
 import pytest
+
 from conftest import new_store, service_url
+from regsweep import study as studies
 from test_recovery import REGSWEEP, trials
 
-from regsweep import study as studies
-
-TINY = ["train.epochs=6", "train.fine_tune_epochs=2", "tracking.artifacts=none", "sweep.pruner.name=none",
-        "sweep.heartbeat_seconds=2", "sweep.reevaluate.seeds=1", "sweep.reevaluate.max_seeds=1", "sweep.reevaluate.top_k=1",
-        "sweep.reevaluate.curve=[]"]
+TINY = [
+    "train.epochs=6",
+    "train.fine_tune_epochs=2",
+    "tracking.artifacts=none",
+    "sweep.pruner.name=none",
+    "sweep.heartbeat_seconds=2",
+    "sweep.reevaluate.seeds=1",
+    "sweep.reevaluate.max_seeds=1",
+    "sweep.reevaluate.top_k=1",
+    "sweep.reevaluate.curve=[]",
+]
 
 
 class ConnectionWatcher:
@@ -51,12 +59,14 @@ class ConnectionWatcher:
         with psycopg.connect(self.url, autocommit=True) as connection:
             while not self.stop.is_set():
                 for name, count in connection.execute(
-                        "SELECT application_name, count(*) FROM pg_stat_activity WHERE application_name = ANY(%s) "
-                        "GROUP BY application_name", (self.names,)).fetchall():
+                    "SELECT application_name, count(*) FROM pg_stat_activity WHERE application_name = ANY(%s) "
+                    "GROUP BY application_name",
+                    (self.names,),
+                ).fetchall():
                     self.peak[name] = max(self.peak[name], count)
                 time.sleep(0.05)
 
-    def __enter__(self) -> "ConnectionWatcher":
+    def __enter__(self) -> ConnectionWatcher:
         self.thread.start()
         return self
 
@@ -77,15 +87,30 @@ def test_two_machines_complete_one_study_and_any_machine_reports_it(tmp_path, de
     postgres = service_url("REGSWEEP_TEST_POSTGRES_URL", "PostgreSQL")
     server = service_url("REGSWEEP_TEST_MLFLOW_URL", "The mlflow server")
     study, budget = f"scale-{uuid.uuid4().hex[:8]}", 6
-    shared = [f"sweep.storage={postgres}", f"tracking.uri={server}", f"sweep.study={study}", f"sweep.n_trials={budget}",
-              *TINY, "model.dropout=interval(0.0, 0.5)", "augment.strength=choice(0.0, 0.5)"]
+    shared = [
+        f"sweep.storage={postgres}",
+        f"tracking.uri={server}",
+        f"sweep.study={study}",
+        f"sweep.n_trials={budget}",
+        *TINY,
+        "model.dropout=interval(0.0, 0.5)",
+        "augment.strength=choice(0.0, 0.5)",
+    ]
     stores = [new_store(tmp_path / name, demo_store) for name in ("machine-a", "machine-b")]
     env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3"}
     names = [f"{study}-{store.parent.name}" for store in stores]  # libpq names each worker's connections
     with ConnectionWatcher(postgres, names) as connections:
-        workers = [subprocess.Popen([REGSWEEP, "sweep", f"paths.store={store}", *shared], cwd=store.parent,
-                                    env={**env, "PGAPPNAME": name}, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-                                    text=True) for store, name in zip(stores, names)]
+        workers = [
+            subprocess.Popen(
+                [REGSWEEP, "sweep", f"paths.store={store}", *shared],
+                cwd=store.parent,
+                env={**env, "PGAPPNAME": name},
+                stdout=subprocess.PIPE,
+                stderr=subprocess.STDOUT,
+                text=True,
+            )
+            for store, name in zip(stores, names)
+        ]
         outputs = [worker.communicate(timeout=1200)[0] for worker in workers]
     for worker, output in zip(workers, outputs):
         assert worker.returncode == 0, output[-3000:]
@@ -112,8 +137,12 @@ def test_two_machines_complete_one_study_and_any_machine_reports_it(tmp_path, de
     assert len(parents) == 1 and parents[0].info.status == "FINISHED"
     parent = parents[0].info.run_id
     assert all(r.data.tags.get("mlflow.parentRunId") == parent for r in runs if r is not parents[0])
-    trial_runs = [r for r in runs if r.data.tags.get("regsweep.trial_number") and r.data.tags.get("regsweep.role") != "reeval"]
-    by_trial = {t.number: [r for r in trial_runs if r.data.tags["regsweep.trial_number"] == str(t.number)] for t in finished}
+    trial_runs = [
+        r for r in runs if r.data.tags.get("regsweep.trial_number") and r.data.tags.get("regsweep.role") != "reeval"
+    ]
+    by_trial = {
+        t.number: [r for r in trial_runs if r.data.tags["regsweep.trial_number"] == str(t.number)] for t in finished
+    }
     assert all(len(found) == 1 for found in by_trial.values()), {n: len(f) for n, f in by_trial.items()}
     assert len(trial_runs) == len(finished)
     for t in finished:
@@ -126,7 +155,9 @@ def test_two_machines_complete_one_study_and_any_machine_reports_it(tmp_path, de
     # One vocabulary for every run, so MLflow's compare view lines them up.
     assert len({frozenset(r.data.params) for r in trial_runs + reevals}) == 1
     final = {"train_accuracy", "val_accuracy", "gap", "running_train_accuracy"}
-    assert all(final <= set(r.data.metrics) and not {"test_accuracy", "test_gap"} & set(r.data.metrics) for r in trial_runs)
+    assert all(
+        final <= set(r.data.metrics) and not {"test_accuracy", "test_gap"} & set(r.data.metrics) for r in trial_runs
+    )
     assert all(final | {"test_accuracy", "test_gap"} <= set(r.data.metrics) for r in reevals)
     assert len(reevals) == 2  # baseline and the recommendation, one seed each: trained by one worker only
     assert len({r.data.tags["regsweep.reeval_key"] for r in reevals}) == 2
@@ -136,9 +167,14 @@ def test_two_machines_complete_one_study_and_any_machine_reports_it(tmp_path, de
     # A third machine, with nothing local, builds the report from the shared storage.
     laptop = tmp_path / "laptop" / "mlruns"
     laptop.mkdir(parents=True)
-    result = subprocess.run([REGSWEEP, "report", study, f"paths.store={laptop}", f"sweep.storage={postgres}",
-                             f"tracking.uri={server}"], cwd=laptop.parent, env=env, capture_output=True, text=True,
-                            timeout=600)
+    result = subprocess.run(
+        [REGSWEEP, "report", study, f"paths.store={laptop}", f"sweep.storage={postgres}", f"tracking.uri={server}"],
+        cwd=laptop.parent,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
     assert result.returncode == 0, result.stderr[-3000:]
     text = (laptop / "reports" / study / "report.md").read_text()
     counts = {state: states.count(state) for state in ("COMPLETE", "PRUNED", "FAIL")}
@@ -157,8 +193,11 @@ def test_two_machines_complete_one_study_and_any_machine_reports_it(tmp_path, de
         row = reeval_rows["baseline" if label == "baseline" else f"trial {label}"]
         assert row[2] == f"{run.data.metrics['test_accuracy']:.4f} ± 0.0000"
     # The same report is on the parent run, for the MLflow UI.
-    logged = Path(mlflow.artifacts.download_artifacts(run_id=parent, artifact_path="report/report.md",
-                                                      tracking_uri=server, dst_path=str(tmp_path / "download")))
+    logged = Path(
+        mlflow.artifacts.download_artifacts(
+            run_id=parent, artifact_path="report/report.md", tracking_uri=server, dst_path=str(tmp_path / "download")
+        )
+    )
     assert logged.read_text() == text
 
     # The answer's model, registered on the server, served by `mlflow models serve` on 127.0.0.1:
@@ -179,18 +218,38 @@ def serve_and_predict(model_uri: str, images: np.ndarray, server: str, env: dict
         probe.bind(("127.0.0.1", 0))
         port = probe.getsockname()[1]
     bin_dir = str(Path(sys.executable).parent)  # MLflow starts uvicorn from PATH
-    log = tempfile.TemporaryFile("w+")  # not a pipe: nobody reads it while the server runs
-    served = subprocess.Popen([f"{bin_dir}/mlflow", "models", "serve", "-m", model_uri, "--env-manager", "local",
-                               "-h", "127.0.0.1", "-p", str(port)],
-                              env={**env, "MLFLOW_TRACKING_URI": server, "PATH": f"{bin_dir}:{env['PATH']}"},
-                              stdout=log, stderr=subprocess.STDOUT, text=True, start_new_session=True)
+    # A file, not a pipe: nobody reads it while the server runs. Closed in the finally below, after
+    # the server that writes it has stopped, so no with-block can hold it.
+    log = tempfile.TemporaryFile("w+")  # noqa: SIM115
+    served = subprocess.Popen(
+        [
+            f"{bin_dir}/mlflow",
+            "models",
+            "serve",
+            "-m",
+            model_uri,
+            "--env-manager",
+            "local",
+            "-h",
+            "127.0.0.1",
+            "-p",
+            str(port),
+        ],
+        env={**env, "MLFLOW_TRACKING_URI": server, "PATH": f"{bin_dir}:{env['PATH']}"},
+        stdout=log,
+        stderr=subprocess.STDOUT,
+        text=True,
+        start_new_session=True,
+    )
     try:
         deadline = time.monotonic() + 180
         while True:
             try:
-                request = urllib.request.Request(f"http://127.0.0.1:{port}/invocations",
-                                                 json.dumps({"inputs": images.tolist()}).encode(),
-                                                 {"Content-Type": "application/json"})
+                request = urllib.request.Request(
+                    f"http://127.0.0.1:{port}/invocations",
+                    json.dumps({"inputs": images.tolist()}).encode(),
+                    {"Content-Type": "application/json"},
+                )
                 with urllib.request.urlopen(request, timeout=60) as response:
                     return json.load(response)
             except (urllib.error.URLError, ConnectionError):
@@ -217,11 +276,15 @@ def test_workers_started_together_on_an_empty_database_all_open_it(tmp_path):
         url = f"{postgres}?options=-csearch_path%3D{schema}"
         ready = tmp_path / schema  # a barrier: each process imports regsweep, says so, and opens once all have
         ready.mkdir()
-        code = (f"import os, pathlib, time\nfrom regsweep import study\nready = pathlib.Path({str(ready)!r})\n"
-                "(ready / str(os.getpid())).touch()\nwhile len(list(ready.iterdir())) < 3:\n    time.sleep(0.001)\n"
-                f"study.open_storage({url!r}, connect_timeout=10)\n")
+        code = (
+            f"import os, pathlib, time\nfrom regsweep import study\nready = pathlib.Path({str(ready)!r})\n"
+            "(ready / str(os.getpid())).touch()\nwhile len(list(ready.iterdir())) < 3:\n    time.sleep(0.001)\n"
+            f"study.open_storage({url!r}, connect_timeout=10)\n"
+        )
         try:
-            workers = [subprocess.Popen([sys.executable, "-c", code], stderr=subprocess.PIPE, text=True) for _ in range(3)]
+            workers = [
+                subprocess.Popen([sys.executable, "-c", code], stderr=subprocess.PIPE, text=True) for _ in range(3)
+            ]
             errors = [worker.communicate(timeout=120)[1] for worker in workers]
             assert [worker.returncode for worker in workers] == [0, 0, 0], errors
         finally:
@@ -273,4 +336,3 @@ def test_a_claim_lives_as_long_as_its_holder_renews_it_and_dies_three_heartbeats
         assert studies.claim_holder(study) is not None
     time.sleep(0.8)  # the holder stopped renewing, as a killed one does
     assert studies.claim_holder(study) is None
-

@@ -12,9 +12,9 @@ from pathlib import Path
 
 import optuna
 import pytest
+
 from conftest import service_url
 from test_bad_input import regsweep  # the same entry point, in this process but for train
-
 
 REGSWEEP = str(Path(sys.executable).with_name("regsweep"))
 
@@ -34,8 +34,16 @@ def test_no_output_of_a_sweep_report_and_run_contains_the_password(tmp_path):
     common = [f"paths.store={store}", f"tracking.uri={tracking}", "train.epochs=2", "train.fine_tune_epochs=1"]
     env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3"}
     commands = [
-        ["sweep", *common, f"sweep.storage={storage}", f"sweep.study={study}", "sweep.n_trials=2",
-         "sweep.heartbeat_seconds=2", "tracking.artifacts=all", "sweep.reevaluate.seeds=0"],
+        [
+            "sweep",
+            *common,
+            f"sweep.storage={storage}",
+            f"sweep.study={study}",
+            "sweep.n_trials=2",
+            "sweep.heartbeat_seconds=2",
+            "tracking.artifacts=all",
+            "sweep.reevaluate.seeds=0",
+        ],
         ["report", study, *common, f"sweep.storage={storage}"],
         ["train", *common, "model.dropout=0.2"],
         ["sweep", *common, "sweep.storage=postgresql://regsweep:secret@127.0.0.1:9/nowhere"],  # an error message
@@ -43,7 +51,9 @@ def test_no_output_of_a_sweep_report_and_run_contains_the_password(tmp_path):
     started_ms = int(time.time() * 1000)
     printed = []
     for command in commands:
-        result = subprocess.run([REGSWEEP, *command], capture_output=True, text=True, env=env, timeout=600, cwd=tmp_path)
+        result = subprocess.run(
+            [REGSWEEP, *command], capture_output=True, text=True, env=env, timeout=600, cwd=tmp_path
+        )
         printed.append(result.stdout + result.stderr)
         assert result.returncode in (0, 2), result.stderr[-3000:]
     assert printed[0].count("***") >= 1  # the storage line was shown, masked
@@ -87,15 +97,29 @@ def free_port() -> int:
         return probe.getsockname()[1]
 
 
-@pytest.mark.parametrize("command, words", [("train", []), ("sweep", []), ("report", ["some-study"]),
-                                            ("ui", ["--port", "free"]), ("export", ["0123456789abcdef"])])
-def test_every_command_stops_at_a_database_tracking_uri_that_refuses_in_one_masked_sentence(command, words, tmp_path,
-                                                                                            monkeypatch, capfd):
+@pytest.mark.parametrize(
+    "command, words",
+    [
+        ("train", []),
+        ("sweep", []),
+        ("report", ["some-study"]),
+        ("ui", ["--port", "free"]),
+        ("export", ["0123456789abcdef"]),
+    ],
+)
+def test_every_command_stops_at_a_database_tracking_uri_that_refuses_in_one_masked_sentence(
+    command, words, tmp_path, monkeypatch, capfd
+):
     store = tmp_path / "store"
     words = [str(free_port()) if word == "free" else word for word in words]
     started = time.monotonic()
-    code, out, err = regsweep(command, [*words, f"tracking.uri={REFUSING_DATABASE}", "tracking.connect_timeout=2",
-                                        f"paths.store={store}"], tmp_path, monkeypatch, capfd)
+    code, out, err = regsweep(
+        command,
+        [*words, f"tracking.uri={REFUSING_DATABASE}", "tracking.connect_timeout=2", f"paths.store={store}"],
+        tmp_path,
+        monkeypatch,
+        capfd,
+    )
     elapsed = time.monotonic() - started
     lines = err.strip().splitlines()
     assert code == 2 and len(lines) == 1, err[-3000:]
@@ -114,8 +138,13 @@ def test_train_stops_within_the_timeout_at_a_database_that_never_answers(tmp_pat
         silent.listen()  # the kernel completes the handshake; the database's greeting never comes
         url = f"postgresql://u:secret@127.0.0.1:{silent.getsockname()[1]}/db"
         started = time.monotonic()
-        result = subprocess.run([REGSWEEP, "train", f"tracking.uri={url}", "tracking.connect_timeout=2",
-                                 f"paths.store={tmp_path}"], capture_output=True, text=True, timeout=300, cwd=tmp_path)
+        result = subprocess.run(
+            [REGSWEEP, "train", f"tracking.uri={url}", "tracking.connect_timeout=2", f"paths.store={tmp_path}"],
+            capture_output=True,
+            text=True,
+            timeout=300,
+            cwd=tmp_path,
+        )
         elapsed = time.monotonic() - started
     lines = result.stderr.strip().splitlines()
     assert result.returncode == 2 and len(lines) == 1, result.stderr[-3000:]
@@ -131,15 +160,32 @@ def test_a_run_that_fails_inside_hydra_shows_neither_its_overrides_nor_a_passwor
     instead, and Hydra only ever holds the password as an interpolation."""
     for split in ("train", "val"):
         (tmp_path / split).mkdir()  # no class folders: the run stops reading its data, inside Hydra's job
-    result = subprocess.run([REGSWEEP, "train", "data=folders", f"data.train_dir={tmp_path / 'train'}",
-                             f"data.val_dir={tmp_path / 'val'}", f"+note={REFUSING_DATABASE}",
-                             f"paths.store={tmp_path}"], capture_output=True, text=True, timeout=300, cwd=tmp_path)
+    result = subprocess.run(
+        [
+            REGSWEEP,
+            "train",
+            "data=folders",
+            f"data.train_dir={tmp_path / 'train'}",
+            f"data.val_dir={tmp_path / 'val'}",
+            f"+note={REFUSING_DATABASE}",
+            f"paths.store={tmp_path}",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        cwd=tmp_path,
+    )
     lines = result.stderr.strip().splitlines()
     assert result.returncode == 2 and len(lines) == 1, result.stderr[-3000:]
     assert lines[0].startswith("regsweep: error: data.train_dir="), lines  # the job's own error
     assert "Error executing job" not in result.stderr and "secret" not in result.stdout + result.stderr
 
-    shown = subprocess.run([REGSWEEP, "train", "--cfg", "job", f"tracking.uri={REFUSING_DATABASE}"],
-                           capture_output=True, text=True, timeout=300, cwd=tmp_path)
+    shown = subprocess.run(
+        [REGSWEEP, "train", "--cfg", "job", f"tracking.uri={REFUSING_DATABASE}"],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        cwd=tmp_path,
+    )
     assert shown.returncode == 0 and "uri: postgresql://u:${oc.env:" in shown.stdout, shown.stdout[-3000:]
     assert "secret" not in shown.stdout + shown.stderr

@@ -68,11 +68,21 @@ def test_search_space_syntax_maps_to_optuna_distributions():
 def test_a_knob_at_the_edge_of_its_range_is_named_with_the_wider_study_to_run():
     from regsweep.config import compose
 
-    searched = space.parse_space({"model.dropout": "interval(0.0, 0.7)", "augment.strength": "range(0.0, 1.0, step=0.25)",
-                                  "optim.lr": "tag(log, interval(1e-4, 1e-2))", "model.unfrozen_blocks": "range(0, 2)"})
+    searched = space.parse_space(
+        {
+            "model.dropout": "interval(0.0, 0.7)",
+            "augment.strength": "range(0.0, 1.0, step=0.25)",
+            "optim.lr": "tag(log, interval(1e-4, 1e-2))",
+            "model.unfrozen_blocks": "range(0, 2)",
+        }
+    )
     command = "regsweep sweep {widened} sweep.study=s-wider"
-    found = space.edges({"model.dropout": 0.68, "augment.strength": 1.0, "optim.lr": 1.1e-4, "model.unfrozen_blocks": 2},
-                        searched, compose([]), command)
+    found = space.edges(
+        {"model.dropout": 0.68, "augment.strength": 1.0, "optim.lr": 1.1e-4, "model.unfrozen_blocks": 2},
+        searched,
+        compose([]),
+        command,
+    )
     assert found == [
         "model.dropout=0.68 lies at the top of its searched range [0, 0.7], where a wider range may do better: "
         "`regsweep sweep 'model.dropout=interval(0.0, 0.9)' sweep.study=s-wider`",
@@ -83,8 +93,15 @@ def test_a_knob_at_the_edge_of_its_range_is_named_with_the_wider_study_to_run():
     ]  # augmentation 1 is its limit: nothing wider to try
     # Inside the range, or at a limit of the knob itself (the demo CNN has 3 blocks): nothing to say.
     assert space.edges({"model.dropout": 0.35, "model.unfrozen_blocks": 0}, searched, compose([]), command) == []
-    assert space.edges({"model.unfrozen_blocks": 3}, space.parse_space({"model.unfrozen_blocks": "range(0, 3)"}),
-                       compose([]), command) == []
+    assert (
+        space.edges(
+            {"model.unfrozen_blocks": 3},
+            space.parse_space({"model.unfrozen_blocks": "range(0, 3)"}),
+            compose([]),
+            command,
+        )
+        == []
+    )
     # Every suggested range parses back.
     for line in found:
         expression = line.split("'")[1].split("=", 1)[1]
@@ -92,10 +109,23 @@ def test_a_knob_at_the_edge_of_its_range_is_named_with_the_wider_study_to_run():
 
 
 def test_workers_on_other_machines_may_differ_only_in_where_things_are():
-    given = ["paths.store=/scratch/mlruns", "cache.dir=/fast/cache", "tracking.uri=http://server:5000",
-             "data.train_dir=/data/train", "+data.test_dir=/data/test", "tracking.experiment=pets",
-             "train.epochs=40", "model=mobilenet_v2", "data=folders"]
-    assert studies.portable(given) == ["tracking.experiment=pets", "train.epochs=40", "model=mobilenet_v2", "data=folders"]
+    given = [
+        "paths.store=/scratch/mlruns",
+        "cache.dir=/fast/cache",
+        "tracking.uri=http://server:5000",
+        "data.train_dir=/data/train",
+        "+data.test_dir=/data/test",
+        "tracking.experiment=pets",
+        "train.epochs=40",
+        "model=mobilenet_v2",
+        "data=folders",
+    ]
+    assert studies.portable(given) == [
+        "tracking.experiment=pets",
+        "train.epochs=40",
+        "model=mobilenet_v2",
+        "data=folders",
+    ]
 
 
 # --- real sweeps ------------------------------------------------------------------------------
@@ -106,11 +136,15 @@ def test_with_artifacts_best_only_a_trial_that_can_become_the_recommendation_log
 
     study = optuna.create_study(direction="maximize")
     for val, gap in ((0.80, 0.05), (0.90, 0.20)):
-        study.add_trial(optuna.trial.create_trial(value=val, user_attrs={"val_accuracy": val, "gap": gap, "val_images": 500}))
+        study.add_trial(
+            optuna.trial.create_trial(value=val, user_attrs={"val_accuracy": val, "gap": gap, "val_images": 500})
+        )
     trial = study.ask()
     assert trials_module.leads(trial, {"val_accuracy": 0.85, "gap": 0.05, "val_images": 500})
     assert trials_module.leads(trial, {"val_accuracy": 0.95, "gap": 0.15, "val_images": 500})  # the most accurate
-    assert not trials_module.leads(trial, {"val_accuracy": 0.79, "gap": 0.06, "val_images": 500})  # 0.80/0.05 is better on both
+    assert not trials_module.leads(
+        trial, {"val_accuracy": 0.79, "gap": 0.06, "val_images": 500}
+    )  # 0.80/0.05 is better on both
 
 
 @pytest.mark.slow
@@ -146,7 +180,9 @@ def test_sweep_logs_one_parent_and_a_tagged_child_per_trial_then_reports_and_rep
     answer = text.split("## The answer")[1].split("\n\n")[1]
     best_file = (store / "configs" / "experiment" / "main_best.yaml").read_text()
     assert progress_best == str(chosen.number)
-    assert f"trial #{chosen.number}" in answer.lower() and f"model.dropout={chosen.params['model.dropout']:.4g}" in answer
+    assert (
+        f"trial #{chosen.number}" in answer.lower() and f"model.dropout={chosen.params['model.dropout']:.4g}" in answer
+    )
     assert f"Recommended by regsweep: trial #{chosen.number} " in best_file
     # The demo has a test split: the way to confirm is to re-evaluate, not to "give a test split".
     assert "not yet confirmed on the test split" in answer and "sweep.reevaluate.seeds of at least 1" in answer
@@ -180,16 +216,18 @@ def test_sweep_logs_one_parent_and_a_tagged_child_per_trial_then_reports_and_rep
 
 @pytest.mark.slow
 def test_pareto_mode_runs_two_objectives_and_constrained_mode_records_the_gap_constraint(store):
-    study = sweep.run_study(sweep_args(store, "sweep.study=front", "sweep.n_trials=3", "sweep.objective=pareto",
-                                         IN_PROCESS))
+    study = sweep.run_study(
+        sweep_args(store, "sweep.study=front", "sweep.n_trials=3", "sweep.objective=pareto", IN_PROCESS)
+    )
     assert len(study.directions) == 2
     complete = [t for t in study.get_trials() if t.state.name == "COMPLETE"]
     assert len(complete) == 3
     assert all(t.values == [t.user_attrs["val_accuracy"], t.user_attrs["gap"]] for t in complete)
     assert "Pareto" in (store / "reports" / "front" / "report.md").read_text()
 
-    study = sweep.run_study(sweep_args(store, "sweep.study=feasible", "sweep.n_trials=2", "sweep.objective=constrained",
-                                         IN_PROCESS))
+    study = sweep.run_study(
+        sweep_args(store, "sweep.study=feasible", "sweep.n_trials=2", "sweep.objective=constrained", IN_PROCESS)
+    )
     complete = [t for t in study.get_trials() if t.state.name == "COMPLETE"]
     assert complete and all(t.constraints["gap"] == pytest.approx(t.user_attrs["gap"] - 0.1) for t in complete)
 
@@ -207,8 +245,17 @@ def _enqueue(store, name, args, *params):
 
 @pytest.mark.slow
 def test_a_pruned_trial_shows_as_pruned_in_mlflow(store):
-    args = ["sweep.n_trials=2", *FIX_ALL_BUT_ONE, IN_PROCESS, "model.dropout=0.0", "optim.lr=choice(0.01, 1e-9)", "train.epochs=5",
-            "sweep.pruner.name=median", "sweep.pruner.n_startup_trials=1", "sweep.pruner.n_warmup_steps=2"]
+    args = [
+        "sweep.n_trials=2",
+        *FIX_ALL_BUT_ONE,
+        IN_PROCESS,
+        "model.dropout=0.0",
+        "optim.lr=choice(0.01, 1e-9)",
+        "train.epochs=5",
+        "sweep.pruner.name=median",
+        "sweep.pruner.n_startup_trials=1",
+        "sweep.pruner.n_warmup_steps=2",
+    ]
     _enqueue(store, "prune", args, {"optim.lr": 0.01}, {"optim.lr": 1e-9})
     study = sweep.run_study(sweep_args(store, "sweep.study=prune", *args))
     states = [t.state.name for t in study.get_trials()]
@@ -237,11 +284,18 @@ def test_a_failing_trial_is_recorded_fail_with_its_reason_and_the_sweep_goes_on(
 
 
 def test_the_report_counts_failures_by_reason_most_frequent_first():
-    rows = [TrialRow(0, "COMPLETE", {}, 0.9, gap=0.05), TrialRow(1, "FAIL", {}, fail_reason="MemoryError: out"),
-            TrialRow(2, "FAIL", {}, fail_reason=studies.INTERRUPTED), TrialRow(3, "FAIL", {}, fail_reason=studies.INTERRUPTED),
-            TrialRow(4, "FAIL", {}, fail_reason="")]
+    rows = [
+        TrialRow(0, "COMPLETE", {}, 0.9, gap=0.05),
+        TrialRow(1, "FAIL", {}, fail_reason="MemoryError: out"),
+        TrialRow(2, "FAIL", {}, fail_reason=studies.INTERRUPTED),
+        TrialRow(3, "FAIL", {}, fail_reason=studies.INTERRUPTED),
+        TrialRow(4, "FAIL", {}, fail_reason=""),
+    ]
     assert failures_by_reason(rows) == [
-        (studies.INTERRUPTED, [2, 3]), ("MemoryError: out", [1]), ("unknown (no reason was recorded)", [4])]
+        (studies.INTERRUPTED, [2, 3]),
+        ("MemoryError: out", [1]),
+        ("unknown (no reason was recorded)", [4]),
+    ]
 
 
 @pytest.mark.slow
@@ -268,12 +322,16 @@ def test_an_interrupted_sweep_resumes_to_its_budget_with_one_parent_run(store, m
     assert states.count("FAIL") == 1 and sum(s in ("COMPLETE", "PRUNED") for s in states) == 4
     parents, _ = parents_and_children(store, "resume")
     assert len(parents) == 1 and parents[0].info.status == "FINISHED"
-    assert all(not math.isnan(t.user_attrs.get("gap", math.nan)) for t in study.get_trials() if t.state.name == "COMPLETE")
+    assert all(
+        not math.isnan(t.user_attrs.get("gap", math.nan)) for t in study.get_trials() if t.state.name == "COMPLETE"
+    )
 
 
 @pytest.mark.slow
 def test_hyperband_pruner_drives_a_study(store):
-    study = sweep.run_study(sweep_args(store, "sweep.study=hb", "sweep.n_trials=3", "sweep.pruner.name=hyperband", IN_PROCESS))
+    study = sweep.run_study(
+        sweep_args(store, "sweep.study=hb", "sweep.n_trials=3", "sweep.pruner.name=hyperband", IN_PROCESS)
+    )
     assert isinstance(study.pruner, optuna.pruners.HyperbandPruner)
     assert sum(t.state.name in ("COMPLETE", "PRUNED") for t in study.get_trials()) == 3
 
@@ -281,8 +339,17 @@ def test_hyperband_pruner_drives_a_study(store):
 @pytest.mark.slow
 def test_a_trial_whose_worker_dies_is_recorded_failed_and_the_next_trial_gets_a_new_worker(store):
     """Trials run in a worker process: if it is killed (OOM killer, kill -9), the sweep goes on."""
-    prepared = sweep.prepare(sweep_args(store, "sweep.study=dies", "train.epochs=30", "model.dropout=interval(0.0, 0.5)",
-                                        "augment.strength=0.0", "optim.lr=0.001", "model.unfrozen_blocks=0"))
+    prepared = sweep.prepare(
+        sweep_args(
+            store,
+            "sweep.study=dies",
+            "train.epochs=30",
+            "model.dropout=interval(0.0, 0.5)",
+            "augment.strength=0.0",
+            "optim.lr=0.001",
+            "model.unfrozen_blocks=0",
+        )
+    )
     study = studies.open_study(prepared)
     parent = studies.parent_run(study, prepared)
     worker = TrialWorker(calls_per_child=10)

@@ -10,11 +10,11 @@ import keras
 import mlflow
 import numpy as np
 import pytest
-from conftest import SHARED_WEIGHTS, quick_cfg, write_class_folders
-from test_recovery import REGSWEEP
 
+from conftest import SHARED_WEIGHTS, quick_cfg, write_class_folders
 from regsweep import data, train
 from regsweep import model as models
+from test_recovery import REGSWEEP
 
 pytestmark = pytest.mark.slow
 
@@ -53,13 +53,20 @@ def test_demo_run_leaves_one_complete_mlflow_run_with_its_data_and_trained_weigh
     assert [m.step for m in history] == list(range(int(metrics["epochs_trained"])))
     assert run.data.tags["version.tensorflow"] and run.data.tags["version.keras"].startswith("3.")
     assert set(artifact_paths(store, result.run_id)) >= {
-        "config.yaml", "class_names.json", "confusion_matrix.json", "trained/weights.npz", "trained/rebuild.json",
-        "plots/learning_curve.png", "plots/confusion_matrix.png",
+        "config.yaml",
+        "class_names.json",
+        "confusion_matrix.json",
+        "trained/weights.npz",
+        "trained/rebuild.json",
+        "plots/learning_curve.png",
+        "plots/confusion_matrix.png",
     }
     # The MLflow UI's dataset column: each split's folder, with its content fingerprint as the digest.
     splits = data.resolve_splits(quick_cfg(store).data, 32, store)
     fingerprints = data.split_fingerprints(splits)
-    logged = {next(t.value for t in d.tags if t.key == "mlflow.data.context"): d.dataset for d in run.inputs.dataset_inputs}
+    logged = {
+        next(t.value for t in d.tags if t.key == "mlflow.data.context"): d.dataset for d in run.inputs.dataset_inputs
+    }
     assert set(logged) == {"train", "validation", "test"}
     for split, folder in (("train", splits.train), ("validation", splits.val), ("test", splits.test)):
         assert logged[split].digest == fingerprints[split]
@@ -86,12 +93,29 @@ def test_any_run_exports_as_an_mlflow_model_that_loads_without_regsweep(store, t
     np.save(tmp_path / "images.npy", images)
 
     env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3"}
-    exported = subprocess.run([REGSWEEP, "export", result.run_id, "--out", str(tmp_path / "model"), f"paths.store={store}"],
-                              capture_output=True, text=True, cwd=tmp_path, env=env)
+    exported = subprocess.run(
+        [REGSWEEP, "export", result.run_id, "--out", str(tmp_path / "model"), f"paths.store={store}"],
+        capture_output=True,
+        text=True,
+        cwd=tmp_path,
+        env=env,
+    )
     assert exported.returncode == 0, exported.stderr[-2000:]
     # A process that never imports regsweep: MLflow's pyfunc and plain Keras both load it.
-    loaded = subprocess.run([sys.executable, "-c", FRESH_PROCESS, str(tmp_path / "model"), str(tmp_path / "images.npy"),
-                             str(tmp_path / "predictions.npy")], capture_output=True, text=True, cwd=tmp_path, env=env)
+    loaded = subprocess.run(
+        [
+            sys.executable,
+            "-c",
+            FRESH_PROCESS,
+            str(tmp_path / "model"),
+            str(tmp_path / "images.npy"),
+            str(tmp_path / "predictions.npy"),
+        ],
+        capture_output=True,
+        text=True,
+        cwd=tmp_path,
+        env=env,
+    )
     assert loaded.returncode == 0, loaded.stderr[-2000:]
     assert loaded.stdout.strip().splitlines()[-1] == "(2, 5) ['0', '1', '2', '3', '4'] False"
     expected = result.classifier.predict(images, verbose=0)
@@ -101,15 +125,30 @@ def test_any_run_exports_as_an_mlflow_model_that_loads_without_regsweep(store, t
     # Other backbone weights than the run's are refused, not silently used.
     other = tmp_path / "other.weights.h5"
     models.load_backbone("demo_cnn", 32, None).save_weights(other)
-    refused = subprocess.run([REGSWEEP, "export", result.run_id, "--out", str(tmp_path / "again"), "--weights", str(other),
-                              f"paths.store={store}"], capture_output=True, text=True, cwd=tmp_path, env=env)
+    refused = subprocess.run(
+        [
+            REGSWEEP,
+            "export",
+            result.run_id,
+            "--out",
+            str(tmp_path / "again"),
+            "--weights",
+            str(other),
+            f"paths.store={store}",
+        ],
+        capture_output=True,
+        text=True,
+        cwd=tmp_path,
+        env=env,
+    )
     assert refused.returncode == 2 and refused.stderr.count("\n") == 1, refused.stderr
     assert "are not the ones run" in refused.stderr and not (tmp_path / "again").exists()
 
 
 def test_unfrozen_blocks_run_both_phases_from_the_trained_head(store):
-    cfg = quick_cfg(store, "model.unfrozen_blocks=1", "model.dropout=0.5", "augment.strength=0.5",
-                    "tracking.artifacts=none")
+    cfg = quick_cfg(
+        store, "model.unfrozen_blocks=1", "model.dropout=0.5", "augment.strength=0.5", "tracking.artifacts=none"
+    )
     result = train.train_and_log(cfg)
     assert result.metrics["epochs_trained"] == cfg.train.epochs + cfg.train.fine_tune_epochs
     backbone = result.classifier.get_layer("demo_cnn")
@@ -118,13 +157,17 @@ def test_unfrozen_blocks_run_both_phases_from_the_trained_head(store):
     params = client(store).get_run(result.run_id).data.params
     assert (params["model.unfrozen_blocks"], params["model.dropout"], params["augment.strength"]) == ("1", "0.5", "0.5")
     # tracking.artifacts=none: no plots, but what it trained is kept, as for every run
-    assert set(artifact_paths(store, result.run_id)) == {"config.yaml", "class_names.json", "confusion_matrix.json",
-                                                         "trained/weights.npz", "trained/rebuild.json"}
+    assert set(artifact_paths(store, result.run_id)) == {
+        "config.yaml",
+        "class_names.json",
+        "confusion_matrix.json",
+        "trained/weights.npz",
+        "trained/rebuild.json",
+    }
 
 
 def test_honest_gap_differs_from_running_accuracy_under_heavy_regularization(store):
-    cfg = quick_cfg(store, "model.dropout=0.5", "augment.strength=0.5", "train.epochs=15",
-                    "tracking.artifacts=none")
+    cfg = quick_cfg(store, "model.dropout=0.5", "augment.strength=0.5", "train.epochs=15", "tracking.artifacts=none")
     metrics = train.train_and_log(cfg).metrics
     # Dropout and augmentation depress Keras's running accuracy; the inference-mode one is the real fit.
     assert metrics["train_accuracy"] - metrics["running_train_accuracy"] >= 0.1
@@ -142,11 +185,23 @@ def test_a_run_that_crashes_ends_failed_not_running(store, monkeypatch):
     assert run.data.tags["regsweep.error"] == "MemoryError: out of memory in epoch 3"
 
 
-@pytest.mark.parametrize("launcher", [[], ["hydra/launcher=joblib", "hydra.launcher.n_jobs=2"]], ids=["basic", "joblib"])
+@pytest.mark.parametrize(
+    "launcher", [[], ["hydra/launcher=joblib", "hydra.launcher.n_jobs=2"]], ids=["basic", "joblib"]
+)
 def test_hydra_multirun_trains_each_grid_point(store, launcher):
     """The README's fixed-grid recipe, with Hydra's own launcher and with the joblib one (parallel processes)."""
-    command = [sys.executable, "-c", "from regsweep.cli import main; main()", "train", "-m",
-               "model.dropout=0,0.5", "train.epochs=1", "tracking.artifacts=none", "paths.store=mlruns", *launcher]
+    command = [
+        sys.executable,
+        "-c",
+        "from regsweep.cli import main; main()",
+        "train",
+        "-m",
+        "model.dropout=0,0.5",
+        "train.epochs=1",
+        "tracking.artifacts=none",
+        "paths.store=mlruns",
+        *launcher,
+    ]
     result = subprocess.run(command, cwd=store.parent, capture_output=True, text=True, timeout=600)
     assert result.returncode == 0, result.stderr[-2000:]
     if launcher:
@@ -164,9 +219,18 @@ MOBILENET_V2 = SHARED_WEIGHTS / "mobilenet_v2_1.0_224_quant_notop.weights.h5"
 @pytest.mark.skipif(not MOBILENET_V2.is_file(), reason=f"real ImageNet weights not found at {MOBILENET_V2}")
 def test_mobilenet_v2_with_real_imagenet_weights_file_trains_on_generated_images(store, tmp_path):
     write_class_folders(tmp_path / "images", 12, size=96)
-    cfg = quick_cfg(store, "model=mobilenet_v2", f"model.weights={MOBILENET_V2}", "model.image_size=96",
-                    "data=split", f"data.dir={tmp_path / 'images'}", "data.val_fraction=0.25", "model.unfrozen_blocks=1",
-                    "train.epochs=4", "tracking.artifacts=none")
+    cfg = quick_cfg(
+        store,
+        "model=mobilenet_v2",
+        f"model.weights={MOBILENET_V2}",
+        "model.image_size=96",
+        "data=split",
+        f"data.dir={tmp_path / 'images'}",
+        "data.val_fraction=0.25",
+        "model.unfrozen_blocks=1",
+        "train.epochs=4",
+        "tracking.artifacts=none",
+    )
     result = train.train_and_log(cfg)
     run = client(store).get_run(result.run_id)
     assert run.info.status == "FINISHED" and run.data.params["model.weights"] == str(MOBILENET_V2)
@@ -181,8 +245,14 @@ def test_mobilenet_v2_with_real_imagenet_weights_file_trains_on_generated_images
 def test_a_run_replays_exactly_with_augmentation_on(store, cache):
     """A sweep's promise: `regsweep train <a trial's overrides>` reproduces that trial,
     whether it reads cached augmented views or augments online."""
-    overrides = ("model.dropout=0.4", "augment.strength=0.7", "model.unfrozen_blocks=1", "train.epochs=4",
-                 "tracking.artifacts=none", f"cache={cache}")
+    overrides = (
+        "model.dropout=0.4",
+        "augment.strength=0.7",
+        "model.unfrozen_blocks=1",
+        "train.epochs=4",
+        "tracking.artifacts=none",
+        f"cache={cache}",
+    )
     first = train.train_and_log(quick_cfg(store, *overrides)).metrics
     second = train.train_and_log(quick_cfg(store, *overrides)).metrics
     if cache == "on":  # clean train, validation and 2 views, pooled at the top and at the cut

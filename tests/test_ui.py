@@ -21,11 +21,11 @@ from pathlib import Path
 import mlflow
 import optuna
 import pytest
-from conftest import REPO
-from test_recovery import REGSWEEP
 
+from conftest import REPO
 from regsweep.ui import MODEL_TRAINING as MODE
 from regsweep.ui import PASSWORD_VARIABLE
+from test_recovery import REGSWEEP
 
 CHROMIUM, CHROMEDRIVER = "/usr/bin/chromium", "/usr/bin/chromedriver"
 SCREENSHOTS = REPO / "test-artifacts" / "ui"
@@ -47,9 +47,18 @@ def browser():
         pytest.skip(message)
     options = webdriver.ChromeOptions()
     options.binary_location = CHROMIUM
-    for flag in ("--headless=new", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
-                 "--disable-background-networking", "--disable-component-update", "--disable-sync",
-                 "--disable-dev-shm-usage", "--window-size=1600,1600"):
+    for flag in (
+        "--headless=new",
+        "--no-sandbox",
+        "--disable-gpu",
+        "--disable-quic",
+        "--no-first-run",
+        "--disable-background-networking",
+        "--disable-component-update",
+        "--disable-sync",
+        "--disable-dev-shm-usage",
+        "--window-size=1600,1600",
+    ):
         options.add_argument(flag)
     driver = webdriver.Chrome(service=Service(CHROMEDRIVER), options=options)
     driver.set_page_load_timeout(60)
@@ -67,8 +76,9 @@ class UI:
     """`regsweep ui` as a user starts it, with its printed lines readable as they come."""
 
     def __init__(self, *args: str, cwd: Path, env: dict[str, str] | None = None):
-        self.process = subprocess.Popen([REGSWEEP, "ui", *args], cwd=cwd, stdout=subprocess.PIPE,
-                                        stderr=subprocess.STDOUT, text=True, env=env)
+        self.process = subprocess.Popen(
+            [REGSWEEP, "ui", *args], cwd=cwd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env
+        )
         self.lines: queue.Queue[str] = queue.Queue()
         self.printed: list[str] = []  # every line, complete once stop() returns
         self.reader = threading.Thread(target=self._read, daemon=True)
@@ -172,7 +182,9 @@ def test_the_mlflow_ui_shows_the_study_its_trials_and_compares_them(tmp_path, fi
         trial_rows = [f"[role=row][row-id='{t.user_attrs['mlflow_run_id']}']" for t in trials]
         assert not any(browser.find_elements(By.CSS_SELECTOR, row) for row in trial_rows), "trials should be nested"
         click(browser, f"//*[@role='row'][@row-id='{parent}']//button", "the expander beside the parent's name")
-        wait_until(browser, lambda d: all(d.find_elements(By.CSS_SELECTOR, row) for row in trial_rows), "the nested trials")
+        wait_until(
+            browser, lambda d: all(d.find_elements(By.CSS_SELECTOR, row) for row in trial_rows), "the nested trials"
+        )
         for trial, row in zip(trials, trial_rows):
             assert f"#{trial.number} do" in browser.find_element(By.CSS_SELECTOR, row).text  # named by its knobs
         shot(browser, "runs-table")
@@ -181,8 +193,11 @@ def test_the_mlflow_ui_shows_the_study_its_trials_and_compares_them(tmp_path, fi
         best = max(trials, key=lambda t: t.user_attrs["val_accuracy"])
         run_id = best.user_attrs["mlflow_run_id"]
         open_page(browser, f"{base}/#/experiments/{experiment}/runs/{run_id}?{MODE}")
-        wait_until(browser, lambda d: all(word in page_text(d) for word in ("val_accuracy", "gap", "study regularization")),
-                   "val_accuracy, gap and the parent run")
+        wait_until(
+            browser,
+            lambda d: all(word in page_text(d) for word in ("val_accuracy", "gap", "study regularization")),
+            "val_accuracy, gap and the parent run",
+        )
         text = page_text(browser)
         metrics = dict(zip(*[iter(text.split("Metrics (", 1)[1].split("Parameters (", 1)[0].splitlines()[3:])] * 2))
         assert float(metrics["val_accuracy"]) == pytest.approx(best.user_attrs["val_accuracy"])
@@ -196,13 +211,19 @@ def test_the_mlflow_ui_shows_the_study_its_trials_and_compares_them(tmp_path, fi
 
         # The Model Registry: the study's model, its recommended version linked to the run that trained it.
         recommended = mlflow.MlflowClient(f"sqlite:///{store}/mlflow.db").get_model_version_by_alias(
-            "regularization", "recommended")
+            "regularization", "recommended"
+        )
         open_page(browser, f"{base}/#/models/regularization")
         wait_until(browser, lambda d: "recommended" in page_text(d), "the recommended alias on the model's page")
         shot(browser, "registered-model")
         open_page(browser, f"{base}/#/models/regularization/versions/{recommended.version}")
-        wait_until(browser, lambda d: "recommended" in page_text(d) and d.find_elements(
-            By.CSS_SELECTOR, f"a[href*='{recommended.run_id}']"), "the version's alias and its source run's link")
+        wait_until(
+            browser,
+            lambda d: (
+                "recommended" in page_text(d) and d.find_elements(By.CSS_SELECTOR, f"a[href*='{recommended.run_id}']")
+            ),
+            "the version's alias and its source run's link",
+        )
         shot(browser, "registered-version")
 
         # The study's report, viewable from its parent run.
@@ -219,12 +240,18 @@ def test_the_mlflow_ui_shows_the_study_its_trials_and_compares_them(tmp_path, fi
         # The compare view of two trials, charting gap against the knobs that differ.
         first, second = (t.user_attrs["mlflow_run_id"] for t in trials[1:3])
         open_page(browser, f'{base}/#/compare-runs?runs=["{first}","{second}"]&experiments=["{experiment}"]&{MODE}')
-        wait_until(browser, lambda d: "Comparing 2 Runs" in page_text(d) and d.find_elements(By.CSS_SELECTOR, ".js-plotly-plot"),
-                   "the compare view with its plot")
+        wait_until(
+            browser,
+            lambda d: "Comparing 2 Runs" in page_text(d) and d.find_elements(By.CSS_SELECTOR, ".js-plotly-plot"),
+            "the compare view with its plot",
+        )
         metrics_box = "(//input[@role='combobox'])[last()]"  # Parameters first, then Metrics
         click(browser, f"{metrics_box}/ancestor::*[contains(@class, 'select-selector')][1]", "the metrics box")
         browser.find_element(By.XPATH, metrics_box).send_keys("gap", Keys.ENTER, Keys.ESCAPE)
-        axes = lambda d: [t.text for t in d.find_elements(By.CSS_SELECTOR, ".js-plotly-plot text")]  # noqa: E731
+
+        def axes(d):
+            return [t.text for t in d.find_elements(By.CSS_SELECTOR, ".js-plotly-plot text")]
+
         wait_until(browser, lambda d: "gap" in axes(d), "a gap axis in the parallel coordinates plot")
         assert "model.dropout" in axes(browser)
         shot(browser, "compare")
@@ -251,12 +278,17 @@ def test_ui_refuses_a_port_in_use_in_one_sentence(tmp_path):
         taken.bind(("127.0.0.1", 0))
         taken.listen()
         port = taken.getsockname()[1]
-        result = subprocess.run([REGSWEEP, "ui", f"paths.store={tmp_path / 'mlruns'}", "--port", str(port)],
-                                capture_output=True, text=True, timeout=120)
+        result = subprocess.run(
+            [REGSWEEP, "ui", f"paths.store={tmp_path / 'mlruns'}", "--port", str(port)],
+            capture_output=True,
+            text=True,
+            timeout=120,
+        )
     assert result.returncode == 2
     assert result.stderr.strip().splitlines() == [
         f"regsweep: error: --port {port} on 127.0.0.1 cannot be used (Address already in use): "
-        f"choose another, e.g. --port {port + 1}"]
+        f"choose another, e.g. --port {port + 1}"
+    ]
 
 
 def test_ui_with_a_tracking_server_prints_its_pages_and_starts_nothing(tmp_path):
@@ -264,8 +296,18 @@ def test_ui_with_a_tracking_server_prints_its_pages_and_starts_nothing(tmp_path)
 
     server = service_url("REGSWEEP_TEST_MLFLOW_URL", "The mlflow server")
     with_password = server.replace("http://", "http://regsweep:secret@")
-    result = subprocess.run([REGSWEEP, "ui", f"paths.store={tmp_path / 'mlruns'}", f"tracking.uri={with_password}",
-                             f"sweep.study=nothing-{os.getpid()}"], capture_output=True, text=True, timeout=120)
+    result = subprocess.run(
+        [
+            REGSWEEP,
+            "ui",
+            f"paths.store={tmp_path / 'mlruns'}",
+            f"tracking.uri={with_password}",
+            f"sweep.study=nothing-{os.getpid()}",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert result.returncode == 0, result.stderr
     assert "secret" not in result.stdout + result.stderr and "regsweep@" not in result.stdout
     lines = result.stdout.splitlines()
@@ -296,8 +338,10 @@ def test_ui_served_beyond_this_machine_warns_in_one_line_that_anyone_can_change_
     # Behind MLflow's login: still reachable by all, and the password crosses the network as plain HTTP.
     assert ui.exposure_warning("127.0.0.1", auth=True) == ""
     behind_login = ui.exposure_warning("0.0.0.0", auth=True)
-    assert behind_login.startswith("regsweep: warning: --host 0.0.0.0 serves the MLflow UI to anyone who can reach "
-                                   "this machine, behind MLflow's login")
+    assert behind_login.startswith(
+        "regsweep: warning: --host 0.0.0.0 serves the MLflow UI to anyone who can reach "
+        "this machine, behind MLflow's login"
+    )
     assert "unencrypted" in behind_login and "without a login" not in behind_login and "optuna" not in behind_login
     assert "optuna-dashboard (--optuna) has no login" in ui.exposure_warning("0.0.0.0", auth=True, optuna=True)
 
@@ -312,32 +356,58 @@ def environment(password: str | None) -> dict[str, str]:
 
 def test_ui_auth_without_the_password_variable_stops_in_one_sentence_before_starting_anything(tmp_path):
     store = tmp_path / "mlruns"
-    result = subprocess.run([REGSWEEP, "ui", "--auth", f"paths.store={store}"], env=environment(None),
-                            check=False, capture_output=True, text=True, timeout=120)
+    result = subprocess.run(
+        [REGSWEEP, "ui", "--auth", f"paths.store={store}"],
+        env=environment(None),
+        check=False,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert result.returncode == 2
-    assert result.stderr.strip().splitlines() == [(
-        f"regsweep: error: --auth needs the MLflow UI's admin password in the environment variable {PASSWORD_VARIABLE} "
-        f"(not on the command line, where other users can read it): export {PASSWORD_VARIABLE}=... with 12 characters "
-        "or more, then run again")]
+    assert result.stderr.strip().splitlines() == [
+        (
+            "regsweep: error: --auth needs the MLflow UI's admin password in the environment variable "
+            f"{PASSWORD_VARIABLE} (not on the command line, where other users can read it): "
+            f"export {PASSWORD_VARIABLE}=... with 12 characters or more, then run again"
+        )
+    ]
     assert not store.exists()
 
-    short = subprocess.run([REGSWEEP, "ui", "--auth", f"paths.store={store}"], env=environment("tiny-secret"),
-                           check=False, capture_output=True, text=True, timeout=120)
+    short = subprocess.run(
+        [REGSWEEP, "ui", "--auth", f"paths.store={store}"],
+        env=environment("tiny-secret"),
+        check=False,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert short.returncode == 2 and "tiny-secret" not in short.stdout + short.stderr
-    assert short.stderr.strip().splitlines() == [(
-        f"regsweep: error: {PASSWORD_VARIABLE} has 11 characters and MLflow's login needs 12 or more: "
-        "choose a longer password")]
+    assert short.stderr.strip().splitlines() == [
+        (
+            f"regsweep: error: {PASSWORD_VARIABLE} has 11 characters and MLflow's login needs 12 or more: "
+            "choose a longer password"
+        )
+    ]
 
 
 def test_ui_auth_with_a_tracking_server_is_refused_the_login_is_the_servers(tmp_path):
-    result = subprocess.run([REGSWEEP, "ui", "--auth", f"paths.store={tmp_path / 'mlruns'}",
-                             "tracking.uri=http://ada:secret@127.0.0.1:9"], env=environment(PASSWORD),
-                            check=False, capture_output=True, text=True, timeout=120)
+    result = subprocess.run(
+        [REGSWEEP, "ui", "--auth", f"paths.store={tmp_path / 'mlruns'}", "tracking.uri=http://ada:secret@127.0.0.1:9"],
+        env=environment(PASSWORD),
+        check=False,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert result.returncode == 2 and "secret" not in result.stdout + result.stderr
-    assert result.stderr.strip().splitlines() == [(
-        "regsweep: error: --auth protects the MLflow UI that regsweep ui starts on a local store, but "
-        "tracking.uri=http://ada:***@127.0.0.1:9 is a tracking server, whose logins are its own: drop --auth, or "
-        "start that server with mlflow server --app-name basic-auth")]
+    assert result.stderr.strip().splitlines() == [
+        (
+            "regsweep: error: --auth protects the MLflow UI that regsweep ui starts on a local store, but "
+            "tracking.uri=http://ada:***@127.0.0.1:9 is a tracking server, whose logins are its own: drop --auth, or "
+            "start that server with mlflow server --app-name basic-auth"
+        )
+    ]
 
 
 def test_ui_with_auth_answers_only_its_admin_and_keeps_the_password_out_of_files_and_output(tmp_path):
@@ -345,8 +415,11 @@ def test_ui_with_auth_answers_only_its_admin_and_keeps_the_password_out_of_files
     api = f"http://127.0.0.1:{port}/api/2.0/mlflow/experiments/search?max_results=10"
 
     def status(user: str | None, password: str = "") -> int:
-        headers = {} if user is None else {
-            "Authorization": "Basic " + base64.b64encode(f"{user}:{password}".encode()).decode()}
+        headers = (
+            {}
+            if user is None
+            else {"Authorization": "Basic " + base64.b64encode(f"{user}:{password}".encode()).decode()}
+        )
         try:
             with urllib.request.urlopen(urllib.request.Request(api, headers=headers), timeout=30) as answer:
                 assert "regsweep" in [e["name"] for e in json.load(answer)["experiments"]]
@@ -357,8 +430,10 @@ def test_ui_with_auth_answers_only_its_admin_and_keeps_the_password_out_of_files
     ui = UI(f"paths.store={store}", "--port", str(port), "--auth", cwd=tmp_path, env=environment(PASSWORD))
     try:
         assert ui.line_starting("MLflow UI: ").startswith(f"MLflow UI: http://127.0.0.1:{port}/#/experiments/")
-        assert ui.line_starting("Log in as ") == (f"Log in as admin with the password in {PASSWORD_VARIABLE}; "
-                                                  f"the users are kept in {store / 'ui' / 'auth.db'}.")
+        assert ui.line_starting("Log in as ") == (
+            f"Log in as admin with the password in {PASSWORD_VARIABLE}; "
+            f"the users are kept in {store / 'ui' / 'auth.db'}."
+        )
         ui.line_starting("Press Ctrl-C")
         assert status(None) == 401
         assert status("admin", "not the password") == 401
@@ -371,11 +446,19 @@ def test_ui_with_auth_answers_only_its_admin_and_keeps_the_password_out_of_files
     assert not any(PASSWORD in line for line in ui.printed)
 
     # MLflow keeps the admin's first password: a different one later is refused before any server starts.
-    again = subprocess.run([REGSWEEP, "ui", "--auth", f"paths.store={store}", "--port", str(port)],
-                           env=environment("another long password"), check=False, capture_output=True, text=True,
-                           timeout=120)
+    again = subprocess.run(
+        [REGSWEEP, "ui", "--auth", f"paths.store={store}", "--port", str(port)],
+        env=environment("another long password"),
+        check=False,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert again.returncode == 2 and "another long password" not in again.stdout + again.stderr
-    assert again.stderr.strip().splitlines() == [(
-        f"regsweep: error: {PASSWORD_VARIABLE} is not the password of the MLflow UI's user admin in "
-        f"{store / 'ui' / 'auth.db'}, set at its first start with --auth or changed in MLflow since: give that "
-        "password, or delete the file to start over with this one (the users it holds go with it)")]
+    assert again.stderr.strip().splitlines() == [
+        (
+            f"regsweep: error: {PASSWORD_VARIABLE} is not the password of the MLflow UI's user admin in "
+            f"{store / 'ui' / 'auth.db'}, set at its first start with --auth or changed in MLflow since: give that "
+            "password, or delete the file to start over with this one (the users it holds go with it)"
+        )
+    ]

@@ -15,8 +15,9 @@ from pathlib import Path
 import pytest
 
 REPO = Path(__file__).resolve().parents[1]
-NOT_SOURCES = shutil.ignore_patterns(".git", ".venv", "mlruns", "build", "dist", "*.egg-info", "__pycache__",
-                                     ".pytest_cache", "test-artifacts")
+NOT_SOURCES = shutil.ignore_patterns(
+    ".git", ".venv", "mlruns", "build", "dist", "*.egg-info", "__pycache__", ".pytest_cache", "test-artifacts"
+)
 
 
 def dependency_dirs() -> list[str]:
@@ -28,8 +29,9 @@ def dependency_dirs() -> list[str]:
 
 def run(command: list, cwd: Path, timeout: int = 300) -> subprocess.CompletedProcess:
     env = {k: v for k, v in os.environ.items() if k not in ("PYTHONPATH", "PYTHONHOME")}  # no other regsweep
-    result = subprocess.run([str(c) for c in command], cwd=cwd, env=env, capture_output=True, text=True,
-                            timeout=timeout)
+    result = subprocess.run(
+        [str(c) for c in command], cwd=cwd, env=env, capture_output=True, text=True, timeout=timeout
+    )
     assert result.returncode == 0, f"{command}\n{result.stdout[-3000:]}\n{result.stderr[-3000:]}"
     return result
 
@@ -39,8 +41,21 @@ def installed(tmp_path_factory) -> Path:
     """The bin/ folder of a fresh virtual environment with the wheel installed."""
     root = tmp_path_factory.mktemp("wheel")
     shutil.copytree(REPO, root / "checkout", ignore=NOT_SOURCES)  # the build's files stay out of the checkout
-    run([sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation", "--no-index", "-w", root / "dist",
-         root / "checkout"], root)
+    run(
+        [
+            sys.executable,
+            "-m",
+            "pip",
+            "wheel",
+            "--no-deps",
+            "--no-build-isolation",
+            "--no-index",
+            "-w",
+            root / "dist",
+            root / "checkout",
+        ],
+        root,
+    )
     wheel = next((root / "dist").glob("regsweep-*.whl"))
     venv.EnvBuilder(with_pip=False).create(root / "venv")
     python = root / "venv" / "bin" / "python"
@@ -61,9 +76,21 @@ def test_the_installed_wheel_runs_from_an_empty_folder(installed, tmp_path, stor
     assert run([installed / "regsweep", "--version"], empty).stdout.strip() == f"regsweep {version}"
     job = run([installed / "regsweep", "train", "--cfg", "job", "model.dropout=0.25"], empty).stdout
     assert "backbone: demo_cnn" in job and "dropout: 0.25" in job
-    swept = run([installed / "regsweep", "sweep", f"paths.store={store}", "sweep.study=wheel", "sweep.n_trials=1",
-                 "train.epochs=1", "train.fine_tune_epochs=1", "tracking.artifacts=none", "sweep.reevaluate.seeds=0"],
-                empty, timeout=600)
+    swept = run(
+        [
+            installed / "regsweep",
+            "sweep",
+            f"paths.store={store}",
+            "sweep.study=wheel",
+            "sweep.n_trials=1",
+            "train.epochs=1",
+            "train.fine_tune_epochs=1",
+            "tracking.artifacts=none",
+            "sweep.reevaluate.seeds=0",
+        ],
+        empty,
+        timeout=600,
+    )
     assert "trial 1/1 (#0 baseline)" in swept.stdout and "| COMPLETE" in swept.stdout, swept.stdout[-3000:]
     assert (store / "reports" / "wheel" / "report.md").is_file()
     assert not any(empty.iterdir())  # everything went to the store

@@ -32,16 +32,20 @@ import os
 import shutil
 import tempfile
 import time
+from collections.abc import Callable
 from contextlib import ExitStack
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable
+from typing import TYPE_CHECKING
 
 import numpy as np
 from omegaconf import DictConfig, OmegaConf
 
 from regsweep import data, progress
 from regsweep.files import file_lock, publish_folder
+
+if TYPE_CHECKING:  # Keras loads when the first view is filled, not on import
+    import keras
 
 FORMAT = 2  # 2: phase 1 entries hold pooled vectors
 FEATURES = "features.npy"
@@ -153,7 +157,9 @@ class FeatureStore:
                 continue
             try:
                 meta = json.loads((path / META).read_text())
-                rows.append({"path": path, "bytes": _folder_bytes(path), "last_used": path.stat().st_mtime, "meta": meta})
+                rows.append(
+                    {"path": path, "bytes": _folder_bytes(path), "last_used": path.stat().st_mtime, "meta": meta}
+                )
             except (OSError, ValueError):
                 rows.append({"path": path, "bytes": _folder_bytes(path), "last_used": 0.0, "meta": {}})
         return sorted(rows, key=lambda row: row["last_used"])
@@ -201,8 +207,10 @@ def _write_meta(folder: Path, parts: dict) -> None:
         "key": parts,
         "shape": list(features.shape),
         "dtype": str(features.dtype),
-        "files": {name: {"bytes": (folder / name).stat().st_size, "sha256": _file_sha256(folder / name)}
-                  for name in (FEATURES, LABELS)},
+        "files": {
+            name: {"bytes": (folder / name).stat().st_size, "sha256": _file_sha256(folder / name)}
+            for name in (FEATURES, LABELS)
+        },
         "created": time.strftime("%Y-%m-%dT%H:%M:%S"),
     }
     with open(folder / META, "w") as handle:
@@ -256,7 +264,9 @@ def print_info(store: FeatureStore) -> None:
     """`regsweep cache info`: the folder, its cap, and every entry, least recently used first."""
     rows = store.listing()
     total = sum(row["bytes"] for row in rows)
-    print(f"Feature cache {store.entries}: {len(rows)} entries, {_size(total)} of {_size(store.max_bytes)} (cache.max_gb)")
+    print(
+        f"Feature cache {store.entries}: {len(rows)} entries, {_size(total)} of {_size(store.max_bytes)} (cache.max_gb)"
+    )
     for row in rows:
         key = row["meta"].get("key", {})
         shape = "x".join(str(d) for d in row["meta"].get("shape", [])) or "?"
@@ -278,8 +288,14 @@ def _size(n: int) -> str:
 # --- filling entries --------------------------------------------------------------------------
 
 
-def write_features(folders: list[Path], prefix, images: np.ndarray, labels: np.ndarray, augmenter=None,
-                   what: str = "computing cached features") -> None:
+def write_features(
+    folders: list[Path],
+    prefix,
+    images: np.ndarray,
+    labels: np.ndarray,
+    augmenter=None,
+    what: str = "computing cached features",
+) -> None:
     """Runs `images` (uint8) through the optional augmenter and the prefix, batch by batch,
     writing output k into `folders[k]` as a memory-mapped .npy file: no whole array is ever
     held in memory. `what` names the step in its progress bar (or log lines).
@@ -289,13 +305,19 @@ def write_features(folders: list[Path], prefix, images: np.ndarray, labels: np.n
     """
     import tensorflow as tf
 
-    batches = tf.data.Dataset.from_tensor_slices(images).batch(COMPUTE_BATCH).map(
-        lambda x: tf.cast(x, tf.float32), num_parallel_calls=tf.data.AUTOTUNE)
+    batches = (
+        tf.data.Dataset.from_tensor_slices(images)
+        .batch(COMPUTE_BATCH)
+        .map(lambda x: tf.cast(x, tf.float32), num_parallel_calls=tf.data.AUTOTUNE)
+    )
     if augmenter is not None:
         batches = batches.map(lambda x: augmenter(x, training=True))
-    outputs = [np.lib.format.open_memmap(folder / FEATURES, mode="w+", dtype=np.float32,
-                                         shape=(len(images), *(int(d) for d in output.shape[1:])))
-               for folder, output in zip(folders, prefix.outputs, strict=True)]
+    outputs = [
+        np.lib.format.open_memmap(
+            folder / FEATURES, mode="w+", dtype=np.float32, shape=(len(images), *(int(d) for d in output.shape[1:]))
+        )
+        for folder, output in zip(folders, prefix.outputs, strict=True)
+    ]
     start = 0
     with progress.steps(what, len(images)) as advance:
         for batch in batches.prefetch(tf.data.AUTOTUNE):
@@ -320,7 +342,7 @@ def write_features(folders: list[Path], prefix, images: np.ndarray, labels: np.n
 class Phase:
     """A model and the datasets it trains on: features in place of images."""
 
-    model: "keras.Model"  # noqa: F821 - shares its layers with the classifier that gets logged
+    model: keras.Model  # shares its layers with the classifier that gets logged
     datasets: data.Datasets
 
 
@@ -332,8 +354,14 @@ class CachedData:
     misses: int
 
 
-def prepare(cfg: DictConfig, splits, base, classifier, fingerprints: dict[str, str] | None = None,
-            digests: dict[int, str] | None = None) -> CachedData:
+def prepare(
+    cfg: DictConfig,
+    splits,
+    base,
+    classifier,
+    fingerprints: dict[str, str] | None = None,
+    digests: dict[int, str] | None = None,
+) -> CachedData:
     """Looks up (or fills) the entries a run needs and builds the models and datasets of its phases.
 
     Phase 1 trains only the head, so it reads the backbone's pooled output (cut 0, shared by
@@ -366,13 +394,24 @@ def prepare(cfg: DictConfig, splits, base, classifier, fingerprints: dict[str, s
     views += [("train", index) for index in range(cfg.cache.augmented_views)] if strength > 0 else []
 
     def request(cut: int, split: str, index: int | None) -> tuple[dict, str]:
-        cut_parts = {"unfrozen_blocks": cut, "layer": models.cut_layer(base, backbone, cut),
-                     "weights_sha256": digests[cut]}
+        cut_parts = {
+            "unfrozen_blocks": cut,
+            "layer": models.cut_layer(base, backbone, cut),
+            "weights_sha256": digests[cut],
+        }
         if cut == 0:  # the prefix ends with the head's pooling
             cut_parts["pooling"] = cfg.model.pooling
-        view = "clean" if index is None else {
-            "index": index, "strength": round(strength, 6), "flip": cfg.data.flip, "seed": seed,
-            "ranges": OmegaConf.to_container(cfg.augment, resolve=True) | {"strength": None}}
+        view = (
+            "clean"
+            if index is None
+            else {
+                "index": index,
+                "strength": round(strength, 6),
+                "flip": cfg.data.flip,
+                "seed": seed,
+                "ranges": OmegaConf.to_container(cfg.augment, resolve=True) | {"strength": None},
+            }
+        )
         parts = {**common, "cut": cut_parts, "split": split, "data": fingerprints[split], "view": view}
         cut_label = f"cut{cut}" + (f"-{cfg.model.pooling}" if cut == 0 else "")
         view_label = "clean" if index is None else f"s{strength:g}-v{index}"
@@ -387,11 +426,21 @@ def prepare(cfg: DictConfig, splits, base, classifier, fingerprints: dict[str, s
                 prefixes[wanted] = models.cached_prefix(classifier, backbone, base, [cuts[i] for i in wanted])
             prefix = prefixes[wanted]
             images, labels = data.load_images(folders[split], splits.class_names, size)
-            augmenter = None if index is None else data.build_augmenter(
-                strength, cfg.data.flip, cfg.augment, view_seed(seed, index))
+            augmenter = (
+                None
+                if index is None
+                else data.build_augmenter(strength, cfg.data.flip, cfg.augment, view_seed(seed, index))
+            )
             view = "clean images" if index is None else f"augmented view {index + 1} of {cfg.cache.augmented_views}"
-            write_features([stagings[i] for i in wanted], prefix, images, labels, augmenter,
-                           f"filling the feature cache ({split}, {view})")
+            write_features(
+                [stagings[i] for i in wanted],
+                prefix,
+                images,
+                labels,
+                augmenter,
+                f"filling the feature cache ({split}, {view})",
+            )
+
         return fill
 
     entries: dict[tuple, dict[int, Entry]] = {}
@@ -406,8 +455,9 @@ def prepare(cfg: DictConfig, splits, base, classifier, fingerprints: dict[str, s
         clean_train, val = entries["train", None][cut], entries["validation", None][cut]
         augmented = [entries["train", index][cut] for _, index in views[2:]]
         batch_size = cfg.data.batch_size
-        train, steps = training_stream([e.features for e in augmented] or [clean_train.features],
-                                       clean_train.labels, batch_size, seed)
+        train, steps = training_stream(
+            [e.features for e in augmented] or [clean_train.features], clean_train.labels, batch_size, seed
+        )
         datasets = data.Datasets(
             train=train,
             train_eval=evaluation_set(clean_train.features, clean_train.labels, batch_size),
@@ -490,7 +540,8 @@ def training_stream(views: list[np.ndarray], labels: np.ndarray, batch_size: int
     stream = FeatureStream(views, labels, batch_size, seed)
     signature = (tf.TensorSpec((None, *views[0].shape[1:]), tf.float32), tf.TensorSpec((None,), tf.int32))
     dataset = tf.data.Dataset.from_generator(stream, output_signature=signature).flat_map(
-        lambda x, y: tf.data.Dataset.from_tensor_slices((x, y)).batch(batch_size))
+        lambda x, y: tf.data.Dataset.from_tensor_slices((x, y)).batch(batch_size)
+    )
     return dataset.prefetch(tf.data.AUTOTUNE), math.ceil(len(labels) / batch_size)
 
 

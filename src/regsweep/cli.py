@@ -19,13 +19,22 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")  # TensorFlow's C++ start-up 
 # URL can hold a password. regsweep prints the run id and the masked URI itself.
 os.environ.setdefault("MLFLOW_SUPPRESS_PRINTING_URL_TO_STDOUT", "true")
 
-import hydra  # noqa: E402
-from omegaconf import DictConfig, OmegaConf  # noqa: E402
+import hydra
+from omegaconf import DictConfig, OmegaConf
 
-from regsweep import cache, faults  # noqa: E402
-from regsweep.config import (CONF_DIR, RegsweepError, compose, compose_study, config_groups,  # noqa: E402
-                             override_key, redact, search_own_conf_first, validate)
-from regsweep.worker import import_tensorflow_quietly  # noqa: E402
+from regsweep import cache, faults
+from regsweep.config import (
+    CONF_DIR,
+    RegsweepError,
+    compose,
+    compose_study,
+    config_groups,
+    override_key,
+    redact,
+    search_own_conf_first,
+    validate,
+)
+from regsweep.worker import import_tensorflow_quietly
 
 USAGE = """usage: regsweep <command> [options] [hydra overrides]
 
@@ -65,8 +74,12 @@ class _Parser(argparse.ArgumentParser):
 
 
 def _parser(command: str, usage: str, description: str = "") -> _Parser:
-    return _Parser(prog=f"regsweep {command}", usage=usage, description=description,
-                   formatter_class=argparse.RawDescriptionHelpFormatter)
+    return _Parser(
+        prog=f"regsweep {command}",
+        usage=usage,
+        description=description,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
 
 
 def _port(value: str) -> int:
@@ -143,7 +156,6 @@ def _sweep_runs(overrides: list[str]) -> list[list[str]]:
     from hydra.core.override_parser.overrides_parser import OverridesParser
     from hydra.errors import HydraException
 
-
     try:
         parsed = OverridesParser.create().parse_overrides(overrides)
     except HydraException:
@@ -155,15 +167,19 @@ def _sweep_runs(overrides: list[str]) -> list[list[str]]:
             continue
         key, group = override.get_key_element(), override.key_or_group in config_groups()
         try:
-            values = ([str(override.value().start)] if override.is_interval_sweep()
-                      else list(override.sweep_string_iterator()) if group
-                      else [next(override.sweep_string_iterator())])
+            values = (
+                [str(override.value().start)]
+                if override.is_interval_sweep()
+                else list(override.sweep_string_iterator())
+                if group
+                else [next(override.sweep_string_iterator())]
+            )
         except (HydraException, StopIteration):  # glob(): its options are Hydra's to list
             continue
         first.append(f"{key}={values[0]}")
         if group:
             options[len(first) - 1] = [f"{key}={value}" for value in values[1:]]
-    return [first] + [first[:at] + [option] + first[at + 1:] for at, others in options.items() for option in others]
+    return [first] + [[*first[:at], option, *first[at + 1 :]] for at, others in options.items() for option in others]
 
 
 class _RunFailed(BaseException):
@@ -177,7 +193,7 @@ def _train_task(cfg: DictConfig) -> None:
         from regsweep import train  # lazy: TensorFlow, loaded quietly just above
 
         result = train.train_and_log(cfg)
-    except Exception as error:  # noqa: BLE001 - every error goes to main, none to Hydra
+    except Exception as error:
         raise _RunFailed(error) from None
     print(train.summary(result, cfg))
 
@@ -186,8 +202,11 @@ _train_app = hydra.main(version_base="1.3", config_path=str(CONF_DIR), config_na
 
 
 def sweep_command(args: list[str]) -> None:
-    parser = _parser("sweep", "regsweep sweep [sweep=<name>] [sweep.<setting>=<value>] [<key>=<value>] [<key>=<search>]",
-                     SWEEP_DESCRIPTION)
+    parser = _parser(
+        "sweep",
+        "regsweep sweep [sweep=<name>] [sweep.<setting>=<value>] [<key>=<value>] [<key>=<search>]",
+        SWEEP_DESCRIPTION,
+    )
     parser.add_argument("--cfg", choices=["job"], help="print the composed study config and stop")
     parser.add_argument("overrides", nargs="*", help=argparse.SUPPRESS)
     options = parser.parse_intermixed_args(args)
@@ -200,25 +219,34 @@ def sweep_command(args: list[str]) -> None:
 
 
 def report_command(args: list[str]) -> None:
-    parser = _parser("report", "regsweep report [study] [--reevaluate] [--open] [sweep=<name>] "
-                               "[sweep.<setting>=<value>] [overrides]",
-                     "Rebuilds the report of a stored study from its Optuna storage and MLflow runs.")
-    parser.add_argument("--reevaluate", action="store_true",
-                        help="re-train the top settings and the baseline with fresh seeds and score them on the test "
-                             "split, in rounds while the verdict can't tell (only the runs still missing)")
+    parser = _parser(
+        "report",
+        "regsweep report [study] [--reevaluate] [--open] [sweep=<name>] [sweep.<setting>=<value>] [overrides]",
+        "Rebuilds the report of a stored study from its Optuna storage and MLflow runs.",
+    )
+    parser.add_argument(
+        "--reevaluate",
+        action="store_true",
+        help="re-train the top settings and the baseline with fresh seeds and score them on the test "
+        "split, in rounds while the verdict can't tell (only the runs still missing)",
+    )
     parser.add_argument("--open", action="store_true", help="open report.html in a browser, where one exists")
     parser.add_argument("words", nargs="*", help=argparse.SUPPRESS)
     options = parser.parse_intermixed_args(args)
     from regsweep import sweep  # lazy: MLflow, Optuna and matplotlib load only for the command that needs them
 
-    sweep.report_study(*_study_and_overrides(options.words), reevaluate_first=options.reevaluate,
-                       open_html=options.open)
+    sweep.report_study(
+        *_study_and_overrides(options.words), reevaluate_first=options.reevaluate, open_html=options.open
+    )
 
 
 def cache_command(args: list[str]) -> None:
-    parser = _parser("cache", "regsweep cache {info,clear} [paths.store=<folder>] [cache.dir=<folder>]",
-                     "  info    the cache folder, its size cap (cache.max_gb), and every entry, least recently used first\n"
-                     "  clear   delete every entry; the next trials recompute what they need")
+    parser = _parser(
+        "cache",
+        "regsweep cache {info,clear} [paths.store=<folder>] [cache.dir=<folder>]",
+        "  info    the cache folder, its size cap (cache.max_gb), and every entry, least recently used first\n"
+        "  clear   delete every entry; the next trials recompute what they need",
+    )
     parser.add_argument("action", metavar="info|clear", choices=["info", "clear"], nargs="?", help=argparse.SUPPRESS)
     parser.add_argument("overrides", nargs="*", help=argparse.SUPPRESS)
     options = parser.parse_intermixed_args(args)
@@ -232,16 +260,21 @@ def cache_command(args: list[str]) -> None:
 
 
 def ui_command(args: list[str]) -> None:
-    parser = _parser("ui", "regsweep ui [study] [--host 127.0.0.1] [--port 5000] [--auth] [--optuna] "
-                           "[--optuna-port 8080] [overrides]",
-                     "Starts the MLflow UI on the project's store (tracking.uri, mlruns/ by default) and prints the\n"
-                     "page of the study's parent run, whose nested runs are its trials. With a tracking server\n"
-                     "(tracking.uri=http://...) nothing is started: the page on that server is printed.\n"
-                     "Stop with Ctrl-C.")
+    parser = _parser(
+        "ui",
+        "regsweep ui [study] [--host 127.0.0.1] [--port 5000] [--auth] [--optuna] [--optuna-port 8080] [overrides]",
+        "Starts the MLflow UI on the project's store (tracking.uri, mlruns/ by default) and prints the\n"
+        "page of the study's parent run, whose nested runs are its trials. With a tracking server\n"
+        "(tracking.uri=http://...) nothing is started: the page on that server is printed.\n"
+        "Stop with Ctrl-C.",
+    )
     parser.add_argument("--host", default="127.0.0.1", help="where the MLflow UI listens (default: this machine only)")
     parser.add_argument("--port", type=_port, default=5000)
-    parser.add_argument("--auth", action="store_true",
-                        help="MLflow's login in front of the UI: user admin, password from $REGSWEEP_UI_PASSWORD")
+    parser.add_argument(
+        "--auth",
+        action="store_true",
+        help="MLflow's login in front of the UI: user admin, password from $REGSWEEP_UI_PASSWORD",
+    )
     parser.add_argument("--optuna", action="store_true", help="also start optuna-dashboard on sweep.storage")
     parser.add_argument("--optuna-port", type=_port, default=8080, help="its port (it listens on --host too)")
     parser.add_argument("words", nargs="*", help=argparse.SUPPRESS)
@@ -249,29 +282,44 @@ def ui_command(args: list[str]) -> None:
     from regsweep import ui  # lazy: MLflow's server code (~4 s) loads only for this command
 
     name, overrides = _study_and_overrides(options.words)
-    ui.serve(ui.Options(options.host, options.port, options.optuna, options.optuna_port,
-                        ([f"sweep.study={name}"] if name else []) + overrides, options.auth))
+    ui.serve(
+        ui.Options(
+            options.host,
+            options.port,
+            options.optuna,
+            options.optuna_port,
+            ([f"sweep.study={name}"] if name else []) + overrides,
+            options.auth,
+        )
+    )
 
 
 def export_command(args: list[str]) -> None:
-    parser = _parser("export", "regsweep export <run id> [--out DIR] [--weights FILE] [tracking.uri=...]",
-                     "Rebuilds the whole model of any trial or re-evaluation run from what it logged (its trained\n"
-                     "layers, and the backbone weights it names) and saves it as an MLflow Model: it loads with\n"
-                     "mlflow.pyfunc.load_model(DIR) or keras.saving.load_model(DIR/data/model.keras), without\n"
-                     "regsweep, and takes raw 0-255 RGB images.")
+    parser = _parser(
+        "export",
+        "regsweep export <run id> [--out DIR] [--weights FILE] [tracking.uri=...]",
+        "Rebuilds the whole model of any trial or re-evaluation run from what it logged (its trained\n"
+        "layers, and the backbone weights it names) and saves it as an MLflow Model: it loads with\n"
+        "mlflow.pyfunc.load_model(DIR) or keras.saving.load_model(DIR/data/model.keras), without\n"
+        "regsweep, and takes raw 0-255 RGB images.",
+    )
     parser.add_argument("--out", help="a new folder for the MLflow Model (default: ./model-<run id>)")
     parser.add_argument("--weights", help="the backbone weights file, when it is not where the run found it")
     parser.add_argument("words", nargs="*", help=argparse.SUPPRESS)
     options = parser.parse_intermixed_args(args)
     run_ids = [word for word in options.words if "=" not in word]
     if len(run_ids) != 1:
-        raise RegsweepError("regsweep export needs one run id (a trial's or a re-evaluation's, from the MLflow UI "
-                            "or the report): regsweep export <run id> [--out DIR]")
+        raise RegsweepError(
+            "regsweep export needs one run id (a trial's or a re-evaluation's, from the MLflow UI "
+            "or the report): regsweep export <run id> [--out DIR]"
+        )
     cfg = compose([word for word in options.words if "=" in word])  # where the runs are: tracking.uri, paths.store
     local = Path(str(cfg.tracking.uri).removeprefix("sqlite:///"))
     if str(cfg.tracking.uri).startswith("sqlite:///") and not local.is_file():  # export reads; it creates no store
-        raise RegsweepError(f"no MLflow store at {local}: run regsweep export in the folder that holds mlruns/, "
-                            "or give paths.store=<folder> or tracking.uri=<server>")
+        raise RegsweepError(
+            f"no MLflow store at {local}: run regsweep export in the folder that holds mlruns/, "
+            "or give paths.store=<folder> or tracking.uri=<server>"
+        )
     from regsweep import tracking  # lazy: MLflow, only for the commands that reach the store
 
     tracking.check_reachable(cfg.tracking)  # before TensorFlow's seconds of start-up
@@ -281,11 +329,17 @@ def export_command(args: list[str]) -> None:
     tracking.use_store(cfg.tracking)
     run_id = run_ids[0]
     out = export.export_run(run_id, Path(options.out or f"model-{run_id}"), options.weights)
-    print(f"MLflow Model of run {run_id} in {out}: load it with mlflow.pyfunc.load_model(\"{out}\")")
+    print(f'MLflow Model of run {run_id} in {out}: load it with mlflow.pyfunc.load_model("{out}")')
 
 
-COMMANDS = {"train": train_command, "sweep": sweep_command, "report": report_command, "cache": cache_command,
-            "ui": ui_command, "export": export_command}
+COMMANDS = {
+    "train": train_command,
+    "sweep": sweep_command,
+    "report": report_command,
+    "cache": cache_command,
+    "ui": ui_command,
+    "export": export_command,
+}
 
 
 # --- dispatch -----------------------------------------------------------------------------------
@@ -327,9 +381,11 @@ def main(argv: list[str] | None = None) -> None:
 def _stopped(command: str, stop: KeyboardInterrupt) -> str:
     """One line: what the stop request stopped (the notes added on its way up), and what to do."""
     what = "; ".join(getattr(stop, "__notes__", [])) or "nothing was running"
-    again = {"sweep": "re-run the same command to resume the study",
-             "report": "re-run the same command to resume the re-evaluation",
-             "train": "re-run the same command to train again"}.get(command, "re-run the same command")
+    again = {
+        "sweep": "re-run the same command to resume the study",
+        "report": "re-run the same command to resume the re-evaluation",
+        "train": "re-run the same command to train again",
+    }.get(command, "re-run the same command")
     return f"{faults.stop_reason(stop)}: {what}; {again}."
 
 

@@ -66,8 +66,10 @@ def _composition_problem(error: Exception) -> str:
         return f"{group}={option} is not a known option: choose {group}= one of {', '.join(options)}"
     unknown_key = re.search(r"Could not override '([^']+)'", text)
     if unknown_key:
-        return (f"{unknown_key.group(1)} is not a setting: check the spelling against `regsweep train --cfg job` "
-                f"(or add it with +{unknown_key.group(1)}=...)")
+        return (
+            f"{unknown_key.group(1)} is not a setting: check the spelling against `regsweep train --cfg job` "
+            f"(or add it with +{unknown_key.group(1)}=...)"
+        )
     return f"{_first_line(error)}: check the override against `regsweep train --cfg job`"
 
 
@@ -124,8 +126,10 @@ def compose_study(overrides: list[str]) -> DictConfig:
     rest = [o for o in overrides if not o.startswith("sweep=")]
     sweeps = sweep_files()
     if choice not in sweeps:
-        raise RegsweepError(f"sweep={choice} is not a known sweep: choose one of {', '.join(sweeps)}, "
-                            f"or write sweeps/{choice}.yaml in the working directory")
+        raise RegsweepError(
+            f"sweep={choice} is not a known sweep: choose one of {', '.join(sweeps)}, "
+            f"or write sweeps/{choice}.yaml in the working directory"
+        )
     load_sweep_file(sweeps[choice])  # its own syntax error, named
     cfg = compose([f"+sweep={choice}", *rest])
     check_study_name(str(cfg.sweep.study))
@@ -141,7 +145,8 @@ def check_study_name(name: str) -> None:
     if not SAFE_STUDY_NAME.fullmatch(name):
         raise RegsweepError(
             f"sweep.study={name!r} is not a safe study name: use up to 100 letters, digits, '.', '_' or '-', "
-            "starting with a letter or digit (the name becomes file names under the store)")
+            "starting with a letter or digit (the name becomes file names under the store)"
+        )
 
 
 def override_key(override: str) -> str:
@@ -245,8 +250,11 @@ def validate(cfg: DictConfig) -> None:
         f"data.val_fraction={data.val_fraction} and data.test_fraction={data.test_fraction} must leave "
         "images for training: use fractions such as 0.2 and 0.1",
     )
-    _check(0 < data.train_fraction <= 1,
-           f"data.train_fraction={data.train_fraction} must be in (0, 1]: the share of training images to use, such as 0.5")
+    _check(
+        0 < data.train_fraction <= 1,
+        f"data.train_fraction={data.train_fraction} must be in (0, 1]: "
+        "the share of training images to use, such as 0.5",
+    )
     _check_data_source(data)
     _check(train.epochs >= 1, f"train.epochs={train.epochs} must be at least 1")
     _check(
@@ -268,17 +276,36 @@ def validate(cfg: DictConfig) -> None:
         f"tracking.artifacts={cfg.tracking.artifacts} is unknown: use one of {', '.join(ARTIFACTS)}",
     )
     _check(cfg.cache.max_gb > 0, f"cache.max_gb={cfg.cache.max_gb} must be positive: give a size cap in GB such as 20")
-    _check(cfg.tracking.connect_timeout > 0,
-           f"tracking.connect_timeout={cfg.tracking.connect_timeout} must be positive: give seconds, such as 10")
+    _check(
+        cfg.tracking.connect_timeout > 0,
+        f"tracking.connect_timeout={cfg.tracking.connect_timeout} must be positive: give seconds, such as 10",
+    )
 
 
 ARTIFACTS = ("all", "best", "none")
-NUMBER_KEYS = ("model.dropout", "optim.lr", "optim.fine_tune_factor", "augment.strength",
-               "data.val_fraction", "data.test_fraction", "data.train_fraction", "cache.max_gb",
-               "tracking.connect_timeout")
-INTEGER_KEYS = ("model.unfrozen_blocks", "model.image_size", "model.head_units", "data.batch_size",
-                "train.seed", "data.split_seed", "train.epochs", "train.fine_tune_epochs", "train.early_stopping_patience",
-                "cache.augmented_views")
+NUMBER_KEYS = (
+    "model.dropout",
+    "optim.lr",
+    "optim.fine_tune_factor",
+    "augment.strength",
+    "data.val_fraction",
+    "data.test_fraction",
+    "data.train_fraction",
+    "cache.max_gb",
+    "tracking.connect_timeout",
+)
+INTEGER_KEYS = (
+    "model.unfrozen_blocks",
+    "model.image_size",
+    "model.head_units",
+    "data.batch_size",
+    "train.seed",
+    "data.split_seed",
+    "train.epochs",
+    "train.fine_tune_epochs",
+    "train.early_stopping_patience",
+    "cache.augmented_views",
+)
 
 
 def _check_types(cfg: DictConfig) -> None:
@@ -362,6 +389,5 @@ def run_name(cfg: DictConfig, label: str = "") -> str:
     is for (`#7` a trial, `reeval #7 seed 2` a re-evaluation).
     """
     m = cfg.model
-    knobs = (f"do{m.dropout:.2f} aug{cfg.augment.strength:.2f} lr{cfg.optim.lr:.1e} "
-             f"ub{m.unfrozen_blocks} {m.backbone}")
+    knobs = f"do{m.dropout:.2f} aug{cfg.augment.strength:.2f} lr{cfg.optim.lr:.1e} ub{m.unfrozen_blocks} {m.backbone}"
     return f"{label} {knobs}" if label else knobs

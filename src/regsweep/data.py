@@ -17,6 +17,7 @@ import tempfile
 import unicodedata
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 from omegaconf import DictConfig
@@ -24,6 +25,9 @@ from omegaconf import DictConfig
 from regsweep import demo, progress
 from regsweep.config import RegsweepError
 from regsweep.files import publish_folder, write_text_atomically
+
+if TYPE_CHECKING:  # TensorFlow loads when the first pipeline is built, not on import
+    import tensorflow as tf
 
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".gif")  # what Keras's loader reads (ALLOWLIST_FORMATS)
 
@@ -45,9 +49,9 @@ class Splits:
 
 @dataclass
 class Datasets:
-    train: "tf.data.Dataset"  # noqa: F821 - shuffled and augmented, for fitting
-    train_eval: "tf.data.Dataset"  # noqa: F821 - the same images, un-augmented, in order
-    val: "tf.data.Dataset"  # noqa: F821
+    train: tf.data.Dataset  # shuffled and augmented, for fitting
+    train_eval: tf.data.Dataset  # the same images, un-augmented, in order
+    val: tf.data.Dataset
     train_steps: int | None = None  # set when `train` is endless (one iterator for a whole fit)
 
 
@@ -72,9 +76,7 @@ def resolve_splits(data: DictConfig, image_size: int, store: Path, with_test: bo
         folders = {s: root / s for s in ("train", "validation", "test") if (root / s).is_dir()}
         keys = {s: f"data.dir ({s} part)" for s in folders}
     else:
-        root = demo.ensure_demo_folders(
-            Path(store), image_size, data.demo.train_per_class, data.demo.val_per_class
-        )
+        root = demo.ensure_demo_folders(Path(store), image_size, data.demo.train_per_class, data.demo.val_per_class)
         folders = {s: root / s for s in ("train", "validation", "test")}
         keys = {s: f"demo {s} split" for s in folders}
     if not with_test:
@@ -100,7 +102,9 @@ def resolve_splits(data: DictConfig, image_size: int, store: Path, with_test: bo
             _warn_skipped(keys[split], bad)
         _require_images_in_every_class(folders[split], class_names, keys[split])
     if data.train_fraction < 1:
-        folders["train"] = training_subset(folders["train"], class_names, data.train_fraction, data.split_seed, Path(store))
+        folders["train"] = training_subset(
+            folders["train"], class_names, data.train_fraction, data.split_seed, Path(store)
+        )
     return Splits(folders["train"], folders["validation"], folders.get("test"), class_names, tuple(skipped))
 
 
@@ -112,7 +116,8 @@ def _refuse_shared_folders(folders: dict[str, Path], keys: dict[str, str]) -> No
         if resolved in seen:
             raise RegsweepError(
                 f"{keys[split]}={folder} is the same folder as {seen[resolved]}: each split needs its own images, "
-                "or the held-out accuracy measures memory; point it at a separate folder (or use data=split)")
+                "or the held-out accuracy measures memory; point it at a separate folder (or use data=split)"
+            )
         seen[resolved] = keys[split]
 
 
@@ -132,7 +137,8 @@ def class_folders(folder: Path) -> list[str]:
         if len(names) > 1:
             raise RegsweepError(
                 f"{folder} has {len(names)} class folders named {class_name}, spelled in different Unicode "
-                "normalizations (NFC and NFD): merge them into one folder")
+                "normalizations (NFC and NFD): merge them into one folder"
+            )
     return sorted(spellings)
 
 
@@ -159,7 +165,8 @@ def check_class_folders(folders: dict[str, Path], keys: dict[str, str]) -> tuple
     if with_comma:  # the MLflow parameter data.class_names joins them with commas: "a,b" would read as two
         raise RegsweepError(
             f"class folder {with_comma[0]} in {keys['train']}={folders['train']} has a comma in its name, which "
-            "the logged class list (data.class_names) uses between classes: rename the folder without it in every split")
+            "the logged class list (data.class_names) uses between classes: rename the folder without it in every split"
+        )
     for split, folder in folders.items():
         classes = class_folders(folder)
         if classes != train_classes:
@@ -323,8 +330,11 @@ def _warn_skipped(key: str, bad: list[tuple[Path, str]]) -> None:
         return
     _WARNED.add(marker)
     lines = "".join(f"\n  {path}: {why}" for path, why in bad)
-    print(f"regsweep: warning: data.on_bad_image=skip leaves out {len(bad)} file(s) of {key}:{lines}",
-          file=sys.stderr, flush=True)
+    print(
+        f"regsweep: warning: data.on_bad_image=skip leaves out {len(bad)} file(s) of {key}:{lines}",
+        file=sys.stderr,
+        flush=True,
+    )
 
 
 def _require_images_in_every_class(folder: Path, class_names: tuple[str, ...], key: str) -> None:
@@ -438,7 +448,9 @@ def split_folder(root: Path, val_fraction: float, test_fraction: float, seed: in
     classes = class_folders(root)
     listing = {c: image_files(root, c) for c in classes}
     names = {c: _relative_names(root, c, files) for c, files in listing.items()}  # sub-folders kept: unique
-    key = hashlib.sha256(repr((str(root.resolve()), val_fraction, test_fraction, seed, names)).encode()).hexdigest()[:12]
+    key = hashlib.sha256(repr((str(root.resolve()), val_fraction, test_fraction, seed, names)).encode()).hexdigest()[
+        :12
+    ]
     view = store / "splits" / f"{root.name}-{key}"
     if view.is_dir():
         return view
@@ -452,9 +464,14 @@ def split_folder(root: Path, val_fraction: float, test_fraction: float, seed: in
         if len(files) - n_val - n_test < 1:
             raise RegsweepError(
                 f"class {class_name} in data.dir={root} has {len(files)} image(s), too few to split "
-                f"by data.val_fraction={val_fraction} and data.test_fraction={test_fraction}: add images or lower the fractions"
+                f"by data.val_fraction={val_fraction} and data.test_fraction={test_fraction}: "
+                "add images or lower the fractions"
             )
-        assignment = {"validation": order[:n_val], "test": order[n_val : n_val + n_test], "train": order[n_val + n_test :]}
+        assignment = {
+            "validation": order[:n_val],
+            "test": order[n_val : n_val + n_test],
+            "train": order[n_val + n_test :],
+        }
         for split, indices in assignment.items():
             if split == "test" and test_fraction == 0:
                 continue
@@ -466,7 +483,7 @@ def split_folder(root: Path, val_fraction: float, test_fraction: float, seed: in
     return view
 
 
-def load_folder(folder: Path, class_names: tuple[str, ...], image_size: int) -> "tf.data.Dataset":  # noqa: F821
+def load_folder(folder: Path, class_names: tuple[str, ...], image_size: int) -> tf.data.Dataset:
     """Decoded, resized (image, label) pairs in file order, as float32 0–255 RGB.
 
     Images are converted to 3-channel RGB whatever their mode (grayscale, RGBA, palette).
@@ -508,8 +525,10 @@ def load_images(folder: Path, class_names: tuple[str, ...], image_size: int) -> 
         verbose=False,
     )
     _require_same_files(folder, class_names, loader.file_paths)
-    dataset = loader.map(lambda x, y: (tf.cast(tf.round(tf.clip_by_value(x, 0, 255)), tf.uint8), tf.cast(y, tf.int32)),
-                         num_parallel_calls=tf.data.AUTOTUNE)
+    dataset = loader.map(
+        lambda x, y: (tf.cast(tf.round(tf.clip_by_value(x, 0, 255)), tf.uint8), tf.cast(y, tf.int32)),
+        num_parallel_calls=tf.data.AUTOTUNE,
+    )
     batches = []
     with progress.steps(f"decoding images in {folder}", len(loader.file_paths)) as advance:  # listed once, by Keras
         for batch in dataset.as_numpy_iterator():
@@ -535,7 +554,8 @@ def _require_same_files(folder: Path, class_names: tuple[str, ...], read: list[s
         raise RegsweepError(
             f"Keras {keras.__version__} reads {len(got)} image file(s) in {folder} where regsweep's image check lists "
             f"{len(listed)} (first difference: Keras {first[0]}, check {first[1]}): install the Keras version "
-            "regsweep's requirements name, or report this")
+            "regsweep's requirements name, or report this"
+        )
 
 
 def _to_float(images, labels):

@@ -90,8 +90,11 @@ def ensure_pretrained_backbone(store: Path, image_size: int) -> Path:
 
     from regsweep.model import build_demo_cnn, preprocess  # lazy: Keras (TensorFlow)
 
-    print(f"Pretraining the demo backbone on digits {' and '.join(map(str, SOURCE_CLASSES))} (once; cached at {path}) ...",
-          flush=True)
+    print(
+        f"Pretraining the demo backbone on digits {' and '.join(map(str, SOURCE_CLASSES))} "
+        f"(once; cached at {path}) ...",
+        flush=True,
+    )
     images, labels = digit_images(image_size)
     source = np.isin(labels, SOURCE_CLASSES)
     x = np.repeat(images[source][..., None], 3, axis=-1).astype("float32")

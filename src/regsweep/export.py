@@ -35,16 +35,21 @@ def rebuild(run_id: str, weights: str | None = None) -> tuple[keras.Model, dict]
     if weights is not None and not Path(weights).is_file():
         raise RegsweepError(f"--weights {weights} is not a file: give the backbone weights file run {run_id} used")
     if source not in (None, "imagenet") and not Path(source).is_file():
-        raise RegsweepError(f"run {run_id} was trained on the backbone weights {source}, which are not here: "
-                            "pass --weights <path to the same file>")
+        raise RegsweepError(
+            f"run {run_id} was trained on the backbone weights {source}, which are not here: "
+            "pass --weights <path to the same file>"
+        )
     keras.utils.set_random_seed(seed)  # a random-init backbone draws the same numbers as in training
     base = models.load_backbone(backbone, recipe["image_size"], source)
     if cache.prefix_digests(base, backbone, [unfrozen])[unfrozen] != recipe["frozen_sha256"]:
-        raise RegsweepError(f"the backbone weights {source} are not the ones run {run_id} was trained on "
-                            "(their digest differs): pass --weights <path to the file the run used>")
+        raise RegsweepError(
+            f"the backbone weights {source} are not the ones run {run_id} was trained on "
+            "(their digest differs): pass --weights <path to the file the run used>"
+        )
     keras.utils.set_random_seed(seed)
-    classifier = models.build_classifier(backbone, base, len(recipe["class_names"]), recipe["pooling"],
-                                         recipe["head_units"], recipe["dropout"], seed)
+    classifier = models.build_classifier(
+        backbone, base, len(recipe["class_names"]), recipe["pooling"], recipe["head_units"], recipe["dropout"], seed
+    )
     models.load_trained_weights(classifier, base, backbone, unfrozen, trained)
     return classifier, recipe
 
@@ -65,16 +70,22 @@ def save(classifier: keras.Model, recipe: dict, run_id: str, path: Path) -> None
     size = recipe["image_size"]
     model = servable(classifier, size)
     example = np.full((1, size, size, 3), 128.0, dtype="float32")
-    signature = ModelSignature(Schema([TensorSpec(np.dtype("float32"), (-1, -1, -1, 3))]),  # any height and width
-                               Schema([TensorSpec(np.dtype("float32"), (-1, len(recipe["class_names"])))]))
-    metadata = {"class_names": recipe["class_names"], "source_run_id": run_id,
-                "input": f"raw RGB images, values 0-255, shape (n, height, width, 3); resized to {size}x{size} inside",
-                "output": "softmax probabilities, one column per class, in class_names order"}
+    signature = ModelSignature(
+        Schema([TensorSpec(np.dtype("float32"), (-1, -1, -1, 3))]),  # any height and width
+        Schema([TensorSpec(np.dtype("float32"), (-1, len(recipe["class_names"])))]),
+    )
+    metadata = {
+        "class_names": recipe["class_names"],
+        "source_run_id": run_id,
+        "input": f"raw RGB images, values 0-255, shape (n, height, width, 3); resized to {size}x{size} inside",
+        "output": "softmax probabilities, one column per class, in class_names order",
+    }
     path.mkdir(parents=True)  # MLflow's Keras flavor writes the example before it makes the folder
     # Given, not inferred: MLflow would load the model in a second Python to find them (7 s a model).
     requirements = [f"keras=={keras.__version__}", f"tensorflow=={tf.__version__}", f"numpy=={np.__version__}"]
-    mlflow.keras.save_model(model, str(path), signature=signature, input_example=example, metadata=metadata,
-                            pip_requirements=requirements)
+    mlflow.keras.save_model(
+        model, str(path), signature=signature, input_example=example, metadata=metadata, pip_requirements=requirements
+    )
 
 
 def export_run(run_id: str, out: Path, weights: str | None = None) -> Path:

@@ -94,7 +94,11 @@ _NOT_WRITABLE = (errno.EACCES, errno.EPERM)
 # What SQLite (through sqlite3, SQLAlchemy, Optuna and MLflow) says instead of an errno.
 _SQLITE_FULL = "database or disk is full"
 _SQLITE_READ_ONLY = ("attempt to write a readonly database", "readonly database")
-_SQLITE_DAMAGED = ("file is not a database", "database disk image is malformed", "file is encrypted or is not a database")
+_SQLITE_DAMAGED = (
+    "file is not a database",
+    "database disk image is malformed",
+    "file is encrypted or is not a database",
+)
 
 
 def _chain(error: BaseException):
@@ -116,8 +120,7 @@ def problem(error: BaseException) -> tuple[str, str | None] | None:
     None when the error is none of these."""
     for current in _chain(error):
         if isinstance(current, OSError) and current.errno in _FULL + _READ_ONLY + _NOT_WRITABLE:
-            kind = ("full" if current.errno in _FULL else "read-only" if current.errno in _READ_ONLY
-                    else "not writable")
+            kind = "full" if current.errno in _FULL else "read-only" if current.errno in _READ_ONLY else "not writable"
             return kind, current.filename and str(current.filename)
     for current in _chain(error):
         text = str(current).lower()
@@ -137,7 +140,8 @@ def reason(error: BaseException) -> str | None:
         return None
     kind, path = found
     return {"full": NO_SPACE, "read-only": "read-only file system", "not writable": "permission denied"}[kind] + (
-        f": {path}" if path else "")
+        f": {path}" if path else ""
+    )
 
 
 def sentence(error: BaseException, store: str = "mlruns") -> str | None:
@@ -151,17 +155,25 @@ def sentence(error: BaseException, store: str = "mlruns") -> str | None:
     kind, path = found
     where = path or f"the store {store}/"
     if kind == "full":
-        return (f"{NO_SPACE} for {where}: free some space (regsweep cache clear empties the feature cache), or give "
-                "paths.store=<folder on a larger disk> (cache.dir=<folder> moves only the feature cache); what was "
-                "recorded is kept, and the same command resumes")
+        return (
+            f"{NO_SPACE} for {where}: free some space (regsweep cache clear empties the feature cache), or give "
+            "paths.store=<folder on a larger disk> (cache.dir=<folder> moves only the feature cache); what was "
+            "recorded is kept, and the same command resumes"
+        )
     if kind == "read-only":
-        return (f"{where} is on a read-only file system: run regsweep in a writable folder, or give "
-                "paths.store=<folder on a writable disk>")
+        return (
+            f"{where} is on a read-only file system: run regsweep in a writable folder, or give "
+            "paths.store=<folder on a writable disk>"
+        )
     if kind == "not writable":
-        return (f"{where} is not writable (permission denied): run regsweep in a folder you may write to, or give "
-                "paths.store=<writable folder>")
-    return (f"a database in {where} is damaged (not a sound SQLite file): move it aside or restore it from a backup, "
-            "then re-run; regsweep never deletes or rewrites it")
+        return (
+            f"{where} is not writable (permission denied): run regsweep in a folder you may write to, or give "
+            "paths.store=<writable folder>"
+        )
+    return (
+        f"a database in {where} is damaged (not a sound SQLite file): move it aside or restore it from a backup, "
+        "then re-run; regsweep never deletes or rewrites it"
+    )
 
 
 def check_writable(folder: Path) -> None:
@@ -172,8 +184,10 @@ def check_writable(folder: Path) -> None:
         with tempfile.NamedTemporaryFile(dir=folder, prefix=".writable-"):
             pass
     except OSError as error:
-        raise RegsweepError(sentence(error, str(folder)) or f"{folder} cannot be written ({error.strerror}): give "
-                            "paths.store=<writable folder>") from None
+        raise RegsweepError(
+            sentence(error, str(folder))
+            or f"{folder} cannot be written ({error.strerror}): give paths.store=<writable folder>"
+        ) from None
 
 
 RESERVE_FILE = ".reserve"  # in the store: room kept for recording how things ended when its disk fills
@@ -230,5 +244,6 @@ def check_database(path: Path) -> None:
     if verdict != "ok":
         raise RegsweepError(
             f"{path} is damaged ({verdict.splitlines()[0][:120]}): move it aside (mv {path} {path}.damaged) or restore "
-            "it from a backup, then re-run (a new one is created where none is); regsweep never deletes or rewrites it")
+            "it from a backup, then re-run (a new one is created where none is); regsweep never deletes or rewrites it"
+        )
     _SOUND.add(key)

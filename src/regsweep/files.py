@@ -11,9 +11,9 @@ from __future__ import annotations
 import fcntl
 import os
 import shutil
+from collections.abc import Callable
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Callable
 
 
 def publish_folder(staging: Path, final: Path) -> None:

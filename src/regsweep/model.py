@@ -11,9 +11,9 @@ from __future__ import annotations
 
 import os
 import re
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable
 
 import keras
 import numpy as np
@@ -34,7 +34,9 @@ BACKBONES: dict[str, Backbone] = {
     "vgg16": Backbone("vgg16", BLOCKS["vgg16"], "caffe", keras.applications.VGG16),
     "mobilenet_v2": Backbone("mobilenet_v2", BLOCKS["mobilenet_v2"], "tf", keras.applications.MobileNetV2),
     # EfficientNet's rescaling and normalization are layers of the model itself.
-    "efficientnet_b0": Backbone("efficientnet_b0", BLOCKS["efficientnet_b0"], "none", keras.applications.EfficientNetB0),
+    "efficientnet_b0": Backbone(
+        "efficientnet_b0", BLOCKS["efficientnet_b0"], "none", keras.applications.EfficientNetB0
+    ),
     "resnet50": Backbone("resnet50", BLOCKS["resnet50"], "caffe", keras.applications.ResNet50),
 }
 
@@ -61,8 +63,9 @@ def preprocess(backbone: str, images, name: str | None = None):
     # subtracts the mean: the same numbers as keras.applications' own function.
     convolution = keras.layers.Conv2D(3, 1, name=name, trainable=False)
     output = convolution(images)
-    convolution.set_weights([np.eye(3, dtype="float32")[::-1].reshape(1, 1, 3, 3),
-                             -np.array(CAFFE_MEAN_BGR, dtype="float32")])
+    convolution.set_weights(
+        [np.eye(3, dtype="float32")[::-1].reshape(1, 1, 3, 3), -np.array(CAFFE_MEAN_BGR, dtype="float32")]
+    )
     return output
 
 
@@ -119,8 +122,13 @@ def reusable_backbone(backbone: str, image_size: int, weights: str | None, seed:
     """
     source = Path(weights) if weights not in (None, "imagenet") else None
     stat = source.stat() if source is not None and source.is_file() else None
-    key = (backbone, image_size, weights, seed if weights is None else None,
-           (stat.st_size, stat.st_mtime_ns) if stat else None)
+    key = (
+        backbone,
+        image_size,
+        weights,
+        seed if weights is None else None,
+        (stat.st_size, stat.st_mtime_ns) if stat else None,
+    )
     if key in _REUSABLE:
         base, values = _REUSABLE[key]
         base.set_weights(values)
@@ -211,8 +219,9 @@ def cached_prefix(classifier: keras.Model, backbone: str, base: keras.Model, cut
     has no weights, so phase 1 caches one vector per image instead of a feature map (with avg
     or max pooling 9× smaller for MobileNetV2 at 96 px) and the head trains on it directly.
     """
-    trunk = keras.Model(base.input, [base.get_layer(cut_layer(base, backbone, n)).output for n in cuts],
-                        name=f"{backbone}_prefix_trunk")
+    trunk = keras.Model(
+        base.input, [base.get_layer(cut_layer(base, backbone, n)).output for n in cuts], name=f"{backbone}_prefix_trunk"
+    )
     inputs = keras.Input(base.input_shape[1:], name="image")
     outputs = trunk(preprocess(backbone, inputs), training=False)
     pool = classifier.get_layer(HEAD_LAYERS[0])
@@ -220,8 +229,9 @@ def cached_prefix(classifier: keras.Model, backbone: str, base: keras.Model, cut
     return keras.Model(inputs, outputs, name=f"{backbone}_prefix")
 
 
-def classifier_on_features(classifier: keras.Model, backbone: str, base: keras.Model, unfrozen_blocks: int,
-                           feature_shape: tuple) -> keras.Model:
+def classifier_on_features(
+    classifier: keras.Model, backbone: str, base: keras.Model, unfrozen_blocks: int, feature_shape: tuple
+) -> keras.Model:
     """The model that trains on one cut's cached outputs: suffix (inference mode) → head.
 
     It shares its layers with `classifier`, so training it trains the classifier that gets
@@ -272,20 +282,23 @@ def trained_layers(classifier: keras.Model, base: keras.Model, backbone: str, un
     `unfrozen_blocks` blocks. The rest is the backbone as loaded, which its digest identifies."""
     blocks = BACKBONES[backbone].blocks
     by_block = block_layers(base, backbone)
-    top = blocks[len(blocks) - unfrozen_blocks:] if unfrozen_blocks > 0 else ()
+    top = blocks[len(blocks) - unfrozen_blocks :] if unfrozen_blocks > 0 else ()
     head = [classifier.get_layer(name) for name in ("head_dense", "predictions")]
     return head + [layer for block in top for layer in by_block[block] if layer.weights]
 
 
 def trained_weights(classifier: keras.Model, base: keras.Model, backbone: str, unfrozen_blocks: int) -> dict:
     """What a run logs so that its whole model can be rebuilt: `<layer>:<index>` → array."""
-    return {f"{layer.name}:{index}": np.asarray(weight.numpy())
-            for layer in trained_layers(classifier, base, backbone, unfrozen_blocks)
-            for index, weight in enumerate(layer.weights)}
+    return {
+        f"{layer.name}:{index}": np.asarray(weight.numpy())
+        for layer in trained_layers(classifier, base, backbone, unfrozen_blocks)
+        for index, weight in enumerate(layer.weights)
+    }
 
 
-def load_trained_weights(classifier: keras.Model, base: keras.Model, backbone: str, unfrozen_blocks: int,
-                         arrays: dict) -> None:
+def load_trained_weights(
+    classifier: keras.Model, base: keras.Model, backbone: str, unfrozen_blocks: int, arrays: dict
+) -> None:
     """Puts what `trained_weights` saved back into a freshly built classifier of the same shape."""
     layers = trained_layers(classifier, base, backbone, unfrozen_blocks)
     expected = {f"{layer.name}:{index}" for layer in layers for index in range(len(layer.weights))}

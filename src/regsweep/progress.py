@@ -28,16 +28,25 @@ BAR_DELAY_SECONDS = 2.0  # before a bar appears on a terminal (shorter if the li
 
 
 @contextmanager
-def steps(what: str, total: int, unit: str = "images", stream=None,
-          clock: Callable[[], float] = time.monotonic) -> Iterator[Callable[..., None]]:
+def steps(
+    what: str, total: int, unit: str = "images", stream=None, clock: Callable[[], float] = time.monotonic
+) -> Iterator[Callable[..., None]]:
     """Yields `advance(n=1)`, to call as items of the `total` are done. `stream` (stderr) and
     `clock` are for tests."""
     stream = sys.stderr if stream is None else stream
     every = float(os.environ.get("REGSWEEP_PROGRESS_SECONDS", EVERY_SECONDS))
     if getattr(stream, "isatty", lambda: False)():
         # leave=False: the bar goes when the step ends, and a trial's own progress line takes its place
-        with tqdm(total=total, desc=what, unit=unit, file=stream, delay=min(BAR_DELAY_SECONDS, every),
-                  mininterval=0.5, leave=False, dynamic_ncols=True) as bar:
+        with tqdm(
+            total=total,
+            desc=what,
+            unit=unit,
+            file=stream,
+            delay=min(BAR_DELAY_SECONDS, every),
+            mininterval=0.5,
+            leave=False,
+            dynamic_ncols=True,
+        ) as bar:
             yield bar.update
         return
     lines = _Lines(what, total, unit, stream, every, clock)

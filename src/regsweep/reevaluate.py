@@ -55,7 +55,9 @@ def settings_to_run(rows: list[results.TrialRow], settings: DictConfig, base_ove
     """Baseline first, then the candidates; each trial's recorded overrides, with the caller's
     own overrides (which may hold the passwords the record masks) taking precedence."""
     return [baseline_setting(settings, base_overrides)] + [
-        trial_setting(row, base_overrides) for row in results.candidates(rows, settings.epsilon, settings.reevaluate.top_k)]
+        trial_setting(row, base_overrides)
+        for row in results.candidates(rows, settings.epsilon, settings.reevaluate.top_k)
+    ]
 
 
 def baseline_setting(settings: DictConfig, base_overrides: list[str]) -> Setting:
@@ -82,9 +84,13 @@ def design(cfg: DictConfig, settings: DictConfig, candidates: int) -> results.De
     """The re-evaluation's design from sweep.reevaluate: how many seeds, in which rounds, and how
     many candidates its claims answer for."""
     r = settings.reevaluate
-    return results.Design(seeds=int(r.seeds), max_seeds=max(int(r.get("max_seeds", r.seeds)), int(r.seeds)),
-                          candidates=candidates, margin=float(r.get("margin", results.MARGIN)),
-                          first_seed=int(cfg.train.seed) + 1)
+    return results.Design(
+        seeds=int(r.seeds),
+        max_seeds=max(int(r.get("max_seeds", r.seeds)), int(r.seeds)),
+        candidates=candidates,
+        margin=float(r.get("margin", results.MARGIN)),
+        first_seed=int(cfg.train.seed) + 1,
+    )
 
 
 @dataclass
@@ -100,8 +106,13 @@ class Progress:
         return [(by_label[label], seed) for label, seeds in self.rounds.todo.items() for seed in seeds]
 
 
-def progress_of(optuna_study: optuna.Study, cfg: DictConfig, settings: DictConfig, parent_run_id: str | None,
-                base_overrides: list[str]) -> Progress:
+def progress_of(
+    optuna_study: optuna.Study,
+    cfg: DictConfig,
+    settings: DictConfig,
+    parent_run_id: str | None,
+    base_overrides: list[str],
+) -> Progress:
     """Replays the re-evaluation from the runs logged under the parent (regsweep.results.rounds)."""
     rows = study.trial_rows(optuna_study)
     reevaluated = int(settings.reevaluate.seeds) > 0 and any(row.state == "COMPLETE" for row in rows)
@@ -113,8 +124,14 @@ def progress_of(optuna_study: optuna.Study, cfg: DictConfig, settings: DictConfi
     return Progress(planned, results.rounds(labels, summaries, plan, settings.epsilon), summaries)
 
 
-def run_rounds(optuna_study: optuna.Study, cfg: DictConfig, settings: DictConfig, parent_run_id: str,
-               base_overrides: list[str], token: str) -> bool:
+def run_rounds(
+    optuna_study: optuna.Study,
+    cfg: DictConfig,
+    settings: DictConfig,
+    parent_run_id: str,
+    base_overrides: list[str],
+    token: str,
+) -> bool:
     """Trains round after round until the rounds stop, then the learning curve; False when this
     worker lost its claim on the way (the new holder goes on).
 
@@ -140,13 +157,18 @@ def _round_line(rounds: results.Rounds, todo: list[tuple[Setting, int]]) -> str:
     """What the next round trains, and why."""
     plan = rounds.design
     if rounds.verdict is None:
-        extra = (f", then up to {plan.max_seeds} for the choice and the baseline while the verdict can't tell"
-                 if plan.max_seeds > plan.seeds else "")
+        extra = (
+            f", then up to {plan.max_seeds} for the choice and the baseline while the verdict can't tell"
+            if plan.max_seeds > plan.seeds
+            else ""
+        )
         return f"Re-evaluating on the test split: {plan.seeds} seeds per setting{extra} ({len(todo)} runs to train)"
     who = " and ".join(dict.fromkeys(results.setting_name(s.label) for s, _ in todo))
     accuracy = results.with_interval(rounds.verdict.accuracy, rounds.verdict.alpha)
-    return (f"Round {rounds.looks + 1}: can't tell yet after {len(rounds.chosen.runs)} seeds (test accuracy {accuracy}, "
-            f"trial {rounds.chosen.label} against the baseline): {len(todo)} more runs for {who}")
+    return (
+        f"Round {rounds.looks + 1}: can't tell yet after {len(rounds.chosen.runs)} seeds (test accuracy {accuracy}, "
+        f"trial {rounds.chosen.label} against the baseline): {len(todo)} more runs for {who}"
+    )
 
 
 def end_interrupted_runs(cfg: DictConfig, parent_run_id: str) -> None:
@@ -156,14 +178,21 @@ def end_interrupted_runs(cfg: DictConfig, parent_run_id: str) -> None:
     client = mlflow.MlflowClient()
     experiment_id = client.get_run(parent_run_id).info.experiment_id
     for role in (REEVAL, CURVE):
-        for run in client.search_runs([experiment_id], f"tags.`{tracking.PARENT_TAG}` = '{parent_run_id}' and "
-                                      f"tags.`{tracking.ROLE_TAG}` = '{role}' and attributes.status = 'RUNNING'"):
-            tracking.fail_run(run.info.run_id, "interrupted: the re-evaluating process stopped before this run ended "
-                                               "(killed, rebooted or out of memory); the next one trained it again")
+        for run in client.search_runs(
+            [experiment_id],
+            f"tags.`{tracking.PARENT_TAG}` = '{parent_run_id}' and "
+            f"tags.`{tracking.ROLE_TAG}` = '{role}' and attributes.status = 'RUNNING'",
+        ):
+            tracking.fail_run(
+                run.info.run_id,
+                "interrupted: the re-evaluating process stopped before this run ended "
+                "(killed, rebooted or out of memory); the next one trained it again",
+            )
 
 
-def missing_curve_runs(optuna_study: optuna.Study, cfg: DictConfig, settings: DictConfig, parent_run_id: str,
-                       base_overrides: list[str]) -> list[tuple[Setting, int]]:
+def missing_curve_runs(
+    optuna_study: optuna.Study, cfg: DictConfig, settings: DictConfig, parent_run_id: str, base_overrides: list[str]
+) -> list[tuple[Setting, int]]:
     """The learning curve's (setting, seed) pairs with no FINISHED run yet: the answer's setting
     (the adopted one, or the baseline) at each share of sweep.reevaluate.curve, with the first
     round's seeds. Empty until the rounds have stopped."""
@@ -173,19 +202,40 @@ def missing_curve_runs(optuna_study: optuna.Study, cfg: DictConfig, settings: Di
     if found is None or found.verdict is None or state.rounds.todo or not settings.reevaluate.curve:
         return []
     by_label = {f"#{row.number}": row for row in rows}
-    curve = (baseline_setting(settings, base_overrides) if found.keep_baseline
-             else trial_setting(by_label[found.label], base_overrides))
-    points = [Setting(curve.label, merge(curve.overrides, [f"data.train_fraction={fraction}"]), curve.trial_number)
-              for fraction in settings.reevaluate.curve]
-    done = {(run.data.tags.get(tracking.REEVAL_TAG), float(run.data.params.get("data.train_fraction", "nan")),
-             int(run.data.params.get("train.seed", -1))) for run in logged_runs(cfg, parent_run_id, CURVE)}
+    curve = (
+        baseline_setting(settings, base_overrides)
+        if found.keep_baseline
+        else trial_setting(by_label[found.label], base_overrides)
+    )
+    points = [
+        Setting(curve.label, merge(curve.overrides, [f"data.train_fraction={fraction}"]), curve.trial_number)
+        for fraction in settings.reevaluate.curve
+    ]
+    done = {
+        (
+            run.data.tags.get(tracking.REEVAL_TAG),
+            float(run.data.params.get("data.train_fraction", "nan")),
+            int(run.data.params.get("train.seed", -1)),
+        )
+        for run in logged_runs(cfg, parent_run_id, CURVE)
+    }
     seeds = state.rounds.design.seed_values(state.rounds.design.seeds)
-    return [(point, seed) for point, fraction in zip(points, settings.reevaluate.curve) for seed in seeds
-            if (point.label, float(fraction), seed) not in done]
+    return [
+        (point, seed)
+        for point, fraction in zip(points, settings.reevaluate.curve)
+        for seed in seeds
+        if (point.label, float(fraction), seed) not in done
+    ]
 
 
-def _train(optuna_study: optuna.Study, cfg: DictConfig, todo: list[tuple[Setting, int]], parent_run_id: str,
-           token: str, role: str) -> bool:
+def _train(
+    optuna_study: optuna.Study,
+    cfg: DictConfig,
+    todo: list[tuple[Setting, int]],
+    parent_run_id: str,
+    token: str,
+    role: str,
+) -> bool:
     """Trains each (setting, seed) while this worker holds the claim; False when it lost it."""
     import_tensorflow_quietly()
     from regsweep import train  # lazy: TensorFlow, only in the process that re-evaluates
@@ -194,23 +244,37 @@ def _train(optuna_study: optuna.Study, cfg: DictConfig, todo: list[tuple[Setting
     with progress.steps(what, len(todo), unit="runs") as advance:
         for index, (setting, seed) in enumerate(todo, start=1):
             if not study.renew(optuna_study, token):
-                progress.say("This worker's re-evaluation claim was taken over by another worker; "
-                             "leaving the rest to it.")
+                progress.say(
+                    "This worker's re-evaluation claim was taken over by another worker; leaving the rest to it."
+                )
                 return False
             overrides = merge(setting.overrides, [f"train.seed={seed}", "tracking.artifacts=none"])
             run_cfg = compose(overrides)
-            tags = {tracking.STUDY_TAG: optuna_study.study_name, tracking.ROLE_TAG: role,
-                    tracking.REEVAL_TAG: setting.label, tracking.REEVAL_KEY_TAG: run_key(setting, seed)}
+            tags = {
+                tracking.STUDY_TAG: optuna_study.study_name,
+                tracking.ROLE_TAG: role,
+                tracking.REEVAL_TAG: setting.label,
+                tracking.REEVAL_KEY_TAG: run_key(setting, seed),
+            }
             if setting.trial_number is not None:
                 tags[tracking.TRIAL_NUMBER_TAG] = str(setting.trial_number)
             fraction = run_cfg.data.train_fraction
             name = f"{role} {setting.label}" + (f" {100 * fraction:g}%" if role == CURVE else "") + f" seed {seed}"
-            result = train.train_and_log(run_cfg, parent_run_id=parent_run_id, tags=tags, evaluate_test=role == REEVAL,
-                                         with_test=role == REEVAL, label=name)
+            result = train.train_and_log(
+                run_cfg,
+                parent_run_id=parent_run_id,
+                tags=tags,
+                evaluate_test=role == REEVAL,
+                with_test=role == REEVAL,
+                label=name,
+            )
             metrics = result.metrics
-            scores = (f"test {metrics['test_accuracy']:.3f} val {metrics['val_accuracy']:.3f} "
-                      f"test gap {metrics['test_gap']:.3f}" if role == REEVAL
-                      else f"{metrics['train_images']} training images: val {metrics['val_accuracy']:.3f}")
+            scores = (
+                f"test {metrics['test_accuracy']:.3f} val {metrics['val_accuracy']:.3f} "
+                f"test gap {metrics['test_gap']:.3f}"
+                if role == REEVAL
+                else f"{metrics['train_images']} training images: val {metrics['val_accuracy']:.3f}"
+            )
             progress.say(f"  {index}/{len(todo)} {name}: {scores}")
             advance()
     return True
@@ -242,9 +306,13 @@ def collect(cfg: DictConfig, parent_run_id: str | None) -> list[Summary]:
         metrics = logged.data.metrics
         if all(name in metrics for name in METRICS):
             seed = int(logged.data.params["train.seed"])
-            run = {"seed": seed, "run_id": logged.info.run_id,
-                   **{name: metrics[name] for name in METRICS},
-                   **{name: int(metrics[name]) for name in SIZES if name in metrics}, **_per_image(logged)}
+            run = {
+                "seed": seed,
+                "run_id": logged.info.run_id,
+                **{name: metrics[name] for name in METRICS},
+                **{name: int(metrics[name]) for name in SIZES if name in metrics},
+                **_per_image(logged),
+            }
             by_label.setdefault(logged.data.tags[tracking.REEVAL_TAG], {}).setdefault(seed, run)  # one run a seed
     order = sorted(by_label, key=lambda label: (label != BASELINE, int(label[1:]) if label[1:].isdigit() else 0))
     return [Summary(label, sorted(by_label[label].values(), key=lambda run: run["seed"])) for label in order]
@@ -253,10 +321,14 @@ def collect(cfg: DictConfig, parent_run_id: str | None) -> list[Summary]:
 def _per_image(logged) -> dict[str, str]:
     """{"train_correct": "0110…", "validation_correct": …, "test_correct": …}; {} for a run logged
     before they were (its noise then falls back to binomial bounds)."""
-    return {f"{split}_correct": value for split, value in tracking.load_per_image_correct(logged.info.artifact_uri).items()}
+    return {
+        f"{split}_correct": value for split, value in tracking.load_per_image_correct(logged.info.artifact_uri).items()
+    }
 
 
-def collect_curve(cfg: DictConfig, parent_run_id: str | None, summaries: list[Summary]) -> dict[str, list[results.CurvePoint]]:
+def collect_curve(
+    cfg: DictConfig, parent_run_id: str | None, summaries: list[Summary]
+) -> dict[str, list[results.CurvePoint]]:
     """Each learning curve's points: mean val_accuracy over seeds per training-set size, the
     full-size point taken from the re-evaluation runs."""
     if parent_run_id is None:
@@ -270,10 +342,15 @@ def collect_curve(cfg: DictConfig, parent_run_id: str | None, summaries: list[Su
     for summary in summaries:
         if summary.label in by_label and all("train_images" in run for run in summary.runs):
             by_label[summary.label].setdefault(summary.runs[0]["train_images"], []).extend(
-                run["val_accuracy"] for run in summary.runs)
-    return {label: [results.CurvePoint(size, statistics.fmean(values), statistics.stdev(values) if len(values) > 1 else 0.0)
-                     for size, values in sorted(sizes.items())]
-            for label, sizes in by_label.items()}
+                run["val_accuracy"] for run in summary.runs
+            )
+    return {
+        label: [
+            results.CurvePoint(size, statistics.fmean(values), statistics.stdev(values) if len(values) > 1 else 0.0)
+            for size, values in sorted(sizes.items())
+        ]
+        for label, sizes in by_label.items()
+    }
 
 
 def has_test_split(cfg: DictConfig) -> bool:

@@ -19,18 +19,30 @@ from pathlib import Path
 import matplotlib
 
 matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402
-import matplotlib.ticker  # noqa: E402
-import numpy as np  # noqa: E402
-import optuna  # noqa: E402
-from hydra.core.override_parser.overrides_parser import OverridesParser  # noqa: E402
-from markdown_it import MarkdownIt  # noqa: E402
-from omegaconf import DictConfig, OmegaConf  # noqa: E402
+import matplotlib.pyplot as plt
+import matplotlib.ticker
+import numpy as np
+import optuna
+from hydra.core.override_parser.overrides_parser import OverridesParser
+from markdown_it import MarkdownIt
+from omegaconf import DictConfig, OmegaConf
 
-from regsweep import results  # noqa: E402
-from regsweep.config import config_groups  # noqa: E402
-from regsweep.results import (BASELINE, Answer, CurvePoint, Summary, TrialRow, baseline_row, caveats,  # noqa: E402
-                              complete, failures_by_reason, in_rule_order, pareto_front, pruned_by_level)
+from regsweep import results
+from regsweep.config import config_groups
+from regsweep.results import (
+    BASELINE,
+    Answer,
+    CurvePoint,
+    Summary,
+    TrialRow,
+    baseline_row,
+    caveats,
+    complete,
+    failures_by_reason,
+    in_rule_order,
+    pareto_front,
+    pruned_by_level,
+)
 
 
 def replay_command(overrides: list[str]) -> str:
@@ -68,20 +80,40 @@ def front_figure(rows: list[TrialRow], front: list[TrialRow], answer: Answer | N
     chosen = answer.row if answer is not None else None
     if chosen is not None:  # a hollow star under the baseline's square: neither hides the other
         adopted = answer.verdict is not None and not answer.keep_baseline
-        axis.scatter([chosen.gap], [chosen.val_accuracy], marker="*", s=380, facecolors="none",
-                     edgecolors="tab:orange", linewidths=2, zorder=3,
-                     label="the answer (after re-evaluation)" if adopted else "the answer (single trials)"
-                     if answer.verdict is None else "the answer: keep the baseline")
+        axis.scatter(
+            [chosen.gap],
+            [chosen.val_accuracy],
+            marker="*",
+            s=380,
+            facecolors="none",
+            edgecolors="tab:orange",
+            linewidths=2,
+            zorder=3,
+            label="the answer (after re-evaluation)"
+            if adopted
+            else "the answer (single trials)"
+            if answer.verdict is None
+            else "the answer: keep the baseline",
+        )
     baseline = baseline_row(rows)
     if baseline is not None:
-        axis.scatter([baseline.gap], [baseline.val_accuracy], marker="s", s=60, color="black", zorder=4,
-                     label="baseline (trial #%d)" % baseline.number)
+        axis.scatter(
+            [baseline.gap],
+            [baseline.val_accuracy],
+            marker="s",
+            s=60,
+            color="black",
+            zorder=4,
+            label=f"baseline (trial #{baseline.number})",
+        )
     axis.set_xlabel("gap = train_accuracy − val_accuracy (inference mode)")
     axis.set_ylabel("val_accuracy")
     axis.set_title("trade-off: validation accuracy vs gap, one run per trial")
     if answer is not None and answer.verdict is not None:
-        note = (f"The answer is chosen by re-evaluation: {len(answer.chosen.runs)} seeds each, judged on the test split "
-                f"({answer.verdict.case}).")
+        note = (
+            f"The answer is chosen by re-evaluation: {len(answer.chosen.runs)} seeds each, judged on the test split "
+            f"({answer.verdict.case})."
+        )
     else:
         note = "The answer is chosen from these single runs: not yet re-evaluated on a test split."
     figure.text(0.01, 0.01, note, fontsize="small", color="dimgray")
@@ -118,8 +150,13 @@ def effects_figure(rows: list[TrialRow], space: dict[str, optuna.distributions.B
             if levels is not None:  # few levels: spread the points sideways so repeats show
                 width = 0.15 * (levels[1] - levels[0] if len(levels) > 1 else 1)
                 xs = [x + width * jitter.uniform(-1, 1) for x in xs]
-            axis.scatter(xs, [y for _, y, _ in points], alpha=0.55, edgecolors="none",
-                         color="tab:blue" if metric == "val_accuracy" else "tab:red")
+            axis.scatter(
+                xs,
+                [y for _, y, _ in points],
+                alpha=0.55,
+                edgecolors="none",
+                color="tab:blue" if metric == "val_accuracy" else "tab:red",
+            )
             marked = [(x, y) for x, (_, y, is_baseline) in zip(xs, points) if is_baseline]
             if marked:
                 axis.scatter(*zip(*marked), marker="s", s=50, color="black", label="baseline")
@@ -141,7 +178,7 @@ def _levels(distribution: optuna.distributions.BaseDistribution) -> list[float] 
     step = getattr(distribution, "step", None)
     if step is None or (distribution.high - distribution.low) / step > 12:
         return None
-    return [distribution.low + i * step for i in range(int(round((distribution.high - distribution.low) / step)) + 1)]
+    return [distribution.low + i * step for i in range(round((distribution.high - distribution.low) / step) + 1)]
 
 
 def curve_figure(curves: dict[str, list[CurvePoint]]):
@@ -149,8 +186,14 @@ def curve_figure(curves: dict[str, list[CurvePoint]]):
     figure, axis = plt.subplots(figsize=(6.5, 4.5))
     sizes = sorted({p.train_images for points in curves.values() for p in points})
     for label, points in curves.items():
-        axis.errorbar([p.train_images for p in points], [p.val_accuracy for p in points], yerr=[p.std for p in points],
-                      marker="o", capsize=3, label=label if label == BASELINE else f"trial {label}")
+        axis.errorbar(
+            [p.train_images for p in points],
+            [p.val_accuracy for p in points],
+            yerr=[p.std for p in points],
+            marker="o",
+            capsize=3,
+            label=label if label == BASELINE else f"trial {label}",
+        )
     axis.set_xscale("log", base=2)
     axis.set_xticks(sizes, [str(size) for size in sizes])
     axis.xaxis.set_minor_locator(matplotlib.ticker.NullLocator())
@@ -219,10 +262,13 @@ def answer_lines(facts: Facts) -> list[str]:
     baseline with its intervals, the seeds behind it, what would settle an open one, the
     warnings and what else would help."""
     answer = facts.answer
-    provisional = ([f"**Provisional**: the study is {facts.in_progress}, so this answer can still change."]
-                   if facts.in_progress else [])
+    provisional = (
+        [f"**Provisional**: the study is {facts.in_progress}, so this answer can still change."]
+        if facts.in_progress
+        else []
+    )
     if answer is None:
-        return provisional + ["No trial has completed yet."]
+        return [*provisional, "No trial has completed yet."]
     return provisional + _answer_lines(facts, answer)
 
 
@@ -232,8 +278,10 @@ def _answer_lines(facts: Facts, answer: Answer) -> list[str]:
     if verdict is None:  # single trials only
         if answer.keep_baseline:
             trial = f"trial #{answer.row.number}: " if answer.row is not None else ""
-            lines = [f"**Keep your baseline** ({trial}{_knobs(facts, answer.row) if answer.row else baseline}, everything "
-                     "else as given): no searched setting matched its validation accuracy while overfitting less."]
+            lines = [
+                f"**Keep your baseline** ({trial}{_knobs(facts, answer.row) if answer.row else baseline}, everything "
+                "else as given): no searched setting matched its validation accuracy while overfitting less."
+            ]
         else:
             lines = [f"**Use trial {answer.label}**: {_knobs(facts, answer.row)}."]
         lines.append(f"From one run each: val_accuracy {answer.row.val_accuracy:.4f}, gap {answer.row.gap:.4f}.")
@@ -242,11 +290,13 @@ def _answer_lines(facts: Facts, answer: Answer) -> list[str]:
         row = {f"#{r.number}": r for r in facts.rows}.get(answer.chosen.label)
         its = f" ({_knobs(facts, row)})" if row is not None else ""
         kept = f"**Keep your baseline** ({baseline}, everything else as given)"
-        lines = [{
-            results.NO_EFFECT: f"{kept}: these knobs don't help on this data.",
-            results.TRADE_OFF: f"{kept}: {chosen}{its}, the best the search found, costs test accuracy.",
-            results.CANT_TELL: f"{kept} for now: can't tell yet whether {chosen}{its} helps.",
-        }.get(verdict.case, f"**Use {chosen}**: {_knobs(facts, answer.row)}.")]
+        lines = [
+            {
+                results.NO_EFFECT: f"{kept}: these knobs don't help on this data.",
+                results.TRADE_OFF: f"{kept}: {chosen}{its}, the best the search found, costs test accuracy.",
+                results.CANT_TELL: f"{kept} for now: can't tell yet whether {chosen}{its} helps.",
+            }.get(verdict.case, f"**Use {chosen}**: {_knobs(facts, answer.row)}.")
+        ]
         images = answer.baseline.runs[0].get("test_images")
         where = f"on the test split ({images} images)" if images else "on the test split"
         line = f"**Verdict {where}, simultaneous 95 % intervals:** {verdict.sentence}"
@@ -268,11 +318,15 @@ def seeds_line(answer: Answer) -> str:
     """How many seeds each setting got, and why the re-evaluation stopped."""
     state = answer.rounds
     most = max(len(s.runs) for s in state.summaries)
-    parts = [f"{results.setting_name(s.label)} {len(s.runs)}" + (" (out of the race)" if len(s.runs) < most else "")
-             for s in state.summaries]
-    why = {results.DECIDED: "the verdict was decided", results.AT_MAX_SEEDS: "it reached sweep.reevaluate.max_seeds "
-           f"({state.design.max_seeds})", results.ONLY_IMAGES: "more seeds could not settle it (the test split is too "
-           "small)"}.get(state.reason, state.reason or "a round is unfinished")
+    parts = [
+        f"{results.setting_name(s.label)} {len(s.runs)}" + (" (out of the race)" if len(s.runs) < most else "")
+        for s in state.summaries
+    ]
+    why = {
+        results.DECIDED: "the verdict was decided",
+        results.AT_MAX_SEEDS: f"it reached sweep.reevaluate.max_seeds ({state.design.max_seeds})",
+        results.ONLY_IMAGES: "more seeds could not settle it (the test split is too small)",
+    }.get(state.reason, state.reason or "a round is unfinished")
     looks = f"{state.looks} look{'s' * (state.looks != 1)}"
     return f"{', '.join(parts)}; it stopped after {looks} because {why}"
 
@@ -284,22 +338,40 @@ def markdown(facts: Facts) -> str:
     if facts.replay:
         out += ["Replay:", "", "```bash", facts.replay, *[facts.experiment] * bool(facts.experiment), "```", ""]
     registry = registry_lines(facts)
-    out += (registry + [""]) if registry else []
-    out += [f"How it was chosen: among the re-evaluated settings within noise of the highest validation accuracy, the "
-            f"smallest gap (gap ≤ ε = {s.epsilon:g} preferred); adopted only if, on the test split, it is more accurate "
-            f"than the baseline, or as accurate (within ±{facts.settings.reevaluate.get('margin', results.MARGIN):g}) "
-            "and less overfit, by intervals that hold together 95 % of the time. Search objective: "
-            + {"accuracy": "maximize val_accuracy", "constrained": "maximize val_accuracy subject to gap ≤ ε",
-               "pareto": "maximize val_accuracy and minimize gap (Pareto)"}[s.objective]
-            + f". Trials: {counts['COMPLETE']} complete, {counts['PRUNED']} pruned, {counts['FAIL']} failed"
-            + (f", {counts['RUNNING']} running" if counts["RUNNING"] else "") + ".", ""]
+    out += ([*registry, ""]) if registry else []
+    out += [
+        f"How it was chosen: among the re-evaluated settings within noise of the highest validation accuracy, the "
+        f"smallest gap (gap ≤ ε = {s.epsilon:g} preferred); adopted only if, on the test split, it is more accurate "
+        f"than the baseline, or as accurate (within ±{facts.settings.reevaluate.get('margin', results.MARGIN):g}) "
+        "and less overfit, by intervals that hold together 95 % of the time. Search objective: "
+        + {
+            "accuracy": "maximize val_accuracy",
+            "constrained": "maximize val_accuracy subject to gap ≤ ε",
+            "pareto": "maximize val_accuracy and minimize gap (Pareto)",
+        }[s.objective]
+        + f". Trials: {counts['COMPLETE']} complete, {counts['PRUNED']} pruned, {counts['FAIL']} failed"
+        + (f", {counts['RUNNING']} running" if counts["RUNNING"] else "")
+        + ".",
+        "",
+    ]
     if facts.summaries:
         out += reevaluation_markdown(facts)
     if facts.curves:
-        out += ["## Would more data help?", "", "![learning curve](learning_curve.png)", "",
-                _table(["setting", "training images", "val_accuracy (mean)", "std over seeds"],
-                       [[results.setting_name(label), p.train_images, p.val_accuracy, p.std]
-                        for label, points in facts.curves.items() for p in points]), ""]
+        out += [
+            "## Would more data help?",
+            "",
+            "![learning curve](learning_curve.png)",
+            "",
+            _table(
+                ["setting", "training images", "val_accuracy (mean)", "std over seeds"],
+                [
+                    [results.setting_name(label), p.train_images, p.val_accuracy, p.std]
+                    for label, points in facts.curves.items()
+                    for p in points
+                ],
+            ),
+            "",
+        ]
     single = facts.single
     out += ["## Single-trial choice", ""]
     if single is None:
@@ -307,12 +379,19 @@ def markdown(facts: Facts) -> str:
     else:
         out += [f"**{note}**\n" for note in caveats(rows, single, s.epsilon)]
         out += [_table(["knob", "value"], [[k, single.params.get(k, "—")] for k in keys]), ""]
-        out += [f"Trial #{single.number}: val_accuracy **{_fmt(single.val_accuracy)}**, gap **{_fmt(single.gap)}**, "
-                f"train_accuracy {_fmt(single.train_accuracy)} (MLflow run `{single.run_id}`).", ""]
+        out += [
+            f"Trial #{single.number}: val_accuracy **{_fmt(single.val_accuracy)}**, gap **{_fmt(single.gap)}**, "
+            f"train_accuracy {_fmt(single.train_accuracy)} (MLflow run `{single.run_id}`).",
+            "",
+        ]
         baseline = baseline_row(rows)
         if baseline is not None:
-            out += [f"Baseline (the config as given, trial #{baseline.number}): val_accuracy {_fmt(baseline.val_accuracy)}, "
-                    f"gap {_fmt(baseline.gap)}, train_accuracy {_fmt(baseline.train_accuracy)}.", ""]
+            out += [
+                f"Baseline (the config as given, trial #{baseline.number}): "
+                f"val_accuracy {_fmt(baseline.val_accuracy)}, gap {_fmt(baseline.gap)}, "
+                f"train_accuracy {_fmt(baseline.train_accuracy)}.",
+                "",
+            ]
     if counts["PRUNED"]:
         out += pruning_markdown(rows, keys)
 
@@ -320,25 +399,48 @@ def markdown(facts: Facts) -> str:
         return [row.params.get(k, "—") for k in keys]
 
     out += ["## Trade-off front (non-dominated in val_accuracy vs gap)", ""]
-    out += [_table(["trial", "val_accuracy", "gap", *keys], [[r.number, r.val_accuracy, r.gap, *knobs(r)]
-                                                           for r in pareto_front(rows)]), ""]
+    out += [
+        _table(
+            ["trial", "val_accuracy", "gap", *keys],
+            [[r.number, r.val_accuracy, r.gap, *knobs(r)] for r in pareto_front(rows)],
+        ),
+        "",
+    ]
     out += ["![trade-off front](front.png)", ""]
     out += ["## Parameter importances", ""]
     importance = facts.importance
     if importance:
-        out += [_table(["knob", "for val_accuracy", "for gap"],
-                       [[k, importance["val_accuracy"].get(k, math.nan), importance["gap"].get(k, math.nan)] for k in keys]), ""]
+        out += [
+            _table(
+                ["knob", "for val_accuracy", "for gap"],
+                [[k, importance["val_accuracy"].get(k, math.nan), importance["gap"].get(k, math.nan)] for k in keys],
+            ),
+            "",
+        ]
     else:
         out += ["Not enough complete trials to estimate importances.", ""]
     out += ["## Effect of each knob", "", "![effects](effects.png)", ""]
     top = in_rule_order(rows, s.epsilon)[:10]
-    out += ["## Top trials, in the rule's order", "",
-            _table(["trial", "val_accuracy", "gap", "train_accuracy", *keys],
-                   [[r.number, r.val_accuracy, r.gap, r.train_accuracy, *knobs(r)] for r in top]), ""]
+    out += [
+        "## Top trials, in the rule's order",
+        "",
+        _table(
+            ["trial", "val_accuracy", "gap", "train_accuracy", *keys],
+            [[r.number, r.val_accuracy, r.gap, r.train_accuracy, *knobs(r)] for r in top],
+        ),
+        "",
+    ]
     failures = failures_by_reason(rows)
     if failures:
-        out += ["## Failed trials, by reason", "", _table(["reason", "count", "trials"], [
-            [reason, len(numbers), ", ".join(f"#{n}" for n in numbers)] for reason, numbers in failures]), ""]
+        out += [
+            "## Failed trials, by reason",
+            "",
+            _table(
+                ["reason", "count", "trials"],
+                [[reason, len(numbers), ", ".join(f"#{n}" for n in numbers)] for reason, numbers in failures],
+            ),
+            "",
+        ]
     if facts.shared:
         out += ["## Images in more than one split", "", "Same content, found by hashing every file:", ""]
         out += [f"- {' = '.join(group)}" for group in facts.shared[:50]]
@@ -349,23 +451,38 @@ def markdown(facts: Facts) -> str:
 def pruning_markdown(rows: list[TrialRow], keys: list[str]) -> list[str]:
     """Pruned trials by knob level: pruning judges early val_accuracy, and regularized trials
     learn more slowly, so it can fall on exactly the settings a study is about."""
-    body = [[key, level, done, pruned, f"{100 * pruned / (done + pruned):.0f} %"]
-            for key in keys for level, done, pruned in pruned_by_level(rows, key) if done + pruned]
-    return ["## Pruned trials, by knob level", "",
-            "Pruning stops a trial whose early val_accuracy trails the median; regularized settings learn more slowly, "
-            "so a level pruned far more often than the others was explored less (sweep.pruner.name=none turns pruning off).", "",
-            _table(["knob", "level", "complete", "pruned", "pruned share"], body), ""]
+    body = [
+        [key, level, done, pruned, f"{100 * pruned / (done + pruned):.0f} %"]
+        for key in keys
+        for level, done, pruned in pruned_by_level(rows, key)
+        if done + pruned
+    ]
+    return [
+        "## Pruned trials, by knob level",
+        "",
+        "Pruning stops a trial whose early val_accuracy trails the median; regularized settings learn more "
+        "slowly, so a level pruned far more often than the others was explored less "
+        "(sweep.pruner.name=none turns pruning off).",
+        "",
+        _table(["knob", "level", "complete", "pruned", "pruned share"], body),
+        "",
+    ]
 
 
 def terminal_summary(facts: Facts) -> str:
     counts = facts.counts
-    lines = [f"\nStudy '{facts.name}': {counts['COMPLETE']} complete, {counts['PRUNED']} pruned, {counts['FAIL']} failed"]
+    lines = [
+        f"\nStudy '{facts.name}': {counts['COMPLETE']} complete, {counts['PRUNED']} pruned, {counts['FAIL']} failed"
+    ]
     lines += [f"  failed {len(numbers)}x: {reason}" for reason, numbers in failures_by_reason(facts.rows)]
     lines += ["", "The answer"] + [f"  {line.replace('**', '').replace('`', '')}" for line in answer_lines(facts)]
     if facts.summaries:
         lines += ["", "Re-evaluation (mean ± std over seeds):"]
-        lines += [f"  {results.setting_name(s.label):13s} {len(s.runs):2d} seeds  test {s.pm('test_accuracy', 3)}  "
-                  f"val {s.pm('val_accuracy', 3)}  test gap {s.pm('test_gap', 3)}" for s in facts.summaries]
+        lines += [
+            f"  {results.setting_name(s.label):13s} {len(s.runs):2d} seeds  test {s.pm('test_accuracy', 3)}  "
+            f"val {s.pm('val_accuracy', 3)}  test gap {s.pm('test_gap', 3)}"
+            for s in facts.summaries
+        ]
     top = in_rule_order(facts.rows, facts.settings.epsilon)[:5]
     if top:
         lines.append("Top trials, in the rule's order:   #  val_acc   gap    knobs")
@@ -385,22 +502,45 @@ def reevaluation_markdown(facts: Facts) -> list[str]:
     state = answer.rounds if answer is not None else None
     stable = answer.chosen if answer is not None else None
     single = facts.single
-    out = ["## Re-evaluation on the test split", "",
-           "Each setting re-trained with fresh seeds (the same seed values for every setting) and scored once on the "
-           "test split, which no trial ever saw. Here the test gap is train_accuracy − test_accuracy. Mean ± std over "
-           "seeds.", ""]
+    out = [
+        "## Re-evaluation on the test split",
+        "",
+        "Each setting re-trained with fresh seeds (the same seed values for every setting) and scored once on the "
+        "test split, which no trial ever saw. Here the test gap is train_accuracy − test_accuracy. Mean ± std over "
+        "seeds.",
+        "",
+    ]
 
     def name(summary):
         if summary.label == BASELINE:
             return f"baseline ({facts.settings.reevaluate.baseline})"
-        notes = [note for note, label in (("chosen across seeds", stable.label if stable else None),
-                                          ("single-trial choice", f"#{single.number}" if single else None))
-                 if label == summary.label]
+        notes = [
+            note
+            for note, label in (
+                ("chosen across seeds", stable.label if stable else None),
+                ("single-trial choice", f"#{single.number}" if single else None),
+            )
+            if label == summary.label
+        ]
         return f"trial {summary.label}" + (f" ({', '.join(notes)})" if notes else "")
 
-    out += [_table(["setting", "seeds", "test_accuracy", "val_accuracy", "gap (val)", "test gap"],
-                   [[name(s), len(s.runs), s.pm("test_accuracy", 4), s.pm("val_accuracy", 4), s.pm("gap", 4),
-                     s.pm("test_gap", 4)] for s in facts.summaries]), ""]
+    out += [
+        _table(
+            ["setting", "seeds", "test_accuracy", "val_accuracy", "gap (val)", "test gap"],
+            [
+                [
+                    name(s),
+                    len(s.runs),
+                    s.pm("test_accuracy", 4),
+                    s.pm("val_accuracy", 4),
+                    s.pm("gap", 4),
+                    s.pm("test_gap", 4),
+                ]
+                for s in facts.summaries
+            ],
+        ),
+        "",
+    ]
     if state is None or state.verdict is None:
         return out
     design, alpha = state.design, state.verdict.alpha
@@ -411,17 +551,28 @@ def reevaluation_markdown(facts: Facts) -> list[str]:
             continue
         accuracy = results.difference(baseline, summary, "test_accuracy")
         gap = results.difference(baseline, summary, "test_gap")
-        rows.append([name(summary), min(len(summary.runs), len(baseline.runs)),
-                     results.with_interval(accuracy, alpha), results.with_interval(gap, alpha)])
-    out += ["Each setting against the baseline (paired by seed and by image), at the look the verdict was read:", "",
-            _table(["setting", "paired seeds", "test accuracy, difference", "test gap, difference"], rows), "",
-            f"Intervals: a t interval with Welch–Satterthwaite degrees of freedom over the seed-to-seed spread of the "
-            "paired differences and the per-image differences on the test images, never narrower than the paired t "
-            f"interval over the seeds alone. Each is drawn at {100 * (1 - alpha):.2f} % so that all of them hold together "
-            f"95 % of the time: 2 metrics × {design.candidates} candidate{'s' * (design.candidates != 1)} × "
-            f"{len(design.looks())} possible look{'s' * (len(design.looks()) != 1)} "
-            f"(after {', '.join(map(str, design.looks()))} seeds). "
-            f"Seeds: {seeds_line(answer)}.", ""]
+        rows.append(
+            [
+                name(summary),
+                min(len(summary.runs), len(baseline.runs)),
+                results.with_interval(accuracy, alpha),
+                results.with_interval(gap, alpha),
+            ]
+        )
+    out += [
+        "Each setting against the baseline (paired by seed and by image), at the look the verdict was read:",
+        "",
+        _table(["setting", "paired seeds", "test accuracy, difference", "test gap, difference"], rows),
+        "",
+        f"Intervals: a t interval with Welch–Satterthwaite degrees of freedom over the seed-to-seed spread of the "
+        "paired differences and the per-image differences on the test images, never narrower than the paired t "
+        f"interval over the seeds alone. Each is drawn at {100 * (1 - alpha):.2f} % so that all of them hold together "
+        f"95 % of the time: 2 metrics × {design.candidates} candidate{'s' * (design.candidates != 1)} × "
+        f"{len(design.looks())} possible look{'s' * (len(design.looks()) != 1)} "
+        f"(after {', '.join(map(str, design.looks()))} seeds). "
+        f"Seeds: {seeds_line(answer)}.",
+        "",
+    ]
     return out
 
 
@@ -437,9 +588,11 @@ def registry_lines(facts: Facts) -> list[str]:
     version, run = facts.registered["recommended"]
     baseline_version, _ = facts.registered["baseline"]
     uri = f"models:/{facts.name}@recommended"
-    return [f"The answer's model is registered as `{uri}` (version {version}: run `{run['run_id']}`, seed {run['seed']}; "
-            f"the baseline is `@baseline`, version {baseline_version}). Load it anywhere with "
-            f"`mlflow.pyfunc.load_model(\"{uri}\")`: raw 0–255 RGB images of any size in, one probability per class out."]
+    return [
+        f"The answer's model is registered as `{uri}` (version {version}: run `{run['run_id']}`, seed {run['seed']}; "
+        f"the baseline is `@baseline`, version {baseline_version}). Load it anywhere with "
+        f'`mlflow.pyfunc.load_model("{uri}")`: raw 0–255 RGB images of any size in, one probability per class out.'
+    ]
 
 
 def render(facts: Facts, out_dir: Path) -> Path:
@@ -467,11 +620,15 @@ def html_report(markdown_text: str, folder: Path, title: str) -> str:
         if (folder / image).is_file():
             encoded = base64.b64encode((folder / image).read_bytes()).decode()
             body = body.replace(f'src="{image}"', f'src="data:image/png;base64,{encoded}"')
-    style = ("body{font-family:sans-serif;max-width:60rem;margin:2rem auto;padding:0 1rem;line-height:1.4}"
-             "table{border-collapse:collapse}td,th{border:1px solid #ccc;padding:.2rem .5rem;text-align:left}"
-             "img{max-width:100%}pre{background:#f4f4f4;padding:.5rem;overflow-x:auto}")
-    return (f'<!DOCTYPE html>\n<html lang="en">\n<head>\n<meta charset="utf-8">\n<title>{html.escape(title)}</title>\n'
-            f"<style>{style}</style>\n</head>\n<body>\n{body}</body>\n</html>\n")
+    style = (
+        "body{font-family:sans-serif;max-width:60rem;margin:2rem auto;padding:0 1rem;line-height:1.4}"
+        "table{border-collapse:collapse}td,th{border:1px solid #ccc;padding:.2rem .5rem;text-align:left}"
+        "img{max-width:100%}pre{background:#f4f4f4;padding:.5rem;overflow-x:auto}"
+    )
+    return (
+        f'<!DOCTYPE html>\n<html lang="en">\n<head>\n<meta charset="utf-8">\n<title>{html.escape(title)}</title>\n'
+        f"<style>{style}</style>\n</head>\n<body>\n{body}</body>\n</html>\n"
+    )
 
 
 def open_in_browser(path: Path) -> None:

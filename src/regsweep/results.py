@@ -110,8 +110,9 @@ def in_rule_order(rows: list[TrialRow], epsilon: float) -> list[TrialRow]:
     floor = best.val_accuracy - tie_margin(best)
     tied = [r for r in done if r.val_accuracy >= floor]
     rest = [r for r in done if r.val_accuracy < floor]
-    return (sorted(tied, key=lambda r: preference(r.gap, r.val_accuracy, epsilon, r.baseline, r.number))
-            + sorted(rest, key=lambda r: (-r.val_accuracy, r.gap, r.number)))
+    return sorted(tied, key=lambda r: preference(r.gap, r.val_accuracy, epsilon, r.baseline, r.number)) + sorted(
+        rest, key=lambda r: (-r.val_accuracy, r.gap, r.number)
+    )
 
 
 def recommend(rows: list[TrialRow], epsilon: float) -> TrialRow | None:
@@ -163,12 +164,16 @@ def caveats(rows: list[TrialRow], chosen: TrialRow | None, epsilon: float) -> li
     """Plain warnings about a single-trial recommendation."""
     if chosen is None or chosen.gap <= epsilon:
         return []
-    note = (f"No trial within noise of the best val_accuracy has gap <= {epsilon:g}: trial #{chosen.number} "
-            f"has the smallest gap among them ({chosen.gap:.4f}).")
+    note = (
+        f"No trial within noise of the best val_accuracy has gap <= {epsilon:g}: trial #{chosen.number} "
+        f"has the smallest gap among them ({chosen.gap:.4f})."
+    )
     other = trade_off(rows, chosen, epsilon)
     if other is not None:
-        note += (f" Trial #{other.number} meets it (gap {other.gap:.4f}) at val_accuracy {other.val_accuracy:.4f}, "
-                 f"{chosen.val_accuracy - other.val_accuracy:.4f} lower: a trade-off, not recommended.")
+        note += (
+            f" Trial #{other.number} meets it (gap {other.gap:.4f}) at val_accuracy {other.val_accuracy:.4f}, "
+            f"{chosen.val_accuracy - other.val_accuracy:.4f} lower: a trade-off, not recommended."
+        )
     return [note]
 
 
@@ -193,11 +198,19 @@ def pruned_by_level(rows: list[TrialRow], key: str) -> list[tuple[str, int, int]
         levels = [(f"{v:g}" if isinstance(v, float) else str(v), lambda x, v=v: x == v) for v in values]
     else:
         edges = [values[len(values) * i // 3] for i in (1, 2)]
-        levels = [(f"< {edges[0]:.3g}", lambda x: x < edges[0]),
-                  (f"{edges[0]:.3g} – {edges[1]:.3g}", lambda x: edges[0] <= x < edges[1]),
-                  (f">= {edges[1]:.3g}", lambda x: x >= edges[1])]
-    return [(label, sum(r.state == "COMPLETE" and inside(r.params[key]) for r in finished),
-             sum(r.state == "PRUNED" and inside(r.params[key]) for r in finished)) for label, inside in levels]
+        levels = [
+            (f"< {edges[0]:.3g}", lambda x: x < edges[0]),
+            (f"{edges[0]:.3g} – {edges[1]:.3g}", lambda x: edges[0] <= x < edges[1]),
+            (f">= {edges[1]:.3g}", lambda x: x >= edges[1]),
+        ]
+    return [
+        (
+            label,
+            sum(r.state == "COMPLETE" and inside(r.params[key]) for r in finished),
+            sum(r.state == "PRUNED" and inside(r.params[key]) for r in finished),
+        )
+        for label, inside in levels
+    ]
 
 
 # --- across seeds -------------------------------------------------------------------------------
@@ -231,8 +244,12 @@ class Summary:
 
 
 # The images behind each metric: a gap holds the training images' accuracy and a held-out one's.
-SPLITS_OF = {"val_accuracy": ("validation",), "test_accuracy": ("test",), "gap": ("train", "validation"),
-             "test_gap": ("train", "test")}
+SPLITS_OF = {
+    "val_accuracy": ("validation",),
+    "test_accuracy": ("test",),
+    "gap": ("train", "validation"),
+    "test_gap": ("train", "test"),
+}
 ACCURACY = {"train": "train_accuracy", "validation": "val_accuracy", "test": "test_accuracy"}
 IMAGE_COUNT = {"train": "train_images", "validation": "val_images", "test": "test_images"}
 
@@ -255,7 +272,9 @@ class Difference:
     mean: float
     seed_variance: float  # of one seed's difference (ddof 1); nan when fewer than two seeds measured it
     seeds: int
-    image_parts: list[tuple[float, float, int]] = field(default_factory=list)  # (image_part, interaction, images) per split
+    image_parts: list[tuple[float, float, int]] = field(
+        default_factory=list
+    )  # (image_part, interaction, images) per split
 
     @property
     def seed_part(self) -> float:
@@ -285,8 +304,8 @@ class Difference:
         terms = [(self.seed_part, self.seeds - 1)] if self.seeds > 1 else []
         for part, interaction, images in self.image_parts:
             terms += [(part, images - 1), (interaction, (self.seeds - 1) * (images - 1))]
-        denominator = sum(value ** 2 / df for value, df in terms if df > 0 and value > 0)
-        return self.variance ** 2 / denominator if denominator > 0 else math.inf
+        denominator = sum(value**2 / df for value, df in terms if df > 0 and value > 0)
+        return self.variance**2 / denominator if denominator > 0 else math.inf
 
     def half_width(self, alpha: float) -> float:
         """Half the (1 − alpha) interval: a t interval with Welch–Satterthwaite degrees of
@@ -360,7 +379,7 @@ def _image_part(pairs: list[tuple[dict, dict]], split: str) -> tuple[float, floa
         interaction = 0.0
         if seeds > 1:
             residual = table - table.mean(axis=1, keepdims=True) - table.mean(axis=0, keepdims=True) + table.mean()
-            interaction = float((residual ** 2).sum()) / ((seeds - 1) * (images - 1)) / (seeds * images)
+            interaction = float((residual**2).sum()) / ((seeds - 1) * (images - 1)) / (seeds * images)
         return image_part, interaction, images
     images = pairs[0][0].get(IMAGE_COUNT[split], 0)
     if not images:
@@ -392,8 +411,11 @@ def stable_choice(summaries: list[Summary], epsilon: float) -> Summary | None:
     if not contenders:
         return None
     best = max(contenders, key=lambda s: (s.mean("val_accuracy"), -s.mean("gap")))
-    tied = [s for s in contenders
-            if s is best or s.mean("val_accuracy") >= best.mean("val_accuracy") - difference(s, best, "val_accuracy").se]
+    tied = [
+        s
+        for s in contenders
+        if s is best or s.mean("val_accuracy") >= best.mean("val_accuracy") - difference(s, best, "val_accuracy").se
+    ]
     return min(tied, key=lambda s: preference(s.mean("gap"), s.mean("val_accuracy"), epsilon, False, _number(s.label)))
 
 
@@ -427,7 +449,7 @@ class Design:
     def looks(self) -> list[int]:
         """The seed counts at which the verdict is read: `seeds`, then `seeds` more each round."""
         step = max(self.seeds, 1)
-        return list(range(step, max(self.max_seeds, step), step)) + [max(self.max_seeds, step)]
+        return [*list(range(step, max(self.max_seeds, step), step)), max(self.max_seeds, step)]
 
     @property
     def alpha(self) -> float:
@@ -510,17 +532,25 @@ def verdict(baseline: Summary, chosen: Summary, design: Design = Design()) -> Ve
     if case == BETTER:
         sentence = f"Better: test accuracy {acc_text}, test gap {gap_text} ({evidence})."
     elif case == LESS_OVERFIT:
-        sentence = (f"Same accuracy, smaller gap: test accuracy {acc_text} lies within ±{margin:g}, and the test gap "
-                    f"{gap_text} shrinks: a less overfit model at no measured cost ({evidence}).")
+        sentence = (
+            f"Same accuracy, smaller gap: test accuracy {acc_text} lies within ±{margin:g}, and the test gap "
+            f"{gap_text} shrinks: a less overfit model at no measured cost ({evidence})."
+        )
     elif case == TRADE_OFF:
-        shrinks = f", though the test gap {gap_text} shrinks" if gap.interval(alpha)[1] < 0 else f", test gap {gap_text}"
+        shrinks = (
+            f", though the test gap {gap_text} shrinks" if gap.interval(alpha)[1] < 0 else f", test gap {gap_text}"
+        )
         sentence = f"Trade-off: test accuracy {acc_text} falls{shrinks} ({evidence}): not recommended."
     elif case == NO_EFFECT:
-        sentence = (f"No effect: test accuracy {acc_text} lies within ±{margin:g}, and the test gap {gap_text} does not "
-                    f"shrink beyond noise ({evidence}).")
+        sentence = (
+            f"No effect: test accuracy {acc_text} lies within ±{margin:g}, and the test gap {gap_text} does not "
+            f"shrink beyond noise ({evidence})."
+        )
     else:
-        sentence = (f"Can't tell yet: test accuracy {acc_text} reaches past ±{margin:g} and the interval holds 0, "
-                    f"test gap {gap_text} ({evidence}).")
+        sentence = (
+            f"Can't tell yet: test accuracy {acc_text} reaches past ±{margin:g} and the interval holds 0, "
+            f"test gap {gap_text} ({evidence})."
+        )
     only_images = case == CANT_TELL and n > 1 and only_images_settle(accuracy, alpha, margin)
     needed = seeds_to_decide(accuracy, alpha, margin) if case == CANT_TELL and n > 1 else None
     settle = _settle(accuracy, chosen.label, n, alpha, margin, needed) if case == CANT_TELL else ""
@@ -569,16 +599,22 @@ def images_to_decide(difference: Difference, alpha: float, margin: float) -> int
 def _settle(accuracy: Difference, label: str, seeds: int, alpha: float, margin: float, needed: int | None) -> str:
     """One line: which setting needs how many seeds, or how many test images only would do."""
     if seeds < 2:
-        return (f"the seed-to-seed spread is not measured with {seeds} seed: re-evaluate {setting_name(label)} and the "
-                "baseline with 3 or more seeds (sweep.reevaluate.seeds)")
+        return (
+            f"the seed-to-seed spread is not measured with {seeds} seed: re-evaluate {setting_name(label)} and the "
+            "baseline with 3 or more seeds (sweep.reevaluate.seeds)"
+        )
     if only_images_settle(accuracy, alpha, margin):
         noise = accuracy.images_only_half_width(alpha)
-        return (f"only a larger test split would: the test images' own noise alone is ±{noise:.3f}, however many seeds; "
-                f"about {images_to_decide(accuracy, alpha, margin):,} test images (now "
-                f"{max(n for _, _, n in accuracy.image_parts):,}) with seeds to spare")
+        return (
+            f"only a larger test split would: the test images' own noise alone is ±{noise:.3f}, however many seeds; "
+            f"about {images_to_decide(accuracy, alpha, margin):,} test images (now "
+            f"{max(n for _, _, n in accuracy.image_parts):,}) with seeds to spare"
+        )
     if needed is None:
-        return (f"more than 200 seeds each for {setting_name(label)} and the baseline at today's spread: a larger test "
-                "split, or a setting further from the baseline, would settle it sooner")
+        return (
+            f"more than 200 seeds each for {setting_name(label)} and the baseline at today's spread: a larger test "
+            "split, or a setting further from the baseline, would settle it sooner"
+        )
     return f"about {needed} seeds each for {setting_name(label)} and the baseline (now {seeds})"
 
 
@@ -601,7 +637,11 @@ class Rounds:
 
 
 DECIDED, AT_MAX_SEEDS, ONLY_IMAGES, NOTHING_TO_COMPARE = (
-    "decided", "reached sweep.reevaluate.max_seeds", "only a larger test split would settle it", "nothing to compare")
+    "decided",
+    "reached sweep.reevaluate.max_seeds",
+    "only a larger test split would settle it",
+    "nothing to compare",
+)
 
 
 def rounds(labels: list[str], summaries: list[Summary], design: Design, epsilon: float) -> Rounds:
@@ -614,13 +654,17 @@ def rounds(labels: list[str], summaries: list[Summary], design: Design, epsilon:
     design = replace(design, candidates=max(1, len(labels) - 1))
     by_label = {s.label: s for s in summaries}
     looks = design.looks()
-    wanted = {label: looks[0] for label in labels}
+    wanted = dict.fromkeys(labels, looks[0])
     state = Rounds(design, [], None, None, {}, NOTHING_TO_COMPARE)
-    for index, count in enumerate(looks):
-        now = {label: by_label.get(label, Summary(label, [])).with_seeds(design.seed_values(seeds))
-               for label, seeds in wanted.items()}
-        todo = {label: [seed for seed in design.seed_values(wanted[label]) if seed not in {r["seed"] for r in s.runs}]
-                for label, s in now.items()}
+    for index, _look in enumerate(looks):
+        now = {
+            label: by_label.get(label, Summary(label, [])).with_seeds(design.seed_values(seeds))
+            for label, seeds in wanted.items()
+        }
+        todo = {
+            label: [seed for seed in design.seed_values(wanted[label]) if seed not in {r["seed"] for r in s.runs}]
+            for label, s in now.items()
+        }
         todo = {label: seeds for label, seeds in todo.items() if seeds}
         if todo:
             return replace(state, todo=todo, reason="")
@@ -645,16 +689,24 @@ def disagreement(baseline: Summary) -> str:
     interval of their difference, over seeds and both splits' images, excludes 0): then the
     split the search optimizes does not represent the test images."""
     per_seed = [run["val_accuracy"] - run["test_accuracy"] for run in baseline.runs]
-    images = [(binomial_se(baseline.mean(ACCURACY[split]), baseline.runs[0].get(IMAGE_COUNT[split], 0)) ** 2, 0.0,
-               baseline.runs[0].get(IMAGE_COUNT[split], 0)) for split in ("validation", "test")]
+    images = [
+        (
+            binomial_se(baseline.mean(ACCURACY[split]), baseline.runs[0].get(IMAGE_COUNT[split], 0)) ** 2,
+            0.0,
+            baseline.runs[0].get(IMAGE_COUNT[split], 0),
+        )
+        for split in ("validation", "test")
+    ]
     spread = statistics.variance(per_seed) if len(per_seed) > 1 else math.nan
     low, high = Difference(statistics.fmean(per_seed), spread, len(per_seed), [p for p in images if p[2]]).interval()
     if low <= 0 <= high:
         return ""
-    return (f"Validation and test disagree on the baseline: val_accuracy {baseline.pm('val_accuracy')} against "
-            f"test_accuracy {baseline.pm('test_accuracy')}, beyond noise. The validation split the search "
-            "optimizes does not represent the test images: check that both come from the same source "
-            "(camera, lighting, people, time) and are split at random.")
+    return (
+        f"Validation and test disagree on the baseline: val_accuracy {baseline.pm('val_accuracy')} against "
+        f"test_accuracy {baseline.pm('test_accuracy')}, beyond noise. The validation split the search "
+        "optimizes does not represent the test images: check that both come from the same source "
+        "(camera, lighting, people, time) and are split at random."
+    )
 
 
 # --- would more data help? ----------------------------------------------------------------------
@@ -696,16 +748,20 @@ def more_data_sentence(points: list[CurvePoint], setting_gain: float, label: str
     curve = ", ".join(f"{p.val_accuracy:.2f} at {p.train_images}" for p in points)
     found = f"{setting_gain:+.2f}" if not math.isnan(setting_gain) else "+0.00"
     if expected < 0.01:
-        return (f"More images of the same kind would likely add little: {label}'s validation accuracy has flattened "
-                f"({curve} training images); better-matched or cleaner data, or another backbone, may help more.")
+        return (
+            f"More images of the same kind would likely add little: {label}'s validation accuracy has flattened "
+            f"({curve} training images); better-matched or cleaner data, or another backbone, may help more."
+        )
     if expected > setting_gain + 0.01:
         compared = "more than any setting found"
     elif expected < setting_gain - 0.01:
         compared = "less than the setting found"
     else:
         compared = "about as much as the setting found"
-    return (f"Doubling the training images would likely add about +{expected:.2f} validation accuracy, {compared} "
-            f"({found}); {label}'s learning curve: {curve} training images.")
+    return (
+        f"Doubling the training images would likely add about +{expected:.2f} validation accuracy, {compared} "
+        f"({found}); {label}'s learning curve: {curve} training images."
+    )
 
 
 # --- the answer ---------------------------------------------------------------------------------
@@ -740,17 +796,24 @@ def fixed_rounds(summaries: list[Summary], epsilon: float) -> Rounds:
     return rounds(labels, summaries, Design(seeds=seeds, max_seeds=seeds, first_seed=first), epsilon)
 
 
-def answer(rows: list[TrialRow], reevaluated: Rounds | list[Summary], epsilon: float,
-           curves: dict[str, list[CurvePoint]] | None = None, shared_images: int = 0,
-           test_split: bool = False) -> Answer | None:
+def answer(
+    rows: list[TrialRow],
+    reevaluated: Rounds | list[Summary],
+    epsilon: float,
+    curves: dict[str, list[CurvePoint]] | None = None,
+    shared_images: int = 0,
+    test_split: bool = False,
+) -> Answer | None:
     """The rule, the verdict and the checks, together. Before a re-evaluation (or without a test
     split) the single-trial choice stands, with a warning that it is unconfirmed and how to
     confirm it (`test_split`: the study has one)."""
     state = reevaluated if isinstance(reevaluated, Rounds) else fixed_rounds(reevaluated, epsilon)
     warnings = []
     if shared_images:
-        warnings.append(f"{shared_images} image(s) appear in more than one split (same content): held-out scores "
-                        "are inflated by images the model trained on; remove the copies (listed below).")
+        warnings.append(
+            f"{shared_images} image(s) appear in more than one split (same content): held-out scores "
+            "are inflated by images the model trained on; remove the copies (listed below)."
+        )
     if state.verdict is None:
         row = recommend(rows, epsilon)
         if row is None:
@@ -758,15 +821,21 @@ def answer(rows: list[TrialRow], reevaluated: Rounds | list[Summary], epsilon: f
         label = BASELINE if row.baseline else f"#{row.number}"
         warnings += caveats(rows, row, epsilon)
         if state.todo:
-            warnings.append(f"Chosen on validation accuracy from single runs: the re-evaluation on the test split is "
-                            f"unfinished ({sum(map(len, state.todo.values()))} runs to go); re-run the same command "
-                            "to finish it.")
+            warnings.append(
+                f"Chosen on validation accuracy from single runs: the re-evaluation on the test split is "
+                f"unfinished ({sum(map(len, state.todo.values()))} runs to go); re-run the same command "
+                "to finish it."
+            )
         elif test_split:
-            warnings.append("Chosen on validation accuracy from single runs: not yet confirmed on the test split against "
-                            "the baseline (run `regsweep report --reevaluate` with sweep.reevaluate.seeds of at least 1).")
+            warnings.append(
+                "Chosen on validation accuracy from single runs: not yet confirmed on the test split against "
+                "the baseline (run `regsweep report --reevaluate` with sweep.reevaluate.seeds of at least 1)."
+            )
         else:
-            warnings.append("Chosen on validation accuracy from single runs: not yet confirmed on a test split against "
-                            "the baseline (give a test split and run `regsweep report --reevaluate`).")
+            warnings.append(
+                "Chosen on validation accuracy from single runs: not yet confirmed on a test split against "
+                "the baseline (give a test split and run `regsweep report --reevaluate`)."
+            )
         return Answer(label, row, None, warnings=warnings, rounds=state)
     judged, chosen = state.verdict, state.chosen
     baseline = next(s for s in state.summaries if s.label == BASELINE)
@@ -776,17 +845,23 @@ def answer(rows: list[TrialRow], reevaluated: Rounds | list[Summary], epsilon: f
     if baseline_disagrees := disagreement(baseline):
         warnings.append(baseline_disagrees)
     if state.todo:
-        warnings.append(f"This verdict is from {len(chosen.runs)} seeds: a further round of the re-evaluation is "
-                        f"unfinished ({sum(map(len, state.todo.values()))} runs to go); re-run the same command to "
-                        "finish it.")
+        warnings.append(
+            f"This verdict is from {len(chosen.runs)} seeds: a further round of the re-evaluation is "
+            f"unfinished ({sum(map(len, state.todo.values()))} runs to go); re-run the same command to "
+            "finish it."
+        )
     if chosen.mean("gap") > epsilon and judged.adopt:
-        warnings.append(f"Its mean gap {chosen.mean('gap'):.2f} is still above ε = {epsilon:g}: less overfit, not cured.")
+        warnings.append(
+            f"Its mean gap {chosen.mean('gap'):.2f} is still above ε = {epsilon:g}: less overfit, not cured."
+        )
     more_data = ""
     curve = (curves or {}).get(label)
     if curve:
         gain = chosen.mean("val_accuracy") - baseline.mean("val_accuracy") if label != BASELINE else 0.0
         more_data = more_data_sentence(curve, gain, "the baseline" if label == BASELINE else f"trial {label}")
     elif label == BASELINE:
-        more_data = ("More training images, validation and test images like the ones the model will meet, or another "
-                     "backbone; the learning curve (sweep.reevaluate.curve) measures the first.")
+        more_data = (
+            "More training images, validation and test images like the ones the model will meet, or another "
+            "backbone; the learning curve (sweep.reevaluate.curve) measures the first."
+        )
     return Answer(label, row, judged, baseline, chosen, warnings, more_data, state)

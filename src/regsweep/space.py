@@ -100,6 +100,7 @@ def as_overrides(values: dict) -> list[str]:
 
 def knob_label(values: dict) -> str:
     """`dropout=0.42 strength=0.61 lr=3.2e-04 unfrozen_blocks=1`: the last key segment and a short value."""
+
     def short(value):
         return f"{value:.3g}" if isinstance(value, float) else str(value)
 
@@ -117,8 +118,10 @@ def check_settings(settings: DictConfig, expressions: dict[str, str]) -> None:
     if not isinstance(settings.n_trials, int) or settings.n_trials < 1:
         raise RegsweepError(f"sweep.n_trials={settings.n_trials} must be a positive integer")
     if not isinstance(settings.max_failures, int) or settings.max_failures < 1:
-        raise RegsweepError(f"sweep.max_failures={settings.max_failures} must be a positive integer: the failed trials "
-                            "after which one invocation stops, such as 5")
+        raise RegsweepError(
+            f"sweep.max_failures={settings.max_failures} must be a positive integer: the failed trials "
+            "after which one invocation stops, such as 5"
+        )
     if not isinstance(settings.trials_per_worker, int) or settings.trials_per_worker < 0:
         raise RegsweepError(
             f"sweep.trials_per_worker={settings.trials_per_worker} must be an integer >= 0 "
@@ -132,7 +135,9 @@ def check_settings(settings: DictConfig, expressions: dict[str, str]) -> None:
         raise RegsweepError(f"sweep.epsilon={settings.epsilon} must be a number >= 0 (the largest acceptable gap)")
     check_reevaluation(settings.reevaluate)
     if not expressions:
-        raise RegsweepError("the search space is empty: give sweep.params in the sweep file or key=interval(a, b) on the command line")
+        raise RegsweepError(
+            "the search space is empty: give sweep.params in the sweep file or key=interval(a, b) on the command line"
+        )
 
 
 def check_reevaluation(reeval: DictConfig, needs_seeds: bool = False) -> None:
@@ -140,31 +145,42 @@ def check_reevaluation(reeval: DictConfig, needs_seeds: bool = False) -> None:
     re-evaluates whatever the study said (`regsweep report --reevaluate`)."""
     for key in ("seeds", "top_k"):
         if not isinstance(reeval[key], int) or reeval[key] < (0 if key == "seeds" else 1):
-            raise RegsweepError(f"sweep.reevaluate.{key}={reeval[key]} must be an integer >= {0 if key == 'seeds' else 1}")
+            raise RegsweepError(
+                f"sweep.reevaluate.{key}={reeval[key]} must be an integer >= {0 if key == 'seeds' else 1}"
+            )
     if needs_seeds and reeval.seeds < 1:
         raise RegsweepError(f"sweep.reevaluate.seeds={reeval.seeds}: re-evaluation needs at least 1 seed, such as 3")
     max_seeds = reeval.get("max_seeds", reeval.seeds)
     if not isinstance(max_seeds, int) or max_seeds < 0:
-        raise RegsweepError(f"sweep.reevaluate.max_seeds={max_seeds} must be an integer >= 0: the most seeds the choice "
-                            "and the baseline get while the verdict can't tell (at or below seeds: one round only)")
+        raise RegsweepError(
+            f"sweep.reevaluate.max_seeds={max_seeds} must be an integer >= 0: the most seeds the choice "
+            "and the baseline get while the verdict can't tell (at or below seeds: one round only)"
+        )
     margin = reeval.get("margin", 0.02)
     if isinstance(margin, bool) or not isinstance(margin, (int, float)) or not 0 < margin < 1:
-        raise RegsweepError(f"sweep.reevaluate.margin={margin} must be a test-accuracy difference between 0 and 1, "
-                            "such as 0.02: smaller differences count as no effect")
+        raise RegsweepError(
+            f"sweep.reevaluate.margin={margin} must be a test-accuracy difference between 0 and 1, "
+            "such as 0.02: smaller differences count as no effect"
+        )
     baseline_overrides(reeval.baseline)  # the named baseline file exists and reads
     curve = reeval.get("curve")
     if not OmegaConf.is_list(curve) or not all(
-            isinstance(f, (int, float)) and not isinstance(f, bool) and 0 < f < 1 for f in curve):
-        raise RegsweepError(f"sweep.reevaluate.curve={curve}: give shares of the training images strictly between 0 and 1, "
-                            "such as [0.25,0.5], or [] to skip the learning curve")
+        isinstance(f, (int, float)) and not isinstance(f, bool) and 0 < f < 1 for f in curve
+    ):
+        raise RegsweepError(
+            f"sweep.reevaluate.curve={curve}: give shares of the training images strictly between 0 and 1, "
+            "such as [0.25,0.5], or [] to skip the learning curve"
+        )
 
 
 def baseline_overrides(name: str) -> list[str]:
     """The named re-evaluation baseline (sweeps/baselines/<name>.yaml, dotted keys) as overrides."""
     baselines = sweep_files("baselines")
     if name not in baselines:
-        raise RegsweepError(f"sweep.reevaluate.baseline={name} is not a known baseline: choose one of "
-                            f"{', '.join(baselines)}, or write sweeps/baselines/{name}.yaml in the working directory")
+        raise RegsweepError(
+            f"sweep.reevaluate.baseline={name} is not a known baseline: choose one of "
+            f"{', '.join(baselines)}, or write sweeps/baselines/{name}.yaml in the working directory"
+        )
     return as_overrides(OmegaConf.to_container(OmegaConf.load(baselines[name]), resolve=True) or {})
 
 
@@ -230,15 +246,18 @@ EDGE_SHARE = 0.1  # a value in the outer tenth of its range sits at its edge
 KNOB_LIMITS = {"model.dropout": (0.0, 0.9), "augment.strength": (0.0, 1.0), "optim.lr": (0.0, math.inf)}
 
 
-def edges(params: dict, searched: dict[str, optuna.distributions.BaseDistribution], base: DictConfig,
-          command: str) -> list[str]:
+def edges(
+    params: dict, searched: dict[str, optuna.distributions.BaseDistribution], base: DictConfig, command: str
+) -> list[str]:
     """A sentence for each knob whose value lies in the outer tenth of its range (or on the end of
     a discrete one) where the range could be wider, with the command line that searches the
     wider range in a new study. `command` holds `{widened}` where the wider range goes."""
     found = []
     for key, distribution in searched.items():
         value = params.get(key)
-        if isinstance(distribution, optuna.distributions.CategoricalDistribution) or not isinstance(value, (int, float)):
+        if isinstance(distribution, optuna.distributions.CategoricalDistribution) or not isinstance(
+            value, (int, float)
+        ):
             continue
         side = _edge_side(value, distribution)
         if side is None:
@@ -247,9 +266,11 @@ def edges(params: dict, searched: dict[str, optuna.distributions.BaseDistributio
         if wider is None:
             continue
         where = "top" if side == "high" else "bottom"
-        found.append(f"{key}={value:.4g} lies at the {where} of its searched range "
-                     f"[{distribution.low:g}, {distribution.high:g}], where a wider range may do better: "
-                     f"`{command.format(widened=shlex.quote(f'{key}={wider}'))}`")
+        found.append(
+            f"{key}={value:.4g} lies at the {where} of its searched range "
+            f"[{distribution.low:g}, {distribution.high:g}], where a wider range may do better: "
+            f"`{command.format(widened=shlex.quote(f'{key}={wider}'))}`"
+        )
     return found
 
 

@@ -49,7 +49,9 @@ SHARED_IMAGES_ATTR = "shared_images"  # images whose content is in more than one
 # In the study's system attributes: when each worker started, to tell workers started together apart.
 WORKER_START_PREFIX = "regsweep.worker_start"
 
-INTERRUPTED = "interrupted: the process running this trial stopped before the trial ended (killed, rebooted or out of memory)"
+INTERRUPTED = (
+    "interrupted: the process running this trial stopped before the trial ended (killed, rebooted or out of memory)"
+)
 
 
 @dataclass
@@ -76,8 +78,9 @@ POOL = {"pool_size": 2, "max_overflow": 1, "pool_pre_ping": True}
 _STORAGES: dict[str, optuna.storages.RDBStorage] = {}
 
 
-def open_storage(url: str, heartbeat_seconds: int | None = None, tracking_cfg: DictConfig | None = None, *,
-                 connect_timeout: float) -> optuna.storages.RDBStorage:
+def open_storage(
+    url: str, heartbeat_seconds: int | None = None, tracking_cfg: DictConfig | None = None, *, connect_timeout: float
+) -> optuna.storages.RDBStorage:
     """The Optuna storage at `url`, opened once per process.
 
     A database server that does not answer stops the command after `connect_timeout` seconds
@@ -106,8 +109,9 @@ def open_storage(url: str, heartbeat_seconds: int | None = None, tracking_cfg: D
     if heartbeat_seconds is not None:  # the settings of the sweep in this process
         storage.heartbeat_interval = int(heartbeat_seconds)
         storage.grace_period = 2 * int(heartbeat_seconds)
-        storage.heartbeat_stale_trial_callback = storage.failed_trial_callback = (
-            lambda study, trial: end_stale_trial(study, trial, tracking_cfg))
+        storage.heartbeat_stale_trial_callback = storage.failed_trial_callback = lambda study, trial: end_stale_trial(
+            study, trial, tracking_cfg
+        )
     return storage
 
 
@@ -146,10 +150,12 @@ def load_study(settings: DictConfig, connect_timeout: float) -> optuna.Study:
     if url.startswith("sqlite:///") and not Path(url.removeprefix("sqlite:///")).is_file():
         raise RegsweepError(
             f"no study named '{settings.study}': there is no study storage at {url.removeprefix('sqlite:///')}: run "
-            "`regsweep sweep` first, or run this in the folder that holds mlruns/ (or give paths.store=<folder>)")
+            "`regsweep sweep` first, or run this in the folder that holds mlruns/ (or give paths.store=<folder>)"
+        )
     try:
-        return optuna.load_study(study_name=settings.study,
-                                 storage=open_storage(str(settings.storage), connect_timeout=connect_timeout))
+        return optuna.load_study(
+            study_name=settings.study, storage=open_storage(str(settings.storage), connect_timeout=connect_timeout)
+        )
     except KeyError:
         raise RegsweepError(
             f"no study named '{settings.study}' in {redact(str(settings.storage))}: run `regsweep sweep` first, "
@@ -175,15 +181,24 @@ def _existing_trials(storage: optuna.storages.BaseStorage, name: str) -> int:
 
 # Where things live on a machine: workers on several machines give different values, and the
 # trials' outcome does not depend on them (the data's content is checked by its fingerprint).
-MACHINE_LOCAL_KEYS = ("data.train_dir", "data.val_dir", "data.test_dir", "data.dir", "tracking.uri",
-                      "tracking.artifact_root")
+MACHINE_LOCAL_KEYS = (
+    "data.train_dir",
+    "data.val_dir",
+    "data.test_dir",
+    "data.dir",
+    "tracking.uri",
+    "tracking.artifact_root",
+)
 MACHINE_LOCAL_GROUPS = ("paths.", "cache.")
 
 
 def portable(overrides: list[str]) -> list[str]:
     """The overrides two workers of one study must agree on, wherever they run."""
-    return [o for o in overrides
-            if override_key(o) not in MACHINE_LOCAL_KEYS and not override_key(o).startswith(MACHINE_LOCAL_GROUPS)]
+    return [
+        o
+        for o in overrides
+        if override_key(o) not in MACHINE_LOCAL_KEYS and not override_key(o).startswith(MACHINE_LOCAL_GROUPS)
+    ]
 
 
 def study_record(sweep: Sweep) -> dict:
@@ -205,15 +220,16 @@ def open_study(sweep: Sweep) -> optuna.Study:
     a new study never enqueue two baselines.
     """
     s = sweep.settings
-    storage = open_storage(str(s.storage), s.heartbeat_seconds, sweep.cfg.tracking,
-                           connect_timeout=sweep.cfg.tracking.connect_timeout)
-    existing = _existing_trials(storage, s.study)
-    options = dict(
-        study_name=s.study,
-        storage=storage,
-        directions=["maximize", "minimize"] if s.objective == "pareto" else ["maximize"],
-        pruner=space.make_pruner(s),
+    storage = open_storage(
+        str(s.storage), s.heartbeat_seconds, sweep.cfg.tracking, connect_timeout=sweep.cfg.tracking.connect_timeout
     )
+    existing = _existing_trials(storage, s.study)
+    options = {
+        "study_name": s.study,
+        "storage": storage,
+        "directions": ["maximize", "minimize"] if s.objective == "pareto" else ["maximize"],
+        "pruner": space.make_pruner(s),
+    }
     record = study_record(sweep)
     try:
         study = optuna.create_study(**options)
@@ -242,7 +258,8 @@ def open_study(sweep: Sweep) -> optuna.Study:
     if changed:
         raise RegsweepError(
             f"study '{s.study}' in {redact(str(s.storage))} was started with a different {', '.join(changed)} "
-            f"({'; '.join(f'{k} was {previous[k]}, now {current[k]}' for k in changed)}): re-run with the original settings, "
+            f"({'; '.join(f'{k} was {previous[k]}, now {current[k]}' for k in changed)}): "
+            "re-run with the original settings, "
             "or start a new study with sweep.study=<new name>"
         )
     _seed_sampler(study, s, existing)
@@ -268,8 +285,9 @@ def requeue_stopped_baseline(study: optuna.Study, sweep: Sweep) -> None:
 def _seed_sampler(study: optuna.Study, settings: DictConfig, existing: int) -> None:
     """Gives the study this worker's sampler, once the study is known to be the same (a refused
     worker records nothing)."""
-    study.sampler = space.make_sampler(settings, space.sampler_seed(settings, existing,
-                                                                    _started_beside_another(study, existing)))
+    study.sampler = space.make_sampler(
+        settings, space.sampler_seed(settings, existing, _started_beside_another(study, existing))
+    )
 
 
 def _started_beside_another(study: optuna.Study, existing: int, window_seconds: float = 600.0) -> str | None:
@@ -284,8 +302,11 @@ def _started_beside_another(study: optuna.Study, existing: int, window_seconds: 
     storage, study_id = study._storage, study._study_id
     storage.set_study_system_attr(study_id, prefix + me, time.time())
     now = time.time()
-    others = [key for key, started in storage.get_study_system_attrs(study_id).items()
-              if key.startswith(prefix) and key != prefix + me and now - float(started) < window_seconds]
+    others = [
+        key
+        for key, started in storage.get_study_system_attrs(study_id).items()
+        if key.startswith(prefix) and key != prefix + me and now - float(started) < window_seconds
+    ]
     return me if others else None
 
 
@@ -333,7 +354,7 @@ def record_budget(study: optuna.Study, n_trials: int, test_split: bool) -> None:
 
 
 def in_progress(study: optuna.Study) -> str:
-    """"in progress: 1 complete, 1 running, 2 to go" while trials run or the budget is not met,
+    """ "in progress: 1 complete, 1 running, 2 to go" while trials run or the budget is not met,
     else "": a report read mid-study is provisional."""
     states = [t.state for t in study.get_trials(deepcopy=False)]
     counted = sum(state in COUNTED for state in states)
@@ -343,8 +364,11 @@ def in_progress(study: optuna.Study) -> str:
         return ""
     complete = states.count(optuna.trial.TrialState.COMPLETE)
     pruned = states.count(optuna.trial.TrialState.PRUNED)
-    return (f"in progress: {complete} complete" + (f", {pruned} pruned" if pruned else "")
-            + f", {running} running, {to_go} to go")
+    return (
+        f"in progress: {complete} complete"
+        + (f", {pruned} pruned" if pruned else "")
+        + f", {running} running, {to_go} to go"
+    )
 
 
 def record_reevaluation(study: optuna.Study, settings: DictConfig) -> None:
@@ -357,19 +381,21 @@ def trial_rows(study: optuna.Study) -> list[TrialRow]:
     rows = []
     for trial in study.get_trials(deepcopy=False):
         attrs = trial.user_attrs
-        rows.append(TrialRow(
-            number=trial.number,
-            state=trial.state.name,
-            params=dict(trial.params),
-            val_accuracy=attrs.get("val_accuracy", math.nan),
-            train_accuracy=attrs.get("train_accuracy", math.nan),
-            gap=attrs.get("gap", math.nan),
-            val_images=int(attrs.get("val_images", 0)),
-            overrides=list(attrs.get(OVERRIDES_ATTR, [])),
-            run_id=attrs.get(RUN_ID_ATTR, ""),
-            baseline=bool(attrs.get(BASELINE_ATTR, False)),
-            fail_reason=attrs.get(FAIL_REASON_ATTR, ""),
-        ))
+        rows.append(
+            TrialRow(
+                number=trial.number,
+                state=trial.state.name,
+                params=dict(trial.params),
+                val_accuracy=attrs.get("val_accuracy", math.nan),
+                train_accuracy=attrs.get("train_accuracy", math.nan),
+                gap=attrs.get("gap", math.nan),
+                val_images=int(attrs.get("val_images", 0)),
+                overrides=list(attrs.get(OVERRIDES_ATTR, [])),
+                run_id=attrs.get(RUN_ID_ATTR, ""),
+                baseline=bool(attrs.get(BASELINE_ATTR, False)),
+                fail_reason=attrs.get(FAIL_REASON_ATTR, ""),
+            )
+        )
     return rows
 
 
@@ -399,14 +425,23 @@ def parent_run(study: optuna.Study, sweep: Sweep) -> str:
         tags={tracking.STUDY_TAG: s.study, tracking.ROLE_TAG: "study"},
     )
     run_id = run.info.run_id
-    client.log_batch(run_id, params=[
-        mlflow.entities.Param(k, redact(str(v))[:6000]) for k, v in {
-            "sweep.study": s.study, "sweep.objective": s.objective, "sweep.epsilon": s.epsilon,
-            "sweep.n_trials": s.n_trials, "sweep.sampler": s.sampler.name, "sweep.pruner": s.pruner.name,
-            "sweep.storage": s.storage, **{f"search.{k}": v for k, v in sweep.expressions.items()},
-            "base_overrides": " ".join(sweep.base_overrides),
-        }.items()
-    ])
+    client.log_batch(
+        run_id,
+        params=[
+            mlflow.entities.Param(k, redact(str(v))[:6000])
+            for k, v in {
+                "sweep.study": s.study,
+                "sweep.objective": s.objective,
+                "sweep.epsilon": s.epsilon,
+                "sweep.n_trials": s.n_trials,
+                "sweep.sampler": s.sampler.name,
+                "sweep.pruner": s.pruner.name,
+                "sweep.storage": s.storage,
+                **{f"search.{k}": v for k, v in sweep.expressions.items()},
+                "base_overrides": " ".join(sweep.base_overrides),
+            }.items()
+        ],
+    )
     client.log_text(run_id, redact(OmegaConf.to_yaml(sweep.cfg.sweep, resolve=True)), "sweep.yaml")
     study.set_user_attr(PARENT_RUN_ATTR, run_id)
     return run_id
@@ -447,8 +482,11 @@ def wait_for_other_workers(study: optuna.Study, poll_seconds: float = 2.0) -> No
             return
         if not announced:
             numbers = ", ".join(f"#{t.number}" for t in running)
-            print(f"Waiting for {len(running)} trial(s) still running in other workers ({numbers}) "
-                  "before the re-evaluation and report.", flush=True)
+            print(
+                f"Waiting for {len(running)} trial(s) still running in other workers ({numbers}) "
+                "before the re-evaluation and report.",
+                flush=True,
+            )
             announced = True
         time.sleep(poll_seconds)
 
@@ -471,8 +509,17 @@ def claim(study: optuna.Study, heartbeat_seconds: float, settle_seconds: float =
         return None, holder
     token, worker = uuid.uuid4().hex, f"{socket.gethostname()} pid {os.getpid()}"
     lease = max(3.0 * heartbeat_seconds, 2.0 * settle_seconds)  # the settling itself renews nothing
-    study.set_user_attr(CLAIM_ATTR, {"token": token, "worker": worker, "host": socket.gethostname(),
-                                     "pid": os.getpid(), "renewed": time.time(), "lease": lease})
+    study.set_user_attr(
+        CLAIM_ATTR,
+        {
+            "token": token,
+            "worker": worker,
+            "host": socket.gethostname(),
+            "pid": os.getpid(),
+            "renewed": time.time(),
+            "lease": lease,
+        },
+    )
     time.sleep(settle_seconds)
     held = study.user_attrs.get(CLAIM_ATTR) or {}
     return (token, worker) if held.get("token") == token else (None, held.get("worker", "unknown"))
@@ -489,7 +536,7 @@ def keeping(study: optuna.Study, token: str, heartbeat_seconds: float):
             try:
                 if not renew(study, token):
                     return  # taken over: the new holder renews it
-            except Exception:  # noqa: BLE001 - a store that hiccups: the next beat tries again
+            except Exception:
                 pass
 
     thread = threading.Thread(target=beat, name="regsweep-claim-heartbeat", daemon=True)
@@ -540,6 +587,9 @@ def release(study: optuna.Study, token: str) -> None:
 def lease_seconds(study: optuna.Study) -> float:
     """The lease of a claim written before claims carried their own (regsweep 0.x renewed only
     between runs): three of the study's longest trials, at least 10 minutes."""
-    durations = [(t.datetime_complete - t.datetime_start).total_seconds() for t in study.get_trials(deepcopy=False)
-                 if t.datetime_complete is not None and t.datetime_start is not None]
+    durations = [
+        (t.datetime_complete - t.datetime_start).total_seconds()
+        for t in study.get_trials(deepcopy=False)
+        if t.datetime_complete is not None and t.datetime_start is not None
+    ]
     return max(600.0, 3 * max(durations, default=0.0))

@@ -61,10 +61,23 @@ def prepare(args: list[str]) -> Sweep:
     if shared:
         listed = "".join(f"\n  {' = '.join(group)}" for group in shared[:10])
         more = f"\n  … and {len(shared) - 10} more" if len(shared) > 10 else ""
-        print(f"regsweep: warning: {len(shared)} image(s) appear in more than one split (same content), so held-out "
-              f"scores are inflated; remove the copies:{listed}{more}", file=sys.stderr, flush=True)
-    return Sweep(settings, searched_space, expressions, base_overrides, base, cfg, splits.test is not None,
-                 data.fingerprint(splits), shared)
+        print(
+            f"regsweep: warning: {len(shared)} image(s) appear in more than one split (same content), so held-out "
+            f"scores are inflated; remove the copies:{listed}{more}",
+            file=sys.stderr,
+            flush=True,
+        )
+    return Sweep(
+        settings,
+        searched_space,
+        expressions,
+        base_overrides,
+        base,
+        cfg,
+        splits.test is not None,
+        data.fingerprint(splits),
+        shared,
+    )
 
 
 def run_study(args: list[str]) -> optuna.Study:
@@ -73,9 +86,15 @@ def run_study(args: list[str]) -> optuna.Study:
     s = sweep.settings
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     strength = sweep.space.get("augment.strength")
-    if sweep.base.cache.enabled and isinstance(strength, optuna.distributions.FloatDistribution) and strength.step is None:
-        print("Note: augment.strength is searched without a step, so each augmented trial computes its own "
-              "cached views; declare one to share them, e.g. 'augment.strength=range(0.0, 1.0, step=0.25)'.")
+    if (
+        sweep.base.cache.enabled
+        and isinstance(strength, optuna.distributions.FloatDistribution)
+        and strength.step is None
+    ):
+        print(
+            "Note: augment.strength is searched without a step, so each augmented trial computes its own "
+            "cached views; declare one to share them, e.g. 'augment.strength=range(0.0, 1.0, step=0.25)'."
+        )
     optuna_study = study.open_study(sweep)
     done = len(optuna_study.get_trials(deepcopy=False, states=study.COUNTED))
     remaining = s.n_trials - done
@@ -91,18 +110,29 @@ def run_study(args: list[str]) -> optuna.Study:
         study.record_budget(optuna_study, s.n_trials, sweep.has_test_split)
         if remaining > 0:
             study.requeue_stopped_baseline(optuna_study, sweep)
-            print(f"Study '{s.study}' ({s.objective}, epsilon {s.epsilon}): {done} of "
-                  f"{s.n_trials} trials done, running {remaining} more. Storage: {redact(str(s.storage))}", flush=True)
+            print(
+                f"Study '{s.study}' ({s.objective}, epsilon {s.epsilon}): {done} of "
+                f"{s.n_trials} trials done, running {remaining} more. Storage: {redact(str(s.storage))}",
+                flush=True,
+            )
             _optimize(optuna_study, sweep, parent_run_id, worker)
         else:
             print(f"Study '{s.study}' already has {done} trials (sweep.n_trials={s.n_trials}); reporting.", flush=True)
         if worker is not None:
             worker.close()
         if s.reevaluate.seeds > 0 and not sweep.has_test_split:
-            print("No test split, so no re-evaluation: give data.test_dir (data=folders) or data.test_fraction "
-                  "(data=split) to measure the recommendation against a baseline on untouched images.")
-        end_study(optuna_study, sweep.cfg, parent_run_id, sweep.base_overrides,
-                  reevaluating=s.reevaluate.seeds > 0 and sweep.has_test_split, finishing=True)
+            print(
+                "No test split, so no re-evaluation: give data.test_dir (data=folders) or data.test_fraction "
+                "(data=split) to measure the recommendation against a baseline on untouched images."
+            )
+        end_study(
+            optuna_study,
+            sweep.cfg,
+            parent_run_id,
+            sweep.base_overrides,
+            reevaluating=s.reevaluate.seeds > 0 and sweep.has_test_split,
+            finishing=True,
+        )
     except BaseException as error:
         if parent_run_id is not None:
             _end_parent(parent_run_id, error, Path(sweep.base.paths.store))
@@ -145,8 +175,10 @@ def _optimize(optuna_study: optuna.Study, sweep: Sweep, parent_run_id: str, work
         raise RegsweepError(store_faults[0])
     if len(failed) >= s.max_failures:
         reasons = "; ".join(f"{count}× {reason}" for reason, count in collections.Counter(failed).most_common(3))
-        raise RegsweepError(f"{len(failed)} trials failed in this run, so the sweep stopped (sweep.max_failures="
-                            f"{s.max_failures}): {reasons}: fix the cause, then re-run the same command to resume")
+        raise RegsweepError(
+            f"{len(failed)} trials failed in this run, so the sweep stopped (sweep.max_failures="
+            f"{s.max_failures}): {reasons}: fix the cause, then re-run the same command to resume"
+        )
 
 
 def _end_parent(parent_run_id: str, error: BaseException, store: Path) -> None:
@@ -156,8 +188,9 @@ def _end_parent(parent_run_id: str, error: BaseException, store: Path) -> None:
     with contextlib.suppress(Exception):
         faults.free_reserve(store, error)
         client = mlflow.MlflowClient()
-        client.set_tag(parent_run_id, tracking.ERROR_TAG,
-                       faults.stop_reason(error) if stopped else tracking.error_summary(error))
+        client.set_tag(
+            parent_run_id, tracking.ERROR_TAG, faults.stop_reason(error) if stopped else tracking.error_summary(error)
+        )
         client.set_terminated(parent_run_id, "KILLED" if stopped else "FAILED")
         if stopped:
             error.add_note("the study's parent run ended KILLED")
@@ -166,8 +199,16 @@ def _end_parent(parent_run_id: str, error: BaseException, store: Path) -> None:
 # --- the end of a study ------------------------------------------------------------------------
 
 
-def end_study(optuna_study: optuna.Study, cfg: DictConfig, parent_run_id: str | None, base_overrides: list[str], *,
-              reevaluating: bool, finishing: bool, open_html: bool = False) -> Path | None:
+def end_study(
+    optuna_study: optuna.Study,
+    cfg: DictConfig,
+    parent_run_id: str | None,
+    base_overrides: list[str],
+    *,
+    reevaluating: bool,
+    finishing: bool,
+    open_html: bool = False,
+) -> Path | None:
     """The one end of a study, for `regsweep sweep` and `regsweep report` alike:
 
     1. wait for the other workers' trials (`finishing`: this command ran trials);
@@ -185,8 +226,11 @@ def end_study(optuna_study: optuna.Study, cfg: DictConfig, parent_run_id: str | 
         study.wait_for_other_workers(optuna_study)
     unfinished = study.in_progress(optuna_study)
     if unfinished:  # `regsweep report` mid-study: an answer to look at, nothing to act on or move
-        print(f"Study '{optuna_study.study_name}' is {unfinished}: the answer below is provisional, and it is "
-              "re-evaluated, registered and logged when the study is complete.", flush=True)
+        print(
+            f"Study '{optuna_study.study_name}' is {unfinished}: the answer below is provisional, and it is "
+            "re-evaluated, registered and logged when the study is complete.",
+            flush=True,
+        )
     reevaluating = reevaluating and parent_run_id is not None and not unfinished
     settings = study.study_settings(optuna_study, cfg, reevaluating=reevaluating)
     if reevaluating and _work_left(optuna_study, cfg, settings, parent_run_id, base_overrides):
@@ -235,16 +279,25 @@ def _leave_to(holder: str) -> None:
     print(f"Another worker ({holder}) is re-evaluating this study; it writes the report when it is done.", flush=True)
 
 
-def _work_left(optuna_study: optuna.Study, cfg: DictConfig, settings: DictConfig, parent_run_id: str,
-               base_overrides: list[str]) -> bool:
+def _work_left(
+    optuna_study: optuna.Study, cfg: DictConfig, settings: DictConfig, parent_run_id: str, base_overrides: list[str]
+) -> bool:
     """Whether any re-evaluation or learning-curve run is still to train: only then is the claim
     worth its few seconds' settling."""
-    return bool(reevaluate.progress_of(optuna_study, cfg, settings, parent_run_id, base_overrides).todo()
-                or reevaluate.missing_curve_runs(optuna_study, cfg, settings, parent_run_id, base_overrides))
+    return bool(
+        reevaluate.progress_of(optuna_study, cfg, settings, parent_run_id, base_overrides).todo()
+        or reevaluate.missing_curve_runs(optuna_study, cfg, settings, parent_run_id, base_overrides)
+    )
 
 
-def gather(optuna_study: optuna.Study, cfg: DictConfig, settings: DictConfig, parent_run_id: str | None,
-           base_overrides: list[str], provisional: str = "") -> report.Facts:
+def gather(
+    optuna_study: optuna.Study,
+    cfg: DictConfig,
+    settings: DictConfig,
+    parent_run_id: str | None,
+    base_overrides: list[str],
+    provisional: str = "",
+) -> report.Facts:
     """Everything the report shows, read once from the study and its runs, and decided.
     The best-settings file is written only for a complete study (`provisional` empty)."""
     searched = space.parse_space(optuna_study.user_attrs.get("search_space", {}))
@@ -254,15 +307,32 @@ def gather(optuna_study: optuna.Study, cfg: DictConfig, settings: DictConfig, pa
     shared = optuna_study.user_attrs.get(study.SHARED_IMAGES_ATTR, [])
     recorded = list(optuna_study.user_attrs.get("base_overrides", []))
     baseline_overrides = space.baseline_overrides(settings.reevaluate.baseline)
-    found = results.answer(rows, progress.rounds, settings.epsilon, curves, len(shared),
-                           test_split=bool(optuna_study.user_attrs.get(study.TEST_SPLIT_ATTR)))
-    facts = report.Facts(optuna_study.study_name, settings, searched, rows, found, results.recommend(rows, settings.epsilon),
-                         [s for s in progress.summaries if s.runs], curves, shared, baseline_overrides,
-                         importance=importances(optuna_study),
-                         counts={state: sum(r.state == state for r in rows) for state in ("COMPLETE", "PRUNED", "FAIL", "RUNNING")})
+    found = results.answer(
+        rows,
+        progress.rounds,
+        settings.epsilon,
+        curves,
+        len(shared),
+        test_split=bool(optuna_study.user_attrs.get(study.TEST_SPLIT_ATTR)),
+    )
+    facts = report.Facts(
+        optuna_study.study_name,
+        settings,
+        searched,
+        rows,
+        found,
+        results.recommend(rows, settings.epsilon),
+        [s for s in progress.summaries if s.runs],
+        curves,
+        shared,
+        baseline_overrides,
+        importance=importances(optuna_study),
+        counts={state: sum(r.state == state for r in rows) for state in ("COMPLETE", "PRUNED", "FAIL", "RUNNING")},
+    )
     facts.in_progress = provisional
     facts.reevaluate_command = f"regsweep report {optuna_study.study_name} --reevaluate" + "".join(
-        f" {shlex.quote(o)}" for o in _where(cfg))
+        f" {shlex.quote(o)}" for o in _where(cfg)
+    )
     if found is None:
         return facts
     if found.keep_baseline and (found.row is None or found.verdict is not None):
@@ -279,8 +349,12 @@ def gather(optuna_study: optuna.Study, cfg: DictConfig, settings: DictConfig, pa
         facts.experiment = f"regsweep train {config_flag}+experiment={optuna_study.study_name}_best"
     edged = found.row if found.verdict is None or found.verdict.adopt else _row_of(rows, found.chosen)
     if edged is not None and (found.verdict is None or found.verdict.case != results.TRADE_OFF):
-        facts.edges = space.edges(edged.params, searched, compose(reevaluate.merge(recorded, _where(cfg))),
-                                  _wider_command(optuna_study.study_name, recorded, cfg))
+        facts.edges = space.edges(
+            edged.params,
+            searched,
+            compose(reevaluate.merge(recorded, _where(cfg))),
+            _wider_command(optuna_study.study_name, recorded, cfg),
+        )
     return facts
 
 
@@ -296,10 +370,15 @@ def _where(cfg: DictConfig) -> list[str]:
 def _wider_command(name: str, recorded: list[str], cfg: DictConfig) -> str:
     """`regsweep sweep <the study's own overrides> {widened} sweep.study=<name>-wider`: a new study
     (a study's search space is fixed when it starts)."""
-    own = reevaluate.merge([o for o in recorded if o not in space.as_overrides(dict(cfg.sweep.fixed or {}))],
-                           _where(cfg))
-    return "regsweep sweep " + "".join(f"{shlex.quote(o)} " for o in own) + "{widened} " + \
-        shlex.quote(f"sweep.study={name}-wider")
+    own = reevaluate.merge(
+        [o for o in recorded if o not in space.as_overrides(dict(cfg.sweep.fixed or {}))], _where(cfg)
+    )
+    return (
+        "regsweep sweep "
+        + "".join(f"{shlex.quote(o)} " for o in own)
+        + "{widened} "
+        + shlex.quote(f"sweep.study={name}-wider")
+    )
 
 
 def importances(optuna_study: optuna.Study) -> dict[str, dict[str, float]]:
@@ -357,8 +436,9 @@ def _log_report(parent_run_id: str, out_dir: Path, found: results.Answer | None)
     client.set_tag(parent_run_id, tracking.RECOMMENDED_TRIAL_TAG, found.label.lstrip("#"))
 
 
-def report_study(study_name: str | None, overrides: list[str], reevaluate_first: bool = False,
-                 open_html: bool = False) -> Path | None:
+def report_study(
+    study_name: str | None, overrides: list[str], reevaluate_first: bool = False, open_html: bool = False
+) -> Path | None:
     """`regsweep report [study] [--reevaluate] [--open] [overrides]`: the end of a stored study
     again, from its Optuna storage and MLflow runs.
 
@@ -376,7 +456,10 @@ def report_study(study_name: str | None, overrides: list[str], reevaluate_first:
     # The recorded overrides mask passwords: the ones given here (tracking.uri=...) win.
     start_from = reevaluate.merge(stored.user_attrs.get("base_overrides", []), training_overrides(overrides))
     if reevaluate_first and parent is not None and not reevaluate.has_test_split(compose(start_from)):
-        raise RegsweepError("--reevaluate needs a test split: give data.test_dir (data=folders) "
-                            "or data.test_fraction (data=split) with the study's other data settings")
-    return end_study(stored, cfg, parent, start_from, reevaluating=reevaluate_first, finishing=False,
-                     open_html=open_html)
+        raise RegsweepError(
+            "--reevaluate needs a test split: give data.test_dir (data=folders) "
+            "or data.test_fraction (data=split) with the study's other data settings"
+        )
+    return end_study(
+        stored, cfg, parent, start_from, reevaluating=reevaluate_first, finishing=False, open_html=open_html
+    )

@@ -22,14 +22,14 @@ from pathlib import Path
 import matplotlib
 
 matplotlib.use("Agg")  # no display on servers; plots go to files
-import matplotlib.pyplot as plt  # noqa: E402
-import mlflow  # noqa: E402
-import numpy as np  # noqa: E402
-from omegaconf import DictConfig, OmegaConf  # noqa: E402
+import matplotlib.pyplot as plt
+import mlflow
+import numpy as np
+from omegaconf import DictConfig, OmegaConf
 
-from regsweep import faults  # noqa: E402
-from regsweep.config import RegsweepError, flatten, redact  # noqa: E402
-from regsweep.files import file_lock  # noqa: E402
+from regsweep import faults
+from regsweep.config import RegsweepError, flatten, redact
+from regsweep.files import file_lock
 
 # The tags that tie MLflow runs to their study, defined once: sweeps write them, reports and the
 # MLflow UI's search box read them (e.g. tags.`regsweep.role` = 'reeval').
@@ -118,16 +118,25 @@ def _check_server(uri: str, timeout: float) -> None:
     try:
         requests.get(f"{uri.rstrip('/')}/health", timeout=timeout)
     except requests.RequestException as error:
-        why = (f"no answer within {timeout:g} s" if isinstance(error, requests.Timeout)
-               else "the connection was refused or the host is unknown")
+        why = (
+            f"no answer within {timeout:g} s"
+            if isinstance(error, requests.Timeout)
+            else "the connection was refused or the host is unknown"
+        )
         raise RegsweepError(
             f"tracking.uri={redact(uri)} cannot be reached ({why}): start the server or fix the URL, "
-            "or raise tracking.connect_timeout for a slow network") from None
+            "or raise tracking.connect_timeout for a slow network"
+        ) from None
 
 
 # The pip package of each database driver SQLAlchemy may import, where it is not the module's name.
-DRIVER_PACKAGES = {"MySQLdb": "mysqlclient", "pymysql": "PyMySQL", "psycopg": "'psycopg[binary]'",
-                   "psycopg2": "psycopg2-binary", "mysql": "mysql-connector-python"}
+DRIVER_PACKAGES = {
+    "MySQLdb": "mysqlclient",
+    "pymysql": "PyMySQL",
+    "psycopg": "'psycopg[binary]'",
+    "psycopg2": "psycopg2-binary",
+    "mysql": "mysql-connector-python",
+}
 
 
 def check_database_reachable(url: str, timeout: float, setting: str) -> None:
@@ -139,15 +148,16 @@ def check_database_reachable(url: str, timeout: float, setting: str) -> None:
 
     def connect() -> None:
         try:
-            engine = sqlalchemy.create_engine(url, connect_args=connect_args(url, timeout),
-                                              poolclass=sqlalchemy.pool.NullPool)
+            engine = sqlalchemy.create_engine(
+                url, connect_args=connect_args(url, timeout), poolclass=sqlalchemy.pool.NullPool
+            )
             try:
                 with engine.connect():
                     pass
             finally:
                 engine.dispose()
             outcome.append(None)
-        except Exception as error:  # noqa: BLE001 - each driver raises its own types; all are reported
+        except Exception as error:
             outcome.append(error)
 
     attempt = threading.Thread(target=connect, name="regsweep-connect", daemon=True)
@@ -162,7 +172,8 @@ def check_database_reachable(url: str, timeout: float, setting: str) -> None:
         raise RegsweepError(
             f"{setting}={redact(url)} needs the database driver {module}, which is not installed: "
             f"pip install {DRIVER_PACKAGES.get(module, module)}, or name an installed one in the URL "
-            f"({_backend(url)}+<driver>://...)") from None
+            f"({_backend(url)}+<driver>://...)"
+        ) from None
     if error is None:
         why = f"no answer within {timeout:g} s"
     else:
@@ -171,12 +182,18 @@ def check_database_reachable(url: str, timeout: float, setting: str) -> None:
         why = redact(lines[0] if lines else type(reason).__name__)[:200]
     raise RegsweepError(
         f"{setting}={redact(url)} cannot be reached ({why}): start the database server or fix the URL "
-        "(host, port, user, password, database), or raise tracking.connect_timeout for a slow network") from None
+        "(host, port, user, password, database), or raise tracking.connect_timeout for a slow network"
+    ) from None
 
 
 # Each driver's own connect timeout, by SQLAlchemy's driver name; whole seconds, at least 2 (libpq's rule).
-TIMEOUT_ARGUMENTS = {"psycopg": "connect_timeout", "psycopg2": "connect_timeout", "mysqldb": "connect_timeout",
-                     "pymysql": "connect_timeout", "pyodbc": "timeout"}
+TIMEOUT_ARGUMENTS = {
+    "psycopg": "connect_timeout",
+    "psycopg2": "connect_timeout",
+    "mysqldb": "connect_timeout",
+    "pymysql": "connect_timeout",
+    "pyodbc": "timeout",
+}
 
 
 def connect_args(url: str, timeout: float) -> dict[str, int]:
@@ -198,10 +215,7 @@ def _use_store(tracking: DictConfig, uri: str) -> str:
     else:
         os.environ["MLFLOW_TRACKING_URI"] = user_uri
     experiment = mlflow.get_experiment_by_name(tracking.experiment)
-    if experiment is not None:
-        experiment_id = experiment.experiment_id
-    else:
-        experiment_id = _create_experiment(tracking)
+    experiment_id = experiment.experiment_id if experiment is not None else _create_experiment(tracking)
     mlflow.set_experiment(experiment_id=experiment_id)
     return experiment_id
 
@@ -227,8 +241,14 @@ def _create_experiment(tracking: DictConfig) -> str:
 
 
 @contextmanager
-def training_run(cfg: DictConfig, name: str, class_names, fingerprints: dict[str, str],
-                 parent_run_id: str | None = None, tags: dict[str, str] | None = None):
+def training_run(
+    cfg: DictConfig,
+    name: str,
+    class_names,
+    fingerprints: dict[str, str],
+    parent_run_id: str | None = None,
+    tags: dict[str, str] | None = None,
+):
     """An MLflow run holding the config, dataset identity and versions.
 
     It ends FINISHED, FAILED (with the reason in the tag `regsweep.error`) or, on Ctrl-C,
@@ -237,9 +257,7 @@ def training_run(cfg: DictConfig, name: str, class_names, fingerprints: dict[str
     use_store(cfg.tracking)
     run = mlflow.start_run(run_name=name, parent_run_id=parent_run_id, tags=tags)
     try:
-        mlflow.log_params(
-            {**flatten(cfg), "data.class_names": ",".join(class_names), **fingerprints}
-        )
+        mlflow.log_params({**flatten(cfg), "data.class_names": ",".join(class_names), **fingerprints})
         mlflow.log_text(redact(OmegaConf.to_yaml(cfg, resolve=True)), "config.yaml")
         mlflow.log_dict({"class_names": list(class_names)}, "class_names.json")
         mlflow.set_tags({f"version.{lib}": _version(lib) for lib in LIBRARIES})
@@ -299,8 +317,10 @@ PER_IMAGE_ARTIFACT = "per_image_correct.json"
 
 def log_per_image_correct(correct: dict[str, np.ndarray]) -> None:
     """Per split, one character per image in file order: "1" where the prediction was right."""
-    mlflow.log_dict({split: "".join("1" if right else "0" for right in values) for split, values in correct.items()},
-                    PER_IMAGE_ARTIFACT)
+    mlflow.log_dict(
+        {split: "".join("1" if right else "0" for right in values) for split, values in correct.items()},
+        PER_IMAGE_ARTIFACT,
+    )
 
 
 _PER_IMAGE: dict[str, dict[str, str]] = {}  # artifact URI → its results, read once per process
@@ -315,13 +335,19 @@ def load_per_image_correct(artifact_uri: str) -> dict[str, str]:
     if artifact_uri not in _PER_IMAGE:
         try:
             _PER_IMAGE[artifact_uri] = mlflow.artifacts.load_dict(f"{artifact_uri}/{PER_IMAGE_ARTIFACT}")
-        except Exception:  # noqa: BLE001 - MLflow raises several types for a missing artifact
+        except Exception:
             _PER_IMAGE[artifact_uri] = {}
     return _PER_IMAGE[artifact_uri]
 
 
-def log_results(metrics: dict[str, float], history: dict[str, list[float]], phase2_start: int | None,
-                confusion: np.ndarray, class_names, plots: bool) -> None:
+def log_results(
+    metrics: dict[str, float],
+    history: dict[str, list[float]],
+    phase2_start: int | None,
+    confusion: np.ndarray,
+    class_names,
+    plots: bool,
+) -> None:
     """Final metrics and the confusion matrix (as numbers); with `plots`, the learning curve
     and the confusion matrix as pictures.
 
@@ -329,8 +355,9 @@ def log_results(metrics: dict[str, float], history: dict[str, list[float]], phas
     the trials that can be recommended (tracking.artifacts=best).
     """
     mlflow.log_metrics(metrics)
-    mlflow.log_dict({"class_names": list(class_names), "rows_true_columns_predicted": confusion.tolist()},
-                    "confusion_matrix.json")
+    mlflow.log_dict(
+        {"class_names": list(class_names), "rows_true_columns_predicted": confusion.tolist()}, "confusion_matrix.json"
+    )
     if not plots:
         return
     mlflow.log_figure(learning_curve_figure(history, phase2_start), "plots/learning_curve.png")
@@ -359,15 +386,19 @@ def load_trained(run_id: str) -> tuple[dict, dict[str, np.ndarray]]:
     try:
         run = client.get_run(run_id)
     except mlflow.exceptions.MlflowException:
-        raise RegsweepError(f"no MLflow run {run_id} in {redact(mlflow.get_tracking_uri())}: "
-                            "copy the run id from the MLflow UI, or point tracking.uri at the store that holds it") from None
+        raise RegsweepError(
+            f"no MLflow run {run_id} in {redact(mlflow.get_tracking_uri())}: "
+            "copy the run id from the MLflow UI, or point tracking.uri at the store that holds it"
+        ) from None
     with tempfile.TemporaryDirectory() as folder:
         try:
             recipe = mlflow.artifacts.load_dict(f"{run.info.artifact_uri}/{REBUILD_RECIPE}")
             weights = mlflow.artifacts.download_artifacts(f"{run.info.artifact_uri}/{TRAINED_WEIGHTS}", dst_path=folder)
-        except Exception:  # noqa: BLE001 - MLflow raises several types for a missing artifact
-            raise RegsweepError(f"MLflow run {run_id} has no {TRAINED_WEIGHTS} (it was logged by an older regsweep, "
-                                "or it failed before training ended): export a finished run") from None
+        except Exception:
+            raise RegsweepError(
+                f"MLflow run {run_id} has no {TRAINED_WEIGHTS} (it was logged by an older regsweep, "
+                "or it failed before training ended): export a finished run"
+            ) from None
         with np.load(weights) as loaded:
             return recipe, {name: loaded[name] for name in loaded.files}
 
@@ -398,8 +429,11 @@ def register(name: str, run_id: str) -> str:
     """A new version of registered model `name` from the MLflow Model under the run's artifacts."""
     client = mlflow.MlflowClient()
     try:
-        client.create_registered_model(name, description="regsweep study: the recommended and the baseline setting's "
-                                       "model, by alias (@recommended, @baseline)")
+        client.create_registered_model(
+            name,
+            description="regsweep study: the recommended and the baseline setting's "
+            "model, by alias (@recommended, @baseline)",
+        )
     except mlflow.exceptions.MlflowException:
         pass  # it exists: another report registered it first
     return client.create_model_version(name, source=f"runs:/{run_id}/{MODEL_PATH}", run_id=run_id).version
@@ -447,16 +481,21 @@ def _class_labels(class_names, width_inches: float) -> tuple[list[str], dict, st
     drawn = characters(str(font_manager.findfont(font_manager.FontProperties())))
     if needed <= drawn:
         return list(class_names), plain, "predicted"
-    regular_first = sorted(font_manager.fontManager.ttflist,
-                           key=lambda entry: (entry.style != "normal", str(entry.weight) not in ("400", "normal")))
+    regular_first = sorted(
+        font_manager.fontManager.ttflist,
+        key=lambda entry: (entry.style != "normal", str(entry.weight) not in ("400", "normal")),
+    )
     for entry in regular_first:
         if not entry.name.startswith("Last Resort") and needed <= characters(entry.fname):  # Last Resort: boxes
             font = font_manager.FontProperties(fname=entry.fname)
             return list(class_names), {**plain, "fontproperties": font}, "predicted"
-    mapping = ", ".join(f"{index} = " + "".join(c if ord(c) in drawn or c.isspace() else f"\\u{ord(c):04x}" for c in name)
-                        for index, name in enumerate(class_names))
-    caption = textwrap.fill(f"classes by index (no installed font draws their names): {mapping}",
-                            int(10 * width_inches))  # about 10 characters an inch fit
+    mapping = ", ".join(
+        f"{index} = " + "".join(c if ord(c) in drawn or c.isspace() else f"\\u{ord(c):04x}" for c in name)
+        for index, name in enumerate(class_names)
+    )
+    caption = textwrap.fill(
+        f"classes by index (no installed font draws their names): {mapping}", int(10 * width_inches)
+    )  # about 10 characters an inch fit
     return [str(index) for index in range(len(class_names))], plain, f"predicted\n{caption}"
 
 
@@ -469,8 +508,9 @@ def confusion_figure(confusion: np.ndarray, class_names):
     axis.set_xticks(ticks, labels, rotation=45, ha="right", **label_font)
     axis.set_yticks(ticks, labels, **label_font)
     for (row, col), count in np.ndenumerate(confusion):
-        axis.text(col, row, int(count), ha="center", va="center",
-                  color="white" if count > confusion.max() / 2 else "black")
+        axis.text(
+            col, row, int(count), ha="center", va="center", color="white" if count > confusion.max() / 2 else "black"
+        )
     axis.set_xlabel(xlabel, parse_math=False)
     axis.set_ylabel("true")
     axis.set_title("validation confusion matrix")

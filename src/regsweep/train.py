@@ -29,9 +29,17 @@ class RunResult:
     classifier: keras.Model
 
 
-def train_and_log(cfg: DictConfig, parent_run_id: str | None = None, tags: dict[str, str] | None = None,
-        callbacks: tuple = (), on_run_started=None, leads=None, evaluate_test: bool = False,
-        with_test: bool = True, label: str = "") -> RunResult:
+def train_and_log(
+    cfg: DictConfig,
+    parent_run_id: str | None = None,
+    tags: dict[str, str] | None = None,
+    callbacks: tuple = (),
+    on_run_started=None,
+    leads=None,
+    evaluate_test: bool = False,
+    with_test: bool = True,
+    label: str = "",
+) -> RunResult:
     """Trains and logs one run to MLflow.
 
     A sweep passes its parent run, the trial's tags, Keras callbacks (pruning, progress),
@@ -62,23 +70,31 @@ def train_and_log(cfg: DictConfig, parent_run_id: str | None = None, tags: dict[
         base = models.reusable_backbone(cfg.model.backbone, cfg.model.image_size, weights, seed)
         keras.utils.set_random_seed(seed)  # the head's init: the same whether base was built or reused
         classifier = models.build_classifier(
-            cfg.model.backbone, base, len(splits.class_names),
-            cfg.model.pooling, cfg.model.head_units, cfg.model.dropout, seed,
+            cfg.model.backbone,
+            base,
+            len(splits.class_names),
+            cfg.model.pooling,
+            cfg.model.head_units,
+            cfg.model.dropout,
+            seed,
         )
         # Each cut's frozen-weight digest, in one pass: the feature cache's key, and (for the run's
         # own cut) what `regsweep export` checks before putting the trained layers back.
         digests = cache.prefix_digests(base, cfg.model.backbone, list(range(cfg.model.unfrozen_blocks + 1)))
     # The test split's fingerprint is recorded by every run, though only re-evaluation scores it.
     fingerprints = {"data.fingerprint": dataset_fingerprint, "data.test_fingerprint": by_split.get("test", "none")}
-    with tracking.training_run(cfg, run_name(cfg, label), splits.class_names, fingerprints,
-                               parent_run_id, tags) as mlflow_run:
+    with tracking.training_run(
+        cfg, run_name(cfg, label), splits.class_names, fingerprints, parent_run_id, tags
+    ) as mlflow_run:
         if on_run_started is not None:
             on_run_started(mlflow_run.info.run_id)
         tracking.log_datasets(splits.folders, by_split)
         if splits.skipped:  # data.on_bad_image=skip: say which files the run did not see
             tracking.log_skipped_files(splits.skipped)
         if evaluate_test and splits.test is None:
-            raise RegsweepError("re-evaluation needs a test split: give data.test_dir, or data.test_fraction > 0 with data=split")
+            raise RegsweepError(
+                "re-evaluation needs a test split: give data.test_dir, or data.test_fraction > 0 with data=split"
+            )
         with timer("features"):
             if cfg.cache.enabled:  # the head, then suffix + head, on cached prefix outputs
                 cached = cache.prepare(cfg, splits, base, classifier, by_split, digests)
@@ -103,15 +119,23 @@ def train_and_log(cfg: DictConfig, parent_run_id: str | None = None, tags: dict[
             if evaluate_test:  # the whole classifier (it shares the trained layers) on the images
                 test_images = data.load_folder(splits.test, splits.class_names, cfg.model.image_size)
                 test_accuracy, test_confusion, test_correct = score(
-                    classifier, test_images.batch(cfg.data.batch_size), num_classes)
-                test_metrics = {"test_accuracy": test_accuracy, "test_gap": train_accuracy - test_accuracy,
-                                "test_images": int(test_confusion.sum())}
+                    classifier, test_images.batch(cfg.data.batch_size), num_classes
+                )
+                test_metrics = {
+                    "test_accuracy": test_accuracy,
+                    "test_gap": train_accuracy - test_accuracy,
+                    "test_images": int(test_confusion.sum()),
+                }
                 # Per image, so the noise of a difference between settings can be measured (regsweep.results).
-                tracking.log_per_image_correct({"train": train_correct, "validation": val_correct, "test": test_correct})
+                tracking.log_per_image_correct(
+                    {"train": train_correct, "validation": val_correct, "test": test_correct}
+                )
         with timer("save"):  # every run: any of them can be exported or registered later
             backbone, unfrozen = cfg.model.backbone, cfg.model.unfrozen_blocks
-            tracking.log_trained(models.trained_weights(classifier, base, backbone, unfrozen),
-                                 rebuild_recipe(cfg, splits.class_names, weights, digests[unfrozen]))
+            tracking.log_trained(
+                models.trained_weights(classifier, base, backbone, unfrozen),
+                rebuild_recipe(cfg, splits.class_names, weights, digests[unfrozen]),
+            )
         metrics = {
             "train_accuracy": train_accuracy,
             "val_accuracy": val_accuracy,
@@ -172,10 +196,18 @@ def rebuild_recipe(cfg: DictConfig, class_names, weights: str | None, frozen_sha
     model = cfg.model
     if weights not in (None, "imagenet"):
         weights = str(Path(weights).resolve())  # export may run from another folder
-    return {"backbone": model.backbone, "backbone_weights": weights, "frozen_sha256": frozen_sha256,
-            "image_size": model.image_size, "pooling": model.pooling, "head_units": model.head_units,
-            "dropout": model.dropout, "unfrozen_blocks": model.unfrozen_blocks, "seed": cfg.train.seed,
-            "class_names": list(class_names)}
+    return {
+        "backbone": model.backbone,
+        "backbone_weights": weights,
+        "frozen_sha256": frozen_sha256,
+        "image_size": model.image_size,
+        "pooling": model.pooling,
+        "head_units": model.head_units,
+        "dropout": model.dropout,
+        "unfrozen_blocks": model.unfrozen_blocks,
+        "seed": cfg.train.seed,
+        "class_names": list(class_names),
+    }
 
 
 def resolve_weights(cfg: DictConfig, store: Path) -> str | None:
@@ -188,8 +220,9 @@ def resolve_weights(cfg: DictConfig, store: Path) -> str | None:
     return str(Path(weights).expanduser())
 
 
-def fit_two_phases(head: cache.Phase, tune: cache.Phase | None, base, cfg: DictConfig,
-                   callbacks: tuple = ()) -> tuple[dict[str, list[float]], int | None, cache.Phase]:
+def fit_two_phases(
+    head: cache.Phase, tune: cache.Phase | None, base, cfg: DictConfig, callbacks: tuple = ()
+) -> tuple[dict[str, list[float]], int | None, cache.Phase]:
     """Phase 1 trains the head on the frozen backbone; phase 2 fine-tunes the top blocks.
 
     Phase 2 starts from the trained head (never a random one) at optim.lr × fine_tune_factor.
@@ -217,8 +250,9 @@ def fit_two_phases(head: cache.Phase, tune: cache.Phase | None, base, cfg: DictC
     return history, start, tune
 
 
-def _fit(classifier, datasets, lr: float, initial_epoch: int, epochs: int, train_cfg,
-         callbacks: tuple) -> dict[str, list[float]]:
+def _fit(
+    classifier, datasets, lr: float, initial_epoch: int, epochs: int, train_cfg, callbacks: tuple
+) -> dict[str, list[float]]:
     classifier.compile(
         optimizer=keras.optimizers.Adam(lr),
         loss="sparse_categorical_crossentropy",
@@ -239,21 +273,21 @@ def _fit(classifier, datasets, lr: float, initial_epoch: int, epochs: int, train
     )
     history = {k: [float(v) for v in values] for k, values in fitted.history.items()}
     if any(math.isnan(v) for v in history["loss"]):
-        raise FloatingPointError(
-            f"training diverged (loss became NaN) at learning rate {lr:g}: lower optim.lr"
-        )
+        raise FloatingPointError(f"training diverged (loss became NaN) at learning rate {lr:g}: lower optim.lr")
     return history
 
 
 def summary(result: RunResult, cfg: DictConfig) -> str:
     """What `regsweep train` prints: the honest gap, and where the run is logged."""
     metrics = result.metrics
-    return "\n".join([
-        f"train_accuracy {metrics['train_accuracy']:.4f}  (inference mode, un-augmented training images)",
-        f"val_accuracy   {metrics['val_accuracy']:.4f}",
-        f"gap            {metrics['gap']:.4f}  (running train accuracy {metrics['running_train_accuracy']:.4f})",
-        f"MLflow run {result.run_id} ({run_name(cfg)}) in {redact(cfg.tracking.uri)}",
-    ])
+    return "\n".join(
+        [
+            f"train_accuracy {metrics['train_accuracy']:.4f}  (inference mode, un-augmented training images)",
+            f"val_accuracy   {metrics['val_accuracy']:.4f}",
+            f"gap            {metrics['gap']:.4f}  (running train accuracy {metrics['running_train_accuracy']:.4f})",
+            f"MLflow run {result.run_id} ({run_name(cfg)}) in {redact(cfg.tracking.uri)}",
+        ]
+    )
 
 
 def score(classifier, dataset, num_classes: int) -> tuple[float, np.ndarray, np.ndarray]:

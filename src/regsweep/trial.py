@@ -38,7 +38,7 @@ class TrialMonitor:
     """Per epoch (as a Keras callback's on_epoch_end): reports val_accuracy to the pruner and
     refreshes the progress line."""
 
-    def __init__(self, trial: optuna.Trial, prune: bool, progress: "Progress"):
+    def __init__(self, trial: optuna.Trial, prune: bool, progress: Progress):
         self.trial, self.prune, self.progress = trial, prune, progress
 
     def on_epoch_end(self, epoch, logs=None):
@@ -69,8 +69,9 @@ class Progress:
         chosen = results.recommend(rows, self.settings.epsilon)
         if chosen is None:
             return "best: none yet"
-        return (f"best #{chosen.number}: val {chosen.val_accuracy:.3f} gap {chosen.gap:.3f}"
-                + ("" if chosen.gap <= self.settings.epsilon else " (gap > ε)"))
+        return f"best #{chosen.number}: val {chosen.val_accuracy:.3f} gap {chosen.gap:.3f}" + (
+            "" if chosen.gap <= self.settings.epsilon else " (gap > ε)"
+        )
 
     def start(self, trial: optuna.Trial, label: str) -> None:
         done = len(self.study.get_trials(deepcopy=False, states=study.COUNTED))
@@ -88,9 +89,15 @@ class Progress:
 
 
 def finished_row(trial: optuna.Trial, metrics: dict) -> results.TrialRow:
-    return results.TrialRow(trial.number, "COMPLETE", {}, val_accuracy=metrics["val_accuracy"], gap=metrics["gap"],
-                            val_images=int(metrics["val_images"]),
-                            baseline=bool(trial.user_attrs.get(study.BASELINE_ATTR, False)))
+    return results.TrialRow(
+        trial.number,
+        "COMPLETE",
+        {},
+        val_accuracy=metrics["val_accuracy"],
+        gap=metrics["gap"],
+        val_images=int(metrics["val_images"]),
+        baseline=bool(trial.user_attrs.get(study.BASELINE_ATTR, False)),
+    )
 
 
 def leads(trial: optuna.Trial, metrics: dict) -> bool:
@@ -119,8 +126,11 @@ def run_trial(sweep: Sweep, trial: optuna.Trial, values: dict, parent_run_id: st
             client.set_tag(run_ids[0], tracking.TRIAL_STATE_TAG, state)
 
     progress.start(trial, space.knob_label(values))
-    tags = {tracking.STUDY_TAG: s.study, tracking.TRIAL_NUMBER_TAG: str(trial.number),
-            tracking.TRIAL_STATE_TAG: "RUNNING"}
+    tags = {
+        tracking.STUDY_TAG: s.study,
+        tracking.TRIAL_NUMBER_TAG: str(trial.number),
+        tracking.TRIAL_STATE_TAG: "RUNNING",
+    }
     try:
         import keras  # lazy: the sweep's own process never needs TensorFlow
 
@@ -129,9 +139,15 @@ def run_trial(sweep: Sweep, trial: optuna.Trial, values: dict, parent_run_id: st
         cfg = compose(overrides)
         monitor = TrialMonitor(trial, single and s.pruner.name != "none", progress)
         callback = keras.callbacks.LambdaCallback(on_epoch_end=monitor.on_epoch_end)
-        result = train.train_and_log(cfg, parent_run_id=parent_run_id, tags=tags, callbacks=(callback,),
-                                     on_run_started=started, leads=lambda metrics: leads(trial, metrics),
-                                     label=f"#{trial.number}")
+        result = train.train_and_log(
+            cfg,
+            parent_run_id=parent_run_id,
+            tags=tags,
+            callbacks=(callback,),
+            on_run_started=started,
+            leads=lambda metrics: leads(trial, metrics),
+            label=f"#{trial.number}",
+        )
     except optuna.TrialPruned as pruned:
         trial.set_user_attr(FAIL_REASON_ATTR, "")
         set_state("PRUNED")
@@ -152,8 +168,11 @@ def run_trial(sweep: Sweep, trial: optuna.Trial, values: dict, parent_run_id: st
         trial.set_user_attr(FAIL_REASON_ATTR, reason)
         if not run_ids:  # failed before training started (bad value, bad data): record it anyway
             experiment_id = client.get_run(parent_run_id).info.experiment_id
-            failed = client.create_run(experiment_id, run_name=f"#{trial.number} {space.knob_label(values)}",
-                                       tags={**tags, tracking.PARENT_TAG: parent_run_id})
+            failed = client.create_run(
+                experiment_id,
+                run_name=f"#{trial.number} {space.knob_label(values)}",
+                tags={**tags, tracking.PARENT_TAG: parent_run_id},
+            )
             started(failed.info.run_id)
             tracking.fail_run(failed.info.run_id, reason)
         set_state("FAIL")
@@ -169,8 +188,11 @@ def run_trial(sweep: Sweep, trial: optuna.Trial, values: dict, parent_run_id: st
     if s.objective == "constrained":
         trial.set_constraint("gap", float(metrics["gap"]) - float(s.epsilon))  # feasible when <= 0
     set_state("COMPLETE")
-    progress.finish("COMPLETE", f"val {metrics['val_accuracy']:.3f} gap {metrics['gap']:.3f}",
-                    just_completed=finished_row(trial, metrics))
+    progress.finish(
+        "COMPLETE",
+        f"val {metrics['val_accuracy']:.3f} gap {metrics['gap']:.3f}",
+        just_completed=finished_row(trial, metrics),
+    )
     if single:
         return metrics["val_accuracy"]
     return metrics["val_accuracy"], metrics["gap"]
@@ -196,8 +218,9 @@ def run_trial_in_child(sweep: Sweep, trial_id: int, values: dict, parent_run_id:
     """`run_trial` in the worker child, on the same study storage as the sweep."""
     s = sweep.settings
     storage = study.open_storage(str(s.storage), connect_timeout=sweep.cfg.tracking.connect_timeout)
-    loaded = optuna.load_study(study_name=s.study, storage=storage,
-                               sampler=optuna.samplers.RandomSampler(), pruner=space.make_pruner(s))
+    loaded = optuna.load_study(
+        study_name=s.study, storage=storage, sampler=optuna.samplers.RandomSampler(), pruner=space.make_pruner(s)
+    )
     try:
         return run_trial(sweep, optuna.Trial(loaded, trial_id), values, parent_run_id)
     except (optuna.TrialPruned, KeyboardInterrupt):
@@ -236,7 +259,11 @@ def make_objective(sweep: Sweep, parent_run_id: str, worker: TrialWorker | None,
             stop.add_note(f"trial #{trial.number} ended FAIL")  # here or in the worker: Optuna records it FAIL
             raise
         except Exception as error:
-            found = error.store_fault if isinstance(error, TrialFailed) else faults.sentence(error, str(sweep.base.paths.store))
+            found = (
+                error.store_fault
+                if isinstance(error, TrialFailed)
+                else faults.sentence(error, str(sweep.base.paths.store))
+            )
             if found is not None:
                 store_faults.append(found)
                 trial.study.stop()

@@ -51,9 +51,11 @@ def serve(options: Options) -> None:
     tracking_uri = str(cfg.tracking.uri)
     local = not tracking_uri.startswith(("http://", "https://"))
     if options.auth and not local:
-        raise RegsweepError(f"--auth protects the MLflow UI that regsweep ui starts on a local store, but tracking.uri="
-                            f"{redact(tracking_uri)} is a tracking server, whose logins are its own: drop --auth, or "
-                            "start that server with mlflow server --app-name basic-auth")
+        raise RegsweepError(
+            f"--auth protects the MLflow UI that regsweep ui starts on a local store, but tracking.uri="
+            f"{redact(tracking_uri)} is a tracking server, whose logins are its own: drop --auth, or "
+            "start that server with mlflow server --app-name basic-auth"
+        )
     auth = auth_settings(Path(cfg.paths.store) / "ui") if options.auth else None
     if local:
         _check_free(options.host, options.port, "--port")
@@ -73,16 +75,22 @@ def serve(options: Options) -> None:
         if auth:
             print(f"Log in as {ADMIN} with the password in {PASSWORD_VARIABLE}; the users are kept in {auth.database}.")
         if parent is None:
-            print(f"No study '{cfg.sweep.study}' in {redact(str(cfg.sweep.storage))} yet: "
-                  "the runs table shows `regsweep train` runs; a sweep adds its study's parent run.")
+            print(
+                f"No study '{cfg.sweep.study}' in {redact(str(cfg.sweep.storage))} yet: "
+                "the runs table shows `regsweep train` runs; a sweep adds its study's parent run."
+            )
         else:
-            print(f"Study '{cfg.sweep.study}': {base_url}/#/experiments/{experiment_id}/runs/{parent}?{MODEL_TRAINING} "
-                  "(its child runs are the trials and re-evaluations; select two or more and Compare)")
+            print(
+                f"Study '{cfg.sweep.study}': {base_url}/#/experiments/{experiment_id}/runs/{parent}?{MODEL_TRAINING} "
+                "(its child runs are the trials and re-evaluations; select two or more and Compare)"
+            )
         if options.optuna:
             servers.append(start_optuna_dashboard(cfg, options))
             page = "" if study_id is None else f"/{study_id}"
-            print(f"optuna-dashboard: http://{_display_host(options.host)}:{options.optuna_port}"
-                  f"/dashboard/studies{page} (study '{cfg.sweep.study}')")
+            print(
+                f"optuna-dashboard: http://{_display_host(options.host)}:{options.optuna_port}"
+                f"/dashboard/studies{page} (study '{cfg.sweep.study}')"
+            )
         if not servers:
             return
         print("Press Ctrl-C to stop.", flush=True)
@@ -111,10 +119,28 @@ def start_mlflow_ui(cfg: DictConfig, options: Options, auth: Auth | None = None)
     experiment's artifact location under mlruns/), read by this server from disk."""
     artifacts = Path(cfg.tracking.artifact_root).resolve()
     app = ["--app-name", "basic-auth"] if auth else []
-    return _launch(cfg, "mlflow", ["server", "--backend-store-uri", _absolute_sqlite(str(cfg.tracking.uri)),
-                                   "--default-artifact-root", artifacts.as_uri(), "--host", options.host,
-                                   "--port", str(options.port), "--workers", "1", *app, *_allowed_hosts(options)],
-                   f"{_connect_host(options.host)}:{options.port}/health", "the MLflow UI", auth.env if auth else None)
+    return _launch(
+        cfg,
+        "mlflow",
+        [
+            "server",
+            "--backend-store-uri",
+            _absolute_sqlite(str(cfg.tracking.uri)),
+            "--default-artifact-root",
+            artifacts.as_uri(),
+            "--host",
+            options.host,
+            "--port",
+            str(options.port),
+            "--workers",
+            "1",
+            *app,
+            *_allowed_hosts(options),
+        ],
+        f"{_connect_host(options.host)}:{options.port}/health",
+        "the MLflow UI",
+        auth.env if auth else None,
+    )
 
 
 # --- --auth: MLflow's basic-auth app ---------------------------------------------------------
@@ -138,25 +164,35 @@ def auth_settings(folder: Path) -> Auth:
     """
     password = os.environ.get(PASSWORD_VARIABLE, "")
     if not password:
-        raise RegsweepError(f"--auth needs the MLflow UI's admin password in the environment variable "
-                            f"{PASSWORD_VARIABLE} (not on the command line, where other users can read it): "
-                            f"export {PASSWORD_VARIABLE}=... with 12 characters or more, then run again")
+        raise RegsweepError(
+            f"--auth needs the MLflow UI's admin password in the environment variable "
+            f"{PASSWORD_VARIABLE} (not on the command line, where other users can read it): "
+            f"export {PASSWORD_VARIABLE}=... with 12 characters or more, then run again"
+        )
     if len(password) < 12:  # MLflow's rule (mlflow.utils.validation._validate_password); its server refuses less
-        raise RegsweepError(f"{PASSWORD_VARIABLE} has {len(password)} characters and MLflow's login needs 12 or more: "
-                            "choose a longer password")
+        raise RegsweepError(
+            f"{PASSWORD_VARIABLE} has {len(password)} characters and MLflow's login needs 12 or more: "
+            "choose a longer password"
+        )
     if importlib.util.find_spec("flask_wtf") is None:
         raise RegsweepError("--auth needs MLflow's auth extra, which is not installed: pip install 'mlflow[auth]'")
     folder.mkdir(parents=True, exist_ok=True)
     database = (folder / "auth.db").resolve()
     _check_admin_password(database, password)
     config = folder / "basic_auth.ini"
-    config.write_text("[mlflow]\n"
-                      "default_permission = READ\n"  # users the admin adds can read, not change, until granted more
-                      f"database_uri = sqlite:///{str(database).replace('%', '%%')}\n"  # configparser's escape
-                      f"admin_username = {ADMIN}\n"
-                      "authorization_function = mlflow.server.auth:authenticate_request_basic_auth\n")
-    env = {**os.environ, "MLFLOW_AUTH_CONFIG_PATH": str(config.resolve()), "MLFLOW_AUTH_ADMIN_PASSWORD": password,
-           "MLFLOW_FLASK_SERVER_SECRET_KEY": os.environ.get("MLFLOW_FLASK_SERVER_SECRET_KEY") or secrets.token_hex(32)}
+    config.write_text(
+        "[mlflow]\n"
+        "default_permission = READ\n"  # users the admin adds can read, not change, until granted more
+        f"database_uri = sqlite:///{str(database).replace('%', '%%')}\n"  # configparser's escape
+        f"admin_username = {ADMIN}\n"
+        "authorization_function = mlflow.server.auth:authenticate_request_basic_auth\n"
+    )
+    env = {
+        **os.environ,
+        "MLFLOW_AUTH_CONFIG_PATH": str(config.resolve()),
+        "MLFLOW_AUTH_ADMIN_PASSWORD": password,
+        "MLFLOW_FLASK_SERVER_SECRET_KEY": os.environ.get("MLFLOW_FLASK_SERVER_SECRET_KEY") or secrets.token_hex(32),
+    }
     env.pop("MLFLOW_AUTH_ADMIN_USERNAME", None)  # it would override the ini's admin_username
     return Auth(database, env)
 
@@ -174,22 +210,29 @@ def _check_admin_password(database: Path, password: str) -> None:
     users.init_db(f"sqlite:///{database}")
     try:
         if users.has_user(ADMIN) and not users.authenticate_user(ADMIN, password):
-            raise RegsweepError(f"{PASSWORD_VARIABLE} is not the password of the MLflow UI's user {ADMIN} in "
-                                f"{database}, set at its first start with --auth or changed in MLflow since: give "
-                                "that password, or delete the file to start over with this one (the users it holds "
-                                "go with it)")
+            raise RegsweepError(
+                f"{PASSWORD_VARIABLE} is not the password of the MLflow UI's user {ADMIN} in "
+                f"{database}, set at its first start with --auth or changed in MLflow since: give "
+                "that password, or delete the file to start over with this one (the users it holds "
+                "go with it)"
+            )
     finally:
         users.engine.dispose()
 
 
 def start_optuna_dashboard(cfg: DictConfig, options: Options) -> subprocess.Popen:
-    return _launch(cfg, "optuna-dashboard", [_absolute_sqlite(str(cfg.sweep.storage)), "--host", options.host,
-                                             "--port", str(options.optuna_port)],
-                   f"{_connect_host(options.host)}:{options.optuna_port}/api/studies", "optuna-dashboard")
+    return _launch(
+        cfg,
+        "optuna-dashboard",
+        [_absolute_sqlite(str(cfg.sweep.storage)), "--host", options.host, "--port", str(options.optuna_port)],
+        f"{_connect_host(options.host)}:{options.optuna_port}/api/studies",
+        "optuna-dashboard",
+    )
 
 
-def _launch(cfg: DictConfig, script: str, args: list[str], health: str, what: str,
-            env: dict[str, str] | None = None) -> subprocess.Popen:
+def _launch(
+    cfg: DictConfig, script: str, args: list[str], health: str, what: str, env: dict[str, str] | None = None
+) -> subprocess.Popen:
     """Starts the console script installed beside this Python (the project's virtualenv), in
     its own process group so its workers stop with it (see _stop), logging to <store>/ui/,
     and waits until `health` answers."""
@@ -199,8 +242,9 @@ def _launch(cfg: DictConfig, script: str, args: list[str], health: str, what: st
     log = Path(cfg.paths.store) / "ui" / f"{script}.log"
     log.parent.mkdir(parents=True, exist_ok=True)
     with open(log, "w") as output:
-        server = subprocess.Popen([str(executable), *args], stdout=output, stderr=subprocess.STDOUT,
-                                  start_new_session=True, env=env)
+        server = subprocess.Popen(
+            [str(executable), *args], stdout=output, stderr=subprocess.STDOUT, start_new_session=True, env=env
+        )
     _wait_until_up(server, f"http://{health}", what, log)
     return server
 
@@ -216,12 +260,16 @@ def exposure_warning(host: str, auth: bool = False, optuna: bool = False) -> str
         return ""
     tunnel = "prefer the default --host 127.0.0.1 with an SSH tunnel (ssh -L 5000:127.0.0.1:5000 <this machine>)"
     if not auth:
-        return (f"regsweep: warning: --host {host} serves the store to anyone who can reach this machine, without a "
-                f"login, and the MLflow UI can delete runs and experiments; add --auth for MLflow's login, or {tunnel}")
+        return (
+            f"regsweep: warning: --host {host} serves the store to anyone who can reach this machine, without a "
+            f"login, and the MLflow UI can delete runs and experiments; add --auth for MLflow's login, or {tunnel}"
+        )
     dashboard = ", and optuna-dashboard (--optuna) has no login at all" if optuna else ""
-    return (f"regsweep: warning: --host {host} serves the MLflow UI to anyone who can reach this machine, behind "
-            f"MLflow's login, whose password crosses the network unencrypted (plain HTTP){dashboard}; on a network "
-            f"you do not trust, {tunnel}")
+    return (
+        f"regsweep: warning: --host {host} serves the MLflow UI to anyone who can reach this machine, behind "
+        f"MLflow's login, whose password crosses the network unencrypted (plain HTTP){dashboard}; on a network "
+        f"you do not trust, {tunnel}"
+    )
 
 
 def _allowed_hosts(options: Options) -> list[str]:
@@ -230,8 +278,15 @@ def _allowed_hosts(options: Options) -> list[str]:
     if options.host in LOOPBACK:
         return []
     names = {socket.gethostname(), socket.getfqdn(), options.host}
-    return ["--allowed-hosts", ",".join([*get_default_allowed_hosts(),
-                                         *sorted(f"{name}{port}" for name in names for port in ("", f":{options.port}"))])]
+    return [
+        "--allowed-hosts",
+        ",".join(
+            [
+                *get_default_allowed_hosts(),
+                *sorted(f"{name}{port}" for name in names for port in ("", f":{options.port}")),
+            ]
+        ),
+    ]
 
 
 def _absolute_sqlite(url: str) -> str:
@@ -281,8 +336,10 @@ def _wait(servers: list[subprocess.Popen]) -> None:
         print("\nregsweep ui: stopped.")
         return
     stopped = next(server for server in servers if server.poll() is not None)
-    raise RegsweepError(f"{Path(stopped.args[0]).name} stopped (exit code {stopped.returncode}): "
-                        f"its log is under the store's ui/ folder")
+    raise RegsweepError(
+        f"{Path(stopped.args[0]).name} stopped (exit code {stopped.returncode}): "
+        f"its log is under the store's ui/ folder"
+    )
 
 
 def _interrupt(signum, frame):

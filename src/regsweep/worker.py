@@ -76,7 +76,7 @@ def _exit_with_parent(parent_pid: int) -> None:
 
 
 def _warm_up() -> None:
-    from regsweep import train  # noqa: F401 - lazy: Keras, TensorFlow and the training code, ahead of the first call
+    from regsweep import train  # noqa: F401 (imported for its side of loading, not a name) lazy: Keras, TensorFlow and the training code, ahead of the first call
 
 
 def _interruptible(function, *args):
@@ -106,8 +106,9 @@ class TrialWorker:
     def _fresh_pool(self) -> ProcessPoolExecutor:
         self.close()
         self.calls = 0
-        return ProcessPoolExecutor(max_workers=1, mp_context=multiprocessing.get_context("spawn"),
-                                   initializer=_start_child)
+        return ProcessPoolExecutor(
+            max_workers=1, mp_context=multiprocessing.get_context("spawn"), initializer=_start_child
+        )
 
     def start(self) -> None:
         """Starts the first child now: it imports TensorFlow while the sweep sets up its MLflow run."""
