@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import multiprocessing
 import os
 import re
 import signal
@@ -355,15 +356,15 @@ def test_a_trial_whose_worker_dies_is_recorded_failed_and_the_next_trial_gets_a_
     worker = TrialWorker(calls_per_child=10)
     try:
         doomed = study.ask()
-        killer = threading.Thread(target=_kill_worker_once_its_run_started, args=(study, doomed._trial_id, worker))
+        killer = threading.Thread(target=_kill_worker_once_its_run_started, args=(study, doomed.number))
         killer.start()
         with pytest.raises(trials_module.TrialFailed, match="worker process died"):
             trials_module.run_in_worker(worker, prepared, doomed, {"model.dropout": 0.0}, parent)
         killer.join()
         study.tell(doomed, state=optuna.trial.TrialState.FAIL)
         survivor = study.ask()
-        value = trials_module.run_in_worker(worker, prepared, survivor, {"model.dropout": 0.1}, parent)
-        study.tell(survivor, value)
+        metrics = trials_module.run_in_worker(worker, prepared, survivor, {"model.dropout": 0.1}, parent)
+        study.tell(survivor, metrics["val_accuracy"])
     finally:
         worker.close()
     doomed_trial, survivor_trial = study.get_trials()
@@ -373,11 +374,11 @@ def test_a_trial_whose_worker_dies_is_recorded_failed_and_the_next_trial_gets_a_
     assert survivor_trial.state.name == "COMPLETE" and 0 <= survivor_trial.value <= 1
 
 
-def _kill_worker_once_its_run_started(study, trial_id, worker):
+def _kill_worker_once_its_run_started(study, number):
     deadline = time.time() + 120
     while time.time() < deadline:
-        if "mlflow_run_id" in study._storage.get_trial(trial_id).user_attrs:
-            for pid in list(worker.pool._processes):  # the pool's worker processes
-                os.kill(pid, signal.SIGKILL)
+        if "mlflow_run_id" in study.get_trials(deepcopy=False)[number].user_attrs:
+            for child in multiprocessing.active_children():  # the worker's process
+                os.kill(child.pid, signal.SIGKILL)
             return
         time.sleep(0.05)

@@ -7,9 +7,9 @@ so Hydra users recognise it, and Optuna samples it.
 
 from __future__ import annotations
 
-import hashlib
 import math
 import shlex
+from collections.abc import Callable
 
 import optuna
 from hydra.core.override_parser.overrides_parser import OverridesParser
@@ -201,30 +201,61 @@ def baseline_values(space: dict[str, optuna.distributions.BaseDistribution], bas
     return values
 
 
-def sampler_seed(settings: DictConfig, existing_trials: int, beside: str | None) -> int | None:
-    """The sampler's seed: sampler.seed offset by the trials the study already has, so a resumed
-    study does not replay its random start-up points.
-
-    A worker that starts beside another on the same number of trials (`beside`: its own identity,
-    else None) would draw exactly the other's points: its identity moves its seed. A worker
-    alone keeps the plain seed, so a single-worker study is reproducible.
-    """
+def make_sampler(settings: DictConfig) -> optuna.samplers.BaseSampler:
+    """The study's sampler; with sweep.sampler.seed, each trial drawn by its own seeded one
+    (`PerTrialSeed`). TPE and NSGA-II honour each trial's `gap − ε` constraint in constrained
+    mode (Trial.set_constraint)."""
     if settings.sampler.seed is None:
-        return None
-    seed = int(settings.sampler.seed) + existing_trials
-    if beside is not None:
-        seed += int(hashlib.sha256(beside.encode()).hexdigest()[:8], 16)
-    return seed % 2**32
+        return _sampler(settings, None)
+    return PerTrialSeed(lambda seed: _sampler(settings, seed), int(settings.sampler.seed))
 
 
-def make_sampler(settings: DictConfig, seed: int | None) -> optuna.samplers.BaseSampler:
-    """TPE and NSGA-II honour each trial's `gap − ε` constraint in constrained mode (Trial.set_constraint)."""
+def _sampler(settings: DictConfig, seed: int | None) -> optuna.samplers.BaseSampler:
     name = settings.sampler.name
     if name == "tpe":
         return optuna.samplers.TPESampler(seed=seed, n_startup_trials=settings.sampler.n_startup_trials)
     if name == "nsgaii":
         return optuna.samplers.NSGAIISampler(seed=seed)
     return optuna.samplers.RandomSampler(seed=seed)
+
+
+class PerTrialSeed(optuna.samplers.BaseSampler):
+    """Draws trial n with a fresh sampler seeded sweep.sampler.seed + n.
+
+    Trial numbers are unique in a study, so workers that start together never draw the same
+    points, a resumed study does not replay its random start-up points, and a single worker's
+    study is reproducible, with nothing recorded about who started when. The samplers keep
+    their state in the study (past trials), not in themselves, so a fresh one per trial draws
+    as a long-lived one would.
+    """
+
+    def __init__(self, make: Callable[[int], optuna.samplers.BaseSampler], seed: int):
+        self.make, self.seed = make, seed
+        self.running: dict[int, optuna.samplers.BaseSampler] = {}  # by trial number, until it ends
+
+    def _for(self, trial: optuna.trial.FrozenTrial) -> optuna.samplers.BaseSampler:
+        if trial.number not in self.running:
+            self.running[trial.number] = self.make((self.seed + trial.number) % 2**32)
+        return self.running[trial.number]
+
+    def infer_relative_search_space(self, study, trial):
+        return self._for(trial).infer_relative_search_space(study, trial)
+
+    def sample_relative(self, study, trial, search_space):
+        return self._for(trial).sample_relative(study, trial, search_space)
+
+    def sample_independent(self, study, trial, param_name, param_distribution):
+        return self._for(trial).sample_independent(study, trial, param_name, param_distribution)
+
+    def before_trial(self, study, trial):
+        self._for(trial).before_trial(study, trial)
+
+    def after_trial(self, study, trial, state, values):
+        self._for(trial).after_trial(study, trial, state, values)
+        self.running.pop(trial.number, None)
+
+    def reseed_rng(self) -> None:
+        """Nothing to reseed: every trial's sampler is seeded by its number."""
 
 
 def make_pruner(settings: DictConfig) -> optuna.pruners.BasePruner:

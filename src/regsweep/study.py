@@ -8,7 +8,7 @@ attributes named once below.
 
 from __future__ import annotations
 
-import atexit
+import functools
 import math
 import os
 import random
@@ -46,8 +46,6 @@ FAIL_REASON_ATTR = "fail_reason"
 BASELINE_ATTR = "baseline"  # the enqueued trial of the config as given
 OVERRIDES_ATTR = "overrides"  # the replay line, passwords masked
 SHARED_IMAGES_ATTR = "shared_images"  # images whose content is in more than one split, for the report
-# In the study's system attributes: when each worker started, to tell workers started together apart.
-WORKER_START_PREFIX = "regsweep.worker_start"
 
 INTERRUPTED = (
     "interrupted: the process running this trial stopped before the trial ended (killed, rebooted or out of memory)"
@@ -71,11 +69,12 @@ class Sweep:
 
 # --- storage -----------------------------------------------------------------------------------
 
-# Each process opens one storage, so one SQLAlchemy engine, per URL, with a small pool: a process
-# uses at most two connections at once (its main thread and Optuna's heartbeat thread), and many
-# workers on one PostgreSQL must not exhaust its max_connections.
+# Each process opens one storage, so one SQLAlchemy engine, per URL and heartbeat, with a small
+# pool: a process uses at most two connections at once (its main thread and Optuna's heartbeat
+# thread), and many workers on one PostgreSQL must not exhaust its max_connections. The process's
+# exit closes them.
 POOL = {"pool_size": 2, "max_overflow": 1, "pool_pre_ping": True}
-_STORAGES: dict[str, optuna.storages.RDBStorage] = {}
+_STORAGES: dict[tuple[str, int | None], optuna.storages.RDBStorage] = {}
 
 
 def open_storage(
@@ -87,35 +86,40 @@ def open_storage(
     (tracking.connect_timeout, shared with the tracking server): without it, psycopg waited for
     the kernel to give up on the connection, 130 s for a host that drops packets.
 
-    With `heartbeat_seconds`, a trial whose process was killed (kill -9, reboot, pre-emption)
-    stops beating and is marked FAIL once silent for twice that long; its MLflow run is then
-    ended FAILED (see `end_stale_trial`).
+    With `heartbeat_seconds` (a sweep's), a trial whose process was killed (kill -9, reboot,
+    pre-emption) stops beating and is marked FAIL once silent for twice that long; its MLflow run
+    is then ended FAILED (see `end_stale_trial`). Without, any storage open on the URL will do.
     """
-    storage = _STORAGES.get(url)
-    if storage is None:
-        try:
-            storage = _create_storage(url, connect_timeout)
-        except RegsweepError:  # a damaged SQLite file, already said in one sentence
+    if heartbeat_seconds is None:
+        storage = next((opened for (at, _), opened in _STORAGES.items() if at == url), None)
+    else:
+        storage = _STORAGES.get((url, int(heartbeat_seconds)))
+    if storage is not None:
+        return storage
+    heartbeat = {}
+    if heartbeat_seconds is not None:
+        heartbeat = {
+            "heartbeat_interval": int(heartbeat_seconds),
+            "grace_period": 2 * int(heartbeat_seconds),
+            "heartbeat_stale_trial_callback": functools.partial(end_stale_trial, tracking_cfg=tracking_cfg),
+        }
+    try:
+        storage = _create_storage(url, connect_timeout, heartbeat)
+    except RegsweepError:  # a damaged SQLite file, already said in one sentence
+        raise
+    except Exception as error:
+        if faults.problem(error) is not None:  # a full or read-only disk: said as such, by the command
             raise
-        except Exception as error:
-            if faults.problem(error) is not None:  # a full or read-only disk: said as such, by the command
-                raise
-            raise RegsweepError(
-                f"sweep.storage={redact(url)} cannot be opened ({redact(str(error).splitlines()[0])[:200]}): "
-                f"check the URL and that its database answers within tracking.connect_timeout ({connect_timeout:g} s), "
-                "or leave it unset for the local SQLite file"
-            ) from None
-        _STORAGES[url] = storage
-    if heartbeat_seconds is not None:  # the settings of the sweep in this process
-        storage.heartbeat_interval = int(heartbeat_seconds)
-        storage.grace_period = 2 * int(heartbeat_seconds)
-        storage.heartbeat_stale_trial_callback = storage.failed_trial_callback = lambda study, trial: end_stale_trial(
-            study, trial, tracking_cfg
-        )
+        raise RegsweepError(
+            f"sweep.storage={redact(url)} cannot be opened ({redact(str(error).splitlines()[0])[:200]}): "
+            f"check the URL and that its database answers within tracking.connect_timeout ({connect_timeout:g} s), "
+            "or leave it unset for the local SQLite file"
+        ) from None
+    _STORAGES[url, None if heartbeat_seconds is None else int(heartbeat_seconds)] = storage
     return storage
 
 
-def _create_storage(url: str, connect_timeout: float, attempts: int = 5) -> optuna.storages.RDBStorage:
+def _create_storage(url: str, connect_timeout: float, heartbeat: dict, attempts: int = 5) -> optuna.storages.RDBStorage:
     """Opens the storage, creating Optuna's tables in a new database.
 
     Workers that start together on a new database server race to create the tables: one wins,
@@ -126,21 +130,20 @@ def _create_storage(url: str, connect_timeout: float, attempts: int = 5) -> optu
     engine_kwargs = {} if url.startswith("sqlite") else dict(POOL)
     if bounded := tracking.connect_args(url, connect_timeout):  # PostgreSQL's and MySQL's drivers, among others
         engine_kwargs["connect_args"] = bounded
+
+    def create() -> optuna.storages.RDBStorage:
+        with tracking.creating(url), warnings.catch_warnings():
+            # Optuna 5 still calls its trial heartbeat experimental; the constraints file pins the
+            # release it was tested with (tests/test_recovery.py kills workers to check it).
+            warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+            return optuna.storages.RDBStorage(url, engine_kwargs=engine_kwargs, **heartbeat)
+
     for _ in range(attempts - 1):
         try:
-            with tracking.creating(url):
-                return optuna.storages.RDBStorage(url, engine_kwargs=engine_kwargs)
+            return create()
         except (sqlalchemy.exc.IntegrityError, sqlalchemy.exc.ProgrammingError):
             time.sleep(0.5 + random.random())
-    with tracking.creating(url):
-        return optuna.storages.RDBStorage(url, engine_kwargs=engine_kwargs)
-
-
-@atexit.register
-def close_storages() -> None:
-    """Gives every pooled connection back to the database server."""
-    while _STORAGES:
-        _STORAGES.popitem()[1].engine.dispose()
+    return create()
 
 
 def load_study(settings: DictConfig, connect_timeout: float) -> optuna.Study:
@@ -160,19 +163,6 @@ def load_study(settings: DictConfig, connect_timeout: float) -> optuna.Study:
         raise RegsweepError(
             f"no study named '{settings.study}' in {redact(str(settings.storage))}: run `regsweep sweep` first, "
             "or name an existing study (sweep.study=<name>)"
-        ) from None
-
-
-def _existing_trials(storage: optuna.storages.BaseStorage, name: str) -> int:
-    """How many trials the study has (0 if it does not exist yet), whatever their state."""
-    try:
-        return len(storage.get_all_trials(storage.get_study_id_from_name(name), deepcopy=False))
-    except KeyError:
-        return 0
-    except Exception as error:
-        raise RegsweepError(
-            f"the Optuna storage cannot be read ({redact(str(error).splitlines()[0])[:200]}): "
-            "check sweep.storage, or leave it unset for the local SQLite file"
         ) from None
 
 
@@ -223,12 +213,12 @@ def open_study(sweep: Sweep) -> optuna.Study:
     storage = open_storage(
         str(s.storage), s.heartbeat_seconds, sweep.cfg.tracking, connect_timeout=sweep.cfg.tracking.connect_timeout
     )
-    existing = _existing_trials(storage, s.study)
     options = {
         "study_name": s.study,
         "storage": storage,
         "directions": ["maximize", "minimize"] if s.objective == "pareto" else ["maximize"],
         "pruner": space.make_pruner(s),
+        "sampler": space.make_sampler(s),
     }
     record = study_record(sweep)
     try:
@@ -250,7 +240,6 @@ def open_study(sweep: Sweep) -> optuna.Study:
         study.set_user_attr(SHARED_IMAGES_ATTR, sweep.shared_images)
         for key, value in record.items():
             study.set_user_attr(key, value)
-        _seed_sampler(study, s, existing)
         return study
     check_same_data(study, sweep)
     previous, current = (_comparable({key: values.get(key) for key in record}) for values in (study.user_attrs, record))
@@ -262,7 +251,6 @@ def open_study(sweep: Sweep) -> optuna.Study:
             "re-run with the original settings, "
             "or start a new study with sweep.study=<new name>"
         )
-    _seed_sampler(study, s, existing)
     return study
 
 
@@ -280,34 +268,6 @@ def requeue_stopped_baseline(study: optuna.Study, sweep: Sweep) -> None:
     values = space.baseline_values(sweep.space, sweep.base)
     if values:
         study.enqueue_trial(values, user_attrs={BASELINE_ATTR: True}, skip_if_exists=False)
-
-
-def _seed_sampler(study: optuna.Study, settings: DictConfig, existing: int) -> None:
-    """Gives the study this worker's sampler, once the study is known to be the same (a refused
-    worker records nothing)."""
-    study.sampler = space.make_sampler(
-        settings, space.sampler_seed(settings, existing, _started_beside_another(study, existing))
-    )
-
-
-def _started_beside_another(study: optuna.Study, existing: int, window_seconds: float = 600.0) -> str | None:
-    """This worker's identity if another worker started on the same number of trials lately
-    (their samplers would otherwise share a seed and draw the same points), else None.
-
-    Each worker writes its start, then reads the others': of two workers starting together, the
-    later writer always sees the earlier one, so at least one of them moves its seed.
-    """
-    me = f"{socket.gethostname()} pid {os.getpid()}"
-    prefix = f"{WORKER_START_PREFIX}.{existing}."
-    storage, study_id = study._storage, study._study_id
-    storage.set_study_system_attr(study_id, prefix + me, time.time())
-    now = time.time()
-    others = [
-        key
-        for key, started in storage.get_study_system_attrs(study_id).items()
-        if key.startswith(prefix) and key != prefix + me and now - float(started) < window_seconds
-    ]
-    return me if others else None
 
 
 def _comparable(record: dict) -> dict:
@@ -465,7 +425,9 @@ def end_stale_trial(study: optuna.Study, trial: optuna.trial.FrozenTrial, tracki
 
 
 def fail_stale_trials(study: optuna.Study) -> None:
-    """Optuna checks for silent trials before each new trial; also at start and while waiting for other workers."""
+    """Optuna's own check for silent trials, which study.optimize runs before each new trial; run
+    also at the start and while waiting for other workers. (Experimental in Optuna 5, like the
+    heartbeat itself: see `_create_storage`.)"""
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
         optuna.storages.fail_stale_trials(study)

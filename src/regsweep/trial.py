@@ -105,8 +105,9 @@ def leads(trial: optuna.Trial, metrics: dict) -> bool:
     return results.leads(study.trial_rows(trial.study), finished_row(trial, metrics))
 
 
-def run_trial(sweep: Sweep, trial: optuna.Trial, values: dict, parent_run_id: str) -> float | tuple[float, float]:
-    """One trial: compose, train, log, and record its outcome on the Optuna trial and MLflow run."""
+def run_trial(sweep: Sweep, trial: optuna.Trial | TrialInStorage, values: dict, parent_run_id: str) -> dict:
+    """One trial: compose, train, log, and record its outcome on the Optuna trial and MLflow run.
+    Returns its metrics; the objective turns them into Optuna's values."""
     s = sweep.settings
     single = s.objective != "pareto"  # one objective, val_accuracy: prunable
     overrides = sweep.base_overrides + space.as_overrides(values)
@@ -185,17 +186,13 @@ def run_trial(sweep: Sweep, trial: optuna.Trial, values: dict, parent_run_id: st
     trial.set_user_attr(FAIL_REASON_ATTR, "")
     for name in ("train_accuracy", "val_accuracy", "gap", "running_train_accuracy", "val_images"):
         trial.set_user_attr(name, float(metrics[name]))
-    if s.objective == "constrained":
-        trial.set_constraint("gap", float(metrics["gap"]) - float(s.epsilon))  # feasible when <= 0
     set_state("COMPLETE")
     progress.finish(
         "COMPLETE",
         f"val {metrics['val_accuracy']:.3f} gap {metrics['gap']:.3f}",
         just_completed=finished_row(trial, metrics),
     )
-    if single:
-        return metrics["val_accuracy"]
-    return metrics["val_accuracy"], metrics["gap"]
+    return metrics
 
 
 def _record_stop(trial: optuna.Trial, stop: KeyboardInterrupt, set_state) -> None:
@@ -214,29 +211,53 @@ def _record_store_fault(trial: optuna.Trial, run_ids: list[str], reason: str) ->
             tracking.fail_run(run_ids[0], reason)
 
 
-def run_trial_in_child(sweep: Sweep, trial_id: int, values: dict, parent_run_id: str):
+class TrialInStorage:
+    """A running trial as the worker child sees it: what `run_trial` asks of an optuna.Trial,
+    through the storage's public methods. The trial itself (its sampler, heartbeat and end)
+    stays with study.optimize in the sweep's process."""
+
+    def __init__(self, loaded: optuna.Study, storage: optuna.storages.BaseStorage, number: int):
+        self.study, self.storage, self.number = loaded, storage, number
+        study_id = storage.get_study_id_from_name(loaded.study_name)
+        self.trial_id = storage.get_trial_id_from_study_id_trial_number(study_id, number)
+
+    @property
+    def user_attrs(self) -> dict:
+        return self.storage.get_trial_user_attrs(self.trial_id)
+
+    def set_user_attr(self, key: str, value) -> None:
+        self.storage.set_trial_user_attr(self.trial_id, key, value)
+
+    def report(self, value: float, step: int) -> None:
+        self.storage.set_trial_intermediate_value(self.trial_id, step, value)
+
+    def should_prune(self) -> bool:
+        return self.study.pruner.prune(self.study, self.storage.get_trial(self.trial_id))
+
+
+def run_trial_in_child(sweep: Sweep, number: int, values: dict, parent_run_id: str) -> dict:
     """`run_trial` in the worker child, on the same study storage as the sweep."""
     s = sweep.settings
     storage = study.open_storage(str(s.storage), connect_timeout=sweep.cfg.tracking.connect_timeout)
-    loaded = optuna.load_study(
-        study_name=s.study, storage=storage, sampler=optuna.samplers.RandomSampler(), pruner=space.make_pruner(s)
-    )
+    loaded = optuna.load_study(study_name=s.study, storage=storage, pruner=space.make_pruner(s))
     try:
-        return run_trial(sweep, optuna.Trial(loaded, trial_id), values, parent_run_id)
+        return run_trial(sweep, TrialInStorage(loaded, storage, number), values, parent_run_id)
     except (optuna.TrialPruned, KeyboardInterrupt):
         raise
     except Exception as error:
         raise TrialFailed(tracking.error_summary(error), faults.sentence(error, str(sweep.base.paths.store))) from None
 
 
-def run_in_worker(worker: TrialWorker, sweep: Sweep, trial: optuna.Trial, values: dict, parent_run_id: str):
+def run_in_worker(worker: TrialWorker, sweep: Sweep, trial: optuna.Trial, values: dict, parent_run_id: str) -> dict:
     """The trial in the worker's child; if the child dies, the trial and its MLflow run are FAIL."""
     try:
-        return worker.call(run_trial_in_child, sweep, trial._trial_id, values, parent_run_id)
+        return worker.call(run_trial_in_child, sweep, trial.number, values, parent_run_id)
     except ChildDied as died:
         reason = str(died)
         trial.set_user_attr(FAIL_REASON_ATTR, reason)
-        run_id = trial.study._storage.get_trial(trial._trial_id).user_attrs.get(RUN_ID_ATTR)
+        # The trial as the child left it: the run it started, if any.
+        stored = next(t for t in trial.study.get_trials(deepcopy=False) if t.number == trial.number)
+        run_id = stored.user_attrs.get(RUN_ID_ATTR)
         if run_id:
             tracking.fail_run(run_id, reason)
         raise TrialFailed(reason) from None
@@ -253,8 +274,9 @@ def make_objective(sweep: Sweep, parent_run_id: str, worker: TrialWorker | None,
         values = {key: space.suggest(trial, key, distribution) for key, distribution in sweep.space.items()}
         try:
             if worker is None:
-                return run_trial(sweep, trial, values, parent_run_id)
-            return run_in_worker(worker, sweep, trial, values, parent_run_id)
+                metrics = run_trial(sweep, trial, values, parent_run_id)
+            else:
+                metrics = run_in_worker(worker, sweep, trial, values, parent_run_id)
         except KeyboardInterrupt as stop:
             stop.add_note(f"trial #{trial.number} ended FAIL")  # here or in the worker: Optuna records it FAIL
             raise
@@ -268,5 +290,10 @@ def make_objective(sweep: Sweep, parent_run_id: str, worker: TrialWorker | None,
                 store_faults.append(found)
                 trial.study.stop()
             raise
+        if sweep.settings.objective == "constrained":
+            trial.set_constraint("gap", metrics["gap"] - float(sweep.settings.epsilon))  # feasible when <= 0
+        if sweep.settings.objective == "pareto":
+            return metrics["val_accuracy"], metrics["gap"]
+        return metrics["val_accuracy"]
 
     return objective
