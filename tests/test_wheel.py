@@ -10,6 +10,7 @@ import subprocess
 import sys
 import tomllib
 import venv
+import zipfile
 from pathlib import Path
 
 import pytest
@@ -64,6 +65,21 @@ def installed(tmp_path_factory) -> Path:
     # --ignore-installed: the editable regsweep's metadata is visible through the .pth; leave it be.
     run([python, "-m", "pip", "install", "--no-deps", "--no-index", "--ignore-installed", wheel], root)
     return root / "venv" / "bin"
+
+
+def test_the_wheel_carries_the_license_the_version_and_py_typed(installed, tmp_path):
+    wheel = next((installed.parents[1] / "dist").glob("regsweep-*.whl"))
+    with zipfile.ZipFile(wheel) as archive:
+        names = archive.namelist()
+        info = next(n.split("/")[0] for n in names if n.endswith(".dist-info/METADATA"))
+        metadata = archive.read(f"{info}/METADATA").decode().splitlines()
+        assert archive.read(f"{info}/licenses/LICENSE") == (REPO / "LICENSE").read_bytes()
+    assert "License-Expression: Apache-2.0" in metadata and "License-File: LICENSE" in metadata
+    assert "regsweep/py.typed" in names  # PEP 561: type checkers read the package's annotations
+    version = tomllib.loads((REPO / "pyproject.toml").read_text())["project"]["version"]
+    assert run([installed / "python", "-m", "regsweep", "--version"], tmp_path).stdout == f"regsweep {version}\n"
+    shown = run([installed / "python", "-m", "pip", "show", "regsweep"], tmp_path).stdout  # the wheel's metadata
+    assert "License-Expression: Apache-2.0" in shown and f"Version: {version}" in shown
 
 
 @pytest.mark.slow
