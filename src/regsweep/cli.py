@@ -31,6 +31,7 @@ from regsweep.config import (
     config_groups,
     override_key,
     redact,
+    require_extra,
     search_own_conf_first,
     validate,
 )
@@ -108,6 +109,8 @@ def train_command(args: list[str]) -> None:
     that does not answer, is one sentence and exit code 2, not Hydra's paragraph and exit 1 or
     MLflow's minutes of retries. Help, --cfg and Hydra's other flags are left to Hydra.
     """
+    if any(override_key(a) == "hydra/launcher" and a.endswith("=joblib") for a in args):  # else Hydra's paragraph
+        require_extra("hydra_plugins.hydra_joblib_launcher", "joblib", "hydra/launcher=joblib", "hydra-joblib-launcher")
     args = _passwords_from_environment(args)
     flags = [a for a in args if a.startswith("-")]
     if all(flag in ("-m", "--multirun") for flag in flags):

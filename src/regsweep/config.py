@@ -34,6 +34,23 @@ class RegsweepError(Exception):
     """Bad input the user can fix: shown as one sentence, exit code 2, no traceback."""
 
 
+def require_extra(module: str, extra: str, feature: str, package: str = "") -> None:
+    """Raises RegsweepError, one sentence naming the extra to install, when `feature` needs the
+    optional `module` (from the distribution `package`) and it is not installed. The module is
+    looked up, not imported: its import can take seconds, and the feature imports it anyway."""
+    from importlib.util import find_spec
+
+    try:
+        found = find_spec(module) is not None
+    except (ImportError, ValueError):  # its parent package is missing; it was imported as nothing
+        found = False
+    if not found:
+        raise RegsweepError(
+            f"{feature} needs the optional package {package or module}, which is not installed: "
+            f"pip install 'regsweep[{extra}]'"
+        )
+
+
 def compose(overrides: list[str] | None = None) -> DictConfig:
     """The config `regsweep train <overrides>` would run with.
 

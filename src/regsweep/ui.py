@@ -9,7 +9,6 @@ UI is MLflow's own basic-auth app, its users kept in <store>/ui/auth.db.
 from __future__ import annotations
 
 import contextlib
-import importlib.util
 import os
 import secrets
 import signal
@@ -28,7 +27,7 @@ from mlflow.server.security_utils import get_default_allowed_hosts
 from omegaconf import DictConfig
 
 from regsweep import study, tracking
-from regsweep.config import RegsweepError, compose_study, redact
+from regsweep.config import RegsweepError, compose_study, redact, require_extra
 
 # MLflow 3's UI starts in its GenAI (traces) mode, whose experiment page is a traces overview;
 # this query parameter switches it to its model-training mode, whose pages are the runs.
@@ -47,6 +46,8 @@ class Options:
 
 def serve(options: Options) -> None:
     """Starts the servers, prints the pages to open, and waits for Ctrl-C."""
+    if options.optuna:
+        require_extra("optuna_dashboard", "ui", "regsweep ui --optuna", "optuna-dashboard")
     cfg = compose_study(options.overrides)
     tracking_uri = str(cfg.tracking.uri)
     local = not tracking_uri.startswith(("http://", "https://"))
@@ -162,6 +163,7 @@ def auth_settings(folder: Path) -> Auth:
     environment (MLFLOW_AUTH_ADMIN_PASSWORD), and the Flask key that signs its forms is new
     at each start unless MLFLOW_FLASK_SERVER_SECRET_KEY is already set.
     """
+    require_extra("flask_wtf", "ui", "regsweep ui --auth", "Flask-WTF (MLflow's auth extra)")
     password = os.environ.get(PASSWORD_VARIABLE, "")
     if not password:
         raise RegsweepError(
@@ -174,8 +176,6 @@ def auth_settings(folder: Path) -> Auth:
             f"{PASSWORD_VARIABLE} has {len(password)} characters and MLflow's login needs 12 or more: "
             "choose a longer password"
         )
-    if importlib.util.find_spec("flask_wtf") is None:
-        raise RegsweepError("--auth needs MLflow's auth extra, which is not installed: pip install 'mlflow[auth]'")
     folder.mkdir(parents=True, exist_ok=True)
     database = (folder / "auth.db").resolve()
     _check_admin_password(database, password)
