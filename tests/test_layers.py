@@ -4,6 +4,7 @@ import loops, and the sweep's own process never loads TensorFlow."""
 from __future__ import annotations
 
 import ast
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -61,7 +62,7 @@ def own_imports(path: Path) -> list[tuple[str, int, bool]]:
 
 
 def test_every_module_has_a_place_in_the_layers():
-    modules = {path.stem for path in PACKAGE.glob("*.py")} - {"__init__"}
+    modules = {path.stem for path in PACKAGE.glob("*.py")} - {"__init__", "__main__"}
     assert modules == set(LAYERS), "place a new module in LAYERS (and in README.md's code tour)"
 
 
@@ -105,3 +106,40 @@ def test_the_sweep_process_and_the_cli_do_not_load_tensorflow():
     )
     loaded = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120, check=True)
     assert loaded.stdout.strip() == "[]"
+
+
+def test_importing_regsweep_changes_no_environment_warning_filter_logger_or_plotting_backend():
+    """A library user's process stays theirs: regsweep sets up its libraries' output in
+    `regsweep`'s entry function (config.quiet_libraries), never on import."""
+    code = f"""
+import importlib, logging, os, sys, warnings
+import hydra, keras, matplotlib, mlflow, numpy, optuna, omegaconf, sqlalchemy  # their own import-time effects
+keras.applications  # which loads matplotlib.pyplot
+def state():
+    loggers = {{name: logging.getLogger(name).level for name in ["", *logging.root.manager.loggerDict]}}
+    pyplot = "matplotlib.pyplot" in sys.modules
+    return dict(os.environ), list(warnings.filters), loggers, dict.__getitem__(matplotlib.rcParams, "backend"), pyplot
+before = state()
+for module in {sorted(LAYERS)!r}:
+    importlib.import_module("regsweep." + module)
+after = state()
+before[2].update((name, level) for name, level in after[2].items() if name not in before[2] and level == 0)
+kinds = ("environment", "warnings", "loggers", "backend", "pyplot")
+print([kind for kind, b, a in zip(kinds, before, after) if b != a])
+"""
+    shown = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300, check=True)
+    assert shown.stdout.strip() == "[]", shown.stdout + shown.stderr[-2000:]
+
+
+# A library's private attribute (a name with a leading underscore) breaks on its next release.
+PRIVATE_ACCESS = re.compile(r"(?<![\w.])(?!self\.|cls\.|os\._exit)([A-Za-z_]\w*)\._[a-z]\w*")
+
+
+def test_no_private_attribute_of_another_library_is_used():
+    found = [
+        f"{path.name}:{number}: {line.strip()}"
+        for path in sorted(PACKAGE.glob("*.py"))
+        for number, line in enumerate(path.read_text().splitlines(), 1)
+        if PRIVATE_ACCESS.search(line.split("#")[0]) and not line.lstrip().startswith("#")
+    ]
+    assert found == []

@@ -14,11 +14,6 @@ import os
 import sys
 from pathlib import Path
 
-os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")  # TensorFlow's C++ start-up chatter
-# MLflow prints "View run … at <tracking URL>" for every run that ends: noise in a sweep, and the
-# URL can hold a password. regsweep prints the run id and the masked URI itself.
-os.environ.setdefault("MLFLOW_SUPPRESS_PRINTING_URL_TO_STDOUT", "true")
-
 import hydra
 from omegaconf import DictConfig, OmegaConf
 
@@ -30,6 +25,7 @@ from regsweep.config import (
     compose_study,
     config_groups,
     override_key,
+    quiet_libraries,
     redact,
     require_extra,
     search_own_conf_first,
@@ -361,6 +357,7 @@ def main(argv: list[str] | None = None) -> None:
         print(f"regsweep {importlib.metadata.version('regsweep')}")
         return
     command = COMMANDS.get(args[0])
+    quiet_libraries()
     faults.stop_on_signals()
     try:
         if command is None:

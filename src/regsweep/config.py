@@ -6,6 +6,8 @@ or any model is built, so a typo costs seconds, not a training run.
 
 from __future__ import annotations
 
+import logging
+import os
 import re
 import warnings
 from pathlib import Path
@@ -23,7 +25,24 @@ SWEEPS_DIR = _ROOT / "sweeps"
 
 # config.yaml searches mlruns/configs for the best settings a report writes; until a first
 # report exists the folder is missing, which is normal and not worth a warning per trial.
-warnings.filterwarnings("ignore", message=r"provider=hydra\.searchpath.*mlruns/configs is not available")
+MISSING_CONFIGS_WARNING = r"provider=hydra\.searchpath.*mlruns/configs is not available"
+
+
+def quiet_libraries() -> None:
+    """The command's own set-up of the libraries' output, run by `regsweep` and its worker child
+    before either loads them; importing regsweep changes nothing (tests/test_layers.py)."""
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")  # TensorFlow's C++ start-up chatter
+    # MLflow prints "View run … at <tracking URL>" for every run that ends: noise in a sweep, and
+    # the URL can hold a password. regsweep prints the run id and the masked URI itself.
+    os.environ.setdefault("MLFLOW_SUPPRESS_PRINTING_URL_TO_STDOUT", "true")
+    # A progress bar per artifact MLflow downloads: noise for the dozens of tiny files a report
+    # reads (per-image results, trained weights); regsweep shows its own progress.
+    os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
+    # MLflow logs every database error with its traceback before it raises it: regsweep says
+    # what went wrong in one sentence (a full or damaged store: regsweep.faults).
+    logging.getLogger("mlflow.store.db.utils").setLevel(logging.CRITICAL)
+    warnings.filterwarnings("ignore", message=MISSING_CONFIGS_WARNING)  # `regsweep train`'s own composition
+
 
 FLIPS = ("none", "horizontal", "vertical", "horizontal_and_vertical")
 POOLINGS = ("avg", "max", "flatten")
@@ -57,20 +76,27 @@ def compose(overrides: list[str] | None = None) -> DictConfig:
     Sweep trials and `regsweep train` compose from the same tree, so every trial can be
     replayed with `regsweep train <its overrides>`. Bad overrides raise RegsweepError.
     """
-    from hydra import compose as hydra_compose
-    from hydra import initialize_config_dir
-    from hydra.core.global_hydra import GlobalHydra
     from hydra.errors import HydraException
 
     search_own_conf_first()
     register_sweeps()
     try:
-        if GlobalHydra.instance().is_initialized():
-            return hydra_compose(config_name="config", overrides=list(overrides or []))
-        with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3", job_name="train"):
-            return hydra_compose(config_name="config", overrides=list(overrides or []))
+        with warnings.catch_warnings():
+            warnings.filterwarnings("ignore", message=MISSING_CONFIGS_WARNING)
+            return _compose(list(overrides or []))
     except HydraException as error:
         raise RegsweepError(_composition_problem(error)) from error
+
+
+def _compose(overrides: list[str]) -> DictConfig:
+    from hydra import compose as hydra_compose
+    from hydra import initialize_config_dir
+    from hydra.core.global_hydra import GlobalHydra
+
+    if GlobalHydra.instance().is_initialized():
+        return hydra_compose(config_name="config", overrides=overrides)
+    with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3", job_name="train"):
+        return hydra_compose(config_name="config", overrides=overrides)
 
 
 def _composition_problem(error: Exception) -> str:

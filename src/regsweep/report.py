@@ -16,15 +16,12 @@ import webbrowser
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import matplotlib
-
-matplotlib.use("Agg")
-import matplotlib.pyplot as plt
 import matplotlib.ticker
 import numpy as np
 import optuna
 from hydra.core.override_parser.overrides_parser import OverridesParser
 from markdown_it import MarkdownIt
+from matplotlib.figure import Figure
 from omegaconf import DictConfig, OmegaConf
 
 from regsweep import results
@@ -72,7 +69,8 @@ def best_config(overrides: list[str], origin: str) -> str:
 
 def front_figure(rows: list[TrialRow], front: list[TrialRow], answer: Answer | None, epsilon: float):
     """val_accuracy against gap for every trial, the front, ε, the baseline and the answer."""
-    figure, axis = plt.subplots(figsize=(6.5, 4.8))
+    figure = Figure(figsize=(6.5, 4.8))  # matplotlib's object API: no pyplot state, no backend switch
+    axis = figure.subplots()
     done = complete(rows)
     axis.scatter([r.gap for r in done], [r.val_accuracy for r in done], color="lightgrey", label="trials")
     axis.plot([r.gap for r in front], [r.val_accuracy for r in front], "o-", color="tab:blue", label="front")
@@ -129,7 +127,8 @@ def effects_figure(rows: list[TrialRow], space: dict[str, optuna.distributions.B
     done = complete(rows)
     baseline = baseline_row(rows)
     jitter = np.random.default_rng(0)  # the same picture every time
-    figure, axes = plt.subplots(2, len(keys), figsize=(3.6 * len(keys), 6.4), squeeze=False)
+    figure = Figure(figsize=(3.6 * len(keys), 6.4))
+    axes = figure.subplots(2, len(keys), squeeze=False)
     for column, key in enumerate(keys):
         distribution = space[key]
         categorical = isinstance(distribution, optuna.distributions.CategoricalDistribution)
@@ -183,7 +182,8 @@ def _levels(distribution: optuna.distributions.BaseDistribution) -> list[float] 
 
 def curve_figure(curves: dict[str, list[CurvePoint]]):
     """Validation accuracy against training-set size (log scale, ticks at the sizes measured)."""
-    figure, axis = plt.subplots(figsize=(6.5, 4.5))
+    figure = Figure(figsize=(6.5, 4.5))
+    axis = figure.subplots()
     sizes = sorted({p.train_images for points in curves.values() for p in points})
     for label, points in curves.items():
         axis.errorbar(
@@ -606,7 +606,6 @@ def render(facts: Facts, out_dir: Path) -> Path:
         figures["learning_curve.png"] = curve_figure(facts.curves)
     for name, figure in figures.items():
         figure.savefig(out_dir / name, dpi=110)
-        plt.close(figure)  # only these: a caller's own figures stay open
     text = markdown(facts)
     (out_dir / "report.md").write_text(text)
     (out_dir / "report.html").write_text(html_report(text, out_dir, f"regsweep report — {facts.name}"))

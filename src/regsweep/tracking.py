@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import contextlib
 import importlib.metadata
-import logging
 import math
 import os
 import tempfile
@@ -19,12 +18,9 @@ import warnings
 from contextlib import contextmanager
 from pathlib import Path
 
-import matplotlib
-
-matplotlib.use("Agg")  # no display on servers; plots go to files
-import matplotlib.pyplot as plt
 import mlflow
 import numpy as np
+from matplotlib.figure import Figure
 from omegaconf import DictConfig, OmegaConf
 
 from regsweep import faults
@@ -43,14 +39,6 @@ REEVAL_KEY_TAG = "regsweep.reeval_key"  # (setting, seed): what a later report f
 RECOMMENDED_TRIAL_TAG = "regsweep.recommended_trial"  # on the parent run, after the report
 SKIPPED_FILES_TAG = "regsweep.skipped_files"
 PARENT_TAG = "mlflow.parentRunId"  # MLflow's own: nests a run under the study's parent run
-
-# MLflow logs every database error with its traceback before it raises it: regsweep says what
-# went wrong in one sentence (a full or damaged store: regsweep.faults).
-logging.getLogger("mlflow.store.db.utils").setLevel(logging.CRITICAL)
-
-# MLflow draws a progress bar for each artifact it downloads: noise for the dozens of tiny files
-# a report reads (per-image results, trained weights); regsweep shows its own progress.
-os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
 
 LIBRARIES = ("regsweep", "tensorflow", "keras", "hydra-core", "optuna", "mlflow", "numpy", "scikit-learn")
 
@@ -362,7 +350,6 @@ def log_results(
         return
     mlflow.log_figure(learning_curve_figure(history, phase2_start), "plots/learning_curve.png")
     mlflow.log_figure(confusion_figure(confusion, class_names), "plots/confusion_matrix.png")
-    plt.close("all")
 
 
 # --- what a run trained, and the Model Registry --------------------------------------------------
@@ -445,7 +432,8 @@ def set_alias(name: str, alias: str, version: str) -> None:
 
 
 def learning_curve_figure(history: dict[str, list[float]], phase2_start: int | None):
-    figure, (loss_axis, accuracy_axis) = plt.subplots(1, 2, figsize=(10, 4))
+    figure = Figure(figsize=(10, 4))  # matplotlib's object API: no pyplot state, no backend switch
+    loss_axis, accuracy_axis = figure.subplots(1, 2)
     epochs = np.arange(1, len(history["loss"]) + 1)
     for axis, metric in ((loss_axis, "loss"), (accuracy_axis, "accuracy")):
         axis.plot(epochs, history[metric], label="train (running, augmented, dropout on)")
@@ -501,7 +489,8 @@ def _class_labels(class_names, width_inches: float) -> tuple[list[str], dict, st
 
 def confusion_figure(confusion: np.ndarray, class_names):
     width = 1.2 + 0.6 * len(class_names)
-    figure, axis = plt.subplots(figsize=(width, width))
+    figure = Figure(figsize=(width, width))
+    axis = figure.subplots()
     axis.imshow(confusion, cmap="Blues")
     ticks = np.arange(len(class_names))
     labels, label_font, xlabel = _class_labels(class_names, width)

@@ -18,6 +18,7 @@ import time
 from concurrent.futures import ProcessPoolExecutor
 from concurrent.futures.process import BrokenProcessPool
 
+from regsweep.config import quiet_libraries
 from regsweep.faults import Terminated, forget_stops, raise_interrupted_once, raise_terminated
 
 
@@ -60,6 +61,7 @@ def _start_child() -> None:
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     signal.signal(signal.SIGTERM, signal.SIG_IGN)
     threading.Thread(target=_exit_with_parent, args=(os.getppid(),), daemon=True).start()
+    quiet_libraries()
     import_tensorflow_quietly()
     import optuna
 
