@@ -12,7 +12,7 @@ from pathlib import Path
 PACKAGE = Path(__file__).resolve().parents[1] / "src" / "regsweep"
 
 # Top to bottom: CLI → commands → study mechanics → decisions → training → data and models →
-# tracking and config. README.md's code tour follows the same order.
+# tracking and config. docs/architecture.md's code tour follows the same order.
 LAYERS = [
     "cli",
     "sweep",
@@ -63,7 +63,7 @@ def own_imports(path: Path) -> list[tuple[str, int, bool]]:
 
 def test_every_module_has_a_place_in_the_layers():
     modules = {path.stem for path in PACKAGE.glob("*.py")} - {"__init__", "__main__"}
-    assert modules == set(LAYERS), "place a new module in LAYERS (and in README.md's code tour)"
+    assert modules == set(LAYERS), "place a new module in LAYERS (and in docs/architecture.md's code tour)"
 
 
 def test_modules_import_only_modules_below_them_so_there_are_no_loops():

@@ -167,7 +167,7 @@ def test_two_sweeps_on_one_study_share_the_budget_without_losing_or_repeating_a_
     finished = trials(optuna_url, study)
     states = [t.state.name for t in finished]
     counted = sum(state in ("COMPLETE", "PRUNED") for state in states)
-    assert budget <= counted <= budget + workers - 1  # the README's bound: at most one extra per worker
+    assert budget <= counted <= budget + workers - 1  # docs/scaling-out.md's bound: at most one extra per worker
     assert states.count("FAIL") == 0 and "RUNNING" not in states
     assert sum(bool(t.user_attrs.get("baseline")) for t in finished) == 1
     # Each worker's sampler has its own seed: two workers started together explore, not repeat.

@@ -203,7 +203,7 @@ def test_sweep_logs_one_parent_and_a_tagged_child_per_trial_then_reports_and_rep
         sweep.run_study([*args, "model.dropout=interval(0.0, 0.9)"])
 
     # The written best-settings config replays through `regsweep train`.
-    # As the README says: from the folder holding mlruns/, `regsweep train +experiment=<study>_best`.
+    # As docs/reading-the-answer.md says: from the folder holding mlruns/, `regsweep train +experiment=<study>_best`.
     command = [sys.executable, "-c", "from regsweep.cli import main; main()", "train", "+experiment=main_best"]
     replay = subprocess.run(command, cwd=store.parent, capture_output=True, text=True, timeout=600)
     assert replay.returncode == 0, replay.stderr[-2000:]

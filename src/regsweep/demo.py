@@ -5,7 +5,7 @@ the small demo CNN once; digits 0–4 are the target task, written out as PNG cl
 a deliberately small training split (10 per class), so the frozen model fits its training
 images perfectly and trails on validation, as a transfer model usually does at first.
 
-Why this split (measured; README, "The two commands"): pretrained on digits 5–9, the frozen
+Why this split (measured; docs/getting-started.md, "The demo"): pretrained on digits 5–9, the frozen
 features already suited 0–4 so well that no knob moved test accuracy by more than about 0.02,
 which 576 test images cannot tell from noise, and the demo's answer stayed "can't tell yet".
 Learned on two digits only, the top blocks carry less of what 0–4 need, so fine-tuning them
