@@ -35,6 +35,7 @@ LAYERS = [
     "progress",
     "faults",
     "config",
+    "metrics",
 ]
 
 

@@ -189,7 +189,8 @@ def test_a_run_that_crashes_ends_failed_not_running(store, monkeypatch):
     "launcher", [[], ["hydra/launcher=joblib", "hydra.launcher.n_jobs=2"]], ids=["basic", "joblib"]
 )
 def test_hydra_multirun_trains_each_grid_point(store, launcher):
-    """The fixed-grid recipe of docs/scaling-out.md, with Hydra's own launcher and with the joblib one (parallel processes)."""
+    """The fixed-grid recipe of docs/scaling-out.md, with Hydra's own launcher and with the joblib one
+    (parallel processes)."""
     command = [
         sys.executable,
         "-c",

@@ -33,11 +33,21 @@ from omegaconf import DictConfig
 
 from regsweep import data, progress, results, space, study, tracking
 from regsweep.config import compose, override_key
+from regsweep.metrics import (
+    GAP,
+    TEST_ACCURACY,
+    TEST_GAP,
+    TEST_IMAGES,
+    TRAIN_ACCURACY,
+    TRAIN_IMAGES,
+    VAL_ACCURACY,
+    VAL_IMAGES,
+)
 from regsweep.results import BASELINE, Summary
 from regsweep.worker import import_tensorflow_quietly
 
-METRICS = ("test_accuracy", "val_accuracy", "test_gap", "gap", "train_accuracy")
-SIZES = ("train_images", "val_images", "test_images")  # logged since the noise is measured per image
+METRICS = (TEST_ACCURACY, VAL_ACCURACY, TEST_GAP, GAP, TRAIN_ACCURACY)
+SIZES = (TRAIN_IMAGES, VAL_IMAGES, TEST_IMAGES)  # logged since the noise is measured per image
 REEVAL, CURVE = "reeval", "curve"  # the two roles of these runs (tracking.ROLE_TAG)
 
 
@@ -270,10 +280,9 @@ def _train(
             )
             metrics = result.metrics
             scores = (
-                f"test {metrics['test_accuracy']:.3f} val {metrics['val_accuracy']:.3f} "
-                f"test gap {metrics['test_gap']:.3f}"
+                f"test {metrics[TEST_ACCURACY]:.3f} val {metrics[VAL_ACCURACY]:.3f} test gap {metrics[TEST_GAP]:.3f}"
                 if role == REEVAL
-                else f"{metrics['train_images']} training images: val {metrics['val_accuracy']:.3f}"
+                else f"{metrics[TRAIN_IMAGES]} training images: val {metrics[VAL_ACCURACY]:.3f}"
             )
             progress.say(f"  {index}/{len(todo)} {name}: {scores}")
             advance()
@@ -336,13 +345,13 @@ def collect_curve(
     by_label: dict[str, dict[int, list[float]]] = {}
     for logged in logged_runs(cfg, parent_run_id, CURVE):
         metrics = logged.data.metrics
-        if "val_accuracy" in metrics and "train_images" in metrics:
+        if VAL_ACCURACY in metrics and TRAIN_IMAGES in metrics:
             sizes = by_label.setdefault(logged.data.tags[tracking.REEVAL_TAG], {})
-            sizes.setdefault(int(metrics["train_images"]), []).append(metrics["val_accuracy"])
+            sizes.setdefault(int(metrics[TRAIN_IMAGES]), []).append(metrics[VAL_ACCURACY])
     for summary in summaries:
-        if summary.label in by_label and all("train_images" in run for run in summary.runs):
-            by_label[summary.label].setdefault(summary.runs[0]["train_images"], []).extend(
-                run["val_accuracy"] for run in summary.runs
+        if summary.label in by_label and all(TRAIN_IMAGES in run for run in summary.runs):
+            by_label[summary.label].setdefault(summary.runs[0][TRAIN_IMAGES], []).extend(
+                run[VAL_ACCURACY] for run in summary.runs
             )
     return {
         label: [

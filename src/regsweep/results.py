@@ -39,6 +39,16 @@ import numpy as np
 from scipy import stats as scipy_stats
 
 from regsweep.config import redact
+from regsweep.metrics import (
+    GAP,
+    TEST_ACCURACY,
+    TEST_GAP,
+    TEST_IMAGES,
+    TRAIN_ACCURACY,
+    TRAIN_IMAGES,
+    VAL_ACCURACY,
+    VAL_IMAGES,
+)
 
 BASELINE = "baseline"  # the re-evaluation label of the unregularized reference
 ALPHA = 0.05  # how often, at most, any interval of one verdict misses: 95 % for all of them together
@@ -245,13 +255,13 @@ class Summary:
 
 # The images behind each metric: a gap holds the training images' accuracy and a held-out one's.
 SPLITS_OF = {
-    "val_accuracy": ("validation",),
-    "test_accuracy": ("test",),
-    "gap": ("train", "validation"),
-    "test_gap": ("train", "test"),
+    VAL_ACCURACY: ("validation",),
+    TEST_ACCURACY: ("test",),
+    GAP: ("train", "validation"),
+    TEST_GAP: ("train", "test"),
 }
-ACCURACY = {"train": "train_accuracy", "validation": "val_accuracy", "test": "test_accuracy"}
-IMAGE_COUNT = {"train": "train_images", "validation": "val_images", "test": "test_images"}
+ACCURACY = {"train": TRAIN_ACCURACY, "validation": VAL_ACCURACY, "test": TEST_ACCURACY}
+IMAGE_COUNT = {"train": TRAIN_IMAGES, "validation": VAL_IMAGES, "test": TEST_IMAGES}
 
 
 @dataclass
@@ -396,7 +406,7 @@ def _bits(text: str) -> np.ndarray:
 def representative_run(summary: Summary) -> dict:
     """The one seed's run that stands for a setting in the Model Registry: the most accurate on
     validation (the earlier seed on a tie). The test split picks nothing."""
-    return max(summary.runs, key=lambda run: (run["val_accuracy"], -run["seed"]))
+    return max(summary.runs, key=lambda run: (run[VAL_ACCURACY], -run["seed"]))
 
 
 def stable_choice(summaries: list[Summary], epsilon: float) -> Summary | None:
@@ -410,13 +420,13 @@ def stable_choice(summaries: list[Summary], epsilon: float) -> Summary | None:
     contenders = [s for s in summaries if s.label != BASELINE and s.runs]
     if not contenders:
         return None
-    best = max(contenders, key=lambda s: (s.mean("val_accuracy"), -s.mean("gap")))
+    best = max(contenders, key=lambda s: (s.mean(VAL_ACCURACY), -s.mean(GAP)))
     tied = [
         s
         for s in contenders
-        if s is best or s.mean("val_accuracy") >= best.mean("val_accuracy") - difference(s, best, "val_accuracy").se
+        if s is best or s.mean(VAL_ACCURACY) >= best.mean(VAL_ACCURACY) - difference(s, best, VAL_ACCURACY).se
     ]
-    return min(tied, key=lambda s: preference(s.mean("gap"), s.mean("val_accuracy"), epsilon, False, _number(s.label)))
+    return min(tied, key=lambda s: preference(s.mean(GAP), s.mean(VAL_ACCURACY), epsilon, False, _number(s.label)))
 
 
 def _number(label: str) -> int:
@@ -460,7 +470,7 @@ class Design:
         return [self.first_seed + i for i in range(count)]
 
 
-TESTED = ("test_accuracy", "test_gap")  # the two metrics a verdict makes claims on
+TESTED = (TEST_ACCURACY, TEST_GAP)  # the two metrics a verdict makes claims on
 
 
 @dataclass
@@ -522,8 +532,8 @@ def verdict(baseline: Summary, chosen: Summary, design: Design = Design()) -> Ve
     first (see `classify`): better; same accuracy, smaller gap; trade-off (not recommended); no
     effect (the accuracy interval within ±margin, the gap not shrinking beyond noise); can't tell
     yet (anything else: the interval reaches past ±margin)."""
-    accuracy = difference(baseline, chosen, "test_accuracy")
-    gap = difference(baseline, chosen, "test_gap")
+    accuracy = difference(baseline, chosen, TEST_ACCURACY)
+    gap = difference(baseline, chosen, TEST_GAP)
     alpha, margin = design.alpha, design.margin
     case = classify(accuracy.interval(alpha), gap.interval(alpha), margin)
     n = min(len(chosen.runs), len(baseline.runs))
@@ -688,7 +698,7 @@ def disagreement(baseline: Summary) -> str:
     """A warning when the baseline's validation and test accuracies differ beyond noise (a 95 %
     interval of their difference, over seeds and both splits' images, excludes 0): then the
     split the search optimizes does not represent the test images."""
-    per_seed = [run["val_accuracy"] - run["test_accuracy"] for run in baseline.runs]
+    per_seed = [run[VAL_ACCURACY] - run[TEST_ACCURACY] for run in baseline.runs]
     images = [
         (
             binomial_se(baseline.mean(ACCURACY[split]), baseline.runs[0].get(IMAGE_COUNT[split], 0)) ** 2,
@@ -702,8 +712,8 @@ def disagreement(baseline: Summary) -> str:
     if low <= 0 <= high:
         return ""
     return (
-        f"Validation and test disagree on the baseline: val_accuracy {baseline.pm('val_accuracy')} against "
-        f"test_accuracy {baseline.pm('test_accuracy')}, beyond noise. The validation split the search "
+        f"Validation and test disagree on the baseline: val_accuracy {baseline.pm(VAL_ACCURACY)} against "
+        f"test_accuracy {baseline.pm(TEST_ACCURACY)}, beyond noise. The validation split the search "
         "optimizes does not represent the test images: check that both come from the same source "
         "(camera, lighting, people, time) and are split at random."
     )
@@ -850,14 +860,12 @@ def answer(
             f"unfinished ({sum(map(len, state.todo.values()))} runs to go); re-run the same command to "
             "finish it."
         )
-    if chosen.mean("gap") > epsilon and judged.adopt:
-        warnings.append(
-            f"Its mean gap {chosen.mean('gap'):.2f} is still above ε = {epsilon:g}: less overfit, not cured."
-        )
+    if chosen.mean(GAP) > epsilon and judged.adopt:
+        warnings.append(f"Its mean gap {chosen.mean(GAP):.2f} is still above ε = {epsilon:g}: less overfit, not cured.")
     more_data = ""
     curve = (curves or {}).get(label)
     if curve:
-        gain = chosen.mean("val_accuracy") - baseline.mean("val_accuracy") if label != BASELINE else 0.0
+        gain = chosen.mean(VAL_ACCURACY) - baseline.mean(VAL_ACCURACY) if label != BASELINE else 0.0
         more_data = more_data_sentence(curve, gain, "the baseline" if label == BASELINE else f"trial {label}")
     elif label == BASELINE:
         more_data = (

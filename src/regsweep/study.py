@@ -28,6 +28,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from regsweep import faults, space, tracking
 from regsweep.config import RegsweepError, override_key, redact
+from regsweep.metrics import GAP, TRAIN_ACCURACY, VAL_ACCURACY, VAL_IMAGES
 from regsweep.results import TrialRow
 
 COUNTED = (optuna.trial.TrialState.COMPLETE, optuna.trial.TrialState.PRUNED)
@@ -37,7 +38,12 @@ PARENT_RUN_ATTR = "mlflow_parent_run_id"  # the study's MLflow parent run
 DATA_FINGERPRINT_ATTR = "data_fingerprint"  # the images every worker must train on
 CLAIM_ATTR = "reevaluation_claim"  # which worker re-evaluates (see `claim`)
 REEVALUATION_ATTR = "reevaluation"  # the sweep.reevaluate settings it ran with: they define its verdict
-RECORD_KEYS = ("objective", "epsilon", "search_space", "base_overrides")  # what makes it the same study
+# What makes it the same study (`study_record`). "objective" and "epsilon" are also the sweep
+# settings' own keys, which `study_settings` restores from these.
+OBJECTIVE_ATTR, EPSILON_ATTR = "objective", "epsilon"
+SEARCH_SPACE_ATTR = "search_space"  # the search-space expressions, as given
+BASE_OVERRIDES_ATTR = "base_overrides"  # the training overrides every trial starts from, passwords masked
+RECORD_KEYS = (OBJECTIVE_ATTR, EPSILON_ATTR, SEARCH_SPACE_ATTR, BASE_OVERRIDES_ATTR)
 BUDGET_ATTR = "n_trials"  # the latest sweep's sweep.n_trials: what a report counts "to go" against
 TEST_SPLIT_ATTR = "test_split"  # whether the study's data has a test split to re-evaluate on
 # On each trial:
@@ -195,10 +201,10 @@ def study_record(sweep: Sweep) -> dict:
     """What makes two invocations the same study; a mismatch on resume is refused."""
     s = sweep.settings
     return {
-        "objective": s.objective,
-        "epsilon": float(s.epsilon),
-        "search_space": sweep.expressions,
-        "base_overrides": [redact(o) for o in sweep.base_overrides],  # no password is stored
+        OBJECTIVE_ATTR: s.objective,
+        EPSILON_ATTR: float(s.epsilon),
+        SEARCH_SPACE_ATTR: sweep.expressions,
+        BASE_OVERRIDES_ATTR: [redact(o) for o in sweep.base_overrides],  # no password is stored
     }
 
 
@@ -272,7 +278,7 @@ def requeue_stopped_baseline(study: optuna.Study, sweep: Sweep) -> None:
 
 def _comparable(record: dict) -> dict:
     """A study record as two workers must agree on it (see `portable`)."""
-    return {**record, "base_overrides": portable(record["base_overrides"] or [])}
+    return {**record, BASE_OVERRIDES_ATTR: portable(record[BASE_OVERRIDES_ATTR] or [])}
 
 
 def check_same_data(study: optuna.Study, sweep: Sweep) -> None:
@@ -299,7 +305,7 @@ def study_settings(study: optuna.Study, cfg: DictConfig, reevaluating: bool = Fa
     """The sweep settings, with the study's own objective and ε (fixed when it was created) and,
     unless this command re-evaluates, the re-evaluation settings its runs were trained with:
     they define its answer, whatever a later `regsweep report` says."""
-    recorded = {k: study.user_attrs[k] for k in ("objective", "epsilon") if k in study.user_attrs}
+    recorded = {k: study.user_attrs[k] for k in (OBJECTIVE_ATTR, EPSILON_ATTR) if k in study.user_attrs}
     if not reevaluating and study.user_attrs.get(REEVALUATION_ATTR):
         recorded["reevaluate"] = study.user_attrs[REEVALUATION_ATTR]
     return OmegaConf.merge(cfg.sweep, recorded)
@@ -346,10 +352,10 @@ def trial_rows(study: optuna.Study) -> list[TrialRow]:
                 number=trial.number,
                 state=trial.state.name,
                 params=dict(trial.params),
-                val_accuracy=attrs.get("val_accuracy", math.nan),
-                train_accuracy=attrs.get("train_accuracy", math.nan),
-                gap=attrs.get("gap", math.nan),
-                val_images=int(attrs.get("val_images", 0)),
+                val_accuracy=attrs.get(VAL_ACCURACY, math.nan),
+                train_accuracy=attrs.get(TRAIN_ACCURACY, math.nan),
+                gap=attrs.get(GAP, math.nan),
+                val_images=int(attrs.get(VAL_IMAGES, 0)),
                 overrides=list(attrs.get(OVERRIDES_ATTR, [])),
                 run_id=attrs.get(RUN_ID_ATTR, ""),
                 baseline=bool(attrs.get(BASELINE_ATTR, False)),

@@ -20,6 +20,18 @@ from omegaconf import DictConfig
 from regsweep import cache, data, demo, faults, tracking
 from regsweep import model as models
 from regsweep.config import RegsweepError, redact, run_name, validate
+from regsweep.metrics import (
+    BEST_VAL_LOSS,
+    GAP,
+    RUNNING_TRAIN_ACCURACY,
+    TEST_ACCURACY,
+    TEST_GAP,
+    TEST_IMAGES,
+    TRAIN_ACCURACY,
+    TRAIN_IMAGES,
+    VAL_ACCURACY,
+    VAL_IMAGES,
+)
 
 
 @dataclass
@@ -122,9 +134,9 @@ def train_and_log(
                     classifier, test_images.batch(cfg.data.batch_size), num_classes
                 )
                 test_metrics = {
-                    "test_accuracy": test_accuracy,
-                    "test_gap": train_accuracy - test_accuracy,
-                    "test_images": int(test_confusion.sum()),
+                    TEST_ACCURACY: test_accuracy,
+                    TEST_GAP: train_accuracy - test_accuracy,
+                    TEST_IMAGES: int(test_confusion.sum()),
                 }
                 # Per image, so the noise of a difference between settings can be measured (regsweep.results).
                 tracking.log_per_image_correct(
@@ -137,14 +149,14 @@ def train_and_log(
                 rebuild_recipe(cfg, splits.class_names, weights, digests[unfrozen]),
             )
         metrics = {
-            "train_accuracy": train_accuracy,
-            "val_accuracy": val_accuracy,
-            "gap": train_accuracy - val_accuracy,
+            TRAIN_ACCURACY: train_accuracy,
+            VAL_ACCURACY: val_accuracy,
+            GAP: train_accuracy - val_accuracy,
             # The sizes set how much of an accuracy difference is noise (regsweep.results).
-            "train_images": int(train_confusion.sum()),
-            "val_images": int(confusion.sum()),
-            "running_train_accuracy": float(history["accuracy"][best_epoch]),
-            "best_val_loss": float(history["val_loss"][best_epoch]),
+            TRAIN_IMAGES: int(train_confusion.sum()),
+            VAL_IMAGES: int(confusion.sum()),
+            RUNNING_TRAIN_ACCURACY: float(history["accuracy"][best_epoch]),
+            BEST_VAL_LOSS: float(history["val_loss"][best_epoch]),
             "best_epoch": best_epoch + 1,
             "epochs_trained": len(history["loss"]),
             **test_metrics,
@@ -282,9 +294,9 @@ def summary(result: RunResult, cfg: DictConfig) -> str:
     metrics = result.metrics
     return "\n".join(
         [
-            f"train_accuracy {metrics['train_accuracy']:.4f}  (inference mode, un-augmented training images)",
-            f"val_accuracy   {metrics['val_accuracy']:.4f}",
-            f"gap            {metrics['gap']:.4f}  (running train accuracy {metrics['running_train_accuracy']:.4f})",
+            f"train_accuracy {metrics[TRAIN_ACCURACY]:.4f}  (inference mode, un-augmented training images)",
+            f"val_accuracy   {metrics[VAL_ACCURACY]:.4f}",
+            f"gap            {metrics[GAP]:.4f}  (running train accuracy {metrics[RUNNING_TRAIN_ACCURACY]:.4f})",
             f"MLflow run {result.run_id} ({run_name(cfg)}) in {redact(cfg.tracking.uri)}",
         ]
     )

@@ -18,6 +18,7 @@ from omegaconf import DictConfig
 
 from regsweep import faults, results, space, study, tracking
 from regsweep.config import compose, redact
+from regsweep.metrics import GAP, RUNNING_TRAIN_ACCURACY, TRAIN_ACCURACY, VAL_ACCURACY, VAL_IMAGES
 from regsweep.study import FAIL_REASON_ATTR, INTERRUPTED, RUN_ID_ATTR, Sweep
 from regsweep.worker import ChildDied, TrialWorker
 
@@ -93,9 +94,9 @@ def finished_row(trial: optuna.Trial, metrics: dict) -> results.TrialRow:
         trial.number,
         "COMPLETE",
         {},
-        val_accuracy=metrics["val_accuracy"],
-        gap=metrics["gap"],
-        val_images=int(metrics["val_images"]),
+        val_accuracy=metrics[VAL_ACCURACY],
+        gap=metrics[GAP],
+        val_images=int(metrics[VAL_IMAGES]),
         baseline=bool(trial.user_attrs.get(study.BASELINE_ATTR, False)),
     )
 
@@ -184,12 +185,12 @@ def run_trial(sweep: Sweep, trial: optuna.Trial | TrialInStorage, values: dict, 
         raise
     metrics = result.metrics
     trial.set_user_attr(FAIL_REASON_ATTR, "")
-    for name in ("train_accuracy", "val_accuracy", "gap", "running_train_accuracy", "val_images"):
+    for name in (TRAIN_ACCURACY, VAL_ACCURACY, GAP, RUNNING_TRAIN_ACCURACY, VAL_IMAGES):
         trial.set_user_attr(name, float(metrics[name]))
     set_state("COMPLETE")
     progress.finish(
         "COMPLETE",
-        f"val {metrics['val_accuracy']:.3f} gap {metrics['gap']:.3f}",
+        f"val {metrics[VAL_ACCURACY]:.3f} gap {metrics[GAP]:.3f}",
         just_completed=finished_row(trial, metrics),
     )
     return metrics
@@ -291,9 +292,9 @@ def make_objective(sweep: Sweep, parent_run_id: str, worker: TrialWorker | None,
                 trial.study.stop()
             raise
         if sweep.settings.objective == "constrained":
-            trial.set_constraint("gap", metrics["gap"] - float(sweep.settings.epsilon))  # feasible when <= 0
+            trial.set_constraint(GAP, metrics[GAP] - float(sweep.settings.epsilon))  # feasible when <= 0
         if sweep.settings.objective == "pareto":
-            return metrics["val_accuracy"], metrics["gap"]
-        return metrics["val_accuracy"]
+            return metrics[VAL_ACCURACY], metrics[GAP]
+        return metrics[VAL_ACCURACY]
 
     return objective
