@@ -291,6 +291,54 @@ def test_ui_refuses_a_port_in_use_in_one_sentence(tmp_path):
     ]
 
 
+def test_ui_finds_the_studies_the_store_holds_whatever_their_names(tmp_path):
+    """No study named `regularization` here: one study, `fashion`, swept into this store (its Optuna study
+    and its MLflow parent run, no training needed), and one whose runs went to another tracking store."""
+    from regsweep import tracking
+    from regsweep.config import compose_study
+
+    store = tmp_path / "mlruns"
+    cfg = compose_study([f"paths.store={store}"])
+    experiment = tracking.use_store(cfg.tracking)
+    client = mlflow.MlflowClient(str(cfg.tracking.uri))
+    parent = client.create_run(
+        experiment, run_name="study fashion", tags={tracking.STUDY_TAG: "fashion", tracking.ROLE_TAG: "study"}
+    ).info.run_id
+    trial = client.create_run(
+        experiment, run_name="#0 do0.00", tags={tracking.STUDY_TAG: "fashion", tracking.PARENT_TAG: parent}
+    ).info.run_id
+    client.create_run(experiment, run_name="a regsweep train run")
+    storage = str(cfg.sweep.storage)
+    optuna.create_study(study_name="fashion", storage=storage).set_user_attr("mlflow_parent_run_id", parent)
+    optuna.create_study(study_name="birds", storage=storage)  # its runs: in another tracking store
+    ids = {s: optuna.storages.RDBStorage(storage).get_study_id_from_name(s) for s in ("birds", "fashion")}
+
+    port, dashboard_port = free_port(), free_port()
+    ui = UI(f"paths.store={store}", "--port", str(port), "--optuna", "--optuna-port", str(dashboard_port), cwd=tmp_path)
+    try:
+        ui.line_starting("Press Ctrl-C")
+    finally:
+        assert ui.stop() == 0
+    base, dashboard = f"http://127.0.0.1:{port}", f"http://127.0.0.1:{dashboard_port}/dashboard/studies"
+    fashion = ui_pages.runs_page(base, experiment, "fashion")
+    assert ui.printed[:5] == [
+        f"MLflow UI: {base}/#/experiments/{experiment}/runs?{MODE}",
+        f"Study 'birds': no MLflow runs in tracking.uri=sqlite:///{store}/mlflow.db: point tracking.uri at the "
+        "store its sweep logged to",
+        f"Study 'fashion': {fashion} (its parent run and, nested under it, the trials and re-evaluations; select "
+        "two or more and Compare)",
+        f"optuna-dashboard: {dashboard}/{ids['birds']} (study 'birds')",
+        f"optuna-dashboard: {dashboard}/{ids['fashion']} (study 'fashion')",
+    ]
+    # The page's filter is MLflow's own search syntax, and it finds the study's runs and no others.
+    search = parse_qs(urlsplit(fashion.split("#", 1)[1]).query)["searchFilter"][0]
+    assert {r.info.run_id for r in client.search_runs([experiment], search)} == {parent, trial}
+
+    # One study asked for by name (regsweep ui fashion): that one only.
+    assert ui_pages.find_studies(cfg, "fashion") == [ui_pages.Study("fashion", ids["fashion"], experiment)]
+    assert ui_pages.find_studies(cfg, "cats") == []
+
+
 def test_ui_with_a_tracking_server_prints_its_pages_and_starts_nothing(tmp_path):
     from conftest import service_url
 

@@ -491,7 +491,8 @@ def terminal_summary(facts: Facts) -> str:
             lines.append(f"           {r.number:4d}  {r.val_accuracy:.4f}  {r.gap:+.4f}  {knobs}")
     if facts.replay:
         lines += ["Replay:", f"  {facts.replay}"] + [f"  {facts.experiment}"] * bool(facts.experiment)
-    lines += [line.replace("`", "") for line in registry_lines(facts)]
+    if not facts.not_registered:  # a registration that failed ends the command with that sentence
+        lines += [line.replace("`", "") for line in registry_lines(facts)]
     return "\n".join(lines)
 
 

@@ -272,6 +272,8 @@ def end_study(
     print(f"Report: {path} (and report.html)")
     if open_html:
         report.open_in_browser(out_dir / "report.html")
+    if facts.not_registered:  # the report stands and says why; the command fails, so a script notices
+        raise RegsweepError(facts.not_registered)
     return path
 
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import contextlib
 import importlib.metadata
+import io
 import math
 import os
 import tempfile
@@ -356,7 +357,6 @@ def log_results(
 
 TRAINED_WEIGHTS = "trained/weights.npz"  # the head and the unfrozen blocks: regsweep.model.trained_weights
 REBUILD_RECIPE = "trained/rebuild.json"  # the backbone, its weights' digest, image size, classes
-MODEL_PATH = "model"  # where a registered run's MLflow Model lies among its artifacts
 
 
 def log_trained(arrays: dict[str, np.ndarray], recipe: dict) -> None:
@@ -407,28 +407,77 @@ def log_datasets(folders: dict[str, Path], fingerprints: dict[str, str]) -> None
 
 def registered_version(name: str, run_id: str) -> str | None:
     """The version of registered model `name` that holds `run_id`'s model, if there is one."""
-    client = mlflow.MlflowClient()
-    found = client.search_model_versions(f"name = '{name}' and run_id = '{run_id}'")
+    try:
+        found = mlflow.MlflowClient().search_model_versions(f"name = '{name}' and run_id = '{run_id}'")
+    except mlflow.exceptions.MlflowException as error:
+        raise registry_error("reading the Model Registry", name, error) from None
     return min((v.version for v in found), key=int, default=None)
 
 
-def register(name: str, run_id: str) -> str:
-    """A new version of registered model `name` from the MLflow Model under the run's artifacts."""
+def model_name(registered: str) -> str:
+    """The LoggedModel name for registered model `registered`: MLflow refuses '.' (which a study
+    name may hold) among other characters in it."""
+    return "".join("-" if c in "/:.%\"'" else c for c in registered)
+
+
+def logged_model(run_id: str, name: str) -> str | None:
+    """The id of the latest READY LoggedModel `name` that run `run_id` is the source of, if any."""
     client = mlflow.MlflowClient()
     try:
-        client.create_registered_model(
-            name,
-            description="regsweep study: the recommended and the baseline setting's "
-            "model, by alias (@recommended, @baseline)",
-        )
-    except mlflow.exceptions.MlflowException:
-        pass  # it exists: another report registered it first
-    return client.create_model_version(name, source=f"runs:/{run_id}/{MODEL_PATH}", run_id=run_id).version
+        experiment_id = client.get_run(run_id).info.experiment_id
+        found = client.search_logged_models([experiment_id], f"source_run_id = '{run_id}' AND name = '{name}'")
+    except mlflow.exceptions.MlflowException as error:
+        raise registry_error("reading the experiment's models", name, error) from None
+    ready = [model for model in found if model.status == mlflow.entities.LoggedModelStatus.READY]
+    return max(ready, key=lambda model: model.creation_timestamp).model_id if ready else None
+
+
+ALREADY_EXISTS = ("RESOURCE_ALREADY_EXISTS", "ALREADY_EXISTS")  # MLflow's error codes for a name taken
+DESCRIPTION = "regsweep study: the recommended and the baseline setting's model, by alias (@recommended, @baseline)"
+
+
+def register(name: str, run_id: str, model_id: str) -> str:
+    """A new version of registered model `name` from LoggedModel `model_id` (run `run_id`'s), by
+    `mlflow.register_model`, which also lists the version on the LoggedModel (the Models tab)."""
+    client = mlflow.MlflowClient()
+    try:
+        client.create_registered_model(name, description=DESCRIPTION)
+    except mlflow.exceptions.MlflowException as error:
+        if error.error_code not in ALREADY_EXISTS:  # an earlier report registered it first: only that is fine
+            raise registry_error(f"creating the registered model '{name}'", name, error) from None
+    try:
+        # MLflow prints "Registered model ... already exists" and "Created version ...": regsweep's
+        # report says which version holds which run.
+        with contextlib.redirect_stderr(io.StringIO()):
+            return mlflow.register_model(f"models:/{model_id}", name).version
+    except mlflow.exceptions.MlflowException as error:
+        raise registry_error(f"registering run {run_id}'s model as a version of '{name}'", name, error) from None
 
 
 def set_alias(name: str, alias: str, version: str) -> None:
     """Points `name@alias` at `version` (where it points already, nothing changes)."""
-    mlflow.MlflowClient().set_registered_model_alias(name, alias, version)
+    try:
+        mlflow.MlflowClient().set_registered_model_alias(name, alias, version)
+    except mlflow.exceptions.MlflowException as error:
+        raise registry_error(f"pointing {name}@{alias} at version {version}", name, error) from None
+
+
+def registry_error(what: str, name: str, error: mlflow.exceptions.MlflowException) -> RegsweepError:
+    """One sentence for a Model Registry or LoggedModel call that failed: what, where, the
+    store's own reason and code, and what to do (permissions are the tracking server's to grant)."""
+    lines = str(error.message).strip().splitlines()
+    reason = redact(lines[0] if lines else "no message")[:300]
+    if error.error_code in ("PERMISSION_DENIED", "UNAUTHENTICATED"):
+        fix = (
+            f"ask the tracking server's admin for EDIT permission on the experiment and on the registered model "
+            f"'{name}', or log in as a user who has it (MLFLOW_TRACKING_USERNAME, MLFLOW_TRACKING_PASSWORD)"
+        )
+    else:
+        fix = "fix what the tracking store reports"
+    return RegsweepError(
+        f"{what} failed in {redact(mlflow.get_tracking_uri())} ({error.error_code}: {reason}): {fix}, "
+        f"then run regsweep report {name} again to register the answer's model"
+    )
 
 
 def learning_curve_figure(history: dict[str, list[float]], phase2_start: int | None):
