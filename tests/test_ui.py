@@ -10,6 +10,7 @@ import base64
 import json
 import os
 import queue
+import re
 import signal
 import socket
 import subprocess
@@ -17,12 +18,14 @@ import threading
 import urllib.error
 import urllib.request
 from pathlib import Path
+from urllib.parse import parse_qs, urlsplit
 
 import mlflow
 import optuna
 import pytest
 
 from conftest import REPO
+from regsweep import ui as ui_pages
 from regsweep.ui import MODEL_TRAINING as MODE
 from regsweep.ui import PASSWORD_VARIABLE
 from test_recovery import REGSWEEP
@@ -170,12 +173,12 @@ def test_the_mlflow_ui_shows_the_study_its_trials_and_compares_them(tmp_path, fi
         study_url = ui.line_starting("Study 'regularization': ").split(": ", 1)[1].split(" ")[0]
         # Pages in MLflow's model-training mode (its default, GenAI mode, opens on traces).
         assert runs_url.startswith(f"http://127.0.0.1:{port}/#/experiments/") and runs_url.endswith(f"/runs?{MODE}")
-        assert study_url == runs_url.replace("/runs?", f"/runs/{parent}?")
         base = f"http://127.0.0.1:{port}"
         experiment = runs_url.split("/experiments/")[1].split("/")[0]
+        assert study_url == ui_pages.runs_page(base, experiment, "regularization")  # the runs, filtered to the study
 
-        # The runs table: the study's parent run, its trials nested under it (shown once expanded).
-        open_page(browser, runs_url)
+        # The study's runs: its parent run, its trials nested under it (shown once expanded).
+        open_page(browser, study_url)
         parent_row = f"[role=row][row-id='{parent}']"
         wait_until(browser, lambda d: d.find_elements(By.CSS_SELECTOR, parent_row), "the study's parent run")
         assert "study regularization" in browser.find_element(By.CSS_SELECTOR, parent_row).text
@@ -210,9 +213,8 @@ def test_the_mlflow_ui_shows_the_study_its_trials_and_compares_them(tmp_path, fi
         shot(browser, "trial-artifacts")
 
         # The Model Registry: the study's model, its recommended version linked to the run that trained it.
-        recommended = mlflow.MlflowClient(f"sqlite:///{store}/mlflow.db").get_model_version_by_alias(
-            "regularization", "recommended"
-        )
+        client = mlflow.MlflowClient(f"sqlite:///{store}/mlflow.db")
+        recommended = client.get_model_version_by_alias("regularization", "recommended")
         open_page(browser, f"{base}/#/models/regularization")
         wait_until(browser, lambda d: "recommended" in page_text(d), "the recommended alias on the model's page")
         shot(browser, "registered-model")
@@ -225,6 +227,61 @@ def test_the_mlflow_ui_shows_the_study_its_trials_and_compares_them(tmp_path, fi
             "the version's alias and its source run's link",
         )
         shot(browser, "registered-version")
+
+        # The experiment's Models tab: the registered model is a LoggedModel there, linked to the run that
+        # trained it and to its registered version; its own page holds the run's metrics.
+        logged = recommended.source.removeprefix("models:/")
+        open_page(browser, f"{base}/#/experiments/{experiment}/models?{MODE}")
+        in_models_tab = [
+            f"a[href$='/experiments/{experiment}/models/{logged}']",  # the model, named after the study
+            f"a[href$='/experiments/{experiment}/runs/{recommended.run_id}']",  # its source run
+            f"a[href$='/models/regularization/versions/{recommended.version}']",  # its registered version
+        ]
+        wait_until(
+            browser,
+            lambda d: all(d.find_elements(By.CSS_SELECTOR, link) for link in in_models_tab),
+            "the registered model in the Models tab, with its source run and version",
+        )
+        assert browser.find_element(By.CSS_SELECTOR, in_models_tab[0]).text == "regularization"
+        assert f"regularization\nv{recommended.version}" in browser.find_element(By.CSS_SELECTOR, in_models_tab[2]).text
+        browser.execute_script(
+            "arguments[0].scrollIntoView({inline: 'center'})", browser.find_element(By.CSS_SELECTOR, in_models_tab[2])
+        )  # the table scrolled sideways to its registered-models column
+        shot(browser, "models-tab")
+        source = client.get_run(recommended.run_id)
+        open_page(browser, f"{base}/#/experiments/{experiment}/models/{logged}?{MODE}")
+        wait_until(browser, lambda d: "test_accuracy" in page_text(d), "the model's metrics")
+        metrics_text = page_text(browser).split("Metrics (", 1)[1].split("Parameters (", 1)[0].splitlines()
+        at = metrics_text.index("test_accuracy")
+        assert metrics_text[at + 2] == source.info.run_name  # metric, dataset, source run, value
+        assert float(metrics_text[at + 3]) == pytest.approx(source.data.metrics["test_accuracy"])
+        shot(browser, "logged-model")
+
+        # The report's link to MLflow's comparison of the baseline and the re-evaluated settings: the four
+        # knobs and the accuracies and gaps side by side, one column a run.
+        report = (store / "reports" / "regularization" / "report.md").read_text()
+        link = re.search(
+            r"\*\*Side by side in MLflow:\*\* \[[^]]+\]\((http://127\.0\.0\.1:5000/#/compare-runs\?[^)]+)\)", report
+        )
+        assert link, report.split("## The answer")[1][:3000]
+        compared = json.loads(parse_qs(urlsplit(link[1].split("#", 1)[1]).query)["runs"][0])
+        reevals = client.search_runs([experiment], "tags.`regsweep.role` = 'reeval'")
+        assert compared[0] in {r.info.run_id for r in reevals if r.data.tags["reeval"] == "baseline"}
+        assert len(compared) == len({r.data.tags["reeval"] for r in reevals}) >= 2  # one run a setting
+        runs = [client.get_run(run_id) for run_id in compared]
+        open_page(browser, link[1].replace("http://127.0.0.1:5000", base))
+        wait_until(browser, lambda d: f"Comparing {len(runs)} Runs" in page_text(d), "the comparison of the runs")
+        for knob in ("model.dropout", "augment.strength", "optim.lr", "model.unfrozen_blocks"):
+            row = browser.find_element(By.XPATH, f"//tr[th[normalize-space(.)='{knob}']]")
+            browser.execute_script("arguments[0].scrollIntoView({block: 'center'})", row)
+            cells = [cell.text for cell in row.find_elements(By.TAG_NAME, "td")]
+            assert cells == [run.data.params[knob] for run in runs], knob
+        shot(browser, "compare-knobs")
+        for metric in ("test_accuracy", "val_accuracy", "gap", "test_gap"):
+            values = compared_metric(browser, metric)
+            assert values == pytest.approx([run.data.metrics[metric] for run in runs], abs=6e-4), metric
+            if metric == "test_accuracy":
+                shot(browser, "compare-test-accuracy")
 
         # The study's report, viewable from its parent run.
         open_page(browser, f"{base}/#/experiments/{experiment}/runs/{parent}/artifacts?{MODE}")
@@ -271,6 +328,32 @@ def test_the_mlflow_ui_shows_the_study_its_trials_and_compares_them(tmp_path, fi
     with socket.socket() as probe:  # both servers are gone with it
         for closed in (port, dashboard_port):
             assert probe.connect_ex(("127.0.0.1", closed)) != 0
+
+
+# MLflow's comparison page draws its metrics as two grids that render only the rows in view: the
+# names, and the values (one column a run) at the same height. Read in one step, as the page re-renders.
+COMPARED_ROW = """
+const [names, values, metric] = arguments;
+const cell = [...names.querySelectorAll('a')].find(a => a.textContent.trim() === metric);
+if (!cell) { names.scrollTop += 150; values.scrollTop = names.scrollTop; return null; }  // scroll on, as a user
+const top = cell.parentElement.style.top;
+values.scrollTop = parseFloat(top) - 100;  // the row in view in both grids
+names.scrollTop = values.scrollTop;
+const row = [...values.querySelectorAll(':scope > div > div')].filter(c => c.style.top === top);
+row.sort((a, b) => parseFloat(a.style.left) - parseFloat(b.style.left));
+return row.length ? row.map(c => c.textContent.trim()) : null;
+"""
+
+
+def compared_metric(driver, metric: str) -> list[float]:
+    """One metric's row in MLflow's comparison page, one value a run."""
+    from selenium.webdriver.common.by import By
+
+    names, values = driver.find_elements(By.CSS_SELECTOR, ".ReactVirtualized__Grid")[-2:]
+    driver.execute_script("arguments[0].scrollIntoView({block: 'center'}); arguments[0].scrollTop = 0", values)
+    driver.execute_script("arguments[0].scrollTop = 0", names)
+    row = wait_until(driver, lambda d: d.execute_script(COMPARED_ROW, names, values, metric), f"the {metric} row")
+    return [float(value) for value in row]
 
 
 def test_ui_refuses_a_port_in_use_in_one_sentence(tmp_path):
@@ -510,3 +593,57 @@ def test_ui_with_auth_answers_only_its_admin_and_keeps_the_password_out_of_files
             "password, or delete the file to start over with this one (the users it holds go with it)"
         )
     ]
+
+
+def test_a_registration_the_tracking_server_refuses_is_one_sentence_and_a_name_taken_is_not_an_error(
+    tmp_path, monkeypatch
+):
+    """MLflow's login in front of the store (regsweep ui --auth): the admin registers, a second time under
+    the same name too; a user who may only read is refused, and regsweep says so in one sentence."""
+    import requests
+
+    from regsweep import tracking
+    from regsweep.config import RegsweepError
+
+    store, port = tmp_path / "mlruns", free_port()
+    server = f"http://127.0.0.1:{port}"
+    ui = UI(f"paths.store={store}", "--port", str(port), "--auth", cwd=tmp_path, env=environment(PASSWORD))
+    previous = mlflow.get_tracking_uri()
+    try:
+        ui.line_starting("Press Ctrl-C")
+        monkeypatch.setenv("MLFLOW_TRACKING_USERNAME", "admin")
+        monkeypatch.setenv("MLFLOW_TRACKING_PASSWORD", PASSWORD)
+        mlflow.set_tracking_uri(server)
+        experiment = mlflow.get_experiment_by_name("regsweep").experiment_id
+        client = mlflow.MlflowClient()
+        run = client.create_run(experiment, run_name="reeval baseline seed 1").info.run_id
+        model = mlflow.create_external_model(name="shared", source_run_id=run, experiment_id=experiment)
+        assert tracking.register("shared", run, model.model_id) == "1"
+        assert tracking.register("shared", run, model.model_id) == "2"  # the registered model exists: no error
+        assert client.get_model_version("shared", "2").run_id == run
+        assert tracking.logged_model(run, "shared") == model.model_id
+
+        reader = {"username": "reader", "password": "a reader's long password"}
+        created = requests.post(f"{server}/api/2.0/mlflow/users/create", json=reader, auth=("admin", PASSWORD))
+        assert created.status_code == 200, created.text
+        monkeypatch.setenv("MLFLOW_TRACKING_USERNAME", reader["username"])
+        monkeypatch.setenv("MLFLOW_TRACKING_PASSWORD", reader["password"])
+        for attempt, what in (
+            (lambda: tracking.register("shared", run, model.model_id), f"registering run {run}'s model as a version"),
+            (lambda: tracking.set_alias("shared", "recommended", "1"), "pointing shared@recommended at version 1"),
+        ):
+            with pytest.raises(RegsweepError) as refused:
+                attempt()
+            sentence = str(refused.value)
+            assert sentence.startswith(f"{what}") and f"failed in {server} (PERMISSION_DENIED: " in sentence
+            assert sentence.endswith(
+                "ask the tracking server's admin for EDIT permission on the experiment and on the registered "
+                "model 'shared', or log in as a user who has it (MLFLOW_TRACKING_USERNAME, MLFLOW_TRACKING_PASSWORD), "
+                "then run regsweep report shared again to register the answer's model"
+            )
+            assert "\n" not in sentence and reader["password"] not in sentence
+        assert len(client.search_model_versions("name = 'shared'")) == 2  # nothing registered by the refused user
+    finally:
+        mlflow.set_tracking_uri(previous)
+        code = ui.stop()
+    assert code == 0

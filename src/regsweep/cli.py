@@ -42,7 +42,7 @@ commands:
            re-evaluation and the report (regsweep sweep --help)
   report   rebuild the report of a stored study (regsweep report --help)
   cache    the frozen-prefix feature cache: regsweep cache info | regsweep cache clear
-  ui       the MLflow UI on the store, at the study's parent run (regsweep ui --help)
+  ui       the MLflow UI on the store, and each study's pages in it (regsweep ui --help)
   export   any run's whole model as an MLflow Model (regsweep export --help)
 
   --version  print regsweep's version
@@ -262,9 +262,10 @@ def ui_command(args: list[str]) -> None:
     parser = _parser(
         "ui",
         "regsweep ui [study] [--host 127.0.0.1] [--port 5000] [--auth] [--optuna] [--optuna-port 8080] [overrides]",
-        "Starts the MLflow UI on the project's store (tracking.uri, mlruns/ by default) and prints the\n"
-        "page of the study's parent run, whose nested runs are its trials. With a tracking server\n"
-        "(tracking.uri=http://...) nothing is started: the page on that server is printed.\n"
+        "Starts the MLflow UI on the project's store (tracking.uri, mlruns/ by default) and prints, for\n"
+        "each study the store holds (or only [study]), its runs in the MLflow UI and, with --optuna,\n"
+        "its page in optuna-dashboard. With a tracking server (tracking.uri=http://...) nothing is\n"
+        "started: the pages on that server are printed.\n"
         "Stop with Ctrl-C.",
     )
     parser.add_argument("--host", default="127.0.0.1", help="where the MLflow UI listens (default: this machine only)")

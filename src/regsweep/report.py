@@ -242,6 +242,7 @@ class Facts:
     reevaluate_command: str = ""  # `regsweep report <study> --reevaluate`, to settle an open verdict
     registered: dict[str, tuple[str, dict]] = field(default_factory=dict)  # alias → (version, run)
     not_registered: str = ""  # why registering failed, when it did
+    compare: str = ""  # MLflow's comparison page of the re-evaluated settings' runs (regsweep.ui.compare_page)
     in_progress: str = ""  # "in progress: 1 complete, 1 running, 2 to go": the answer is provisional
 
     @property
@@ -334,7 +335,10 @@ def seeds_line(answer: Answer) -> str:
 def markdown(facts: Facts) -> str:
     s, rows, keys, counts = facts.settings, facts.rows, facts.keys, facts.counts
     out = [f"# regsweep report — study `{facts.name}`", "", "## The answer", ""]
-    out += [f"- {line}" for line in answer_lines(facts)] + [""]
+    out += [f"- {line}" for line in answer_lines(facts)]
+    if facts.compare:
+        out.append(f"- **Side by side in MLflow:** [{COMPARE_WHAT}]({facts.compare}){COMPARE_NOTE}")
+    out.append("")
     if facts.replay:
         out += ["Replay:", "", "```bash", facts.replay, *[facts.experiment] * bool(facts.experiment), "```", ""]
     registry = registry_lines(facts)
@@ -476,6 +480,8 @@ def terminal_summary(facts: Facts) -> str:
     ]
     lines += [f"  failed {len(numbers)}x: {reason}" for reason, numbers in failures_by_reason(facts.rows)]
     lines += ["", "The answer"] + [f"  {line.replace('**', '').replace('`', '')}" for line in answer_lines(facts)]
+    if facts.compare:  # the address last, alone at the end of its line, for a terminal to open
+        lines.append(f"  Side by side in MLflow ({COMPARE_SHORT}): {facts.compare}")
     if facts.summaries:
         lines += ["", "Re-evaluation (mean ± std over seeds):"]
         lines += [
@@ -578,6 +584,10 @@ def reevaluation_markdown(facts: Facts) -> list[str]:
 
 
 ALIASES = ("recommended", "baseline")
+
+COMPARE_WHAT = "the baseline and the re-evaluated settings: knobs, val and test accuracy, gaps"
+COMPARE_NOTE = ", one run a setting (the seed that stands for it in the registry); a local store needs `regsweep ui`"
+COMPARE_SHORT = "knobs, val and test accuracy, gaps; a local store needs regsweep ui"
 
 
 def registry_lines(facts: Facts) -> list[str]:

@@ -25,7 +25,7 @@ import mlflow
 import optuna
 from omegaconf import DictConfig, OmegaConf
 
-from regsweep import data, faults, reevaluate, report, results, space, study, tracking
+from regsweep import data, faults, reevaluate, report, results, space, study, tracking, ui
 from regsweep.config import RegsweepError, compose, compose_study, override_key, redact, training_overrides, validate
 from regsweep.study import Sweep
 from regsweep.trial import make_objective
@@ -335,6 +335,7 @@ def gather(
     facts.reevaluate_command = f"regsweep report {optuna_study.study_name} --reevaluate" + "".join(
         f" {shlex.quote(o)}" for o in _where(cfg)
     )
+    facts.compare = compare_link(cfg, parent_run_id, facts.summaries)
     if found is None:
         return facts
     if found.keep_baseline and (found.row is None or found.verdict is not None):
@@ -358,6 +359,17 @@ def gather(
             _wider_command(optuna_study.study_name, recorded, cfg),
         )
     return facts
+
+
+def compare_link(cfg: DictConfig, parent_run_id: str | None, summaries: list[results.Summary]) -> str:
+    """MLflow's run comparison of the re-evaluated settings, baseline first, one run each (the seed
+    that stands for it in the registry), on the tracking server or where `regsweep ui` serves a
+    local store; "" before any re-evaluation."""
+    if parent_run_id is None or not summaries:
+        return ""
+    experiment_id = mlflow.MlflowClient().get_run(parent_run_id).info.experiment_id
+    runs = [results.representative_run(summary)["run_id"] for summary in summaries]
+    return ui.compare_page(ui.address(str(cfg.tracking.uri)), experiment_id, runs)
 
 
 def _row_of(rows: list[results.TrialRow], summary: results.Summary | None) -> results.TrialRow | None:

@@ -1,14 +1,16 @@
 """`regsweep ui`: MLflow's own UI on the project's store, and optuna-dashboard beside it.
 
 Both are the stock servers (`mlflow server`, `optuna-dashboard`), started on 127.0.0.1 unless
-told otherwise, with their logs under <store>/ui/. regsweep only finds the study's parent run
-so it can print the page to open, and stops both servers when it stops. With --auth the MLflow
-UI is MLflow's own basic-auth app, its users kept in <store>/ui/auth.db.
+told otherwise, with their logs under <store>/ui/. regsweep only finds the studies the store
+holds (in Optuna's storage and as MLflow parent runs) so it can print each one's pages, and
+stops both servers when it stops. With --auth the MLflow UI is MLflow's own basic-auth app,
+its users kept in <store>/ui/auth.db.
 """
 
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import secrets
 import signal
@@ -20,10 +22,10 @@ import urllib.request
 import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
-from urllib.parse import urlsplit, urlunsplit
+from urllib.parse import quote, urlsplit, urlunsplit
 
+import mlflow
 import optuna
-from mlflow.server.security_utils import get_default_allowed_hosts
 from omegaconf import DictConfig
 
 from regsweep import study, tracking
@@ -64,7 +66,9 @@ def serve(options: Options) -> None:
         print(warning, file=sys.stderr, flush=True)
     if options.optuna:
         _check_free(options.host, options.optuna_port, "--optuna-port")
-    experiment_id, parent, study_id = study_pages(cfg)  # a new local store gets its tables and experiment here
+    experiment_id = tracking.use_store(cfg.tracking)  # a new local store gets its tables and experiment here
+    named = any(override.startswith("sweep.study=") for override in options.overrides)
+    found = find_studies(cfg, str(cfg.sweep.study) if named else None)
     servers: list[subprocess.Popen] = []
     try:
         if local:
@@ -75,44 +79,109 @@ def serve(options: Options) -> None:
         print(f"MLflow UI: {base_url}/#/experiments/{experiment_id}/runs?{MODEL_TRAINING}")
         if auth:
             print(f"Log in as {ADMIN} with the password in {PASSWORD_VARIABLE}; the users are kept in {auth.database}.")
-        if parent is None:
+        if not found:
+            which = f"study '{cfg.sweep.study}'" if named else "study"
             print(
-                f"No study '{cfg.sweep.study}' in {redact(str(cfg.sweep.storage))} yet: "
+                f"No {which} in {redact(str(cfg.sweep.storage))} yet: "
                 "the runs table shows `regsweep train` runs; a sweep adds its study's parent run."
             )
-        else:
-            print(
-                f"Study '{cfg.sweep.study}': {base_url}/#/experiments/{experiment_id}/runs/{parent}?{MODEL_TRAINING} "
-                "(its child runs are the trials and re-evaluations; select two or more and Compare)"
-            )
+        for one in found:
+            if one.experiment_id is None:
+                print(
+                    f"Study '{one.name}': no MLflow runs in tracking.uri={redact(tracking_uri)}: "
+                    "point tracking.uri at the store its sweep logged to"
+                )
+            else:
+                print(
+                    f"Study '{one.name}': {runs_page(base_url, one.experiment_id, one.name)} "
+                    "(its parent run and, nested under it, the trials and re-evaluations; select two or more and "
+                    "Compare)"
+                )
         if options.optuna:
             servers.append(start_optuna_dashboard(cfg, options))
-            page = "" if study_id is None else f"/{study_id}"
-            print(
-                f"optuna-dashboard: http://{_display_host(options.host)}:{options.optuna_port}"
-                f"/dashboard/studies{page} (study '{cfg.sweep.study}')"
-            )
+            dashboard = f"http://{_display_host(options.host)}:{options.optuna_port}/dashboard/studies"
+            in_storage = [one for one in found if one.study_id is not None]
+            if not in_storage:
+                print(f"optuna-dashboard: {dashboard}")
+            for one in in_storage:
+                print(f"optuna-dashboard: {dashboard}/{one.study_id} (study '{one.name}')")
         if not servers:
             return
-        print("Press Ctrl-C to stop.", flush=True)
         _wait(servers)
     finally:
         _stop(servers)
 
 
-def study_pages(cfg: DictConfig) -> tuple[str, str | None, int | None]:
-    """The experiment id, and the study's parent run id and Optuna study id if it exists."""
-    experiment_id = tracking.use_store(cfg.tracking)
+@dataclass
+class Study:
+    """A study the store holds: in Optuna's storage (its study id), in MLflow (its parent run's
+    experiment), or both."""
+
+    name: str
+    study_id: int | None = None
+    experiment_id: str | None = None
+
+
+def find_studies(cfg: DictConfig, only: str | None = None) -> list[Study]:
+    """Every study in sweep.storage and every study parent run in tracking.uri (`only`: that
+    study, if it is there), by name. Call after tracking.use_store."""
+    found: dict[str, Study] = {}
+    parents: dict[str, str] = {}  # the study's parent run, as its Optuna study records it
     storage = str(cfg.sweep.storage)
-    if storage.startswith("sqlite:///") and not Path(storage.removeprefix("sqlite:///")).is_file():
-        return experiment_id, None, None  # no sweep has run here: nothing to open, and nothing to create
-    optuna.logging.set_verbosity(optuna.logging.WARNING)
-    study_storage = study.open_storage(storage, connect_timeout=cfg.tracking.connect_timeout)
-    try:
-        study_id = study_storage.get_study_id_from_name(cfg.sweep.study)
-    except KeyError:
-        return experiment_id, None, None
-    return experiment_id, study_storage.get_study_user_attrs(study_id).get(study.PARENT_RUN_ATTR), study_id
+    # No sweep has run here when the SQLite file is missing: nothing to read, and nothing to create.
+    if not storage.startswith("sqlite:///") or Path(storage.removeprefix("sqlite:///")).is_file():
+        optuna.logging.set_verbosity(optuna.logging.WARNING)
+        opened = study.open_storage(storage, connect_timeout=cfg.tracking.connect_timeout)
+        for summary in optuna.get_all_study_summaries(opened, include_best_trial=False):
+            if only in (None, summary.study_name):
+                found[summary.study_name] = Study(summary.study_name, opened.get_study_id_from_name(summary.study_name))
+                if parent := summary.user_attrs.get(study.PARENT_RUN_ATTR):
+                    parents[summary.study_name] = parent
+    client = mlflow.MlflowClient()
+    experiments = [e.experiment_id for e in client.search_experiments()]
+    role = f"tags.`{tracking.ROLE_TAG}` = 'study'"
+    named = f" and tags.`{tracking.STUDY_TAG}` = '{only}'" if only is not None else ""
+    runs = _all_runs(client, experiments, role + named) if experiments else []
+    for run in sorted(runs, key=lambda r: r.info.start_time or 0):  # the latest parent of a name last: it wins
+        name = run.data.tags.get(tracking.STUDY_TAG)
+        if name is None or (name in parents and parents[name] != run.info.run_id):
+            continue  # a parent run that the study in this storage does not use
+        found.setdefault(name, Study(name)).experiment_id = run.info.experiment_id
+    return [found[name] for name in sorted(found)]
+
+
+def _all_runs(client: mlflow.MlflowClient, experiments: list[str], filter_string: str) -> list:
+    runs, token = [], None
+    while True:
+        page = client.search_runs(experiments, filter_string, max_results=1000, page_token=token)
+        runs += list(page)
+        token = page.token
+        if not token:
+            return runs
+
+
+# --- pages: what regsweep ui and the report print -------------------------------------------------
+
+
+def address(tracking_uri: str) -> str:
+    """Where the MLflow UI of `tracking_uri` is: the tracking server itself (without a password),
+    or, for a local store, where `regsweep ui` serves it by default."""
+    if tracking_uri.startswith(("http://", "https://")):
+        return _without_credentials(tracking_uri)
+    return f"http://{Options.host}:{Options.port}"
+
+
+def runs_page(base_url: str, experiment_id: str, name: str) -> str:
+    """The experiment's runs table filtered to the study `name`'s runs (their tag)."""
+    search = quote(f"tags.`{tracking.STUDY_TAG}` = '{name}'", safe="")
+    return f"{base_url}/#/experiments/{experiment_id}/runs?searchFilter={search}&{MODEL_TRAINING}"
+
+
+def compare_page(base_url: str, experiment_id: str, run_ids: list[str]) -> str:
+    """MLflow's run comparison of `run_ids`: their params and metrics side by side, one column a run."""
+    runs = quote(json.dumps(run_ids, separators=(",", ":")), safe="")
+    experiments = quote(json.dumps([experiment_id]), safe="")
+    return f"{base_url}/#/compare-runs?runs={runs}&experiments={experiments}&{MODEL_TRAINING}"
 
 
 def start_mlflow_ui(cfg: DictConfig, options: Options, auth: Auth | None = None) -> subprocess.Popen:
@@ -277,6 +346,8 @@ def _allowed_hosts(options: Options) -> list[str]:
     server accepts only localhost and private IP addresses in the Host header by default."""
     if options.host in LOOPBACK:
         return []
+    from mlflow.server.security_utils import get_default_allowed_hosts  # lazy: the report imports this module
+
     names = {socket.gethostname(), socket.getfqdn(), options.host}
     return [
         "--allowed-hosts",
@@ -330,6 +401,7 @@ def _wait(servers: list[subprocess.Popen]) -> None:
     signal.signal(signal.SIGTERM, _interrupt)
     signal.signal(signal.SIGINT, _interrupt)
     try:
+        print("Press Ctrl-C to stop.", flush=True)  # once Ctrl-C is handled: a stop right after it is a clean stop
         while all(server.poll() is None for server in servers):
             time.sleep(0.5)
     except KeyboardInterrupt:
