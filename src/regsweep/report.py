@@ -26,6 +26,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from regsweep import results
 from regsweep.config import config_groups
+from regsweep.metrics import GAP, TEST_ACCURACY, TEST_GAP, TEST_IMAGES, VAL_ACCURACY
 from regsweep.results import (
     BASELINE,
     Answer,
@@ -133,7 +134,7 @@ def effects_figure(rows: list[TrialRow], space: dict[str, optuna.distributions.B
         distribution = space[key]
         categorical = isinstance(distribution, optuna.distributions.CategoricalDistribution)
         levels = _levels(distribution)
-        for row_index, metric in enumerate(("val_accuracy", "gap")):
+        for row_index, metric in enumerate((VAL_ACCURACY, GAP)):
             axis = axes[row_index][column]
             points = [(r.params[key], getattr(r, metric), r is baseline) for r in done if key in r.params]
             if categorical:
@@ -154,12 +155,12 @@ def effects_figure(rows: list[TrialRow], space: dict[str, optuna.distributions.B
                 [y for _, y, _ in points],
                 alpha=0.55,
                 edgecolors="none",
-                color="tab:blue" if metric == "val_accuracy" else "tab:red",
+                color="tab:blue" if metric == VAL_ACCURACY else "tab:red",
             )
             marked = [(x, y) for x, (_, y, is_baseline) in zip(xs, points) if is_baseline]
             if marked:
                 axis.scatter(*zip(*marked), marker="s", s=50, color="black", label="baseline")
-            if metric == "gap":
+            if metric == GAP:
                 axis.axhline(epsilon, color="tab:red", linestyle="--", linewidth=1, label=f"ε = {epsilon:g}")
             axis.set_xlabel(key)
             axis.set_ylabel(metric)
@@ -298,7 +299,7 @@ def _answer_lines(facts: Facts, answer: Answer) -> list[str]:
                 results.CANT_TELL: f"{kept} for now: can't tell yet whether {chosen}{its} helps.",
             }.get(verdict.case, f"**Use {chosen}**: {_knobs(facts, answer.row)}.")
         ]
-        images = answer.baseline.runs[0].get("test_images")
+        images = answer.baseline.runs[0].get(TEST_IMAGES)
         where = f"on the test split ({images} images)" if images else "on the test split"
         line = f"**Verdict {where}, simultaneous 95 % intervals:** {verdict.sentence}"
         if verdict.settle:
@@ -417,7 +418,7 @@ def markdown(facts: Facts) -> str:
         out += [
             _table(
                 ["knob", "for val_accuracy", "for gap"],
-                [[k, importance["val_accuracy"].get(k, math.nan), importance["gap"].get(k, math.nan)] for k in keys],
+                [[k, importance[VAL_ACCURACY].get(k, math.nan), importance[GAP].get(k, math.nan)] for k in keys],
             ),
             "",
         ]
@@ -485,8 +486,8 @@ def terminal_summary(facts: Facts) -> str:
     if facts.summaries:
         lines += ["", "Re-evaluation (mean ± std over seeds):"]
         lines += [
-            f"  {results.setting_name(s.label):13s} {len(s.runs):2d} seeds  test {s.pm('test_accuracy', 3)}  "
-            f"val {s.pm('val_accuracy', 3)}  test gap {s.pm('test_gap', 3)}"
+            f"  {results.setting_name(s.label):13s} {len(s.runs):2d} seeds  test {s.pm(TEST_ACCURACY, 3)}  "
+            f"val {s.pm(VAL_ACCURACY, 3)}  test gap {s.pm(TEST_GAP, 3)}"
             for s in facts.summaries
         ]
     top = in_rule_order(facts.rows, facts.settings.epsilon)[:5]
@@ -538,10 +539,10 @@ def reevaluation_markdown(facts: Facts) -> list[str]:
                 [
                     name(s),
                     len(s.runs),
-                    s.pm("test_accuracy", 4),
-                    s.pm("val_accuracy", 4),
-                    s.pm("gap", 4),
-                    s.pm("test_gap", 4),
+                    s.pm(TEST_ACCURACY, 4),
+                    s.pm(VAL_ACCURACY, 4),
+                    s.pm(GAP, 4),
+                    s.pm(TEST_GAP, 4),
                 ]
                 for s in facts.summaries
             ],
@@ -556,8 +557,8 @@ def reevaluation_markdown(facts: Facts) -> list[str]:
     for summary in state.summaries:
         if summary.label == BASELINE or len(summary.runs) < 2:
             continue
-        accuracy = results.difference(baseline, summary, "test_accuracy")
-        gap = results.difference(baseline, summary, "test_gap")
+        accuracy = results.difference(baseline, summary, TEST_ACCURACY)
+        gap = results.difference(baseline, summary, TEST_GAP)
         rows.append(
             [
                 name(summary),

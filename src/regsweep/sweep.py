@@ -27,6 +27,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from regsweep import data, faults, reevaluate, report, results, space, study, tracking, ui
 from regsweep.config import RegsweepError, compose, compose_study, override_key, redact, training_overrides, validate
+from regsweep.metrics import GAP, TRAIN_ACCURACY, VAL_ACCURACY
 from regsweep.study import Sweep
 from regsweep.trial import make_objective
 from regsweep.worker import TrialWorker, import_tensorflow_quietly
@@ -302,12 +303,12 @@ def gather(
 ) -> report.Facts:
     """Everything the report shows, read once from the study and its runs, and decided.
     The best-settings file is written only for a complete study (`provisional` empty)."""
-    searched = space.parse_space(optuna_study.user_attrs.get("search_space", {}))
+    searched = space.parse_space(optuna_study.user_attrs.get(study.SEARCH_SPACE_ATTR, {}))
     rows = study.trial_rows(optuna_study)
     progress = reevaluate.progress_of(optuna_study, cfg, settings, parent_run_id, base_overrides)
     curves = reevaluate.collect_curve(cfg, parent_run_id, progress.summaries)
     shared = optuna_study.user_attrs.get(study.SHARED_IMAGES_ATTR, [])
-    recorded = list(optuna_study.user_attrs.get("base_overrides", []))
+    recorded = list(optuna_study.user_attrs.get(study.BASE_OVERRIDES_ATTR, []))
     baseline_overrides = space.baseline_overrides(settings.reevaluate.baseline)
     found = results.answer(
         rows,
@@ -400,7 +401,7 @@ def importances(optuna_study: optuna.Study) -> dict[str, dict[str, float]]:
 
     Optuna's default evaluator (PED-ANOVA) explains *low* target values: val_accuracy is negated.
     """
-    signs = {"val_accuracy": -1.0, "gap": 1.0}
+    signs = {VAL_ACCURACY: -1.0, GAP: 1.0}
     found = {}
     for metric, sign in signs.items():
         try:
@@ -445,7 +446,7 @@ def _log_report(parent_run_id: str, out_dir: Path, found: results.Answer | None)
     if found is None:
         return
     if found.row is not None:
-        for metric in ("val_accuracy", "gap", "train_accuracy"):
+        for metric in (VAL_ACCURACY, GAP, TRAIN_ACCURACY):
             client.log_metric(parent_run_id, f"recommended_{metric}", getattr(found.row, metric))
     client.set_tag(parent_run_id, tracking.RECOMMENDED_TRIAL_TAG, found.label.lstrip("#"))
 
@@ -468,7 +469,7 @@ def report_study(
     stored = study.load_study(cfg.sweep, cfg.tracking.connect_timeout)
     parent = stored.user_attrs.get(study.PARENT_RUN_ATTR)
     # The recorded overrides mask passwords: the ones given here (tracking.uri=...) win.
-    start_from = reevaluate.merge(stored.user_attrs.get("base_overrides", []), training_overrides(overrides))
+    start_from = reevaluate.merge(stored.user_attrs.get(study.BASE_OVERRIDES_ATTR, []), training_overrides(overrides))
     if reevaluate_first and parent is not None and not reevaluate.has_test_split(compose(start_from)):
         raise RegsweepError(
             "--reevaluate needs a test split: give data.test_dir (data=folders) "

@@ -43,7 +43,7 @@ class TrialMonitor:
         self.trial, self.prune, self.progress = trial, prune, progress
 
     def on_epoch_end(self, epoch, logs=None):
-        val_accuracy = float((logs or {}).get("val_accuracy", math.nan))
+        val_accuracy = float((logs or {}).get("val_accuracy", math.nan))  # Keras's per-epoch key, as it logs it
         self.progress.epoch(epoch + 1, val_accuracy)
         if self.prune:
             self.trial.report(val_accuracy, step=epoch)
