@@ -613,6 +613,9 @@ def test_a_registration_the_tracking_server_refuses_is_one_sentence_and_a_name_t
         ui.line_starting("Press Ctrl-C")
         monkeypatch.setenv("MLFLOW_TRACKING_USERNAME", "admin")
         monkeypatch.setenv("MLFLOW_TRACKING_PASSWORD", PASSWORD)
+        # mlflow.set_tracking_uri also exports MLFLOW_TRACKING_URI, which later tests' sweeps in
+        # this process would inherit and log to: monkeypatch owns the variable and removes it.
+        monkeypatch.setenv("MLFLOW_TRACKING_URI", server)
         mlflow.set_tracking_uri(server)
         experiment = mlflow.get_experiment_by_name("regsweep").experiment_id
         client = mlflow.MlflowClient()
