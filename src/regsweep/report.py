@@ -78,22 +78,14 @@ def front_figure(rows: list[TrialRow], front: list[TrialRow], answer: Answer | N
     axis.axvline(epsilon, color="tab:red", linestyle="--", label=f"gap = ε ({epsilon:g})")
     chosen = answer.row if answer is not None else None
     if chosen is not None:  # a hollow star under the baseline's square: neither hides the other
-        adopted = answer.verdict is not None and not answer.keep_baseline
-        axis.scatter(
-            [chosen.gap],
-            [chosen.val_accuracy],
-            marker="*",
-            s=380,
-            facecolors="none",
-            edgecolors="tab:orange",
-            linewidths=2,
-            zorder=3,
-            label="the answer (after re-evaluation)"
-            if adopted
-            else "the answer (single trials)"
-            if answer.verdict is None
-            else "the answer: keep the baseline",
-        )
+        if answer.verdict is None:
+            label = "the answer (single trials)"
+        elif answer.keep_baseline:
+            label = "the answer: keep the baseline"
+        else:
+            label = "the answer (after re-evaluation)"
+        star = {"marker": "*", "s": 380, "facecolors": "none", "edgecolors": "tab:orange", "linewidths": 2}
+        axis.scatter([chosen.gap], [chosen.val_accuracy], **star, zorder=3, label=label)
     baseline = baseline_row(rows)
     if baseline is not None:
         axis.scatter(
