@@ -263,3 +263,62 @@ def test_a_run_replays_exactly_with_augmentation_on(store, cache):
         return {k: v for k, v in metrics.items() if not k.startswith(("seconds_", "cache_"))}
 
     assert results(first) == results(second)
+
+
+def test_trials_in_one_process_train_exactly_as_each_would_alone(store):
+    """A sweep's worker reuses the backbone, the phase-1 head model and its traced functions
+    from trial to trial: no trial's result may depend on the trials before it."""
+    quick = ("train.epochs=4", "train.fine_tune_epochs=2", "tracking.artifacts=none")
+    trials = [
+        ("model.dropout=0.5", "optim.lr=0.01", "model.unfrozen_blocks=1", "augment.strength=0.5"),
+        ("model.dropout=0.0", "optim.lr=0.003"),  # Keras's Dropout at rate 0 has no seed state
+        ("model.dropout=0.3", "optim.lr=0.001"),
+    ]
+
+    def curves(result):
+        history = client(store).get_metric_history(result.run_id, "epoch_val_loss")
+        return [m.value for m in sorted(history, key=lambda m: m.step)]
+
+    in_sequence = [train.train_and_log(quick_cfg(store, *quick, *overrides)) for overrides in trials]
+    for overrides, earlier in zip(trials, in_sequence):
+        models._HEAD_TRAINERS.clear()  # as a fresh worker process starts
+        models._REUSABLE.clear()
+        alone = train.train_and_log(quick_cfg(store, *quick, *overrides))
+        assert alone.metrics["val_accuracy"] == earlier.metrics["val_accuracy"]
+        assert alone.metrics["train_accuracy"] == earlier.metrics["train_accuracy"]
+        assert curves(alone) == curves(earlier)
+        assert len(curves(alone)) == alone.metrics["epochs_trained"]
+
+
+def test_epoch_curves_reach_mlflow_when_the_fit_ends_however_it_ends(store, monkeypatch):
+    """Epochs are written in batches; a stopped fit still leaves every epoch it trained."""
+    from regsweep import tracking
+
+    class Stop(Exception):
+        pass
+
+    def stop_at_third_epoch(epoch, logs=None):
+        if epoch == 2:
+            raise Stop
+
+    stopper = keras.callbacks.LambdaCallback(on_epoch_end=stop_at_third_epoch)
+    run_ids = []
+    with pytest.raises(Stop):
+        train.train_and_log(
+            quick_cfg(store, "train.epochs=6", "tracking.artifacts=none"),
+            callbacks=(stopper,),
+            on_run_started=run_ids.append,
+        )
+    history = client(store).get_metric_history(run_ids[0], "epoch_val_accuracy")
+    assert sorted(m.step for m in history) == [0, 1, 2]
+
+    monkeypatch.setattr(tracking.EpochLog, "FLUSH_SECONDS", 0.0)  # a write every epoch, as a slow epoch gets
+    written = []
+
+    def count_and_drop(self):
+        written.append(len(self.pending))
+        self.pending.clear()
+
+    monkeypatch.setattr(tracking.EpochLog, "flush", count_and_drop)
+    train.train_and_log(quick_cfg(store, "train.epochs=3", "tracking.artifacts=none"))
+    assert written[:3] == [4, 4, 4]  # loss, accuracy, val_loss, val_accuracy of each epoch, as it ends

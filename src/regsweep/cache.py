@@ -342,8 +342,9 @@ def write_features(
 class Phase:
     """A model and the datasets it trains on: features in place of images."""
 
-    model: keras.Model  # shares its layers with the classifier that gets logged
+    model: keras.Model  # shares its layers with the classifier that gets logged, unless head_of is set
     datasets: data.Datasets
+    head_of: keras.Model | None = None  # the classifier whose head this reusable model trains (model.reusable_head)
 
 
 @dataclass
@@ -464,6 +465,8 @@ def prepare(
             val=evaluation_set(val.features, val.labels, batch_size),
             train_steps=steps,
         )
+        if cut == 0:  # the head alone: one model per process, its traced functions kept between trials
+            return Phase(models.reusable_head(classifier, clean_train.features.shape[1:]), datasets, head_of=classifier)
         trained = models.classifier_on_features(classifier, backbone, base, cut, clean_train.features.shape[1:])
         return Phase(trained, datasets)
 

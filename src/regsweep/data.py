@@ -187,7 +187,7 @@ def check_class_folders(folders: dict[str, Path], keys: dict[str, str]) -> tuple
     return tuple(train_classes)
 
 
-_CHECKED: dict[tuple, str | None] = {}  # (path, size, mtime, inode) → why it is unusable, or None
+_CHECKED: dict[tuple, str | None] = {}  # file_identity → why it is unusable, or None
 _WARNED: set[tuple] = set()
 
 
@@ -241,7 +241,7 @@ def _decode_problem(path: Path) -> str | None:
     from PIL import Image
 
     stat = path.stat()
-    key = (str(path.resolve()), stat.st_size, stat.st_mtime_ns, stat.st_ino)
+    key = file_identity(stat)
     if key not in _CHECKED:
         if not path.is_file():  # a pipe would block the decoder (and Keras) forever
             _CHECKED[key] = "is not a regular file (a pipe or a device)"
@@ -425,14 +425,22 @@ def _listing(folder: Path, class_names: tuple[str, ...]) -> list[tuple[str, str,
 _CONTENT_HASHES: dict[tuple, bytes] = {}
 
 
+def file_identity(stat: os.stat_result) -> tuple:
+    """The file behind a path (links followed) and its version: device, inode, size, mtime.
+
+    No path in it: resolving every image's path cost a trial more than hashing did once.
+    """
+    return (stat.st_dev, stat.st_ino, stat.st_size, stat.st_mtime_ns)
+
+
 def _content_hash(path: Path) -> bytes:
-    """sha256 of a file, remembered per (path, size, mtime, inode) so trials don't re-read images.
+    """sha256 of a file, remembered per file_identity so trials don't re-read images.
 
     Content, not timestamps, decides: copying or touching an unchanged image keeps every
     cache entry built from it; editing a single byte changes the fingerprint.
     """
     stat = path.stat()
-    key = (str(path.resolve()), stat.st_size, stat.st_mtime_ns, stat.st_ino)
+    key = file_identity(stat)
     if key not in _CONTENT_HASHES:
         _CONTENT_HASHES[key] = hashlib.sha256(path.read_bytes()).digest()
     return _CONTENT_HASHES[key]

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import os
 import re
+import weakref
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -110,6 +111,7 @@ def load_backbone(backbone: str, image_size: int, weights: str | None) -> keras.
 
 
 _REUSABLE: dict[tuple, tuple[keras.Model, list]] = {}
+_FINE_TUNED: weakref.WeakSet = weakref.WeakSet()  # backbones whose blocks were unfrozen since they were loaded or reset
 
 
 def reusable_backbone(backbone: str, image_size: int, weights: str | None, seed: int) -> keras.Model:
@@ -117,7 +119,7 @@ def reusable_backbone(backbone: str, image_size: int, weights: str | None, seed:
 
     Building MobileNetV2 and reading its weights takes about a second, which a sweep's worker
     would otherwise pay again in every trial for the same trunk. Fine-tuning changes the top
-    blocks' weights, so every call puts all of them back. A random init (weights None) is
+    blocks' weights, so a call after fine-tuning puts all of them back. A random init (weights None) is
     keyed by the seed that drew it; a weights file by its size and modification time.
     """
     source = Path(weights) if weights not in (None, "imagenet") else None
@@ -131,7 +133,9 @@ def reusable_backbone(backbone: str, image_size: int, weights: str | None, seed:
     )
     if key in _REUSABLE:
         base, values = _REUSABLE[key]
-        base.set_weights(values)
+        if base in _FINE_TUNED:  # only fine-tuning changes a backbone's weights
+            base.set_weights(values)
+            _FINE_TUNED.discard(base)
     else:
         _REUSABLE.clear()  # one trunk per process: a sweep's trials share one
         base = load_backbone(backbone, image_size, weights)
@@ -167,6 +171,7 @@ def unfreeze_top_blocks(base: keras.Model, backbone: str, n: int) -> list[str]:
     unfrozen = []
     if n <= 0:
         return unfrozen
+    _FINE_TUNED.add(base)
     layers_by_block = block_layers(base, backbone)
     for block in names[len(names) - n :]:
         for layer in layers_by_block[block]:
@@ -243,6 +248,55 @@ def classifier_on_features(
     for name in head:
         x = classifier.get_layer(name)(x)
     return keras.Model(inputs, x, name=f"{classifier.name}_on_features")
+
+
+_HEAD_TRAINERS: dict[tuple, keras.Model] = {}
+
+
+def reusable_head(classifier: keras.Model, feature_shape: tuple) -> keras.Model:
+    """Phase 1's model on cut 0 (pooled vectors → head), built and compiled once per process.
+
+    A new Keras model traces new train, test and predict functions, about a third of a cached
+    frozen trial's fit. This one keeps its compiled optimizer and its test and predict
+    functions (inference mode: no dropout) from trial to trial. `start_head` gives it a
+    trial's fresh head and rate; `finish_head` hands the trained weights back to the
+    classifier that gets logged. Everything that sets a result is copied in, so a trial trains
+    exactly as a new model would.
+    """
+    dense, dropout, predictions = (classifier.get_layer(name) for name in HEAD_LAYERS[1:])
+    shape = (tuple(feature_shape), dense.units, predictions.units, dropout.seed, classifier.name)
+    key = (*shape, dropout.rate > 0)  # Keras's Dropout draws no seed state at rate 0: another model
+    if key not in _HEAD_TRAINERS:
+        for other in [k for k in _HEAD_TRAINERS if k[:-1] != shape]:  # a sweep's trials share one head shape
+            del _HEAD_TRAINERS[other]
+        inputs = keras.Input(feature_shape, name="features")
+        x = keras.layers.Dense(dense.units, activation=dense.activation, name=dense.name)(inputs)
+        x = keras.layers.Dropout(dropout.rate, seed=dropout.seed, name=dropout.name)(x)
+        outputs = keras.layers.Dense(predictions.units, activation=predictions.activation, name=predictions.name)(x)
+        _HEAD_TRAINERS[key] = keras.Model(inputs, outputs, name=f"{classifier.name}_head")
+    return _HEAD_TRAINERS[key]
+
+
+def start_head(trainer: keras.Model, classifier: keras.Model) -> bool:
+    """Copies the classifier's fresh head (weights, dropout rate, dropout seed state) into the
+    trainer. Returns whether the rate changed, which makes the train function stale: the rate
+    is a constant of its graph."""
+    _copy_head(classifier, trainer)
+    source, target = classifier.get_layer(HEAD_LAYERS[2]), trainer.get_layer(HEAD_LAYERS[2])
+    changed = source.rate != target.rate
+    target.rate = source.rate
+    return changed
+
+
+def finish_head(trainer: keras.Model, classifier: keras.Model) -> None:
+    """The trained head goes back into the classifier, which phase 2 and the logged model use."""
+    _copy_head(trainer, classifier)
+
+
+def _copy_head(source: keras.Model, target: keras.Model) -> None:
+    for name in HEAD_LAYERS[1:]:
+        for value, variable in zip(source.get_layer(name).variables, target.get_layer(name).variables, strict=True):
+            variable.assign(value)
 
 
 def build_classifier(

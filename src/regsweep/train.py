@@ -118,8 +118,10 @@ def train_and_log(
                 head = cache.Phase(classifier, datasets)
                 tune = head if cfg.model.unfrozen_blocks > 0 else None
                 cache_metrics = {}
-        with timer("fit"):  # includes seconds_callbacks: MLflow's epoch logging, pruning, progress
-            epoch_logger = keras.callbacks.LambdaCallback(on_epoch_end=tracking.log_epoch)
+        # seconds_fit includes seconds_callbacks: MLflow's epoch logging, pruning, progress (the
+        # epochs still held when fit ends are written after it, as harness)
+        with tracking.EpochLog(mlflow_run.info.run_id) as epochs, timer("fit"):
+            epoch_logger = keras.callbacks.LambdaCallback(on_epoch_end=epochs.epoch_end)
             harness = timer.around("callbacks", (epoch_logger, *callbacks))
             history, phase2_start, final = fit_two_phases(head, tune, base, cfg, harness)
         best_epoch = int(np.argmin(history["val_loss"]))
@@ -245,7 +247,7 @@ def fit_two_phases(
     to end, the epoch index where phase 2 began (None without it) and the phase to evaluate.
     """
     train_cfg = cfg.train
-    history = _fit(head.model, head.datasets, cfg.optim.lr, 0, train_cfg.epochs, train_cfg, callbacks)
+    history = _fit(head, cfg.optim.lr, 0, train_cfg.epochs, train_cfg, callbacks)
     if tune is None:
         return history, None, head
 
@@ -254,7 +256,7 @@ def fit_two_phases(
     models.unfreeze_top_blocks(base, cfg.model.backbone, cfg.model.unfrozen_blocks)
     start = len(history["loss"])
     lr = cfg.optim.lr * cfg.optim.fine_tune_factor
-    phase2 = _fit(tune.model, tune.datasets, lr, start, start + train_cfg.fine_tune_epochs, train_cfg, callbacks)
+    phase2 = _fit(tune, lr, start, start + train_cfg.fine_tune_epochs, train_cfg, callbacks)
     if min(phase2["val_loss"]) >= phase1_best:
         tune.model.set_weights(phase1_weights)
     for key, values in phase2.items():
@@ -263,13 +265,23 @@ def fit_two_phases(
 
 
 def _fit(
-    classifier, datasets, lr: float, initial_epoch: int, epochs: int, train_cfg, callbacks: tuple
+    phase: cache.Phase, lr: float, initial_epoch: int, epochs: int, train_cfg, callbacks: tuple
 ) -> dict[str, list[float]]:
-    classifier.compile(
-        optimizer=keras.optimizers.Adam(lr),
-        loss="sparse_categorical_crossentropy",
-        metrics=["accuracy"],
-    )
+    classifier, datasets = phase.model, phase.datasets
+    if phase.head_of is not None and classifier.compiled:  # the reusable head: as new, without retracing
+        if models.start_head(classifier, phase.head_of):
+            classifier.train_function = None  # traced with the old dropout rate
+        for variable in classifier.optimizer.variables:  # a new Adam's state: step 0, no moments
+            variable.assign(np.zeros(variable.shape, variable.dtype))
+        classifier.optimizer.learning_rate = lr
+    else:
+        if phase.head_of is not None:
+            models.start_head(classifier, phase.head_of)
+        classifier.compile(
+            optimizer=keras.optimizers.Adam(lr),
+            loss="sparse_categorical_crossentropy",
+            metrics=["accuracy"],
+        )
     early_stopping = keras.callbacks.EarlyStopping(
         monitor="val_loss", patience=train_cfg.early_stopping_patience, restore_best_weights=True
     )
@@ -283,6 +295,8 @@ def _fit(
         shuffle=False,  # the dataset reshuffles itself every epoch
         verbose=train_cfg.verbose,
     )
+    if phase.head_of is not None:
+        models.finish_head(classifier, phase.head_of)
     history = {k: [float(v) for v in values] for k, values in fitted.history.items()}
     if any(math.isnan(v) for v in history["loss"]):
         raise FloatingPointError(f"training diverged (loss became NaN) at learning rate {lr:g}: lower optim.lr")
