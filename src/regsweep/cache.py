@@ -305,10 +305,13 @@ def write_features(
     """
     import tensorflow as tf
 
-    batches = (
-        tf.data.Dataset.from_tensor_slices(images)
-        .batch(COMPUTE_BATCH)
-        .map(lambda x: tf.cast(x, tf.float32), num_parallel_calls=tf.data.AUTOTUNE)
+    def slices():  # batches read from the array as they are needed: TensorFlow holds no copy of it all
+        for start in range(0, len(images), COMPUTE_BATCH):
+            yield images[start : start + COMPUTE_BATCH]
+
+    signature = tf.TensorSpec((None, *images.shape[1:]), tf.uint8)
+    batches = tf.data.Dataset.from_generator(slices, output_signature=signature).map(
+        lambda x: tf.cast(x, tf.float32), num_parallel_calls=tf.data.AUTOTUNE
     )
     if augmenter is not None:
         batches = batches.map(lambda x: augmenter(x, training=True))

@@ -537,13 +537,15 @@ def load_images(folder: Path, class_names: tuple[str, ...], image_size: int) -> 
         lambda x, y: (tf.cast(tf.round(tf.clip_by_value(x, 0, 255)), tf.uint8), tf.cast(y, tf.int32)),
         num_parallel_calls=tf.data.AUTOTUNE,
     )
-    batches = []
-    with progress.steps(f"decoding images in {folder}", len(loader.file_paths)) as advance:  # listed once, by Keras
-        for batch in dataset.as_numpy_iterator():
-            batches.append(batch)
-            advance(len(batch[1]))
-    images = np.concatenate([x for x, _ in batches]) if batches else np.zeros((0, image_size, image_size, 3), np.uint8)
-    labels = np.concatenate([y for _, y in batches]) if batches else np.zeros((0,), np.int32)
+    count = len(loader.file_paths)  # filled in place: no second copy of a large folder while it is joined
+    images, labels = np.empty((count, image_size, image_size, 3), np.uint8), np.empty((count,), np.int32)
+    start = 0
+    with progress.steps(f"decoding images in {folder}", count) as advance:  # listed once, by Keras
+        for batch_images, batch_labels in dataset.as_numpy_iterator():
+            end = start + len(batch_labels)
+            images[start:end], labels[start:end] = batch_images, batch_labels
+            start = end
+            advance(len(batch_labels))
     _DECODED[key] = (images, labels)
     while len(_DECODED) > _DECODED_KEPT:
         _DECODED.pop(next(iter(_DECODED)))
