@@ -36,8 +36,9 @@ REGSWEEP = [str(Path(sys.executable).with_name("regsweep"))]  # the one installe
 
 
 def run_sweep(store: Path, overrides: list[str], watch_trials: tuple[int, ...] = ()) -> dict:
-    """One `regsweep sweep` process: wall seconds, and the peak RSS (MiB) of its process tree
-    (the sweep and its trial worker, summed, sampled every 0.2 s) up to the end of trial k."""
+    """One `regsweep sweep` process: wall seconds, the peak RSS (MiB) of its process tree (the
+    sweep and its trial worker, summed, sampled every 0.2 s) up to the end of trial k and over
+    the whole run, and its output lines."""
     import threading
 
     env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3"}
@@ -69,7 +70,7 @@ def run_sweep(store: Path, overrides: list[str], watch_trials: tuple[int, ...] =
     if process.returncode != 0:
         sys.stdout.write("".join(log[-30:]))
         raise SystemExit(f"regsweep sweep {' '.join(overrides)} failed with exit code {process.returncode}")
-    return {"wall": wall, "peaks": peaks}
+    return {"wall": wall, "peaks": peaks, "peak": max(peak[0], *peaks.values(), 0.0), "log": log}
 
 
 def _tree_rss_mib(pid: int) -> float:
