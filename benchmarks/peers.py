@@ -28,12 +28,16 @@ real ImageNet weights of ../shared/weights at 128 px; `seed`, generated images (
 1,000 validation and 1,000 test), VGG16 at 150 px with random-init weights. A `cache=off` study
 or a Keras Tuner search of the seed case takes hours on 2 cores: with `--project` those rows are
 projected instead, from measured epochs of each phase at every `model.unfrozen_blocks` level
-and the epochs the cached study's trials actually trained, and labelled as projections.
+and the epochs the cached study's trials actually trained, and labelled as projections. With
+`--project-all` the cached study is projected too (on 2 cores, VGG16's unfrozen blocks make even
+it a matter of hours): every row from the same measured epochs, online and on cached features,
+with every trial at its whole epoch budget and the levels spread evenly: an upper bound.
 
     python benchmarks/peers.py                          # both cases, all measured: hours on 2 cores
     python benchmarks/peers.py --cases signs            # the real photos only
     python benchmarks/peers.py --project --keep         # the seed case's slow rows projected
     python benchmarks/peers.py --project --retrain cache  # and the picks re-trained on the cache: faster
+    python benchmarks/peers.py --cases seed --project-all  # the seed case's rows all projected (~30 min)
     python benchmarks/peers.py --quick                  # smoke test, a few minutes: its figures mean nothing
 
 Needs the bench extra (Keras Tuner): pip install -e '.[bench]'. Not a test: it asserts nothing
@@ -477,6 +481,119 @@ def measure_levels(cfg, levels: list[int], epochs: int) -> dict:
     return measured
 
 
+def measure_cached_levels(cfg, levels: list[int], epochs: int) -> dict:
+    """Per level, through train_and_log with the feature cache (as a sweep's trial trains): the
+    steady seconds of a phase-1 and a phase-2 epoch on cached features and a trial's fixed
+    seconds; plus a fill's seconds per image pass. The top level runs first: its one pass over
+    each view writes every lower cut, so the other levels read what it filled."""
+    from regsweep import train
+    from regsweep.metrics import TRAIN_IMAGES, VAL_IMAGES
+
+    measured = {"levels": {}, "epochs": 0}
+    runs = {}
+    for level in sorted({0, *levels}, reverse=True):
+        budget = {"train.epochs": epochs if level == 0 else 1, "train.fine_tune_epochs": epochs}
+        overrides = {**MEASURED_KNOBS, KNOB: level, **budget, "train.early_stopping_patience": epochs + 1}
+        run_cfg = with_values(cfg, {**overrides, "tracking.artifacts": "none"})
+        clock = epoch_clock()
+        start = time.perf_counter()
+        metrics = train.train_and_log(run_cfg, callbacks=(clock,), label=f"peers cached level {level}").metrics
+        wall = time.perf_counter() - start
+        if "fill_s" not in measured:  # clean train and validation, and K augmented views of train
+            views = int(cfg.cache.augmented_views) if MEASURED_KNOBS["augment.strength"] > 0 else 0
+            passes = metrics[TRAIN_IMAGES] * (1 + views) + metrics[VAL_IMAGES]
+            measured["fill_s"] = metrics["seconds_features"]
+            measured["fill_s_per_image"] = metrics["seconds_features"] / max(passes, 1)
+            measured["train_images"], measured["val_images"] = metrics[TRAIN_IMAGES], metrics[VAL_IMAGES]
+        first = budget["train.epochs"] if level else len(clock.seconds)
+        fixed = max(wall - sum(clock.seconds) - metrics["seconds_features"], 0.0)  # fills are counted apart
+        runs[level] = (clock.seconds[:first], clock.seconds[first:], fixed)
+        measured["epochs"] += len(clock.seconds)
+    phase1 = runs[0][0]
+    p1 = statistics.mean(phase1[1:]) if len(phase1) > 1 else phase1[0]
+    for level, (_, two, fixed) in sorted(runs.items()):
+        p2 = statistics.mean(two[1:]) if len(two) > 1 else (two[0] if two else 0.0)
+        measured["levels"][level] = {"phase1_epoch_s": p1, "phase2_epoch_s": p2, "fixed_s": fixed}
+        print(
+            f"  cached, {KNOB}={level}: phase-1 epoch {p1:.2f} s, phase-2 epoch {p2:.1f} s, "
+            f"per-trial fixed {fixed:.1f} s",
+            flush=True,
+        )
+    print(
+        f"  cached: a fill pass {measured['fill_s_per_image'] * 1000:.0f} ms an image "
+        f"({measured['fill_s']:.0f} s for the first level's views)",
+        flush=True,
+    )
+    return measured
+
+
+def budget_workload(levels: list[int], trials: int, cfg) -> list[tuple[int, int, int]]:
+    """The upper bound a study can cost when none has run: trials spread evenly over the
+    levels, each training its whole epoch budget (no early stop)."""
+    return [
+        (level, cfg.train.epochs, cfg.train.fine_tune_epochs if level else 0)
+        for level in (levels[i % len(levels)] for i in range(trials))
+    ]
+
+
+def project_all(case: Case, fixed: list[str], params: dict, trials: int, epochs: int, work: Path) -> list[Row]:
+    """Every row projected, the cached study's too, where even it takes hours: the same measured
+    per-level costs for all, on the budget's upper-bound workload (budget_workload)."""
+    from regsweep import space
+    from regsweep.worker import import_tensorflow_quietly
+
+    import_tensorflow_quietly()
+    cfg = compose(merge(fixed, case.overrides, [f"paths.store={work / case.name / 'projection' / 'mlruns'}"]))
+    distribution = space.parse_space(params)[KNOB]
+    levels = list(range(distribution.low, distribution.high + 1))
+    strengths = space.parse_space(params)["augment.strength"]
+    visited = round((strengths.high - strengths.low) / strengths.step)  # the non-zero levels a study visits
+    print(f"{case.name}: measuring epochs at {KNOB} {levels[0]}–{levels[-1]}, online and cached", flush=True)
+    cached = measure_cached_levels(cfg, levels, epochs)
+    online = measure_levels(cfg, levels, epochs)
+    startup = kt_startup()
+    workload = budget_workload(levels, trials, cfg)
+
+    def trial_cost(costs: dict, level: int, one: int, two: int) -> float:
+        c = costs["levels"][level]
+        return c["fixed_s"] + one * c["phase1_epoch_s"] + two * c["phase2_epoch_s"]
+
+    views = int(cfg.cache.augmented_views)
+    fill_passes = cached["train_images"] * (1 + views * visited) + cached["val_images"]
+    cached_s = fill_passes * cached["fill_s_per_image"] + sum(trial_cost(cached, *w) for w in workload)
+    online_s = sum(trial_cost(online, *w) + online["levels"][w[0]]["train_eval_s"] for w in workload)
+    # One round of re-evaluation (the answer, the baseline and top_k - 1 more, `seeds` each, each with
+    # its own views at a new seed) and the learning curve's runs, on the mean trial of the workload.
+    settings = compose_study(case.overrides).sweep.reevaluate
+    reeval_runs = int(settings.top_k + 1) * int(settings.seeds) + len(settings.curve)
+    mean_trial = sum(trial_cost(cached, *w) for w in workload) / len(workload)
+    reeval_s = reeval_runs * (views * cached["train_images"] * cached["fill_s_per_image"] + mean_trial)
+    how = (
+        f"projected from {cached['epochs'] + online['epochs']} measured epochs; every trial at its full "
+        f"{cfg.train.epochs} + {cfg.train.fine_tune_epochs} epochs, levels {levels[0]}–{levels[-1]} evenly"
+    )
+    print(
+        f"  workload: {trials} trials, {sum(w[1] for w in workload)} phase-1 and {sum(w[2] for w in workload)} "
+        f"phase-2 epochs; {fill_passes} fill passes over {visited} non-zero strength levels; decoding "
+        f"{online['decode_s']:.1f} s; Keras Tuner's process start-up {startup:.1f} s",
+        flush=True,
+    )
+    print(
+        f"  cached study's shares: filling views {fill_passes * cached['fill_s_per_image'] / cached_s:.0%}, "
+        f"training {1 - fill_passes * cached['fill_s_per_image'] / cached_s:.0%}; its re-evaluation round and "
+        f"learning curve ({reeval_runs} runs) ≈ {reeval_s / 60:.0f} min more",
+        flush=True,
+    )
+    # Every row starts a fresh process that imports TensorFlow, and decodes the images once.
+    rows = [
+        Row(case.name, REGSWEEP, startup + online["decode_s"] + cached_s, trials, projected=how),
+        Row(case.name, REGSWEEP_OFF, startup + online["decode_s"] + online_s, trials, projected=how),
+    ]
+    for tool in (KT_BAYES, KT_RANDOM):  # a trial costs the same whichever tuner chose it
+        rows.append(Row(case.name, tool, startup + online["decode_s"] + online_s, trials, projected=how))
+    return rows
+
+
 def kt_startup() -> float:
     """Seconds a fresh process takes to import Keras Tuner (TensorFlow with it): a search's start-up."""
     start = time.perf_counter()
@@ -583,6 +700,11 @@ def run_case(case: Case, args, work: Path) -> list[Row]:
     print(f"  search space: {json.dumps(params)}; fixed: {' '.join(fixed)}; {args.trials} trials each", flush=True)
     if case.name == "seed" and not args.project and not args.quick:
         print("  the cache=off study and the Keras Tuner searches take hours here; --project projects them")
+    if case.name == "seed" and args.project_all:
+        rows = project_all(case, fixed, params, args.trials, 2 if args.quick else 3, work)
+        for row in rows:
+            _progress(row)
+        return sorted(rows, key=lambda row: TOOLS.index(row.tool))
     cached, store = run_regsweep(case, REGSWEEP, args.trials, work)
     _progress(cached)
     rows = [cached]
@@ -708,6 +830,11 @@ def main() -> None:
         "--project",
         action="store_true",
         help="seed case: project the cache=off and Keras Tuner rows from measured epochs instead of running them",
+    )
+    parser.add_argument(
+        "--project-all",
+        action="store_true",
+        help="seed case: project the cached study too (each tool's whole budget), from measured epochs of each",
     )
     parser.add_argument(
         "--retrain", choices=("off", "cache"), default="off", help="how every pick is re-trained (default cache=off)"
