@@ -445,7 +445,6 @@ def measure_levels(cfg, levels: list[int], epochs: int) -> dict:
     for folder in (splits.train, splits.val):
         data.load_images(folder, splits.class_names, cfg.model.image_size)
     measured = {"decode_s": time.perf_counter() - start, "levels": {}, "epochs": 0}
-    runs = {}
     for level in sorted({0, *levels}):
         budget = {"train.epochs": epochs if level == 0 else 1, "train.fine_tune_epochs": epochs}
         run_cfg = with_values(
@@ -460,11 +459,11 @@ def measure_levels(cfg, levels: list[int], epochs: int) -> dict:
         start = time.perf_counter()
         train.score(final.model, final.datasets.train_eval, len(splits.class_names))
         first = phase2_start or len(history["loss"])
-        runs[level] = (clock.seconds[:first], clock.seconds[first:], trial_s, time.perf_counter() - start)
+        one, two, train_eval_s = clock.seconds[:first], clock.seconds[first:], time.perf_counter() - start
         measured["epochs"] += len(clock.seconds)
-    phase1 = runs[0][0]
-    p1 = statistics.mean(phase1[1:]) if len(phase1) > 1 else phase1[0]
-    for level, (one, two, trial_s, train_eval_s) in runs.items():
+        if level == 0:  # the first level measured: phase 1 costs the same at every level
+            phase1 = one
+            p1 = statistics.mean(phase1[1:]) if len(phase1) > 1 else phase1[0]
         p2 = statistics.mean(two[1:]) if len(two) > 1 else (two[0] if two else 0.0)
         measured["levels"][level] = {
             "phase1_epoch_s": p1,
@@ -472,7 +471,7 @@ def measure_levels(cfg, levels: list[int], epochs: int) -> dict:
             "fixed_s": max(trial_s - len(one) * p1 - len(two) * p2, 0.0),
             "train_eval_s": train_eval_s,
         }
-        print(
+        print(  # each level as soon as it is measured: a stopped run keeps what it measured
             f"  {KNOB}={level}: phase-1 epoch {p1:.1f} s, phase-2 epoch {p2:.1f} s, per-trial fixed "
             f"{measured['levels'][level]['fixed_s']:.1f} s, scoring the training images {train_eval_s:.1f} s "
             f"(measured over {len(one)} + {len(two)} epochs)",
@@ -701,7 +700,7 @@ def run_case(case: Case, args, work: Path) -> list[Row]:
     if case.name == "seed" and not args.project and not args.quick:
         print("  the cache=off study and the Keras Tuner searches take hours here; --project projects them")
     if case.name == "seed" and args.project_all:
-        rows = project_all(case, fixed, params, args.trials, 2 if args.quick else 3, work)
+        rows = project_all(case, fixed, params, args.trials, args.measure_epochs, work)
         for row in rows:
             _progress(row)
         return sorted(rows, key=lambda row: TOOLS.index(row.tool))
@@ -709,7 +708,7 @@ def run_case(case: Case, args, work: Path) -> list[Row]:
     _progress(cached)
     rows = [cached]
     if case.name == "seed" and args.project:
-        projected = project(case, fixed, params, cached, store, 2 if args.quick else 3, work)
+        projected = project(case, fixed, params, cached, store, args.measure_epochs, work)
         for row in projected:
             _progress(row)
         rows += projected
@@ -837,6 +836,12 @@ def main() -> None:
         help="seed case: project the cached study too (each tool's whole budget), from measured epochs of each",
     )
     parser.add_argument(
+        "--measure-epochs",
+        type=int,
+        help="seed case: epochs measured per level for a projection (default 3; 2 with --quick); each online "
+        "VGG16 epoch is minutes on 2 cores",
+    )
+    parser.add_argument(
         "--retrain", choices=("off", "cache"), default="off", help="how every pick is re-trained (default cache=off)"
     )
     parser.add_argument(
@@ -857,6 +862,7 @@ def main() -> None:
         sys.exit(f"--cases {','.join(unknown)} is not a case: choose signs, seed or both")
     args.trials = args.trials or (2 if args.quick else 12)
     args.seeds = args.seeds or (2 if args.quick else 3)
+    args.measure_epochs = args.measure_epochs or (2 if args.quick else 3)
     if args.work is not None and args.work.exists() and any(args.work.iterdir()):
         sys.exit(f"--work {args.work} is not empty: give an absent or empty folder")
     os.environ.pop("MLFLOW_TRACKING_URI", None)  # the re-training logs to its scratch store, nowhere else
