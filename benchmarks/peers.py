@@ -462,8 +462,7 @@ def measure_levels(cfg, levels: list[int], epochs: int) -> dict:
         one, two, train_eval_s = clock.seconds[:first], clock.seconds[first:], time.perf_counter() - start
         measured["epochs"] += len(clock.seconds)
         if level == 0:  # the first level measured: phase 1 costs the same at every level
-            phase1 = one
-            p1 = statistics.mean(phase1[1:]) if len(phase1) > 1 else phase1[0]
+            p1 = statistics.mean(one[1:]) if len(one) > 1 else one[0]
         p2 = statistics.mean(two[1:]) if len(two) > 1 else (two[0] if two else 0.0)
         measured["levels"][level] = {
             "phase1_epoch_s": p1,
@@ -863,6 +862,8 @@ def main() -> None:
     args.trials = args.trials or (2 if args.quick else 12)
     args.seeds = args.seeds or (2 if args.quick else 3)
     args.measure_epochs = args.measure_epochs or (2 if args.quick else 3)
+    if args.measure_epochs < 1:
+        sys.exit(f"--measure-epochs {args.measure_epochs} is not a count of epochs: give 1 or more")
     if args.work is not None and args.work.exists() and any(args.work.iterdir()):
         sys.exit(f"--work {args.work} is not empty: give an absent or empty folder")
     os.environ.pop("MLFLOW_TRACKING_URI", None)  # the re-training logs to its scratch store, nowhere else
