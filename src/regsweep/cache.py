@@ -469,7 +469,8 @@ def prepare(
             train_steps=steps,
         )
         if cut == 0:  # the head alone: one model per process, its traced functions kept between trials
-            return Phase(models.reusable_head(classifier, clean_train.features.shape[1:]), datasets, head_of=classifier)
+            trainer = models.reusable_head(classifier, clean_train.features.shape[1:], steps)
+            return Phase(trainer, datasets, head_of=classifier)
         trained = models.classifier_on_features(classifier, backbone, base, cut, clean_train.features.shape[1:])
         return Phase(trained, datasets)
 

@@ -253,7 +253,7 @@ def classifier_on_features(
 _HEAD_TRAINERS: dict[tuple, keras.Model] = {}
 
 
-def reusable_head(classifier: keras.Model, feature_shape: tuple) -> keras.Model:
+def reusable_head(classifier: keras.Model, feature_shape: tuple, steps_per_epoch: int) -> keras.Model:
     """Phase 1's model on cut 0 (pooled vectors → head), built and compiled once per process.
 
     A new Keras model traces new train, test and predict functions, about a third of a cached
@@ -264,7 +264,8 @@ def reusable_head(classifier: keras.Model, feature_shape: tuple) -> keras.Model:
     exactly as a new model would.
     """
     dense, dropout, predictions = (classifier.get_layer(name) for name in HEAD_LAYERS[1:])
-    shape = (tuple(feature_shape), dense.units, predictions.units, dropout.seed, classifier.name)
+    # It runs an epoch's steps per call (train._fit), so a training set of another size needs its own.
+    shape = (tuple(feature_shape), steps_per_epoch, dense.units, predictions.units, dropout.seed, classifier.name)
     key = (*shape, dropout.rate > 0)  # Keras's Dropout draws no seed state at rate 0: another model
     if key not in _HEAD_TRAINERS:
         for other in [k for k in _HEAD_TRAINERS if k[:-1] != shape]:  # a sweep's trials share one head shape
