@@ -265,6 +265,12 @@ def test_a_run_replays_exactly_with_augmentation_on(store, cache):
     assert results(first) == results(second)
 
 
+def val_loss_curve(store, result) -> list[float]:
+    """A run's per-epoch val_loss as MLflow holds it, in epoch order."""
+    history = client(store).get_metric_history(result.run_id, "epoch_val_loss")
+    return [m.value for m in sorted(history, key=lambda m: m.step)]
+
+
 def test_trials_in_one_process_train_exactly_as_each_would_alone(store):
     """A sweep's worker reuses the backbone, the phase-1 head model and its traced functions
     from trial to trial: no trial's result may depend on the trials before it."""
@@ -275,10 +281,6 @@ def test_trials_in_one_process_train_exactly_as_each_would_alone(store):
         ("model.dropout=0.3", "optim.lr=0.001"),
     ]
 
-    def curves(result):
-        history = client(store).get_metric_history(result.run_id, "epoch_val_loss")
-        return [m.value for m in sorted(history, key=lambda m: m.step)]
-
     in_sequence = [train.train_and_log(quick_cfg(store, *quick, *overrides)) for overrides in trials]
     for overrides, earlier in zip(trials, in_sequence):
         models._HEAD_TRAINERS.clear()  # as a fresh worker process starts
@@ -286,8 +288,8 @@ def test_trials_in_one_process_train_exactly_as_each_would_alone(store):
         alone = train.train_and_log(quick_cfg(store, *quick, *overrides))
         assert alone.metrics["val_accuracy"] == earlier.metrics["val_accuracy"]
         assert alone.metrics["train_accuracy"] == earlier.metrics["train_accuracy"]
-        assert curves(alone) == curves(earlier)
-        assert len(curves(alone)) == alone.metrics["epochs_trained"]
+        assert val_loss_curve(store, alone) == val_loss_curve(store, earlier)
+        assert len(val_loss_curve(store, alone)) == alone.metrics["epochs_trained"]
 
 
 def test_cached_epochs_run_in_one_call_train_exactly_as_step_by_step(store, monkeypatch):
@@ -295,10 +297,6 @@ def test_cached_epochs_run_in_one_call_train_exactly_as_step_by_step(store, monk
     epoch must read the same batches, in the same order, as Keras's default of a step a call."""
     overrides = ("train.epochs=4", "train.fine_tune_epochs=2", "tracking.artifacts=none")
     overrides += ("model.dropout=0.5", "model.unfrozen_blocks=1", "augment.strength=0.5")
-
-    def curves(result):
-        history = client(store).get_metric_history(result.run_id, "epoch_val_loss")
-        return [m.value for m in sorted(history, key=lambda m: m.step)]
 
     models._HEAD_TRAINERS.clear()
     one_call = train.train_and_log(quick_cfg(store, *overrides))
@@ -311,7 +309,7 @@ def test_cached_epochs_run_in_one_call_train_exactly_as_step_by_step(store, monk
     models._HEAD_TRAINERS.clear()
     step_by_step = train.train_and_log(quick_cfg(store, *overrides))
     assert one_call.metrics["epochs_trained"] > 4  # phase 2 ran: both phases' models are covered
-    assert curves(one_call) == curves(step_by_step)
+    assert val_loss_curve(store, one_call) == val_loss_curve(store, step_by_step)
     assert one_call.metrics["val_accuracy"] == step_by_step.metrics["val_accuracy"]
     assert one_call.metrics["train_accuracy"] == step_by_step.metrics["train_accuracy"]
 
