@@ -105,6 +105,9 @@ def test_stopped_mid_trial_and_mid_reevaluation_each_stop_ends_everything_and_th
         "sweep.study=stops",
         "sweep.reevaluate.seeds=2",
         "sweep.reevaluate.max_seeds=2",
+        # every epoch runs (no early stop): the trial still trains when the stop arrives, on a fast machine too
+        "train.epochs=30",
+        "train.early_stopping_patience=30",
     ]
     background = subprocess.Popen(
         ["bash", "-c", f'{" ".join(command)} & echo $! > "{store}/pid"; wait $!'],
@@ -125,7 +128,6 @@ def test_stopped_mid_trial_and_mid_reevaluation_each_stop_ends_everything_and_th
         "a trial's run",
         background,
     )
-    time.sleep(1.0)  # in the middle of its epochs
     os.kill(int(pid_file.read_text()), signal.SIGINT)  # only the sweep, as `kill -INT` does
     stderr = background.communicate(timeout=120)[1]
     assert background.returncode == 130, stderr[-3000:]

@@ -25,6 +25,7 @@ TINY = [
     "sweep.pruner.name=none",
     "sweep.reevaluate.seeds=0",
 ]
+UNSTOPPED_EPOCHS = ["train.epochs=30", "train.early_stopping_patience=30"]
 
 
 def sweep_command(store: Path, storage: str, study: str, *extra: str) -> list[str]:
@@ -70,7 +71,16 @@ def trials(storage: str, study: str) -> list[optuna.trial.FrozenTrial]:
 @pytest.mark.slow
 def test_a_sweep_killed_mid_trial_resumes_to_its_budget_and_loses_nothing(store, optuna_storage):
     study = f"kill-{uuid.uuid4().hex[:8]}"
-    command = sweep_command(store, optuna_storage, study, "sweep.n_trials=4", "augment.strength=choice(0.0, 0.5)")
+    # Every epoch of the budget runs (no early stop), so the victim trains for seconds after its
+    # run appears even on a fast machine: the kill lands mid-trial, not after the trial ended.
+    command = sweep_command(
+        store,
+        optuna_storage,
+        study,
+        "sweep.n_trials=4",
+        "augment.strength=choice(0.0, 0.5)",
+        *UNSTOPPED_EPOCHS,
+    )
     env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3"}
     process = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, env=env)
 
@@ -83,8 +93,7 @@ def test_a_sweep_killed_mid_trial_resumes_to_its_budget_and_loses_nothing(store,
     try:
         done_before, victim = wait_for(second_trial_training, 300, "a complete trial and a running one")
         worker_pids = descendants(process.pid)
-        time.sleep(1.0)  # in the middle of its epochs
-        process.send_signal(signal.SIGKILL)
+        process.send_signal(signal.SIGKILL)  # at once: a fixed wait raced the trial's end on a fast machine
         process.wait(timeout=30)
     finally:
         if process.poll() is None:
