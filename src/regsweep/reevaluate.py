@@ -79,7 +79,8 @@ def trial_setting(row: results.TrialRow, base_overrides: list[str]) -> Setting:
 
 
 def merge(*override_lists: list[str]) -> list[str]:
-    """Overrides by key, later lists winning (Hydra refuses a key given twice)."""
+    """Overrides by key, later lists winning: one entry a key, so what is recorded in MLflow and
+    Optuna reads one value a knob (Hydra itself would silently take the last of two)."""
     merged: dict[str, str] = {}
     for overrides in override_lists:
         for override in overrides:
