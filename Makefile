@@ -16,7 +16,11 @@ CONSTRAIN   := $(if $(CONSTRAINTS),-c $(CONSTRAINTS))
 # fails, pip installs the same set. INSTALLER=pip skips uv (it is still installed: it is pinned).
 INSTALLER ?= uv
 PIP_INSTALL := $(BIN)/pip install --quiet $(CONSTRAIN)
-UV_INSTALL  := $(BIN)/uv pip install --quiet --python $(BIN)/python $(CONSTRAIN)
+# --compile-bytecode: uv leaves the .pyc files out, and where PYTHONDONTWRITEBYTECODE is set (as on
+# this project's machines) every process then compiles TensorFlow, Keras, MLflow and Optuna from
+# source: 17.5 s instead of 6.9 s to import them, paid by each command, trial worker and test
+# subprocess (pip compiles by default). About 30 s once, at set-up.
+UV_INSTALL  := $(BIN)/uv pip install --quiet --compile-bytecode --python $(BIN)/python $(CONSTRAIN)
 PROJECT     := -e '.[$(EXTRAS)]'
 
 .PHONY: setup run test lint docs pins check-pins clean
