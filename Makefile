@@ -18,8 +18,8 @@ INSTALLER ?= uv
 PIP_INSTALL := $(BIN)/pip install --quiet $(CONSTRAIN)
 # --compile-bytecode: uv leaves the .pyc files out, and where PYTHONDONTWRITEBYTECODE is set (as on
 # this project's machines) every process then compiles TensorFlow, Keras, MLflow and Optuna from
-# source: 21.6 s instead of 10.0 s to import them (benchmarks/startup.py), paid by each command,
-# trial worker and test subprocess (pip compiles by default). About 30 s once, at set-up.
+# source, about twice as long to start (benchmarks/startup.py; figures in benchmarks/README.md),
+# paid by each command, trial worker and test subprocess (pip compiles by default). ~30 s once.
 UV_INSTALL  := $(BIN)/uv pip install --quiet --compile-bytecode --python $(BIN)/python $(CONSTRAIN)
 PROJECT     := -e '.[$(EXTRAS)]'
 

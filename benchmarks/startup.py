@@ -9,12 +9,13 @@ PYTHONPYCACHEPREFIX at an empty folder, so Python finds no bytecode and writes n
     python benchmarks/startup.py              # 3 rounds, about 2 minutes on 2 cores
     python benchmarks/startup.py --rounds 5
 
-Not a test: it asserts nothing and prints a table. See benchmarks/README.md for results.
+Not a test: it asserts nothing and prints figures. See benchmarks/README.md for results.
 """
 
 from __future__ import annotations
 
 import argparse
+import importlib.util
 import os
 import platform
 import statistics
@@ -46,9 +47,9 @@ def timed_import(statement: str, empty_prefix: str | None) -> float:
 
 
 def bytecode_share() -> str:
-    """How many of the venv's site-packages modules have a compiled file beside them."""
+    """How many of the venv's site-packages modules have their bytecode where Python looks for it."""
     sources = list(Path(sysconfig.get_paths()["purelib"]).glob("**/*.py"))
-    compiled = sum(1 for path in sources if any((path.parent / "__pycache__").glob(f"{path.stem}.cpython-*.pyc")))
+    compiled = sum(1 for path in sources if Path(importlib.util.cache_from_source(str(path))).is_file())
     return f"{compiled} of {len(sources)} modules compiled"
 
 
