@@ -728,7 +728,7 @@ def _seeds(count: int) -> list[int]:
     """Fresh seeds that no trial used, numbered as regsweep's re-evaluation numbers them."""
     from regsweep.results import Design
 
-    return Design(seeds=count, max_seeds=count).seed_values(count)
+    return Design(seeds=count, max_seeds=count).selection_seeds(count)
 
 
 def _progress(row: Row) -> None:

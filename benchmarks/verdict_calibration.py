@@ -103,11 +103,11 @@ def _bits(correct: np.ndarray) -> str:
 class Simulation:
     """Draws the images once per repeat, then any setting's runs on them, seed by seed."""
 
-    def __init__(self, world: World, rng: np.random.Generator, max_seeds: int):
+    def __init__(self, world: World, rng: np.random.Generator, max_seeds: int = 0):
         self.world, self.rng, self.max_seeds = world, rng, max_seeds
         sizes = {"test": world.images, "validation": world.val_images, "train": world.train_images}
         self.z = {split: rng.standard_normal(n) for split, n in sizes.items()}
-        self.common_luck = rng.standard_normal(max_seeds)
+        self.common_luck: dict[int, float] = {}  # a seed's luck shared by every setting trained with it
         self.shapes: dict[int, dict[str, np.ndarray]] = {}
 
     def _shape(self, key: int) -> dict[str, np.ndarray]:
@@ -115,9 +115,16 @@ class Simulation:
             self.shapes[key] = {split: self.rng.standard_normal(len(z)) for split, z in self.z.items()}
         return self.shapes[key]
 
-    def runs(self, setting: Setting, seed_offset: int = 0) -> Summary:
-        """max_seeds runs of the setting (seeds 1…), as regsweep logs them. `seed_offset` draws
-        its luck from other seeds than a setting with offset 0 (an A/A on disjoint seeds)."""
+    def _common(self, seed: int) -> float:
+        if seed not in self.common_luck:
+            self.common_luck[seed] = float(self.rng.standard_normal())
+        return self.common_luck[seed]
+
+    def runs(self, setting: Setting, seed_offset: int = 0, seeds: list[int] | None = None) -> Summary:
+        """The setting's runs at these seeds (1 … max_seeds by default), as regsweep logs them.
+        `seed_offset` draws its luck from other seeds than a setting with offset 0 (an A/A on
+        disjoint seeds)."""
+        seeds = list(range(1, self.max_seeds + 1)) if seeds is None else list(seeds)
         w, tau = self.world, self.world.tau
         scale = _scale(tau, w.difficulty, w.shape)
         a = {
@@ -126,12 +133,16 @@ class Simulation:
             "train": stats.norm.ppf(setting.train_accuracy) * scale,
         }
         shape = self._shape(setting.shape_seed)
-        own_luck = self.rng.standard_normal(self.max_seeds)
-        common = self.common_luck if seed_offset == 0 else self.rng.standard_normal(self.max_seeds)
+        own_luck = self.rng.standard_normal(len(seeds))
+        common = (
+            np.array([self._common(seed) for seed in seeds])
+            if seed_offset == 0
+            else self.rng.standard_normal(len(seeds))
+        )
         luck = tau * (math.sqrt(w.pairing) * common + math.sqrt(1 - w.pairing) * own_luck)
         runs = []
-        for index in range(self.max_seeds):
-            run = {"seed": index + 1}
+        for index, seed in enumerate(seeds):
+            run = {"seed": seed}
             for split, z in self.z.items():
                 noise = self.rng.standard_normal(len(z))
                 correct = a[split] + luck[index] + w.difficulty * z + w.shape * shape[split] + noise > 0
@@ -142,6 +153,17 @@ class Simulation:
             run["test_gap"] = run["train_accuracy"] - run["test_accuracy"]
             runs.append(run)
         return Summary(setting.label, runs)
+
+
+def paired_t_finds(baseline: Summary, chosen: Summary, metric: str = "test_accuracy") -> bool:
+    """The limit: one pre-specified one-sided paired t test on the per-seed differences, at
+    ALPHA / 2 (the level a "better" claim has when nothing else is claimed)."""
+    differences = [b[metric] - a[metric] for a, b in results.paired(baseline, chosen)]
+    spread = float(np.std(differences, ddof=1)) if len(differences) > 1 else 0.0
+    if spread == 0:
+        return bool(differences) and min(differences) > 0
+    t = float(np.mean(differences)) / (spread / math.sqrt(len(differences)))
+    return t > stats.t.ppf(1 - results.ALPHA / 2, len(differences) - 1)
 
 
 def truth(baseline: Setting, other: Setting) -> tuple[float, float]:
@@ -166,7 +188,16 @@ def one_verdict(world: World, seeds: int, effect: tuple[float, float], repeats: 
     # much); a gap effect lowers the training images' accuracy alone.
     chosen = Setting("#1", world.accuracy + effect[0], world.train_accuracy + effect[1], 0 if aa else 1)
     true_accuracy, true_gap = truth(base, chosen)
-    counts = {"adopt": 0, "claim": 0, "decided": 0, "cover_accuracy": 0, "cover_gap": 0, "cover95": 0, "detect": 0}
+    counts = {
+        "adopt": 0,
+        "claim": 0,
+        "decided": 0,
+        "cover_accuracy": 0,
+        "cover_gap": 0,
+        "cover95": 0,
+        "detect": 0,
+        "limit": 0,
+    }
     for _ in range(repeats):
         simulation = Simulation(world, rng, seeds)
         baseline_runs = simulation.runs(base)
@@ -181,6 +212,9 @@ def one_verdict(world: World, seeds: int, effect: tuple[float, float], repeats: 
         counts["cover_accuracy"] += low <= true_accuracy <= high
         counts["cover_gap"] += glow <= true_gap <= ghigh
         counts["cover95"] += plain_low <= true_accuracy <= plain_high
+        counts["limit"] += paired_t_finds(
+            baseline_runs, chosen_runs, "test_accuracy" if effect[0] or aa else "test_gap"
+        )
         counts["detect"] += (
             judged.case == results.BETTER
             if effect[0] > 0
@@ -198,38 +232,54 @@ def whole_decision(
     world: World, design: Design, effects: list[float], repeats: int, rng: np.random.Generator, epsilon: float = 0.1
 ) -> dict:
     """Rates for the whole re-evaluation: the baseline and len(effects) candidates (test accuracy
-    effect each; all 0 is an A/A of every candidate), the choice on validation, and the rounds
-    of `results.rounds` until they stop. Also the seeds it spent."""
+    effect each; all 0 is an A/A of every candidate), the race on validation, and the
+    confirmation's looks of `results.rounds` until they stop. Also the runs it trained, and the
+    limit: the power of one pre-specified one-sided paired t test of the truly best candidate
+    against the baseline at max_seeds seeds, on the same simulated runs where the rounds trained
+    them."""
     base = Setting(BASELINE, world.accuracy, world.train_accuracy, 0)
     settings = [base] + [
         Setting(f"#{i + 1}", world.accuracy + e, world.train_accuracy, 0 if e == 0 else i + 1)
         for i, e in enumerate(effects)
     ]
+    by_label = {s.label: s for s in settings}
     labels = [s.label for s in settings]
-    counts = {"adopt": 0, "claim": 0, "decided": 0, "detect": 0, "runs": 0, "wrong": 0}
+    counts = {"adopt": 0, "claim": 0, "decided": 0, "detect": 0, "runs": 0, "wrong": 0, "limit": 0, "picked": 0}
     best = max(effects)
+    best_label = labels[1 + effects.index(best)]
     for _ in range(repeats):
-        simulation = Simulation(world, rng, design.max_seeds)
-        # A/A: every setting on its own seeds' luck; with effects, paired seeds share theirs.
-        full = {
-            s.label: simulation.runs(s, seed_offset=1 if s.shape_seed == 0 and s.label != BASELINE else 0)
-            for s in settings
-        }
-        shown = dict.fromkeys(labels, 0)
+        simulation = Simulation(world, rng)
+        made: dict[str, dict[int, dict]] = {label: {} for label in labels}
+
+        def train(label: str, seeds: list[int], simulation=simulation, made=made) -> Summary:
+            # A/A: every setting on its own seeds' luck; with effects, paired seeds share theirs.
+            setting = by_label[label]
+            offset = 1 if setting.shape_seed == 0 and label != BASELINE else 0
+            missing = [seed for seed in seeds if seed not in made[label]]
+            if missing:
+                for run in simulation.runs(setting, offset, missing).runs:
+                    made[label][run["seed"]] = run
+            return Summary(label, [made[label][seed] for seed in seeds])
+
         while True:
-            state = results.rounds(labels, [first(full[label], n) for label, n in shown.items() if n], design, epsilon)
+            logged = [Summary(label, [made[label][seed] for seed in sorted(made[label])]) for label in labels]
+            state = results.rounds(labels, logged, design, epsilon)
             if not state.todo:
                 break
             for label, seeds in state.todo.items():
-                shown[label] = max(shown[label], max(seeds))
+                train(label, seeds)
+        counts["runs"] += sum(len(runs) for runs in made.values())
         case = state.verdict.case if state.verdict else results.CANT_TELL
         counts["adopt"] += case in ADOPTING
         counts["claim"] += case in CLAIMING
         counts["decided"] += case != results.CANT_TELL
-        counts["runs"] += sum(shown.values())
-        adopted_effect = effects[labels.index(state.chosen.label) - 1] if case in ADOPTING else None
+        chosen_label = state.race[0].label if state.race else None
+        counts["picked"] += chosen_label is not None and effects[labels.index(chosen_label) - 1] == best
+        adopted_effect = effects[labels.index(chosen_label) - 1] if case in ADOPTING else None
         counts["detect"] += adopted_effect is not None and adopted_effect > 0
         counts["wrong"] += adopted_effect is not None and adopted_effect <= 0 < best
+        seeds = design.confirmation_seeds(design.max_seeds)
+        counts["limit"] += paired_t_finds(train(BASELINE, seeds), train(best_label, seeds))
     return {key: value / repeats for key, value in counts.items()}
 
 
@@ -253,7 +303,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--real", type=int, default=0, help="also an A/A on real demo training, this many repeats")
     parser.add_argument("--store", default="/tmp/regsweep-calibration", help="the real A/A's scratch store")
     parser.add_argument("--real-only", action="store_true", help="only the real A/A (with --real N)")
-    parser.add_argument("--sections", default="aa,planted,whole", help="which simulated tables, comma-separated")
+    parser.add_argument(
+        "--sections", default="targets,aa,planted,whole", help="which simulated tables, comma-separated"
+    )
     options = parser.parse_args(argv)
     sections = set(options.sections.split(","))
     if options.real_only:
@@ -267,6 +319,8 @@ def main(argv: list[str] | None = None) -> int:
         f"{' '.join(sys.argv[1:])})\n"
     )
 
+    if "targets" in sections:
+        targets_table(repeats, rng)
     if "aa" in sections:
         aa_table(repeats, rng)
     if "planted" in sections:
@@ -334,6 +388,8 @@ def planted_table(repeats: int, rng: np.random.Generator) -> None:
                 str(seeds),
                 str(images),
                 pct(rates["detect"]),
+                pct(rates["limit"]),
+                ratio(rates["detect"], rates["limit"]),
                 pct(rates["decided"]),
                 pct(rates["cover95"]),
                 pct(rates["cover_accuracy"]),
@@ -348,6 +404,8 @@ def planted_table(repeats: int, rng: np.random.Generator) -> None:
                 "seeds",
                 "test images",
                 "power",
+                "limit (paired t)",
+                "ratio",
                 "decided",
                 "95 % coverage",
                 "verdict coverage (acc)",
@@ -360,15 +418,20 @@ def planted_table(repeats: int, rng: np.random.Generator) -> None:
     )
 
 
+DEFAULT = Design(seeds=3, max_seeds=12, race_seeds=6)  # sweep.reevaluate's defaults
+
+
 def whole_table(repeats: int, rng: np.random.Generator) -> None:
-    print("## The whole re-evaluation: 3 candidates chosen on validation, then rounds\n")
+    print("## The whole re-evaluation: 3 candidates race on validation, the choice is confirmed on fresh seeds\n")
     print(
-        "Fixed: 3 seeds each, one look. Adaptive: 3 seeds each, then 3 more per round for the choice and "
-        "the baseline, up to 12. Every candidate's seed luck is shared by val and test, the worst case for "
-        "choosing on validation.\n"
+        "Fixed: 3 seeds each, one look. Adaptive (the defaults): the race gives candidates within noise of the "
+        "leader 3 more seeds, up to 6; the confirmation gives the choice and the baseline 3 fresh seeds a look, up "
+        "to 12. Every seed's luck is shared by val and test, the worst case for choosing on validation. The limit: "
+        "one pre-specified one-sided paired t test of the truly best candidate against the baseline at the "
+        "confirmation's maximum seeds.\n"
     )
     rows = []
-    designs = {"fixed 3": Design(seeds=3, max_seeds=3), "adaptive to 12": Design(seeds=3, max_seeds=12)}
+    designs = {"fixed 3": Design(seeds=3, max_seeds=3), "adaptive to 12": DEFAULT}
     for (name, design), spread, images, effects in itertools.product(
         designs.items(),
         (0.0, 0.05, 0.10),
@@ -377,38 +440,109 @@ def whole_table(repeats: int, rng: np.random.Generator) -> None:
     ):
         world = World(seed_spread=spread, images=images, pairing=0.5)
         rates = whole_decision(world, design, effects, repeats // 4, rng)
-        what = "A/A" if max(effects) == 0 else "+" + "/".join(f"{e:.2f}" for e in effects)
+        rows.append(whole_row(name, world, effects, rates))
+    print(table(WHOLE_HEADER, rows), "\n", flush=True)
+
+
+WHOLE_HEADER = [
+    "design",
+    "seed spread",
+    "test images",
+    "candidates' effects",
+    "false adoption",
+    "any claim",
+    "power (adopts a better one)",
+    "limit (paired t)",
+    "ratio",
+    "picked the best",
+    "decided",
+    "runs trained",
+]
+
+
+def whole_row(name: str, world: World, effects: list[float], rates: dict) -> list[str]:
+    aa = max(effects) == 0
+    return [
+        name,
+        f"{world.seed_spread:.2f}",
+        str(world.images),
+        "A/A" if aa else "+" + "/".join(f"{e:.2f}" for e in effects),
+        pct(rates["adopt"]) if aa else "",
+        pct(rates["claim"]) if aa else "",
+        "" if aa else pct(rates["detect"]),
+        pct(rates["limit"]),
+        "" if aa else ratio(rates["detect"], rates["limit"]),
+        "" if aa else pct(rates["picked"]),
+        pct(rates["decided"]),
+        f"{rates['runs']:.1f}",
+    ]
+
+
+def targets_table(repeats: int, rng: np.random.Generator) -> None:
+    """The issue's cells: seed spread 0.05, 12 seeds, 1,000 test (and validation) images, accuracy
+    0.75. Targets: the single verdict ≥ 0.9× the limit, the whole re-evaluation ≥ 0.85× it, A/A
+    false adoption ≤ 2.5 %, any claim ≤ 5 %, coverage ≥ 93 %."""
+    print("## Targets: seed spread 0.05, 12 seeds, 1,000 test images, accuracy 0.75\n")
+    world = World(accuracy=0.75, seed_spread=0.05, images=1000, val_images=1000)
+    rows = []
+    for effect in ((0.0, 0.0), (0.05, 0.0), (0.10, 0.0)):
+        rates = one_verdict(world, 12, effect, repeats, rng)
+        aa = effect == (0.0, 0.0)
         rows.append(
             [
-                name,
-                f"{spread:.2f}",
-                str(images),
-                what,
-                pct(rates["adopt"]) if max(effects) == 0 else "",
-                pct(rates["claim"]) if max(effects) == 0 else "",
-                pct(rates["detect"]) if max(effects) else "",
-                pct(rates["decided"]),
+                "results.verdict, 12 seeds",
+                "A/A" if aa else f"+{effect[0]:.2f}",
+                pct(rates["adopt"]) if aa else "",
+                pct(rates["claim"]) if aa else "",
+                pct(rates["cover95"]),
+                "" if aa else pct(rates["detect"]),
+                pct(rates["limit"]),
+                "" if aa else ratio(rates["detect"], rates["limit"]),
+                "",
+                "24",
+            ]
+        )
+    paired = World(accuracy=0.75, seed_spread=0.05, images=1000, val_images=1000, pairing=0.5)
+    for effects in ([0.0, 0.0, 0.0], [0.05, 0.0, 0.0], [0.10, 0.0, 0.0]):
+        rates = whole_decision(paired, DEFAULT, effects, repeats // 2, rng)
+        aa = max(effects) == 0
+        rows.append(
+            [
+                "the whole re-evaluation (defaults), 3 candidates",
+                "A/A" if aa else "+" + "/".join(f"{e:.2f}" for e in effects),
+                pct(rates["adopt"]) if aa else "",
+                pct(rates["claim"]) if aa else "",
+                "",
+                "" if aa else pct(rates["detect"]),
+                pct(rates["limit"]),
+                "" if aa else ratio(rates["detect"], rates["limit"]),
+                "" if aa else pct(rates["picked"]),
                 f"{rates['runs']:.1f}",
             ]
         )
     print(
         table(
             [
-                "design",
-                "seed spread",
-                "test images",
-                "candidates' effects",
+                "decision",
+                "effects",
                 "false adoption",
                 "any claim",
-                "power (adopts a better one)",
-                "decided",
-                "runs trained",
+                "95 % coverage",
+                "power",
+                "limit (paired t, 2.5 %)",
+                "ratio",
+                "picked the best",
+                "runs trained (mean)",
             ],
             rows,
         ),
         "\n",
         flush=True,
     )
+
+
+def ratio(power: float, limit: float) -> str:
+    return f"{power / limit:.2f}×" if limit > 0 else ""
 
 
 def signed(value: float) -> str:

@@ -6,6 +6,7 @@ from __future__ import annotations
 import dataclasses
 import math
 import re
+import statistics
 from html.parser import HTMLParser
 from pathlib import Path
 
@@ -17,7 +18,8 @@ from regsweep import study as studies
 from regsweep.config import compose_study
 
 TINY = ["train.epochs=3", "train.fine_tune_epochs=1", "tracking.artifacts=none", "sweep.trials_per_worker=0"]
-FIXED_2 = ["sweep.reevaluate.seeds=2", "sweep.reevaluate.max_seeds=2"]  # one round of 2 seeds: no adaptive rounds
+# One look of 2 seeds in the race and in the confirmation: no adaptive rounds.
+FIXED_2 = ["sweep.reevaluate.seeds=2", "sweep.reevaluate.max_seeds=2", "sweep.reevaluate.race_seeds=2"]
 
 
 class _Checker(HTMLParser):
@@ -119,9 +121,15 @@ def test_a_sweep_never_touches_the_test_split_and_reevaluation_is_nested_tagged_
     assert all(reads > 0 for role, reads in reads_by_role if role == "reeval")
     parent = study.user_attrs["mlflow_parent_run_id"]
     reeval_runs = client.search_runs([experiment], "tags.`regsweep.role` = 'reeval'")
-    assert len(reeval_runs) == 6  # (baseline + 2 settings) x 2 seeds
+    assert len(reeval_runs) == 8  # the race: 2 settings x 2 seeds; the confirmation: the choice and the baseline x 2
     assert {r.data.tags["mlflow.parentRunId"] for r in reeval_runs} == {parent}
-    assert {r.data.params["train.seed"] for r in reeval_runs} == {"1", "2"}  # seeds no trial used
+    seeds = {
+        label: {r.data.params["train.seed"] for r in reeval_runs if r.data.tags["reeval"] == label}
+        for label in {r.data.tags["reeval"] for r in reeval_runs}
+    }
+    # Seeds no trial used; the confirmation's are seeds the race (which chose on them) never used.
+    assert seeds.pop("baseline") == {"1001", "1002"}
+    assert sorted(map(sorted, seeds.values())) == [["1", "1001", "1002", "2"], ["1", "2"]]
     baseline_runs = [r for r in reeval_runs if r.data.tags["reeval"] == "baseline"]
     assert {
         (r.data.params["model.dropout"], r.data.params["augment.strength"], r.data.params["model.unfrozen_blocks"])
@@ -132,8 +140,7 @@ def test_a_sweep_never_touches_the_test_split_and_reevaluation_is_nested_tagged_
     text = path.read_text()
     for label in {r.data.tags["reeval"] for r in reeval_runs}:
         values = [r.data.metrics["test_accuracy"] for r in reeval_runs if r.data.tags["reeval"] == label]
-        mean = sum(values) / 2
-        std = abs(values[0] - values[1]) / 2**0.5
+        mean, std = statistics.fmean(values), statistics.stdev(values)
         row = next(
             line
             for line in text.splitlines()
@@ -160,7 +167,9 @@ def test_a_sweep_never_touches_the_test_split_and_reevaluation_is_nested_tagged_
     # The Model Registry: the answer's setting and the baseline, each by its seed most accurate on validation.
     cfg = compose_study([f"paths.store={store}", "sweep.study=reeval"])
     summaries = reevaluate.collect(cfg, parent)
-    found = results.answer(studies.trial_rows(study), summaries, studies.study_settings(study, cfg).epsilon)
+    settings = studies.study_settings(study, cfg)
+    state = reevaluate.progress_of(study, cfg, settings, parent, [f"paths.store={store}"]).rounds
+    found = results.answer(studies.trial_rows(study), state, settings.epsilon)
     recommended = client.get_model_version_by_alias("reeval", "recommended")
     adopted = found.baseline if found.keep_baseline else found.chosen
     assert recommended.run_id == results.representative_run(adopted)["run_id"]
@@ -177,7 +186,7 @@ def test_a_sweep_never_touches_the_test_split_and_reevaluation_is_nested_tagged_
         [f"paths.store={store}", *TINY, *FIXED_2, "sweep.reevaluate.top_k=2", "sweep.reevaluate.curve=[0.5]"],
         reevaluate_first=True,
     )
-    assert len(client.search_runs([experiment], "tags.`regsweep.role` = 'reeval'")) == 6
+    assert len(client.search_runs([experiment], "tags.`regsweep.role` = 'reeval'")) == 8
     assert len(client.search_runs([experiment], "tags.`regsweep.role` = 'curve'")) == len(curve_runs)
     assert re.findall(r"± [0-9.]+", again.read_text()) == re.findall(r"± [0-9.]+", text)
     assert len(client.search_model_versions("name = 'reeval'")) == versions
@@ -227,10 +236,13 @@ def test_a_test_split_unlike_validation_is_flagged_and_the_answer_never_loses_te
     answer = text.split("## The answer")[1].split("\n## ")[0]
     assert "Validation and test disagree on the baseline" in answer
 
-    summaries = reevaluate.collect(sweep.prepare(args).cfg, study.user_attrs["mlflow_parent_run_id"])
-    found = results.answer(studies.trial_rows(study), summaries, epsilon=0.1)
-    adopted = next(s for s in summaries if s.label == found.label)
-    baseline = next(s for s in summaries if s.label == results.BASELINE)
+    cfg = sweep.prepare(args).cfg
+    state = reevaluate.progress_of(
+        study, cfg, studies.study_settings(study, cfg), study.user_attrs["mlflow_parent_run_id"], args
+    ).rounds
+    found = results.answer(studies.trial_rows(study), state, epsilon=0.1)
+    adopted = found.baseline if found.keep_baseline else found.chosen
+    baseline = found.baseline
     assert found.verdict is not None and found.verdict.case in results.CASES
     assert results.difference(baseline, adopted, "test_accuracy").interval()[1] >= 0  # no loss beyond noise
 

@@ -141,7 +141,7 @@ def test_the_verdict_reads_each_difference_as_an_interval():
     judged = results.verdict(BASE, setting("#1", [440, 445, 438]))
     low, high = judged.accuracy_interval
     assert judged.accuracy.mean == pytest.approx(0.082) and 0 < low < judged.accuracy.mean < high
-    assert f"test accuracy +0.08 [+{low:.2f}, +{high:.2f}]" in judged.sentence
+    assert f"test accuracy +0.082 [+{low:.3f}, +{high:.3f}]" in judged.sentence  # 3 digits: narrower than 0.05
     # A negative bound is written with a real minus sign, as intervals are read.
     assert "[−" in results.verdict(BASE, setting("#5", [430, 380, 410])).sentence
 
@@ -183,12 +183,29 @@ def test_one_seed_cannot_tell_how_much_a_re_run_would_move():
     assert "3 or more seeds" in judged.settle
 
 
-def test_more_comparisons_widen_every_interval():
+def test_candidates_judged_on_the_seeds_that_chose_them_widen_the_interval():
     chosen = setting("#1", [430, 436, 425])
     alone = results.verdict(BASE, chosen)
-    corrected = results.verdict(BASE, chosen, results.Design(seeds=3, max_seeds=12, candidates=3))
-    assert corrected.alpha == pytest.approx(0.05 / (2 * 3 * 4))  # 2 metrics × 3 candidates × 4 looks
+    assert alone.alpha == pytest.approx(0.045) and alone.gap_alpha == pytest.approx(0.005)  # 90 % / 10 % of 5 %
+    corrected = results.verdict(BASE, chosen, results.Design(seeds=3, max_seeds=3, candidates=3))
+    assert corrected.alpha == pytest.approx(0.045 / 3)  # fixed_rounds: the choice saw these seeds
     assert corrected.accuracy_interval[0] < alone.accuracy_interval[0]
+
+
+def test_looks_spend_alpha_as_o_brien_fleming_so_the_last_look_keeps_nearly_all_of_it():
+    # Lan–DeMets O'Brien–Fleming-type boundaries for 4 even looks at 5 %, as published (Jennison and
+    # Turnbull 2000, table 7.6; gsDesign): 4.33, 2.96, 2.36 and 2.01 standard errors.
+    assert results.sequential_boundaries((0.25, 0.5, 0.75, 1.0), 0.05) == pytest.approx(
+        (4.333, 2.963, 2.359, 2.014), abs=0.002
+    )
+    design = results.Design(seeds=3, max_seeds=12)
+    levels = [design.alpha_at(look, results.ACCURACY_SHARE) for look in range(4)]
+    assert levels == sorted(levels) and levels[0] < 1e-4
+    assert 0.039 < levels[-1] < 0.045  # an even split over 4 looks would leave 0.011
+    # An early look is stricter: the same runs can be "better" at the last look and open at the first.
+    chosen = setting("#1", [440, 445, 438])
+    assert results.verdict(BASE, chosen, design, look=0).case == results.CANT_TELL
+    assert results.verdict(BASE, chosen, design).case == results.BETTER
 
 
 def test_the_stable_choice_applies_the_rule_across_seeds_among_the_candidates():
@@ -239,10 +256,17 @@ def test_the_answer_adopts_a_better_setting_and_says_what_more_data_would_add():
     assert answer.label == "#1" and answer.verdict.case == results.BETTER and answer.row is rows[1]
     assert answer.more_data == (
         "Doubling the training images would likely add about +0.05 validation accuracy, "
-        "more than any setting found (+0.02); trial #1's learning curve: 0.60 at 6, 0.75 at 13, "
+        "more than the setting found (+0.02); trial #1's learning curve: 0.60 at 6, 0.75 at 13, "
         "0.88 at 25 training images."
     )
     assert any("2 image(s) appear in more than one split" in w for w in answer.warnings)
+
+
+def test_when_the_baseline_stays_the_learning_curve_is_not_compared_with_a_gain_nobody_confirmed():
+    curve = [CurvePoint(6, 0.60, 0.02), CurvePoint(13, 0.75, 0.02), CurvePoint(25, 0.884, 0.01)]
+    sentence = results.more_data_sentence(curve, None, "the baseline")
+    assert "while no setting was confirmed better than the baseline on the test split" in sentence
+    assert "+0.00" not in sentence and "any setting" not in sentence
 
 
 def test_a_flat_learning_curve_says_more_of_the_same_images_would_add_little():
@@ -268,36 +292,65 @@ def seeds_of(summary: Summary, seeds: list[int]) -> Summary:
     return Summary(summary.label, [{**run, "seed": seed} for run, seed in zip(summary.runs, seeds)])
 
 
-def test_rounds_add_seeds_to_the_choice_and_the_baseline_until_the_verdict_is_decided():
-    """And a candidate the choice falls on later catches up; the others keep the seeds they have."""
+def confirmation(summary: Summary, design: results.Design) -> Summary:
+    """The runs as the confirmation's seeds (the race's are 1, 2, …)."""
+    return seeds_of(summary, design.confirmation_seeds(len(summary.runs)))
+
+
+def test_the_race_chooses_on_validation_then_the_confirmation_adds_fresh_seeds_until_decided():
     design = results.Design(seeds=3, max_seeds=9)
     labels = [BASELINE, "#1", "#2"]
-    # Round 1 asks for 3 seeds of every setting.
+    # The race asks for 3 seeds of every candidate, validation only; the baseline does not race.
     first = results.rounds(labels, [], design, 0.1)
-    assert first.todo == {label: [1, 2, 3] for label in labels} and first.verdict is None
-    # #1 leads on validation and its verdict can't tell yet; #2 trails it.
-    baseline = setting(
-        BASELINE, [400, 405, 395, 398, 402, 401, 399, 404, 396], val_right=[400, 405, 395, 398, 402, 401, 399, 404, 396]
-    )
-    leader = setting(
-        "#1", [430, 415, 420, 428, 428, 426, 429, 427, 428], val_right=[440, 442, 445, 441, 443, 444, 440, 442, 441]
-    )
-    loser = setting("#2", [300, 302, 301], val_right=[300, 302, 301])
-    state = results.rounds(labels, [first3(baseline), first3(leader), loser], design, 0.1)
-    assert state.verdict.case == results.CANT_TELL and state.chosen.label == "#1"
-    assert state.todo == {BASELINE: [4, 5, 6], "#1": [4, 5, 6]}  # the other candidate gets no more (racing)
+    assert first.todo == {"#1": [1, 2, 3], "#2": [1, 2, 3]} and first.verdict is None and not first.race
+    # #2 trails #1 on validation beyond noise: it leaves the race, which ends with #1 as the choice.
+    raced = [setting("#1", [480, 300, 300], val_right=[440, 442, 445]), setting("#2", [480] * 3, val_right=[300] * 3)]
+    state = results.rounds(labels, raced, design, 0.1)
+    assert [e.label for e in state.race] == ["#1", "#2"] and state.race[1].left.startswith("out of the race after 3")
+    # The confirmation: the choice and the baseline on seeds the race never used (its test scores above
+    # count for nothing), the same values for both.
+    assert state.todo == {BASELINE: [1001, 1002, 1003], "#1": [1001, 1002, 1003]} and state.verdict is None
+    baseline = confirmation(setting(BASELINE, [400, 405, 395, 398, 402, 401, 399, 404, 396]), design)
+    leader = confirmation(setting("#1", [430, 415, 420, 428, 428, 426, 429, 427, 428]), design)
+    at = {"#1": Summary("#1", raced[0].runs + leader.runs[:3]), "#2": raced[1]}
+    state = results.rounds(labels, [Summary(BASELINE, baseline.runs[:3]), *at.values()], design, 0.1)
+    # At the first look the spending leaves a strict level: +0.04 on 3 seeds can't tell yet.
+    assert state.verdict.case == results.CANT_TELL and state.chosen.label == "#1" and state.looks == 1
+    assert state.todo == {BASELINE: [1004, 1005, 1006], "#1": [1004, 1005, 1006]}
     # Killed half-way through the round: only what is missing is asked for, and the verdict stays the last look's.
-    partial = results.rounds(labels, [Summary(BASELINE, baseline.runs[:5]), first3(leader), loser], design, 0.1)
-    assert partial.todo == {BASELINE: [6], "#1": [4, 5, 6]} and partial.verdict.case == results.CANT_TELL
-    # With 6 seeds each the verdict is decided, and the rounds stop there.
-    done = results.rounds(
-        labels, [Summary(BASELINE, baseline.runs[:6]), Summary("#1", leader.runs[:6]), loser], design, 0.1
-    )
+    partial = results.rounds(labels, [Summary(BASELINE, baseline.runs[:5]), *at.values()], design, 0.1)
+    assert partial.todo == {BASELINE: [1006], "#1": [1004, 1005, 1006]} and partial.verdict.case == results.CANT_TELL
+    # With 6 each the verdict is decided, and the rounds stop there.
+    at["#1"] = Summary("#1", raced[0].runs + leader.runs[:6])
+    done = results.rounds(labels, [Summary(BASELINE, baseline.runs[:6]), *at.values()], design, 0.1)
     assert done.todo == {} and done.reason == results.DECIDED and done.verdict.case == results.BETTER
-    assert done.looks == 2 and [len(s.runs) for s in done.summaries] == [6, 6, 3]
+    assert done.looks == 2 and [len(s.runs) for s in done.summaries] == [6, 6]
     # Runs past the look the rounds stopped at (say, trained by hand) do not change its verdict.
-    again = results.rounds(labels, [baseline, leader, loser], design, 0.1)
+    again = results.rounds(labels, [baseline, Summary("#1", raced[0].runs + leader.runs), raced[1]], design, 0.1)
     assert again.verdict.sentence == done.verdict.sentence
+
+
+def test_a_candidate_behind_but_within_noise_stays_in_the_race_and_can_win_it():
+    design = results.Design(seeds=3, max_seeds=6, race_seeds=6)
+    labels = [BASELINE, "#1", "#2"]
+    # #1 leads after 3 seeds on one lucky seed; #2 is behind but within noise, so both race on.
+    lucky = setting("#1", [400] * 6, val_right=[480, 430, 443, 400, 401, 402])
+    steady = setting("#2", [400] * 6, val_right=[440, 441, 439, 441, 440, 442])
+    state = results.rounds(labels, [first3(lucky), first3(steady)], design, 0.1)
+    assert state.todo == {"#1": [4, 5, 6], "#2": [4, 5, 6]} and not state.race
+    # After 6 seeds #2 leads; the race ends at max_seeds and the rule chooses #2.
+    state = results.rounds(labels, [lucky, steady], design, 0.1)
+    assert [e.label for e in state.race] == ["#2", "#1"]
+    assert state.race[1].left.startswith("in the race to its end (6 seeds)")
+    assert state.todo == {BASELINE: [1001, 1002, 1003], "#2": [1001, 1002, 1003]}
+
+
+def test_one_candidate_needs_no_race():
+    design = results.Design(seeds=3, max_seeds=6)
+    assert results.rounds([BASELINE, "#4"], [], design, 0.1).todo == {
+        BASELINE: [1001, 1002, 1003],
+        "#4": [1001, 1002, 1003],
+    }
 
 
 def first3(summary: Summary) -> Summary:
@@ -306,8 +359,8 @@ def first3(summary: Summary) -> Summary:
 
 def test_rounds_stop_when_only_a_larger_test_split_would_settle_it():
     design = results.Design(seeds=3, max_seeds=12)
-    base = setting(BASELINE, [70, 70, 70], images=100)
-    chosen = setting("#1", [72, 72, 72], images=100)
+    base = confirmation(setting(BASELINE, [70, 70, 70], images=100), design)
+    chosen = confirmation(setting("#1", [72, 72, 72], images=100), design)
     state = results.rounds([BASELINE, "#1"], [base, chosen], design, 0.1)
     assert state.todo == {} and state.reason == results.ONLY_IMAGES and state.verdict.case == results.CANT_TELL
 
@@ -316,15 +369,3 @@ def test_a_fixed_design_looks_once():
     assert results.Design(seeds=3, max_seeds=3).looks() == [3]
     assert results.Design(seeds=3, max_seeds=12).looks() == [3, 6, 9, 12]
     assert results.Design(seeds=3, max_seeds=10).looks() == [3, 6, 9, 10]
-
-
-def test_a_candidate_the_choice_falls_on_later_catches_up_with_the_seeds():
-    design = results.Design(seeds=3, max_seeds=9)
-    labels = [BASELINE, "#1", "#2"]
-    baseline = setting(BASELINE, [400, 410, 390, 405, 395, 400], val_right=[400] * 6)
-    # #1 leads after 3 seeds but its next seeds fall behind #2's three.
-    first = setting("#1", [420, 380, 430, 401, 399, 400], val_right=[450, 452, 451, 400, 401, 402])
-    second = setting("#2", [425, 385, 430], val_right=[440, 441, 439])
-    state = results.rounds(labels, [baseline, first, second], design, 0.1)
-    assert state.chosen.label == "#2" and state.looks == 2
-    assert state.todo == {BASELINE: [7, 8, 9], "#2": [4, 5, 6, 7, 8, 9]}

@@ -78,7 +78,7 @@ def test_killed_during_an_adaptive_round_the_same_command_resumes_with_the_same_
     assert not [r for r in runs if r.info.status == "RUNNING"]  # the killed run is ended, with its reason
     assert all("interrupted" in r.data.tags["regsweep.error"] for r in runs if r.info.status == "FAILED")
     answer = the_answer(store, "rounds")
-    assert "**Seeds:** the baseline 4, trial #" in answer
+    assert "**Seeds:** the baseline 4; trial #" in answer
     sweep.report_study("rounds", [f"paths.store={store}"])  # read again: the same answer
     assert the_answer(store, "rounds") == answer
 

@@ -91,16 +91,16 @@ def merge(*override_lists: list[str]) -> list[str]:
 # --- the rounds ----------------------------------------------------------------------------------
 
 
-def design(cfg: DictConfig, settings: DictConfig, candidates: int) -> results.Design:
-    """The re-evaluation's design from sweep.reevaluate: how many seeds, in which rounds, and how
-    many candidates its claims answer for."""
+def design(cfg: DictConfig, settings: DictConfig) -> results.Design:
+    """The re-evaluation's design from sweep.reevaluate: how many seeds, in which rounds, for the
+    race and for the confirmation."""
     r = settings.reevaluate
     return results.Design(
         seeds=int(r.seeds),
         max_seeds=max(int(r.get("max_seeds", r.seeds)), int(r.seeds)),
-        candidates=candidates,
         margin=float(r.get("margin", results.MARGIN)),
         first_seed=int(cfg.train.seed) + 1,
+        race_seeds=int(r.get("race_seeds", r.seeds)),
     )
 
 
@@ -131,7 +131,7 @@ def progress_of(
     # A setting's runs are found by its label and seed, wherever they were trained (paths differ by machine).
     labels = [setting.label for setting in planned]
     summaries = [s for s in collect(cfg, parent_run_id) if s.label in labels]
-    plan = design(cfg, settings, max(1, len(planned) - 1))
+    plan = design(cfg, settings)
     return Progress(planned, results.rounds(labels, summaries, plan, settings.epsilon), summaries)
 
 
@@ -167,14 +167,18 @@ def run_rounds(
 def _round_line(rounds: results.Rounds, todo: list[tuple[Setting, int]]) -> str:
     """What the next round trains, and why."""
     plan = rounds.design
-    if rounds.verdict is None:
-        extra = (
-            f", then up to {plan.max_seeds} for the choice and the baseline while the verdict can't tell"
-            if plan.max_seeds > plan.seeds
-            else ""
+    labels = dict.fromkeys(s.label for s, _ in todo)
+    who = " and ".join(results.setting_name(label) for label in labels)
+    if not rounds.race:
+        return (
+            f"Re-evaluating, the race on validation: {len(todo)} runs for {who} "
+            f"({plan.seeds} seeds each, up to {max(plan.race_seeds, plan.seeds)} while within noise of the leader)"
         )
-        return f"Re-evaluating on the test split: {plan.seeds} seeds per setting{extra} ({len(todo)} runs to train)"
-    who = " and ".join(dict.fromkeys(results.setting_name(s.label) for s, _ in todo))
+    if rounds.verdict is None:
+        return (
+            f"Re-evaluating on the test split: {len(todo)} runs for {who}, on seeds the choice never "
+            f"saw ({plan.seeds} each, up to {plan.max_seeds} while the verdict can't tell)"
+        )
     accuracy = results.with_interval(rounds.verdict.accuracy, rounds.verdict.alpha)
     return (
         f"Round {rounds.looks + 1}: can't tell yet after {len(rounds.chosen.runs)} seeds (test accuracy {accuracy}, "
@@ -230,7 +234,7 @@ def missing_curve_runs(
         )
         for run in logged_runs(cfg, parent_run_id, CURVE)
     }
-    seeds = state.rounds.design.seed_values(state.rounds.design.seeds)
+    seeds = state.rounds.design.selection_seeds(state.rounds.design.seeds)
     return [
         (point, seed)
         for point, fraction in zip(points, settings.reevaluate.curve)

@@ -293,7 +293,7 @@ def _answer_lines(facts: Facts, answer: Answer) -> list[str]:
         ]
         images = answer.baseline.runs[0].get(TEST_IMAGES)
         where = f"on the test split ({images} images)" if images else "on the test split"
-        line = f"**Verdict {where}, simultaneous 95 % intervals:** {verdict.sentence}"
+        line = f"**Verdict {where}, wrong at most 5 % of the time:** {verdict.sentence}"
         if verdict.settle:
             line += f" To settle it: {verdict.settle}"
             if verdict.seeds_needed and facts.reevaluate_command:
@@ -309,20 +309,51 @@ def _answer_lines(facts: Facts, answer: Answer) -> list[str]:
 
 
 def seeds_line(answer: Answer) -> str:
-    """How many seeds each setting got, and why the re-evaluation stopped."""
+    """How many seeds each setting got, in the race and in the confirmation, why each candidate
+    is not the choice, and why the re-evaluation stopped."""
     state = answer.rounds
-    most = max(len(s.runs) for s in state.summaries)
-    parts = [
-        f"{results.setting_name(s.label)} {len(s.runs)}" + (" (out of the race)" if len(s.runs) < most else "")
-        for s in state.summaries
-    ]
+    confirmed = len(state.chosen.runs) if state.chosen else 0
+    parts = [f"the baseline {len(state.baseline.runs) if state.baseline else 0}"]
+    for entrant in state.race:
+        name = results.setting_name(entrant.label)
+        if not entrant.left:
+            raced = f"{len(entrant.runs.runs)} in the race on validation, then " if entrant.runs.runs else ""
+            parts.append(f"{name} {raced}{confirmed} on the test split (the choice)")
+        else:
+            parts.append(f"{name} {len(entrant.runs.runs)} ({entrant.left})")
     why = {
         results.DECIDED: "the verdict was decided",
         results.AT_MAX_SEEDS: f"it reached sweep.reevaluate.max_seeds ({state.design.max_seeds})",
         results.ONLY_IMAGES: "more seeds could not settle it (the test split is too small)",
     }.get(state.reason, state.reason or "a round is unfinished")
     looks = f"{state.looks} look{'s' * (state.looks != 1)}"
-    return f"{', '.join(parts)}; it stopped after {looks} because {why}"
+    return f"{'; '.join(parts)}. It stopped after {looks} because {why}"
+
+
+def levels_line(state: results.Rounds) -> str:
+    """How the verdict's intervals are drawn, and what their levels answer for."""
+    design, looks = state.design, state.design.looks()
+    accuracy = ", ".join(f"{100 * (1 - design.alpha_at(i, results.ACCURACY_SHARE)):.2f} %" for i in range(len(looks)))
+    gap = ", ".join(f"{100 * (1 - design.alpha_at(i, 1 - results.ACCURACY_SHARE)):.2f} %" for i in range(len(looks)))
+    where = f"after {', '.join(map(str, looks))} seeds" if len(looks) > 1 else f"after {looks[0]} seeds"
+    if design.candidates > 1:
+        chosen = (
+            f"The choice was made on the same seeds that judge it, so the levels answer for the "
+            f"{design.candidates} settings it could have fallen on."
+        )
+    else:
+        chosen = (
+            "The choice was made on validation accuracy in the race, and the verdict judges it on seeds it never "
+            "saw, so it is one pre-specified comparison, whatever the number of candidates."
+        )
+    return (
+        "Intervals: a t interval with Welch–Satterthwaite degrees of freedom over the seed-to-seed spread of the "
+        "paired differences and the per-image differences on the test images, never narrower than the paired t "
+        f"interval over the seeds alone. {chosen} Test accuracy is drawn at {accuracy} and the test gap at {gap} "
+        f"at the look {where} (group-sequential, O'Brien–Fleming-type alpha spending), so that a verdict adopts "
+        "a setting that is no better at most 2.5 % of the time and claims anything false at most 5 %, however "
+        "many looks it takes."
+    )
 
 
 def markdown(facts: Facts) -> str:
@@ -505,9 +536,10 @@ def reevaluation_markdown(facts: Facts) -> list[str]:
     out = [
         "## Re-evaluation on the test split",
         "",
-        "Each setting re-trained with fresh seeds (the same seed values for every setting) and scored once on the "
-        "test split, which no trial ever saw. Here the test gap is train_accuracy − test_accuracy. Mean ± std over "
-        "seeds.",
+        "Each setting re-trained with seeds no trial used and scored once on the test split, which no trial ever "
+        "saw: the candidates first race on validation accuracy, then the choice and the baseline get seeds of their "
+        "own, the same values for both, on which the verdict is read. Here the test gap is train_accuracy − "
+        "test_accuracy. Mean ± std over all of a setting's seeds.",
         "",
     ]
 
@@ -543,34 +575,40 @@ def reevaluation_markdown(facts: Facts) -> list[str]:
     ]
     if state is None or state.verdict is None:
         return out
-    design, alpha = state.design, state.verdict.alpha
-    baseline = next(s for s in state.summaries if s.label == BASELINE)
-    rows = []
-    for summary in state.summaries:
-        if summary.label == BASELINE or len(summary.runs) < 2:
-            continue
-        accuracy = results.difference(baseline, summary, TEST_ACCURACY)
-        gap = results.difference(baseline, summary, TEST_GAP)
-        rows.append(
-            [
-                name(summary),
-                min(len(summary.runs), len(baseline.runs)),
-                results.with_interval(accuracy, alpha),
-                results.with_interval(gap, alpha),
-            ]
-        )
+    if len(state.race) > 1:
+        out += ["The race on validation (the choice's seeds and the others'; validation accuracy only):", ""]
+        out += [
+            _table(
+                ["setting", "race seeds", "val_accuracy", "outcome"],
+                [
+                    [
+                        name(entrant.runs),
+                        len(entrant.runs.runs),
+                        entrant.runs.pm(VAL_ACCURACY, 4),
+                        entrant.left or "the choice",
+                    ]
+                    for entrant in state.race
+                ],
+            ),
+            "",
+        ]
+    verdict = state.verdict
     out += [
-        "Each setting against the baseline (paired by seed and by image), at the look the verdict was read:",
+        "The choice against the baseline on the test split (paired by seed and by image, seeds the choice never saw):",
         "",
-        _table(["setting", "paired seeds", "test accuracy, difference", "test gap, difference"], rows),
+        _table(
+            ["setting", "paired seeds", "test accuracy, difference", "test gap, difference"],
+            [
+                [
+                    name(state.chosen),
+                    len(state.chosen.runs),
+                    results.with_interval(verdict.accuracy, verdict.alpha),
+                    results.with_interval(verdict.gap, verdict.gap_alpha),
+                ]
+            ],
+        ),
         "",
-        f"Intervals: a t interval with Welch–Satterthwaite degrees of freedom over the seed-to-seed spread of the "
-        "paired differences and the per-image differences on the test images, never narrower than the paired t "
-        f"interval over the seeds alone. Each is drawn at {100 * (1 - alpha):.2f} % so that all of them hold together "
-        f"95 % of the time: 2 metrics × {design.candidates} candidate{'s' * (design.candidates != 1)} × "
-        f"{len(design.looks())} possible look{'s' * (len(design.looks()) != 1)} "
-        f"(after {', '.join(map(str, design.looks()))} seeds). "
-        f"Seeds: {seeds_line(answer)}.",
+        f"{levels_line(state)} Seeds: {seeds_line(answer)}.",
         "",
     ]
     return out

@@ -31,6 +31,7 @@ benchmarks/verdict_calibration.py measures that, on A/A comparisons and planted 
 
 from __future__ import annotations
 
+import functools
 import math
 import statistics
 from dataclasses import dataclass, field, replace
@@ -51,7 +52,12 @@ from regsweep.metrics import (
 )
 
 BASELINE = "baseline"  # the re-evaluation label of the unregularized reference
-ALPHA = 0.05  # how often, at most, any interval of one verdict misses: 95 % for all of them together
+ALPHA = 0.05  # how often, at most, one verdict claims anything false (better, smaller gap or trade-off)
+ACCURACY_SHARE = 0.9  # of ALPHA, for test accuracy; the rest for the test gap (see `Design`)
+# The race's elimination intervals: a candidate leaves when its validation accuracy falls short of
+# the leader's beyond this two-sided level. A choice, not a claim: it costs the verdict no alpha.
+RACE_ALPHA = 0.20
+CONFIRMATION_OFFSET = 1000  # the confirmation's seeds start this far past the race's
 # Differences in test accuracy smaller than this count as "no effect": about one image in fifty,
 # less than a user would change settings for, and still within reach: when two models disagree
 # on 3–5 % of the images, the test images' own noise (at the verdict's corrected level) fits
@@ -436,38 +442,123 @@ def _number(label: str) -> int:
 # --- the verdict ----------------------------------------------------------------------------------
 
 
+def obrien_fleming_spent(fraction: float, alpha: float) -> float:
+    """Lan and DeMets's O'Brien–Fleming-type spending function, each side spending alpha / 2:
+    the share of the two-sided `alpha` spent by the time `fraction` of the seeds are in. Almost
+    nothing early, so the last look keeps nearly the whole level (4 even looks at 0.05: the
+    boundaries are 4.33, 2.96, 2.36 and 2.01 standard errors, against 1.96 for one look)."""
+    if fraction >= 1:
+        return alpha
+    side = alpha / 2
+    return float(2 * (2 - 2 * scipy_stats.norm.cdf(scipy_stats.norm.ppf(1 - side / 2) / math.sqrt(fraction))))
+
+
+@functools.cache
+def sequential_boundaries(fractions: tuple[float, ...], alpha: float) -> tuple[float, ...]:
+    """Two-sided z boundaries c_1 … c_K for looks at these information fractions: under no
+    difference, the standardized mean first reaches |Z_k| ≥ c_k at look k with exactly the
+    probability that the spending function adds at k (Jennison and Turnbull, "Group sequential
+    methods", 2000, ch. 7 and 9). Intervals drawn at look k at the nominal level 2(1 − Φ(c_k))
+    are repeated confidence intervals: they hold at every look together with probability
+    1 − alpha, so the rounds may stop at any look, for any reason.
+
+    Computed by the usual recursive numerical integration of the sum's density over the
+    continuation region (Armitage, McPherson and Rowe 1969), on a fixed grid: deterministic, so
+    the same runs replay to the same verdict.
+    """
+    boundaries: list[float] = []
+    grid, mass = np.zeros(1), np.ones(1)  # the sum's distribution at the previous look: all of it at 0
+    previous, spent = 0.0, 0.0
+    for fraction in fractions:
+        step = fraction - previous
+        increment = obrien_fleming_spent(fraction, alpha) - spent
+        bound = _boundary(increment, fraction, step, grid, mass)
+        boundaries.append(bound)
+        edge = bound * math.sqrt(fraction)  # the boundary on the sum's scale
+        new_grid = np.linspace(-edge, edge, 1201)
+        weights = np.full(new_grid.size, new_grid[1] - new_grid[0])
+        weights[[0, -1]] /= 2  # the trapezoid rule
+        kernel = scipy_stats.norm.pdf((new_grid[:, None] - grid[None, :]) / math.sqrt(step)) / math.sqrt(step)
+        grid, mass = new_grid, weights * (kernel @ mass)  # the density of the sum that has not crossed
+        previous, spent = fraction, spent + increment
+    return tuple(boundaries)
+
+
+def _boundary(increment: float, fraction: float, step: float, grid: np.ndarray, mass: np.ndarray) -> float:
+    """The z boundary at which a sum not yet stopped (`mass` on `grid`) crosses with
+    probability `increment` over its next `step` of information (bisection, 6 decimals)."""
+    if increment <= 1e-12:
+        return 8.0
+
+    def crossing(bound: float) -> float:
+        edge, sd = bound * math.sqrt(fraction), math.sqrt(step)
+        outside = scipy_stats.norm.cdf((-edge - grid) / sd) + scipy_stats.norm.sf((edge - grid) / sd)
+        return float(np.sum(mass * outside))
+
+    low, high = 0.0, 12.0
+    for _ in range(60):
+        middle = (low + high) / 2
+        low, high = (middle, high) if crossing(middle) > increment else (low, middle)
+    return round((low + high) / 2, 6)
+
+
 @dataclass(frozen=True)
 class Design:
-    """How the re-evaluation spends seeds, and so how many comparisons its claims answer for.
+    """How the re-evaluation spends seeds, and at which level each of its looks claims.
 
-    Every setting gets `seeds` seeds; while the verdict is "can't tell yet", the setting chosen at
-    that look and the baseline get `seeds` more per round (paired: the same seed values), up to
-    `max_seeds`: a race in the manner of F-Race, where the other candidates keep the seeds they
-    have, and one the choice falls on later catches up. Each round's verdict is a look at the data, and each
-    look, each candidate the choice could have fallen on and each of the two metrics is one
-    more chance to be fooled by noise. So each interval is drawn at ALPHA / (2 · candidates ·
-    looks) (Bonferroni): whatever the rounds and the choice did, the verdict's intervals all
-    hold together at least 1 − ALPHA of the time. benchmarks/verdict_calibration.py measures it.
+    Two stages (see `rounds`). The race: every candidate gets `seeds` seeds scored on the
+    validation split only; candidates still within noise of the leader get `seeds` more, up to
+    `race_seeds`. The confirmation: the race's choice and the baseline get fresh seeds, the same
+    values for both, `seeds` more a look, up to `max_seeds`, scored on the test split.
+
+    Where alpha goes (benchmarks/verdict_calibration.py measured each choice):
+    - Candidates: none. The choice never sees the seeds that confirm it, so the verdict is one
+      pre-specified comparison, however many candidates raced (`candidates` > 1 only where the
+      same seeds chose and judged, `fixed_rounds`: Bonferroni then).
+    - Metrics: weighted Bonferroni, ACCURACY_SHARE of ALPHA to test accuracy, the rest to the
+      test gap, which is read only when accuracy is within ±margin. Adopting needs "better"
+      (one side of the accuracy interval) or "same accuracy, smaller gap" (one side of the gap
+      interval), so a false adoption happens at most (0.045 + 0.005) / 2 = 2.5 % of the time,
+      and any claim at most 0.045 + 0.0025. Testing both at full level in sequence, as a
+      fixed-sequence procedure would, bounds false adoption only by 5 %.
+    - Looks: Lan–DeMets O'Brien–Fleming-type spending over the confirmation's looks
+      (`sequential_boundaries`) instead of an even split: at 4 looks the last one draws its
+      interval at 96 % instead of 98.75 %.
     """
 
     seeds: int = 3
     max_seeds: int = 3
-    candidates: int = 1  # the settings the choice across seeds could fall on (top_k)
+    candidates: int = 1  # settings whose choice used the very seeds that judge it (fixed_rounds only)
     margin: float = MARGIN  # δ: differences in accuracy smaller than this are "no effect"
-    first_seed: int = 1  # the seeds are first_seed, first_seed + 1, …: no trial used them
+    first_seed: int = 1  # the race's seeds are first_seed, first_seed + 1, …: no trial used them
+    race_seeds: int = 0  # the most seeds a candidate gets in the race (at least `seeds`)
 
     def looks(self) -> list[int]:
         """The seed counts at which the verdict is read: `seeds`, then `seeds` more each round."""
         step = max(self.seeds, 1)
         return [*list(range(step, max(self.max_seeds, step), step)), max(self.max_seeds, step)]
 
-    @property
-    def alpha(self) -> float:
-        """Each interval's share of ALPHA."""
-        return ALPHA / (len(TESTED) * max(self.candidates, 1) * len(self.looks()))
+    def race_looks(self) -> list[int]:
+        """The seed counts at which the race is read: `seeds`, then `seeds` more, up to race_seeds."""
+        return Design(seeds=self.seeds, max_seeds=max(self.race_seeds, self.seeds)).looks()
 
-    def seed_values(self, count: int) -> list[int]:
+    def alpha_at(self, look: int, share: float = 1.0) -> float:
+        """The two-sided level of the intervals at a look (0-based) for a metric given `share`
+        of ALPHA: the nominal level of the group-sequential boundary there."""
+        looks = self.looks()
+        total = ALPHA * share / max(self.candidates, 1)
+        if len(looks) == 1:
+            return total
+        bounds = sequential_boundaries(tuple(n / looks[-1] for n in looks), total)
+        return float(2 * scipy_stats.norm.sf(bounds[min(look, len(looks) - 1)]))
+
+    def selection_seeds(self, count: int) -> list[int]:
+        """The race's seeds (validation only)."""
         return [self.first_seed + i for i in range(count)]
+
+    def confirmation_seeds(self, count: int) -> list[int]:
+        """The confirmation's seeds: values the race never used, whatever its length."""
+        return [self.first_seed + CONFIRMATION_OFFSET + i for i in range(count)]
 
 
 TESTED = (TEST_ACCURACY, TEST_GAP)  # the two metrics a verdict makes claims on
@@ -482,10 +573,11 @@ class Verdict:
     gap: Difference  # test_gap, chosen − baseline
     sentence: str
     settle: str  # for CANT_TELL: what would settle it ("" otherwise)
-    alpha: float = ALPHA  # each interval's level is 1 − alpha
+    alpha: float = ALPHA * ACCURACY_SHARE  # the accuracy interval's level is 1 − alpha
     margin: float = MARGIN
     only_images_settle: bool = False  # the test split's own noise keeps it open, whatever the seeds
     seeds_needed: int | None = None  # for CANT_TELL: about how many seeds each would settle it
+    gap_alpha: float = ALPHA * (1 - ACCURACY_SHARE)  # the gap interval's level is 1 − gap_alpha
 
     @property
     def adopt(self) -> bool:
@@ -497,7 +589,7 @@ class Verdict:
 
     @property
     def gap_interval(self) -> tuple[float, float]:
-        return self.gap.interval(self.alpha)
+        return self.gap.interval(self.gap_alpha)
 
 
 def signed(value: float, digits: int = 2) -> str:
@@ -527,17 +619,20 @@ def classify(accuracy: tuple[float, float], gap: tuple[float, float], margin: fl
     return CANT_TELL
 
 
-def verdict(baseline: Summary, chosen: Summary, design: Design = Design()) -> Verdict:
+def verdict(baseline: Summary, chosen: Summary, design: Design = Design(), look: int | None = None) -> Verdict:
     """Exactly one of five cases, decided from the intervals of the paired differences, accuracy
     first (see `classify`): better; same accuracy, smaller gap; trade-off (not recommended); no
     effect (the accuracy interval within ±margin, the gap not shrinking beyond noise); can't tell
-    yet (anything else: the interval reaches past ±margin)."""
+    yet (anything else: the interval reaches past ±margin). `look` (0-based) picks the level of
+    that look of the design; the last one by default."""
     accuracy = difference(baseline, chosen, TEST_ACCURACY)
     gap = difference(baseline, chosen, TEST_GAP)
-    alpha, margin = design.alpha, design.margin
-    case = classify(accuracy.interval(alpha), gap.interval(alpha), margin)
+    look = len(design.looks()) - 1 if look is None else look
+    alpha, gap_alpha = design.alpha_at(look, ACCURACY_SHARE), design.alpha_at(look, 1 - ACCURACY_SHARE)
+    margin = design.margin
+    case = classify(accuracy.interval(alpha), gap.interval(gap_alpha), margin)
     n = min(len(chosen.runs), len(baseline.runs))
-    acc_text, gap_text = with_interval(accuracy, alpha), with_interval(gap, alpha)
+    acc_text, gap_text = with_interval(accuracy, alpha), with_interval(gap, gap_alpha)
     evidence = f"{setting_name(chosen.label)} against the baseline, {n} seed{'s' * (n != 1)} each"
     if case == BETTER:
         sentence = f"Better: test accuracy {acc_text}, test gap {gap_text} ({evidence})."
@@ -548,7 +643,7 @@ def verdict(baseline: Summary, chosen: Summary, design: Design = Design()) -> Ve
         )
     elif case == TRADE_OFF:
         shrinks = (
-            f", though the test gap {gap_text} shrinks" if gap.interval(alpha)[1] < 0 else f", test gap {gap_text}"
+            f", though the test gap {gap_text} shrinks" if gap.interval(gap_alpha)[1] < 0 else f", test gap {gap_text}"
         )
         sentence = f"Trade-off: test accuracy {acc_text} falls{shrinks} ({evidence}): not recommended."
     elif case == NO_EFFECT:
@@ -561,10 +656,12 @@ def verdict(baseline: Summary, chosen: Summary, design: Design = Design()) -> Ve
             f"Can't tell yet: test accuracy {acc_text} reaches past ±{margin:g} and the interval holds 0, "
             f"test gap {gap_text} ({evidence})."
         )
-    only_images = case == CANT_TELL and n > 1 and only_images_settle(accuracy, alpha, margin)
-    needed = seeds_to_decide(accuracy, alpha, margin) if case == CANT_TELL and n > 1 else None
-    settle = _settle(accuracy, chosen.label, n, alpha, margin, needed) if case == CANT_TELL else ""
-    return Verdict(case, accuracy, gap, sentence, settle, alpha, margin, only_images, needed)
+    # What more seeds could settle is judged at the last look's level, the widest any look allows.
+    last = design.alpha_at(len(design.looks()) - 1, ACCURACY_SHARE)
+    only_images = case == CANT_TELL and n > 1 and only_images_settle(accuracy, last, margin)
+    needed = seeds_to_decide(accuracy, last, margin) if case == CANT_TELL and n > 1 else None
+    settle = _settle(accuracy, chosen.label, n, last, margin, needed) if case == CANT_TELL else ""
+    return Verdict(case, accuracy, gap, sentence, settle, alpha, margin, only_images, needed, gap_alpha)
 
 
 def setting_name(label: str) -> str:
@@ -580,9 +677,22 @@ def _decisive_half_width(difference: Difference, margin: float) -> float:
 
 
 def only_images_settle(difference: Difference, alpha: float, margin: float) -> bool:
-    """Whether the test images' own noise alone keeps the interval too wide to decide, around
-    today's mean: then more seeds cannot settle it, only a larger test split."""
-    return difference.images_only_half_width(alpha) >= _decisive_half_width(difference, margin)
+    """Whether the test images' own noise alone would keep the interval too wide to decide for
+    every mean the interval still allows: then more seeds cannot settle it, only a larger test
+    split. Judged on the whole interval, not on today's mean alone: after 3 seeds a +0.05 gain
+    can read +0.01, and stopping there for want of images cost a quarter of the power to find
+    it (benchmarks/verdict_calibration.py)."""
+    noise = difference.images_only_half_width(alpha)
+    if difference.seeds < 2:
+        return False
+    # Where the mean over these test images could lie with seeds without end: today's mean, give or
+    # take the seeds' part of the noise alone (the images' part stays, whatever the seeds).
+    seeds_part = float(scipy_stats.t.ppf(1 - alpha / 2, difference.seeds - 1)) * math.sqrt(difference.seed_part)
+    low, high = difference.mean - seeds_part, difference.mean + seeds_part
+    if high > noise or low < -noise:  # a difference beyond the images' noise is still possible
+        return False
+    closest = 0.0 if low <= 0 <= high else min(abs(low), abs(high))
+    return closest >= margin - noise  # and none within ±margin by more than that noise either
 
 
 def seeds_to_decide(difference: Difference, alpha: float, margin: float, most: int = 200) -> int | None:
@@ -632,18 +742,33 @@ def _settle(accuracy: Difference, label: str, seeds: int, alpha: float, margin: 
 
 
 @dataclass
+class Entrant:
+    """One candidate of the race: its runs on the race's seeds, and why it is not the choice."""
+
+    label: str
+    runs: Summary  # its race runs (validation decides), up to the look it left at
+    left: str = ""  # why it is not the choice; "" for the choice
+
+
+@dataclass
 class Rounds:
-    """Where the re-evaluation stands, replayed from the runs logged so far: at each look the
-    settings as they stood then, the choice and the verdict, until one round is incomplete (its
-    runs are `todo`) or the rounds stop (`todo` empty, and `reason` says why)."""
+    """Where the re-evaluation stands, replayed from the runs logged so far: the race on
+    validation and its choice, then the confirmation's looks on fresh seeds, until one round is
+    incomplete (its runs are `todo`) or the rounds stop (`todo` empty, and `reason` says why)."""
 
     design: Design
-    summaries: list[Summary]  # each setting's runs up to the last complete look
-    chosen: Summary | None  # the choice across seeds at that look
-    verdict: Verdict | None  # None until the first round is complete
+    race: list[Entrant]  # the candidates, the choice first; empty until the race has ended
+    baseline: Summary | None  # the baseline's confirmation runs up to the last complete look
+    chosen: Summary | None  # the choice's confirmation runs up to that look
+    verdict: Verdict | None  # None until the confirmation's first look is complete
     todo: dict[str, list[int]]  # label → seeds still to train for the next look
     reason: str  # why the rounds stopped (when todo is empty)
-    looks: int = 0  # looks taken
+    looks: int = 0  # the confirmation's looks taken
+
+    @property
+    def summaries(self) -> list[Summary]:
+        """What the verdict compares, baseline first."""
+        return [s for s in (self.baseline, self.chosen) if s is not None]
 
 
 DECIDED, AT_MAX_SEEDS, ONLY_IMAGES, NOTHING_TO_COMPARE = (
@@ -654,43 +779,101 @@ DECIDED, AT_MAX_SEEDS, ONLY_IMAGES, NOTHING_TO_COMPARE = (
 )
 
 
+def _missing(summaries: list[Summary], seeds: list[int]) -> dict[str, list[int]]:
+    """label → the seeds among `seeds` that a setting has no run of yet."""
+    todo = {s.label: [seed for seed in seeds if seed not in {run["seed"] for run in s.runs}] for s in summaries}
+    return {label: missing for label, missing in todo.items() if missing}
+
+
+def race(labels: list[str], by_label: dict[str, Summary], design: Design, epsilon: float) -> tuple[dict, list[Entrant]]:
+    """The candidates race on validation accuracy, the only split a choice may read. Each gets
+    `seeds` seeds; one whose interval against the leader lies wholly below 0 (at RACE_ALPHA)
+    leaves; those still in get `seeds` more, up to race_seeds, until one is left or all are
+    tied with the leader within ±margin. Then the rule (`stable_choice`) picks among them. So a
+    candidate behind after 3 seeds but within noise keeps its chance, and one lucky seed does
+    not decide (F-Race, Birattari et al. 2002; successive elimination, Even-Dar et al. 2006).
+
+    Returns the race's missing runs (label → seeds) while it runs; then {} and the entrants,
+    the choice first. One candidate needs no race.
+    """
+    if len(labels) == 1:
+        return {}, [Entrant(labels[0], Summary(labels[0], []))]
+    entrants: dict[str, Entrant] = {}  # those out of the race, with their runs when they left
+    running = list(labels)
+    for count in design.race_looks():
+        seeds = design.selection_seeds(count)
+        now = [by_label.get(label, Summary(label, [])).with_seeds(seeds) for label in running]
+        if todo := _missing(now, seeds):
+            return todo, []
+        leader = max(now, key=lambda s: (s.mean(VAL_ACCURACY), -s.mean(GAP)))
+        behind = {s.label: difference(leader, s, VAL_ACCURACY) for s in now if s is not leader}
+        for label, against in behind.items():
+            if against.interval(RACE_ALPHA)[1] < 0:
+                entrants[label] = Entrant(
+                    label,
+                    next(s for s in now if s.label == label),
+                    f"out of the race after {count} seeds: val_accuracy {with_interval(against, RACE_ALPHA)} "
+                    f"against {setting_name(leader.label)}",
+                )
+        now = [s for s in now if s.label not in entrants]
+        running = [s.label for s in now]
+        tied = all(
+            -design.margin <= behind[s.label].interval(RACE_ALPHA)[0]
+            and behind[s.label].interval(RACE_ALPHA)[1] <= design.margin
+            for s in now
+            if s is not leader
+        )
+        if len(now) == 1 or tied:
+            break
+    choice = stable_choice(now, epsilon)
+    best = max(now, key=lambda s: (s.mean(VAL_ACCURACY), -s.mean(GAP)))
+    for s in now:
+        if s is not choice:
+            tied_with_best = (
+                s is best or s.mean(VAL_ACCURACY) >= best.mean(VAL_ACCURACY) - difference(s, best, VAL_ACCURACY).se
+            )
+            why = "tied on validation, the rule prefers the smaller gap" if tied_with_best else "behind on validation"
+            entrants[s.label] = Entrant(s.label, s, f"in the race to its end ({len(s.runs)} seeds), not chosen: {why}")
+    return {}, [Entrant(choice.label, choice)] + [entrants[label] for label in labels if label != choice.label]
+
+
 def rounds(labels: list[str], summaries: list[Summary], design: Design, epsilon: float) -> Rounds:
-    """Replays the rounds from the start: the same runs always lead to the same looks, the same
-    choices and the same next runs, so a re-evaluation killed mid-round resumes where it was,
-    training nothing twice, and a later report reads the verdict the rounds stopped on.
+    """Replays the re-evaluation from the start: the race (`race`), then the confirmation. The
+    same runs always lead to the same looks, the same choice and the same next runs, so a
+    re-evaluation killed mid-round resumes where it was, training nothing twice, and a later
+    report reads the verdict the rounds stopped on.
+
+    The confirmation: the choice and the baseline on fresh seeds (`Design.confirmation_seeds`),
+    paired, `seeds` more a look while the verdict can't tell, up to `max_seeds`. The choice never
+    saw these seeds, so the verdict answers for one comparison, not for every candidate that
+    raced; each look's level comes from the alpha-spending of `Design`.
 
     `labels` are the planned settings, the baseline first; `summaries` the runs logged so far.
     """
-    design = replace(design, candidates=max(1, len(labels) - 1))
+    state = Rounds(design, [], None, None, None, {}, NOTHING_TO_COMPARE)
+    if len(labels) < 2:
+        return state
     by_label = {s.label: s for s in summaries}
+    todo, entrants = race(labels[1:], by_label, design, epsilon)
+    if todo:
+        return replace(state, todo=todo, reason="")
+    state = replace(state, race=entrants)
     looks = design.looks()
-    wanted = dict.fromkeys(labels, looks[0])
-    state = Rounds(design, [], None, None, {}, NOTHING_TO_COMPARE)
-    for index, _look in enumerate(looks):
-        now = {
-            label: by_label.get(label, Summary(label, [])).with_seeds(design.seed_values(seeds))
-            for label, seeds in wanted.items()
-        }
-        todo = {
-            label: [seed for seed in design.seed_values(wanted[label]) if seed not in {r["seed"] for r in s.runs}]
-            for label, s in now.items()
-        }
-        todo = {label: seeds for label, seeds in todo.items() if seeds}
-        if todo:
+    for index, look in enumerate(looks):
+        seeds = design.confirmation_seeds(look)
+        baseline, chosen = (
+            by_label.get(label, Summary(label, [])).with_seeds(seeds) for label in (labels[0], entrants[0].label)
+        )
+        if todo := _missing([baseline, chosen], seeds):
             return replace(state, todo=todo, reason="")
-        current = [now[label] for label in labels]
-        chosen = stable_choice(current, epsilon)
-        if chosen is None or BASELINE not in now:
-            return replace(state, summaries=current, reason=NOTHING_TO_COMPARE, looks=index + 1)
-        judged = verdict(now[BASELINE], chosen, design)
-        state = Rounds(design, current, chosen, judged, {}, "", index + 1)
+        judged = verdict(baseline, chosen, design, look=index)
+        state = replace(state, baseline=baseline, chosen=chosen, verdict=judged, looks=index + 1)
         if judged.case != CANT_TELL:
             return replace(state, reason=DECIDED)
         if index == len(looks) - 1:
             return replace(state, reason=AT_MAX_SEEDS)
         if judged.only_images_settle:
             return replace(state, reason=ONLY_IMAGES)
-        wanted[BASELINE] = wanted[chosen.label] = looks[index + 1]
     return state
 
 
@@ -749,28 +932,30 @@ def doubling_gain(points: list[CurvePoint]) -> float:
     return (1.0 - last.val_accuracy) * (1.0 - 2.0 ** -max(b, 0.0))
 
 
-def more_data_sentence(points: list[CurvePoint], setting_gain: float, label: str) -> str:
-    """One sentence comparing what more images would likely add with what the settings added."""
+def more_data_sentence(points: list[CurvePoint], setting_gain: float | None, label: str) -> str:
+    """One sentence comparing what more images would likely add with what the adopted setting
+    added on validation (`setting_gain`), or, when none was confirmed (None), saying so."""
     expected = doubling_gain(points)
     if math.isnan(expected):
         return ""
     points = sorted(points, key=lambda p: p.train_images)
     curve = ", ".join(f"{p.val_accuracy:.2f} at {p.train_images}" for p in points)
-    found = f"{setting_gain:+.2f}" if not math.isnan(setting_gain) else "+0.00"
     if expected < 0.01:
         return (
             f"More images of the same kind would likely add little: {label}'s validation accuracy has flattened "
             f"({curve} training images); better-matched or cleaner data, or another backbone, may help more."
         )
-    if expected > setting_gain + 0.01:
-        compared = "more than any setting found"
+    if setting_gain is None or math.isnan(setting_gain):
+        compared = "while no setting was confirmed better than the baseline on the test split"
+    elif expected > setting_gain + 0.01:
+        compared = f"more than the setting found ({signed(setting_gain)})"
     elif expected < setting_gain - 0.01:
-        compared = "less than the setting found"
+        compared = f"less than the setting found ({signed(setting_gain)})"
     else:
-        compared = "about as much as the setting found"
+        compared = f"about as much as the setting found ({signed(setting_gain)})"
     return (
-        f"Doubling the training images would likely add about +{expected:.2f} validation accuracy, {compared} "
-        f"({found}); {label}'s learning curve: {curve} training images."
+        f"Doubling the training images would likely add about +{expected:.2f} validation accuracy, {compared}; "
+        f"{label}'s learning curve: {curve} training images."
     )
 
 
@@ -796,14 +981,23 @@ class Answer:
 
 
 def fixed_rounds(summaries: list[Summary], epsilon: float) -> Rounds:
-    """The re-evaluation as one look at the runs there are: a fixed design, for settings
-    re-trained outside the rounds (and the tests)."""
-    if not summaries or not all(s.runs for s in summaries):
-        return Rounds(Design(), summaries, None, None, {}, NOTHING_TO_COMPARE)
-    seeds = min(len(s.runs) for s in summaries)
-    first = min(run["seed"] for s in summaries for run in s.runs)
-    labels = [BASELINE] + [s.label for s in summaries if s.label != BASELINE]
-    return rounds(labels, summaries, Design(seeds=seeds, max_seeds=seeds, first_seed=first), epsilon)
+    """The re-evaluation as one look at the runs there are, for settings re-trained outside the
+    rounds (and the tests): the rule chooses on their validation accuracy and the verdict judges
+    the choice on the same seeds' test accuracy, so its level answers for every setting the
+    choice could have fallen on (Bonferroni), as the rounds' fresh seeds need not."""
+    baseline = next((s for s in summaries if s.label == BASELINE and s.runs), None)
+    others = [s for s in summaries if s.label != BASELINE and s.runs]
+    if baseline is None or not others:
+        return Rounds(Design(), [], baseline, None, None, {}, NOTHING_TO_COMPARE)
+    chosen = stable_choice(others, epsilon)
+    seeds = min(len(s.runs) for s in [baseline, *others])
+    design = Design(seeds=seeds, max_seeds=seeds, candidates=len(others))
+    judged = verdict(baseline, chosen, design)
+    entrants = [Entrant(chosen.label, chosen)] + [
+        Entrant(s.label, s, "not chosen on validation") for s in others if s is not chosen
+    ]
+    reason = DECIDED if judged.case != CANT_TELL else AT_MAX_SEEDS
+    return Rounds(design, entrants, baseline, chosen, judged, {}, reason, 1)
 
 
 def answer(
@@ -847,8 +1041,7 @@ def answer(
                 "the baseline (give a test split and run `regsweep report --reevaluate`)."
             )
         return Answer(label, row, None, warnings=warnings, rounds=state)
-    judged, chosen = state.verdict, state.chosen
-    baseline = next(s for s in state.summaries if s.label == BASELINE)
+    judged, chosen, baseline = state.verdict, state.chosen, state.baseline
     label = chosen.label if judged.adopt else BASELINE
     by_label = {f"#{r.number}": r for r in complete(rows)}
     row = by_label.get(label) if label != BASELINE else baseline_row(rows)
@@ -865,7 +1058,9 @@ def answer(
     more_data = ""
     curve = (curves or {}).get(label)
     if curve:
-        gain = chosen.mean(VAL_ACCURACY) - baseline.mean(VAL_ACCURACY) if label != BASELINE else 0.0
+        # What the adopted setting added on validation, paired over the confirmation's seeds (the
+        # curve is on validation too); nothing when the baseline stays: no setting was confirmed.
+        gain = difference(baseline, chosen, VAL_ACCURACY).mean if label != BASELINE else None
         more_data = more_data_sentence(curve, gain, "the baseline" if label == BASELINE else f"trial {label}")
     elif label == BASELINE:
         more_data = (

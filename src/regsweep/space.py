@@ -156,6 +156,12 @@ def check_reevaluation(reeval: DictConfig, needs_seeds: bool = False) -> None:
             f"sweep.reevaluate.max_seeds={max_seeds} must be an integer >= 0: the most seeds the choice "
             "and the baseline get while the verdict can't tell (at or below seeds: one round only)"
         )
+    race_seeds = reeval.get("race_seeds", reeval.seeds)
+    if not isinstance(race_seeds, int) or race_seeds < 0:
+        raise RegsweepError(
+            f"sweep.reevaluate.race_seeds={race_seeds} must be an integer >= 0: the most seeds a candidate gets "
+            "while the race on validation can't separate it from the leader (at or below seeds: one race look)"
+        )
     margin = reeval.get("margin", 0.02)
     if isinstance(margin, bool) or not isinstance(margin, (int, float)) or not 0 < margin < 1:
         raise RegsweepError(
