@@ -71,12 +71,12 @@ def summarize(store: Path, names: list[str]) -> None:
             return f"{sum(t.state.name == 'PRUNED' for t in group)} of {len(group)}"
 
         rows = study.trial_rows(stored)
-        summaries = reevaluate.collect(cfg, stored.user_attrs.get(study.PARENT_RUN_ATTR))
         settings = study.study_settings(stored, cfg)
-        answer = results.answer(rows, summaries, settings.epsilon)
-        by_label = {s.label: s for s in summaries}
-        adopted = by_label.get(answer.label) if answer else None
-        baseline = by_label.get(results.BASELINE)
+        parent = stored.user_attrs.get(study.PARENT_RUN_ATTR)
+        state = reevaluate.progress_of(stored, cfg, settings, parent, [f"paths.store={store}"]).rounds
+        answer = results.answer(rows, state, settings.epsilon)
+        baseline = answer.baseline if answer else None
+        adopted = (baseline if answer.keep_baseline else answer.chosen) if answer and answer.verdict else None
         pruned = sum(t.state.name == "PRUNED" for t in finished)
         print(
             f"| {name} | {settings.objective} | {wall:.0f} | {len(finished) - pruned} | {pruned} | "

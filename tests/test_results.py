@@ -341,7 +341,7 @@ def test_a_candidate_behind_but_within_noise_stays_in_the_race_and_can_win_it():
     # After 6 seeds #2 leads; the race ends at max_seeds and the rule chooses #2.
     state = results.rounds(labels, [lucky, steady], design, 0.1)
     assert [e.label for e in state.race] == ["#2", "#1"]
-    assert state.race[1].left.startswith("in the race to its end (6 seeds)")
+    assert state.race[1].left == "behind trial #2 on validation after 6 seeds, within noise"
     assert state.todo == {BASELINE: [1001, 1002, 1003], "#2": [1001, 1002, 1003]}
 
 

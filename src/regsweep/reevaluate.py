@@ -167,12 +167,19 @@ def run_rounds(
 def _round_line(rounds: results.Rounds, todo: list[tuple[Setting, int]]) -> str:
     """What the next round trains, and why."""
     plan = rounds.design
-    labels = dict.fromkeys(s.label for s, _ in todo)
-    who = " and ".join(results.setting_name(label) for label in labels)
+    labels = list(dict.fromkeys(s.label for s, _ in todo))
+    names = [results.setting_name(label) for label in labels]
+    who = names[0] if len(names) == 1 else f"{', '.join(names[:-1])} and {names[-1]}"
     if not rounds.race:
+        first = min(seed for _, seed in todo)
+        if first == plan.first_seed:
+            return (
+                f"Re-evaluating, the race on validation: {len(todo)} runs for {who} "
+                f"({plan.seeds} seeds each, up to {max(plan.race_seeds, plan.seeds)} while within noise of the leader)"
+            )
         return (
-            f"Re-evaluating, the race on validation: {len(todo)} runs for {who} "
-            f"({plan.seeds} seeds each, up to {max(plan.race_seeds, plan.seeds)} while within noise of the leader)"
+            f"The race, round {(first - plan.first_seed) // max(plan.seeds, 1) + 1}: {who} still within noise of "
+            f"each other on validation: {len(todo)} more runs"
         )
     if rounds.verdict is None:
         return (

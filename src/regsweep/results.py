@@ -829,11 +829,14 @@ def race(labels: list[str], by_label: dict[str, Summary], design: Design, epsilo
     best = max(now, key=lambda s: (s.mean(VAL_ACCURACY), -s.mean(GAP)))
     for s in now:
         if s is not choice:
-            tied_with_best = (
-                s is best or s.mean(VAL_ACCURACY) >= best.mean(VAL_ACCURACY) - difference(s, best, VAL_ACCURACY).se
+            tied = s is best or s.mean(VAL_ACCURACY) >= best.mean(VAL_ACCURACY) - difference(s, best, VAL_ACCURACY).se
+            why = (
+                f"tied with {setting_name(choice.label)} on validation after {len(s.runs)} seeds; the rule "
+                "prefers its smaller gap"
+                if tied
+                else f"behind {setting_name(best.label)} on validation after {len(s.runs)} seeds, within noise"
             )
-            why = "tied on validation, the rule prefers the smaller gap" if tied_with_best else "behind on validation"
-            entrants[s.label] = Entrant(s.label, s, f"in the race to its end ({len(s.runs)} seeds), not chosen: {why}")
+            entrants[s.label] = Entrant(s.label, s, why)
     return {}, [Entrant(choice.label, choice)] + [entrants[label] for label in labels if label != choice.label]
 
 
