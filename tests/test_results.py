@@ -305,6 +305,8 @@ def test_the_race_chooses_on_validation_then_the_confirmation_adds_fresh_seeds_u
     assert first.todo == {"#1": [1, 2, 3], "#2": [1, 2, 3]} and first.verdict is None and not first.race
     # #2 trails #1 on validation beyond noise: it leaves the race, which ends with #1 as the choice.
     raced = [setting("#1", [480, 300, 300], val_right=[440, 442, 445]), setting("#2", [480] * 3, val_right=[300] * 3)]
+    # Killed in the race's first round: only the missing run is asked for.
+    assert results.rounds(labels, [raced[0], first3(raced[1]).with_seeds([1, 2])], design, 0.1).todo == {"#2": [3]}
     state = results.rounds(labels, raced, design, 0.1)
     assert [e.label for e in state.race] == ["#1", "#2"] and state.race[1].left.startswith("out of the race after 3")
     # The confirmation: the choice and the baseline on seeds the race never used (its test scores above
