@@ -155,10 +155,11 @@ class Simulation:
         return Summary(setting.label, runs)
 
 
-def paired_t_finds(baseline: Summary, chosen: Summary, metric: str = "test_accuracy") -> bool:
+def paired_t_finds(baseline: Summary, chosen: Summary, metric: str = "test_accuracy", sign: int = 1) -> bool:
     """The limit: one pre-specified one-sided paired t test on the per-seed differences, at
-    ALPHA / 2 (the level a "better" claim has when nothing else is claimed)."""
-    differences = [b[metric] - a[metric] for a, b in results.paired(baseline, chosen)]
+    ALPHA / 2 (the level a "better" claim has when nothing else is claimed). `sign` -1 tests a
+    decrease (a smaller test gap)."""
+    differences = [sign * (b[metric] - a[metric]) for a, b in results.paired(baseline, chosen)]
     spread = float(np.std(differences, ddof=1)) if len(differences) > 1 else 0.0
     if spread == 0:
         return bool(differences) and min(differences) > 0
@@ -212,8 +213,9 @@ def one_verdict(world: World, seeds: int, effect: tuple[float, float], repeats: 
         counts["cover_accuracy"] += low <= true_accuracy <= high
         counts["cover_gap"] += glow <= true_gap <= ghigh
         counts["cover95"] += plain_low <= true_accuracy <= plain_high
+        gap_only = effect[0] == 0 and not aa  # the limit for a gap effect: a smaller test gap
         counts["limit"] += paired_t_finds(
-            baseline_runs, chosen_runs, "test_accuracy" if effect[0] or aa else "test_gap"
+            baseline_runs, chosen_runs, "test_gap" if gap_only else "test_accuracy", -1 if gap_only else 1
         )
         counts["detect"] += (
             judged.case == results.BETTER

@@ -333,9 +333,11 @@ def seeds_line(answer: Answer) -> str:
 def levels_line(state: results.Rounds) -> str:
     """How the verdict's intervals are drawn, and what their levels answer for."""
     design, looks = state.design, state.design.looks()
-    accuracy = ", ".join(f"{100 * (1 - design.alpha_at(i, results.ACCURACY_SHARE)):.2f} %" for i in range(len(looks)))
-    gap = ", ".join(f"{100 * (1 - design.alpha_at(i, 1 - results.ACCURACY_SHARE)):.2f} %" for i in range(len(looks)))
-    where = f"after {', '.join(map(str, looks))} seeds" if len(looks) > 1 else f"after {looks[0]} seeds"
+    accuracy = _listed([_level(design.alpha_at(i, results.ACCURACY_SHARE)) for i in range(len(looks))])
+    gap = _listed([_level(design.alpha_at(i, 1 - results.ACCURACY_SHARE)) for i in range(len(looks))])
+    where = (
+        f"looks after {_listed([str(n) for n in looks])} seeds" if len(looks) > 1 else f"look after {looks[0]} seeds"
+    )
     if design.candidates > 1:
         chosen = (
             f"The choice was made on the same seeds that judge it, so the levels answer for the "
@@ -350,7 +352,7 @@ def levels_line(state: results.Rounds) -> str:
         "Intervals: a t interval with Welch–Satterthwaite degrees of freedom over the seed-to-seed spread of the "
         "paired differences and the per-image differences on the test images, never narrower than the paired t "
         f"interval over the seeds alone. {chosen} Test accuracy is drawn at {accuracy} and the test gap at {gap} "
-        f"at the look {where} (group-sequential, O'Brien–Fleming-type alpha spending), so that a verdict adopts "
+        f"at the {where} (group-sequential, O'Brien–Fleming-type alpha spending), so that a verdict adopts "
         "a setting that is no better at most 2.5 % of the time and claims anything false at most 5 %, however "
         "many looks it takes."
     )
@@ -549,7 +551,7 @@ def reevaluation_markdown(facts: Facts) -> list[str]:
         notes = [
             note
             for note, label in (
-                ("chosen across seeds", stable.label if stable else None),
+                ("the race's choice", stable.label if stable else None),
                 ("single-trial choice", f"#{single.number}" if single else None),
             )
             if label == summary.label
@@ -612,6 +614,18 @@ def reevaluation_markdown(facts: Facts) -> list[str]:
         "",
     ]
     return out
+
+
+def _level(alpha: float) -> str:
+    """An interval's level, with the decimals that tell it from 100 %: 96.02 %, 99.9962 %."""
+    if alpha < 1e-5:
+        return "over 99.999 %"
+    digits = min(4, max(2, math.ceil(-math.log10(100 * alpha)) + 1))
+    return f"{100 * (1 - alpha):.{digits}f} %"
+
+
+def _listed(items: list[str]) -> str:
+    return items[0] if len(items) == 1 else f"{', '.join(items[:-1])} and {items[-1]}"
 
 
 ALIASES = ("recommended", "baseline")

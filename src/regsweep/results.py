@@ -348,7 +348,9 @@ class Difference:
         until two seeds measure the seed-to-seed spread: one seed says nothing about how much a
         re-run would move."""
         half = self.half_width(alpha)
-        return self.mean - half, self.mean + half
+        if math.isinf(half):
+            return -math.inf, math.inf
+        return max(self.mean - half, -1.0), min(self.mean + half, 1.0)  # an accuracy moves by at most 1
 
     def images_only_half_width(self, alpha: float) -> float:
         """The interval's half-width with infinitely many seeds: the test images' own noise."""
