@@ -97,7 +97,7 @@ def test_the_decision_module_is_plain_python():
     imported |= {
         node.module.split(".")[0] for node in ast.walk(tree) if isinstance(node, ast.ImportFrom) and node.module
     }
-    assert imported <= {"__future__", "math", "statistics", "dataclasses", "numpy", "scipy", "regsweep"}
+    assert imported <= {"__future__", "functools", "math", "statistics", "dataclasses", "numpy", "scipy", "regsweep"}
 
 
 def test_the_sweep_process_and_the_cli_do_not_load_tensorflow():

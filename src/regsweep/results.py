@@ -12,21 +12,23 @@ The rule: held-out accuracy first, the gap second.
   set of that size (the "one-standard-error rule" of model selection). Among tied trials the
   ones with gap ≤ ε come first, then the smallest gap, then the higher val_accuracy, then the
   unregularized baseline, then the earlier trial. The baseline trial competes like any other.
-- Across seeds, after re-evaluation: the same rule on the mean val_accuracy of the re-trained
-  candidates (`stable_choice`), with the standard error of the difference measured over seeds
-  and validation images (`difference`).
-- Adopting it: the choice is compared with the baseline on the untouched test split
-  (`verdict`), by confidence intervals of the paired differences in test accuracy and test
-  gap, in one of five cases. Test accuracy never picks among settings; it only decides whether
-  the choice is worth adopting: when it is better, or as accurate (within ±margin) and less
-  overfit. Otherwise the baseline stays, and the verdict says whether that is because the
-  knobs don't help (no effect), cost accuracy (trade-off) or can't be told apart yet.
+- Across seeds, after re-evaluation: the candidates race on validation (`race`), those within
+  noise of the leader getting more seeds, and the same rule on the mean val_accuracy chooses
+  among those left (`stable_choice`), with the standard error of the difference measured over
+  seeds and validation images (`difference`).
+- Adopting it: the choice is compared with the baseline on the untouched test split, on seeds
+  the race never used (`verdict`), by confidence intervals of the paired differences in test
+  accuracy and test gap, in one of five cases. Test accuracy never picks among settings; it
+  only decides whether the choice is worth adopting: when it is better, or as accurate (within
+  ±margin) and less overfit. Otherwise the baseline stays, and the verdict says whether that is
+  because the knobs don't help (no effect), cost accuracy (trade-off) or can't be told apart yet.
 - Seeds where they decide (`rounds`): while the verdict can't tell, the choice and the baseline
-  get more seeds, in rounds, every look corrected for; the other candidates get none.
+  get more seeds, in rounds; the other candidates get none.
 
-How sure: every interval of a verdict is drawn so that all of them hold together at least
-1 − ALPHA of the time, corrected for the two metrics, the candidates and the looks (`Design`).
-benchmarks/verdict_calibration.py measures that, on A/A comparisons and planted effects.
+How sure: a verdict adopts a setting that is no better at most ALPHA / 2 of the time and claims
+anything false at most ALPHA, whatever the number of candidates and looks (`Design` says how
+the level is spent). benchmarks/verdict_calibration.py measures that, on A/A comparisons and
+planted effects, and measures the power beside its limit, one pre-specified paired t test.
 """
 
 from __future__ import annotations
@@ -525,7 +527,10 @@ class Design:
       fixed-sequence procedure would, bounds false adoption only by 5 %.
     - Looks: Lan–DeMets O'Brien–Fleming-type spending over the confirmation's looks
       (`sequential_boundaries`) instead of an even split: at 4 looks the last one draws its
-      interval at 96 % instead of 98.75 %.
+      accuracy interval at 96.02 %, where an even split would draw every look at 98.875 %.
+    Measured at seed spread 0.05, 12 seeds, 1,000 test images: the whole re-evaluation finds a
+    true +0.05 at 0.88x the power of one pre-specified paired t test of the best candidate, the
+    single verdict at 0.94x (the Bonferroni design before it: 0.79x for one verdict).
     """
 
     seeds: int = 3
