@@ -78,7 +78,8 @@ class ConnectionWatcher:
 def table(markdown: str, heading: str) -> list[list[str]]:
     """The body rows of the first table under `## heading`."""
     section = markdown.split(f"## {heading}", 1)[1].split("\n## ", 1)[0]
-    lines = [line for line in section.splitlines() if line.startswith("|")]
+    first = section[section.index("\n|") + 1 :].split("\n\n", 1)[0]  # the section may hold more tables
+    lines = [line for line in first.splitlines() if line.startswith("|")]
     return [[cell.strip() for cell in line.strip("|").split("|")] for line in lines[2:]]
 
 
