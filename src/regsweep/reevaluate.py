@@ -175,7 +175,7 @@ def _round_line(rounds: results.Rounds, todo: list[tuple[Setting, int]]) -> str:
         if first == plan.first_seed:
             return (
                 f"Re-evaluating, the race on validation: {len(todo)} runs for {who} "
-                f"({plan.seeds} seeds each, up to {max(plan.race_seeds, plan.seeds)} while within noise of the leader)"
+                f"({plan.seeds} seeds each, up to {plan.race_looks()[-1]} while within noise of the leader)"
             )
         return (
             f"The race, round {(first - plan.first_seed) // max(plan.seeds, 1) + 1}: {who} still within noise of "

@@ -430,13 +430,23 @@ def stable_choice(summaries: list[Summary], epsilon: float) -> Summary | None:
     contenders = [s for s in summaries if s.label != BASELINE and s.runs]
     if not contenders:
         return None
-    best = max(contenders, key=lambda s: (s.mean(VAL_ACCURACY), -s.mean(GAP)))
-    tied = [
-        s
-        for s in contenders
-        if s is best or s.mean(VAL_ACCURACY) >= best.mean(VAL_ACCURACY) - difference(s, best, VAL_ACCURACY).se
-    ]
+    best = most_accurate(contenders)
+    tied = [s for s in contenders if tied_with(s, best)]
     return min(tied, key=lambda s: preference(s.mean(GAP), s.mean(VAL_ACCURACY), epsilon, False, _number(s.label)))
+
+
+def most_accurate(summaries: list[Summary]) -> Summary:
+    """The highest mean val_accuracy, the smaller mean gap on a tie: the leader of the race and
+    the reference of the rule's ties."""
+    return max(summaries, key=lambda s: (s.mean(VAL_ACCURACY), -s.mean(GAP)))
+
+
+def tied_with(summary: Summary, best: Summary) -> bool:
+    """Within one standard error (seeds and images) of the most accurate setting's val_accuracy."""
+    return (
+        summary is best
+        or summary.mean(VAL_ACCURACY) >= best.mean(VAL_ACCURACY) - difference(summary, best, VAL_ACCURACY).se
+    )
 
 
 def _number(label: str) -> int:
@@ -812,35 +822,29 @@ def race(labels: list[str], by_label: dict[str, Summary], design: Design, epsilo
         now = [by_label.get(label, Summary(label, [])).with_seeds(seeds) for label in running]
         if todo := _missing(now, seeds):
             return todo, []
-        leader = max(now, key=lambda s: (s.mean(VAL_ACCURACY), -s.mean(GAP)))
-        behind = {s.label: difference(leader, s, VAL_ACCURACY) for s in now if s is not leader}
-        for label, against in behind.items():
-            if against.interval(RACE_ALPHA)[1] < 0:
-                entrants[label] = Entrant(
-                    label,
-                    next(s for s in now if s.label == label),
-                    f"out of the race after {count} seeds: val_accuracy {with_interval(against, RACE_ALPHA)} "
-                    f"against {setting_name(leader.label)}",
+        leader = most_accurate(now)
+        behind = {s.label: difference(leader, s, VAL_ACCURACY).interval(RACE_ALPHA) for s in now if s is not leader}
+        for s in now:
+            if s is not leader and behind[s.label][1] < 0:
+                against = with_interval(difference(leader, s, VAL_ACCURACY), RACE_ALPHA)
+                why = (
+                    f"out of the race after {count} seeds: val_accuracy {against} against {setting_name(leader.label)}"
                 )
+                entrants[s.label] = Entrant(s.label, s, why)
         now = [s for s in now if s.label not in entrants]
         running = [s.label for s in now]
         tied = all(
-            -design.margin <= behind[s.label].interval(RACE_ALPHA)[0]
-            and behind[s.label].interval(RACE_ALPHA)[1] <= design.margin
-            for s in now
-            if s is not leader
+            -design.margin <= behind[s.label][0] and behind[s.label][1] <= design.margin for s in now if s is not leader
         )
         if len(now) == 1 or tied:
             break
-    choice = stable_choice(now, epsilon)
-    best = max(now, key=lambda s: (s.mean(VAL_ACCURACY), -s.mean(GAP)))
+    choice, best = stable_choice(now, epsilon), most_accurate(now)
     for s in now:
         if s is not choice:
-            tied = s is best or s.mean(VAL_ACCURACY) >= best.mean(VAL_ACCURACY) - difference(s, best, VAL_ACCURACY).se
             why = (
                 f"tied with {setting_name(choice.label)} on validation after {len(s.runs)} seeds; the rule "
                 "prefers its smaller gap"
-                if tied
+                if tied_with(s, best)
                 else f"behind {setting_name(best.label)} on validation after {len(s.runs)} seeds, within noise"
             )
             entrants[s.label] = Entrant(s.label, s, why)
