@@ -235,6 +235,13 @@ CASES = [
         "such as 0.02",
     ),
     (
+        "negative race seeds",
+        "sweep",
+        lambda r, g: ["sweep.reevaluate.race_seeds=-1"],
+        "sweep.reevaluate.race_seeds=-1 must be an integer >= 0",
+        "at or below seeds: one race look",
+    ),
+    (
         "re-evaluation with no seeds",
         "report",
         lambda r, g: ["--reevaluate", "sweep.reevaluate.seeds=0"],
