@@ -242,6 +242,13 @@ CASES = [
         "at or below seeds: one race look",
     ),
     (
+        "negative screening",
+        "sweep",
+        lambda r, g: ["sweep.reevaluate.screen=-1"],
+        "sweep.reevaluate.screen=-1 must be an integer >= 0",
+        "at or below top_k: no screening",
+    ),
+    (
         "re-evaluation with no seeds",
         "report",
         lambda r, g: ["--reevaluate", "sweep.reevaluate.seeds=0"],

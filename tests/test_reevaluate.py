@@ -72,13 +72,13 @@ def test_a_sweep_never_touches_the_test_split_and_reevaluation_is_nested_tagged_
         return real_load(folder, *args, **kwargs)
 
     monkeypatch.setattr(data, "load_images", spy)
-    args = [f"paths.store={store}", *TINY, "sweep.study=reeval", "sweep.n_trials=3", "sweep.reevaluate.seeds=0"]
+    args = [f"paths.store={store}", *TINY, "sweep.study=reeval", "sweep.n_trials=4", "sweep.reevaluate.seeds=0"]
     study = sweep.run_study(args)
     assert "test" not in loaded  # no trial decoded a test image
     client = mlflow.MlflowClient(f"sqlite:///{store}/mlflow.db")
     experiment = client.get_experiment_by_name("regsweep").experiment_id
     trial_runs = client.search_runs([experiment], "tags.`regsweep.study` = 'reeval'")
-    assert len(trial_runs) == 4  # parent + 3 trials
+    assert len(trial_runs) == 5  # parent + 4 trials
     assert not any(name.startswith("test_") for r in trial_runs for name in r.data.metrics)
     assert (
         len(
@@ -110,18 +110,18 @@ def test_a_sweep_never_touches_the_test_split_and_reevaluation_is_nested_tagged_
 
     monkeypatch.setattr(data, "image_files", listing_spy)
     monkeypatch.setattr(train, "train_and_log", train_spy)
-    path = sweep.report_study(
-        "reeval",
-        [f"paths.store={store}", *TINY, *FIXED_2, "sweep.reevaluate.top_k=2", "sweep.reevaluate.curve=[0.5]"],
-        reevaluate_first=True,
-    )
+    # The 3 candidates are screened, the best 2 over two runs race.
+    reevaluation = [*FIXED_2, "sweep.reevaluate.top_k=2", "sweep.reevaluate.screen=3", "sweep.reevaluate.curve=[0.5]"]
+    path = sweep.report_study("reeval", [f"paths.store={store}", *TINY, *reevaluation], reevaluate_first=True)
     monkeypatch.setattr(data, "image_files", real_image_files)
     curve_reads = [reads for role, reads in reads_by_role if role == "curve"]
     assert curve_reads and curve_reads == [0] * len(curve_reads)
     assert all(reads > 0 for role, reads in reads_by_role if role == "reeval")
     parent = study.user_attrs["mlflow_parent_run_id"]
     reeval_runs = client.search_runs([experiment], "tags.`regsweep.role` = 'reeval'")
-    assert len(reeval_runs) == 8  # the race: 2 settings x 2 seeds; the confirmation: the choice and the baseline x 2
+    # The screening: 3 settings x 1 seed; the race: its 2 best x 1 more; the confirmation: the choice and
+    # the baseline x 2.
+    assert len(reeval_runs) == 9
     assert {r.data.tags["mlflow.parentRunId"] for r in reeval_runs} == {parent}
     seeds = {
         label: {r.data.params["train.seed"] for r in reeval_runs if r.data.tags["reeval"] == label}
@@ -129,7 +129,8 @@ def test_a_sweep_never_touches_the_test_split_and_reevaluation_is_nested_tagged_
     }
     # Seeds no trial used; the confirmation's are seeds the race (which chose on them) never used.
     assert seeds.pop("baseline") == {"1001", "1002"}
-    assert sorted(map(sorted, seeds.values())) == [["1", "1001", "1002", "2"], ["1", "2"]]
+    assert sorted(map(sorted, seeds.values())) == [["1"], ["1", "1001", "1002", "2"], ["1", "2"]]
+    assert "screened out: val_accuracy" in path.read_text()
     baseline_runs = [r for r in reeval_runs if r.data.tags["reeval"] == "baseline"]
     assert {
         (r.data.params["model.dropout"], r.data.params["augment.strength"], r.data.params["model.unfrozen_blocks"])
@@ -140,7 +141,7 @@ def test_a_sweep_never_touches_the_test_split_and_reevaluation_is_nested_tagged_
     text = path.read_text()
     for label in {r.data.tags["reeval"] for r in reeval_runs}:
         values = [r.data.metrics["test_accuracy"] for r in reeval_runs if r.data.tags["reeval"] == label]
-        mean, std = statistics.fmean(values), statistics.stdev(values)
+        mean, std = statistics.fmean(values), statistics.stdev(values) if len(values) > 1 else 0.0
         row = next(
             line
             for line in text.splitlines()
@@ -181,12 +182,8 @@ def test_a_sweep_never_touches_the_test_split_and_reevaluation_is_nested_tagged_
     versions = len(client.search_model_versions("name = 'reeval'"))
 
     # Again: nothing new is trained or registered, the same numbers come back.
-    again = sweep.report_study(
-        "reeval",
-        [f"paths.store={store}", *TINY, *FIXED_2, "sweep.reevaluate.top_k=2", "sweep.reevaluate.curve=[0.5]"],
-        reevaluate_first=True,
-    )
-    assert len(client.search_runs([experiment], "tags.`regsweep.role` = 'reeval'")) == 8
+    again = sweep.report_study("reeval", [f"paths.store={store}", *TINY, *reevaluation], reevaluate_first=True)
+    assert len(client.search_runs([experiment], "tags.`regsweep.role` = 'reeval'")) == 9
     assert len(client.search_runs([experiment], "tags.`regsweep.role` = 'curve'")) == len(curve_runs)
     assert re.findall(r"± [0-9.]+", again.read_text()) == re.findall(r"± [0-9.]+", text)
     assert len(client.search_model_versions("name = 'reeval'")) == versions

@@ -347,6 +347,47 @@ def test_a_candidate_behind_but_within_noise_stays_in_the_race_and_can_win_it():
     assert state.todo == {BASELINE: [1001, 1002, 1003], "#2": [1001, 1002, 1003]}
 
 
+def test_the_screening_takes_the_next_trials_in_rule_order_beside_the_top_k():
+    rows = [row(0, 0.80, 0.20, baseline=True), *(row(n, 0.90 - n / 100, 0.10) for n in range(1, 8))]
+    assert [r.number for r in results.candidates(rows, 0.1, top_k=2)] == [1, 2]
+    assert [r.number for r in results.candidates(rows, 0.1, top_k=2, screen=5)] == [1, 2, 3, 4, 5]
+    assert [r.number for r in results.candidates(rows, 0.1, top_k=3, screen=2)] == [1, 2, 3]  # screen <= top_k: none
+    assert [r.number for r in results.candidates(rows[:3], 0.1, top_k=1, screen=6)] == [1, 2]  # as many as there are
+
+
+def test_the_screening_gives_one_seed_each_and_the_best_over_two_runs_race_keeping_that_seed():
+    design = results.Design(seeds=3, max_seeds=6, race_seeds=6, entrants=2)
+    labels = [BASELINE, "#1", "#2", "#3"]
+    searched = {"#1": 0.90, "#2": 0.89, "#3": 0.88}  # the search's single runs, #1 first
+    first = results.rounds(labels, [], design, 0.1, searched)
+    assert first.todo == {"#1": [1], "#2": [1], "#3": [1]} and first.stage == results.SCREENING
+    # #1's search run was lucky: its second run is poor; #2 and #3 hold up.
+    one = [
+        setting("#1", [400], val_right=[400]),  # over two runs (0.90 + 0.80) / 2 = 0.85
+        setting("#2", [400], val_right=[445]),  # 0.89 + 0.89: 0.89
+        setting("#3", [400], val_right=[440]),  # 0.88 + 0.88: 0.88
+    ]
+    state = results.rounds(labels, one, design, 0.1, searched)
+    # #2 and #3 race, keeping seed 1 as their first race seed; #1 is out with its two runs' mean.
+    assert state.todo == {"#2": [2, 3], "#3": [2, 3]} and state.stage == results.RACE
+    raced = [
+        setting("#2", [420] * 3, val_right=[445, 446, 444]),
+        setting("#3", [400] * 3, val_right=[440, 300, 300]),
+    ]
+    state = results.rounds(labels, [one[0], *raced], design, 0.1, searched)
+    assert [e.label for e in state.race] == ["#2", "#3", "#1"]
+    assert state.race[1].left.startswith("out of the race after 3 seeds")
+    assert state.race[2].left == (
+        "screened out: val_accuracy 0.850 over its search run and one seed, below the 2 that raced (the last 0.880)"
+    )
+    assert len(state.race[2].runs.runs) == 1
+    assert (
+        state.todo == {BASELINE: [1001, 1002, 1003], "#2": [1001, 1002, 1003]} and state.stage == results.CONFIRMATION
+    )
+    # No more candidates than entrants: no screening, the race starts at once.
+    assert results.rounds(labels[:3], [], design, 0.1, searched).todo == {"#1": [1, 2, 3], "#2": [1, 2, 3]}
+
+
 def test_one_candidate_needs_no_race():
     design = results.Design(seeds=3, max_seeds=6)
     assert results.rounds([BASELINE, "#4"], [], design, 0.1).todo == {

@@ -2,13 +2,14 @@
 the untouched test split, in rounds, until the verdict against the baseline is decided.
 
 A search scored on the validation set overfits it (Cawley & Talbot, JMLR 2010), and one run
-carries seed noise. So the first top_k trials in the rule's order (regsweep.results) and the
-unregularized baseline (sweeps/baselines/<name>.yaml) are each trained sweep.reevaluate.seeds
-more times, with seeds the trials never used, and evaluated once on the test split. While the
-verdict can't tell, the choice and the baseline get more seeds, round after round, up to
-sweep.reevaluate.max_seeds: `regsweep.results.rounds` says which runs each round needs, from the
-runs logged so far. The runs are nested under the study's parent run, tagged `reeval`, and found
-again on the next report, so re-running trains only what is missing.
+carries seed noise. So the re-evaluation re-trains settings with seeds no trial used, in the
+stages of `regsweep.results.rounds`: the screening (up to sweep.reevaluate.screen trials within
+noise of the best single run, one seed each), the race of the top_k on validation (up to
+race_seeds), then the confirmation of the race's choice against the unregularized baseline
+(sweeps/baselines/<name>.yaml) on the test split, with more seeds while the verdict can't tell,
+up to max_seeds. Each round is what the rounds ask for, replayed from the runs logged so far.
+The runs are nested under the study's parent run, tagged `reeval`, and found again on the next
+report, so re-running trains only what is missing.
 
 Then the learning curve: the answer's setting (the adopted one, or the baseline) re-trained on
 25 % and 50 % of the training images (sweep.reevaluate.curve), scored on the validation split
@@ -66,7 +67,9 @@ def settings_to_run(rows: list[results.TrialRow], settings: DictConfig, base_ove
     own overrides (which may hold the passwords the record masks) taking precedence."""
     return [baseline_setting(settings, base_overrides)] + [
         trial_setting(row, base_overrides)
-        for row in results.candidates(rows, settings.epsilon, settings.reevaluate.top_k)
+        for row in results.candidates(
+            rows, settings.epsilon, settings.reevaluate.top_k, int(settings.reevaluate.get("screen", 0))
+        )
     ]
 
 
@@ -101,6 +104,7 @@ def design(cfg: DictConfig, settings: DictConfig) -> results.Design:
         margin=float(r.get("margin", results.MARGIN)),
         first_seed=int(cfg.train.seed) + 1,
         race_seeds=int(r.get("race_seeds", r.seeds)),
+        entrants=int(r.top_k),
     )
 
 
@@ -132,7 +136,8 @@ def progress_of(
     labels = [setting.label for setting in planned]
     summaries = [s for s in collect(cfg, parent_run_id) if s.label in labels]
     plan = design(cfg, settings)
-    return Progress(planned, results.rounds(labels, summaries, plan, settings.epsilon), summaries)
+    searched = {f"#{row.number}": row.val_accuracy for row in rows}  # each trial's single run, for the screening
+    return Progress(planned, results.rounds(labels, summaries, plan, settings.epsilon, searched), summaries)
 
 
 def run_rounds(
@@ -170,15 +175,20 @@ def _round_line(rounds: results.Rounds, todo: list[tuple[Setting, int]]) -> str:
     labels = list(dict.fromkeys(s.label for s, _ in todo))
     names = [results.setting_name(label) for label in labels]
     who = names[0] if len(names) == 1 else f"{', '.join(names[:-1])} and {names[-1]}"
-    if not rounds.race:
-        first = min(seed for _, seed in todo)
-        if first == plan.first_seed:
+    if rounds.stage == results.SCREENING:
+        return (
+            f"Re-evaluating, the screening on validation: {len(todo)} runs, one seed each for {who}; the "
+            f"{plan.entrants} best over their search run and this seed race on"
+        )
+    if rounds.stage == results.RACE:
+        last = max(seed for _, seed in todo)
+        if last < plan.first_seed + plan.seeds:  # the race's first look (the screening may have given one seed)
             return (
                 f"Re-evaluating, the race on validation: {len(todo)} runs for {who} "
                 f"({plan.seeds} seeds each, up to {plan.race_looks()[-1]} while within noise of the leader)"
             )
         return (
-            f"The race, round {(first - plan.first_seed) // max(plan.seeds, 1) + 1}: {who} still within noise of "
+            f"The race, round {(last - plan.first_seed) // max(plan.seeds, 1) + 1}: {who} still within noise of "
             f"each other on validation: {len(todo)} more runs"
         )
     if rounds.verdict is None:

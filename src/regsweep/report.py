@@ -539,7 +539,8 @@ def reevaluation_markdown(facts: Facts) -> list[str]:
         "## Re-evaluation on the test split",
         "",
         "Each setting re-trained with seeds no trial used and scored once on the test split, which no trial ever "
-        "saw: the candidates first race on validation accuracy, then the choice and the baseline get seeds of their "
+        "saw: the candidates first race on validation accuracy (after a screening of one seed each when more trials "
+        "were within noise of the best single run than race), then the choice and the baseline get seeds of their "
         "own, the same values for both, on which the verdict is read. Here the test gap is train_accuracy − "
         "test_accuracy. Mean ± std over all of a setting's seeds.",
         "",
@@ -578,7 +579,11 @@ def reevaluation_markdown(facts: Facts) -> list[str]:
     if state is None or state.verdict is None:
         return out
     if len(state.race) > 1:
-        out += ["The race on validation (the choice's seeds and the others'; validation accuracy only):", ""]
+        out += [
+            "The race on validation (the choice's seeds and the others', the screening's seed included; validation "
+            "accuracy only):",
+            "",
+        ]
         out += [
             _table(
                 ["setting", "race seeds", "val_accuracy", "outcome"],
@@ -586,7 +591,7 @@ def reevaluation_markdown(facts: Facts) -> list[str]:
                     [
                         name(entrant.runs),
                         len(entrant.runs.runs),
-                        entrant.runs.pm(VAL_ACCURACY, 4),
+                        entrant.runs.pm(VAL_ACCURACY, 4) if entrant.runs.runs else "",
                         entrant.left or "the choice",
                     ]
                     for entrant in state.race

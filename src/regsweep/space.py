@@ -162,6 +162,12 @@ def check_reevaluation(reeval: DictConfig, needs_seeds: bool = False) -> None:
             f"sweep.reevaluate.race_seeds={race_seeds} must be an integer >= 0: the most seeds a candidate gets "
             "while the race on validation can't separate it from the leader (at or below seeds: one race look)"
         )
+    screen = reeval.get("screen", 0)
+    if not isinstance(screen, int) or screen < 0:
+        raise RegsweepError(
+            f"sweep.reevaluate.screen={screen} must be an integer >= 0: how many of the first trials in the rule's "
+            "order get one seed each before top_k of them race (at or below top_k: no screening)"
+        )
     margin = reeval.get("margin", 0.02)
     if isinstance(margin, bool) or not isinstance(margin, (int, float)) or not 0 < margin < 1:
         raise RegsweepError(
