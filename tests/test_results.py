@@ -378,11 +378,17 @@ def test_the_screening_gives_one_seed_each_and_the_best_over_two_runs_race_keepi
     assert [e.label for e in state.race] == ["#2", "#3", "#1"]
     assert state.race[1].left.startswith("out of the race after 3 seeds")
     assert state.race[2].left == (
-        "screened out: val_accuracy 0.850 over its search run and one seed, below the 2 that raced (the last 0.880)"
+        "screened out: val_accuracy 0.8500 over its search run and one seed, below the 2 that raced (the last 0.8800)"
     )
     assert len(state.race[2].runs.runs) == 1
     assert (
         state.todo == {BASELINE: [1001, 1002, 1003], "#2": [1001, 1002, 1003]} and state.stage == results.CONFIRMATION
+    )
+    # A tie with the last that raced is said as one, not as "0.8800, below 0.8800".
+    tied = setting("#1", [400], val_right=[430])  # (0.90 + 0.86) / 2 = 0.88, as #3, whose gap is smaller
+    state = results.rounds(labels, [tied, *raced], design, 0.1, searched)
+    assert state.race[2].label == "#1" and state.race[2].left.endswith(
+        "tied with the last of the 2 that raced, ahead on gap or in the rule's order"
     )
     # No more candidates than entrants: no screening, the race starts at once.
     assert results.rounds(labels[:3], [], design, 0.1, searched).todo == {"#1": [1, 2, 3], "#2": [1, 2, 3]}

@@ -840,17 +840,15 @@ def screening(
     def two_runs(summary: Summary) -> float:
         return (searched.get(summary.label, summary.mean(VAL_ACCURACY)) + summary.mean(VAL_ACCURACY)) / 2
 
+    def why(summary: Summary) -> str:
+        mine = f"screened out: val_accuracy {two_runs(summary):.4f} over its search run and one seed"
+        if two_runs(summary) < last - 1e-9:
+            return f"{mine}, below the {design.entrants} that raced (the last {last:.4f})"
+        return f"{mine}, tied with the last of the {design.entrants} that raced, ahead on gap or in the rule's order"
+
     ranked = sorted(now, key=lambda s: (-two_runs(s), s.mean(GAP), labels.index(s.label)))
     racing, last = ranked[: design.entrants], two_runs(ranked[design.entrants - 1])
-    out = [
-        Entrant(
-            s.label,
-            s,
-            f"screened out: val_accuracy {two_runs(s):.3f} over its search run and one seed, below the "
-            f"{design.entrants} that raced (the last {last:.3f})",
-        )
-        for s in ranked[design.entrants :]
-    ]
+    out = [Entrant(s.label, s, why(s)) for s in ranked[design.entrants :]]
     return {}, [label for label in labels if any(s.label == label for s in racing)], out
 
 
