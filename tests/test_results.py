@@ -388,7 +388,7 @@ def test_the_screening_gives_one_seed_each_and_the_best_over_two_runs_race_keepi
     tied = setting("#1", [400], val_right=[430])  # (0.90 + 0.86) / 2 = 0.88, as #3, whose gap is smaller
     state = results.rounds(labels, [tied, *raced], design, 0.1, searched)
     assert state.race[2].label == "#1" and state.race[2].left.endswith(
-        "tied with the last of the 2 that raced, ahead on gap or in the rule's order"
+        "tied with the last of the 2 that raced, which was ahead on gap or rule order"
     )
     # No more candidates than entrants: no screening, the race starts at once.
     assert results.rounds(labels[:3], [], design, 0.1, searched).todo == {"#1": [1, 2, 3], "#2": [1, 2, 3]}

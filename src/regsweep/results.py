@@ -844,7 +844,7 @@ def screening(
         mine = f"screened out: val_accuracy {two_runs(summary):.4f} over its search run and one seed"
         if two_runs(summary) < last - 1e-9:
             return f"{mine}, below the {design.entrants} that raced (the last {last:.4f})"
-        return f"{mine}, tied with the last of the {design.entrants} that raced, ahead on gap or in the rule's order"
+        return f"{mine}, tied with the last of the {design.entrants} that raced, which was ahead on gap or rule order"
 
     ranked = sorted(now, key=lambda s: (-two_runs(s), s.mean(GAP), labels.index(s.label)))
     racing, last = ranked[: design.entrants], two_runs(ranked[design.entrants - 1])
