@@ -539,8 +539,9 @@ def reevaluation_markdown(facts: Facts) -> list[str]:
         "## Re-evaluation on the test split",
         "",
         "Each setting re-trained with seeds no trial used and scored once on the test split, which no trial ever "
-        "saw: the candidates first race on validation accuracy (after a screening of one seed each when more trials "
-        "were within noise of the best single run than race), then the choice and the baseline get seeds of their "
+        "saw: the candidates first race on validation accuracy (after a screening, when sweep.reevaluate.screen "
+        "exceeds top_k: one seed each for the first trials in the rule's order, the top_k best over two runs racing), "
+        "then the choice and the baseline get seeds of their "
         "own, the same values for both, on which the verdict is read. Here the test gap is train_accuracy − "
         "test_accuracy. Mean ± std over all of a setting's seeds.",
         "",
