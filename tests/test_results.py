@@ -367,6 +367,9 @@ def test_the_screening_gives_one_seed_each_and_the_best_over_two_runs_race_keepi
         setting("#2", [400], val_right=[445]),  # 0.89 + 0.89: 0.89
         setting("#3", [400], val_right=[440]),  # 0.88 + 0.88: 0.88
     ]
+    # Killed during the screening: only the missing runs are asked for, and nothing races yet.
+    partial = results.rounds(labels, one[:2], design, 0.1, searched)
+    assert partial.todo == {"#3": [1]} and partial.stage == results.SCREENING and not partial.race
     state = results.rounds(labels, one, design, 0.1, searched)
     # #2 and #3 race, keeping seed 1 as their first race seed; #1 is out with its two runs' mean.
     assert state.todo == {"#2": [2, 3], "#3": [2, 3]} and state.stage == results.RACE
