@@ -40,6 +40,7 @@ TINY = [
     "sweep.reevaluate.seeds=1",
     "sweep.reevaluate.max_seeds=1",
     "sweep.reevaluate.top_k=1",
+    "sweep.reevaluate.screen=0",  # the baseline and the choice only: which worker re-evaluates is what is tested
     "sweep.reevaluate.curve=[]",
 ]
 
