@@ -101,6 +101,10 @@ def _compose(overrides: list[str]) -> DictConfig:
 
 def _composition_problem(error: Exception) -> str:
     """Hydra's paragraph about a bad override, as one sentence with the fix."""
+    from hydra.errors import OverrideParseException
+
+    if isinstance(error, OverrideParseException):
+        return override_syntax_problem(error.override)
     text = str(error)
     missing_group = re.search(r"Could not find '(\w+)/([^']+)'", text)
     if missing_group:
@@ -114,6 +118,29 @@ def _composition_problem(error: Exception) -> str:
             f"(or add it with +{unknown_key.group(1)}=...)"
         )
     return f"{_first_line(error)}: check the override against `regsweep train --cfg job`"
+
+
+# What Hydra's grammar reads in an unquoted value (letters and digits are ASCII only there).
+UNQUOTED_VALUE_CHARACTERS = frozenset("._-/:+@%*?~$ ")
+
+
+def override_syntax_problem(override: str) -> str:
+    """An override Hydra's grammar cannot read, as one sentence: which characters stop it and how
+    to quote the value (a study's name cannot be quoted into safety: it becomes file names)."""
+    key, _, value = override.partition("=")
+    odd = "".join(
+        dict.fromkeys(c for c in value if not (c.isascii() and (c.isalnum() or c in UNQUOTED_VALUE_CHARACTERS)))
+    )
+    stops = f" (it cannot read {', '.join(repr(c) for c in odd)} unquoted)" if odd else ""
+    if key.lstrip("+~") == "sweep.study":
+        return (
+            f"{override!r} is not a study name regsweep can use{stops}: use up to 100 ASCII letters, digits, '.', "
+            "'_' or '-', such as sweep.study=my-study (the name becomes file names under the store)"
+        )
+    return (
+        f"{override!r} is not an override Hydra can read{stops}: quote the value, as in \"{key}='{value}'\" "
+        "(single quotes inside the shell's double quotes)"
+    )
 
 
 def own_conf_dir() -> Path | None:
@@ -288,6 +315,10 @@ def validate(cfg: DictConfig) -> None:
         f"data.on_bad_image={data.on_bad_image} is unknown: use error (stop at an unreadable file) or skip",
     )
     _check(data.batch_size >= 1, f"data.batch_size={data.batch_size} must be at least 1")
+    _check(
+        isinstance(data.max_pixels, int) and data.max_pixels >= 1,
+        f"data.max_pixels={data.max_pixels} must be a whole number of pixels, such as 89478485 (PIL's limit)",
+    )
     _check(
         0 < data.val_fraction < 1 and 0 <= data.test_fraction < 1 and data.val_fraction + data.test_fraction < 1,
         f"data.val_fraction={data.val_fraction} and data.test_fraction={data.test_fraction} must leave "
