@@ -56,6 +56,12 @@ def one_class(train, val):
             shutil.rmtree(folder / name)
 
 
+def tiff_named_jpg(train, val):
+    from PIL import Image
+
+    Image.new("RGB", (32, 32)).save(train / "circle" / "scan.jpg", format="TIFF")
+
+
 def corrupt_jpeg(train, val):
     (train / "circle" / "broken.jpg").write_bytes(b"\xff\xd8\xff\xe0\x00\x10JFIF" + os.urandom(300))
 
@@ -111,6 +117,20 @@ CASES = [
         lambda r, g: folders(r, g, corrupt_jpeg),
         "circle/broken.jpg in data.train_dir=",
         "cannot be decoded as an image",
+    ),
+    (
+        "TIFF named .jpg",
+        "sweep",
+        lambda r, g: folders(r, g, tiff_named_jpg),
+        "circle/scan.jpg in data.train_dir=",
+        "is a TIFF image, which Keras cannot decode whatever the file is named: convert it to JPEG or PNG",
+    ),
+    (
+        "image over data.max_pixels",
+        "sweep",
+        lambda r, g: [*folders(r, g), "data.max_pixels=1000"],
+        "in data.train_dir=",
+        "is 32 x 32 pixels, over data.max_pixels=1,000: downscale it",
     ),
     (
         "truncated PNG",
@@ -240,6 +260,20 @@ CASES = [
         lambda r, g: ["sweep.reevaluate.race_seeds=-1"],
         "sweep.reevaluate.race_seeds=-1 must be an integer >= 0",
         "at or below seeds: one race look",
+    ),
+    (
+        "unquoted study name with letters Hydra cannot read",
+        "sweep",
+        lambda r, g: ["sweep.study=grüße"],
+        "'sweep.study=grüße' is not a study name regsweep can use (it cannot read 'ü', 'ß' unquoted)",
+        "such as sweep.study=my-study",
+    ),
+    (
+        "override Hydra's grammar cannot read",
+        "sweep",
+        lambda r, g: ["model.dropout=0.5)"],
+        "'model.dropout=0.5)' is not an override Hydra can read (it cannot read ')' unquoted)",
+        "quote the value, as in \"model.dropout='0.5)'\"",
     ),
     (
         "negative screening",

@@ -371,3 +371,50 @@ def test_loading_stops_if_keras_would_read_other_files_than_the_check_listed(tmp
         RegsweepError, match=r"Keras \S+ reads 5 image file\(s\) in .* where regsweep's image check lists 4"
     ):
         data.load_images(tmp_path / "train", ("a", "b"), 16)
+
+
+def test_images_are_checked_as_the_decoder_sees_them_whatever_their_names(tmp_path):
+    """Keras lists files by extension and decodes by content: a WebP or GIF named .jpg trains, a
+    TIFF named .jpg would stop the loading, so it is named before anything runs."""
+    import warnings
+
+    from PIL import Image
+
+    root = write_class_folders(tmp_path / "train", 2, size=32, classes=("cat", "dog"))
+    photo = Image.open(root / "cat" / "cat_000.png").convert("RGB")
+    for name, fmt in (("webp.jpg", "WEBP"), ("gif.jpg", "GIF"), ("tiff.jpg", "TIFF"), ("bmp.png", "BMP")):
+        photo.save(root / "cat" / name, format=fmt)
+    bad = {p.name: why for p, why in data.unusable_files(root, ("cat", "dog"), tmp_path / "s")}
+    assert bad == {
+        "tiff.jpg": "is a TIFF image, which Keras cannot decode whatever the file is named: convert it to JPEG or PNG"
+    }
+    # What passes the check is what Keras decodes: every file but the TIFF loads.
+    (root / "cat" / "tiff.jpg").unlink()
+    assert len(data.load_images(root, ("cat", "dog"), 16)[1]) == 2 * 2 + 3
+
+    # An image over data.max_pixels is named from its header, before decoding, and PIL's
+    # decompression-bomb warning never reaches the user.
+    Image.new("RGB", (300, 200)).save(root / "dog" / "large.png")
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # any warning raised by the check fails the test
+        bad = {p.name: why for p, why in data.unusable_files(root, ("cat", "dog"), tmp_path / "s", max_pixels=50_000)}
+    assert bad == {
+        "large.png": "is 300 x 200 pixels, over data.max_pixels=50,000: downscale it (it trains at "
+        "model.image_size anyway), or raise data.max_pixels"
+    }
+    assert not data.unusable_files(root, ("cat", "dog"), tmp_path / "s", max_pixels=60_000)
+
+
+def test_a_class_with_fewer_than_three_training_images_gets_one_warning_line(tmp_path, capsys):
+    write_class_folders(tmp_path / "train", 3)
+    write_class_folders(tmp_path / "val", 2, seed=1)
+    for extra in ("circle_001.png", "circle_002.png"):
+        (tmp_path / "train" / "circle" / extra).unlink()
+    cfg = data_cfg("data=folders", f"data.train_dir={tmp_path / 'train'}", f"data.val_dir={tmp_path / 'val'}")
+    data.resolve_splits(cfg, 32, tmp_path / "store")
+    data.resolve_splits(cfg, 32, tmp_path / "store")  # again, as every trial does: not again
+    lines = capsys.readouterr().err.splitlines()
+    assert lines == [
+        f"regsweep: warning: 1 class(es) in data.train_dir={tmp_path / 'train'} have fewer than 3 training images: "
+        "circle (1); they will mostly be guessed: add photos of them if you can"
+    ]

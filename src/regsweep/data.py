@@ -12,9 +12,11 @@ import hashlib
 import json
 import math
 import os
+import re
 import sys
 import tempfile
 import unicodedata
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -30,6 +32,11 @@ if TYPE_CHECKING:  # TensorFlow loads when the first pipeline is built, not on i
     import tensorflow as tf
 
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".gif")  # what Keras's loader reads (ALLOWLIST_FORMATS)
+# What Keras decodes (tf.io.decode_image reads the content, whatever the name), as PIL names the
+# formats: a WebP photo named .jpg trains; a TIFF named .jpg would crash the loading.
+KERAS_DECODES = frozenset({"JPEG", "MPO", "PNG", "GIF", "BMP", "WEBP"})
+FEW_TRAINING_IMAGES = 3  # a class with fewer training images than this gets a warning
+IMAGE_CHECKS_VERSION = 2  # the memo of image verdicts is kept per version of what is checked
 
 
 @dataclass(frozen=True)
@@ -87,7 +94,7 @@ def resolve_splits(data: DictConfig, image_size: int, store: Path, with_test: bo
     class_names = check_class_folders(folders, keys)
     skipped: list[str] = []
     for split, folder in folders.items():
-        bad = unusable_files(folder, class_names, Path(store))
+        bad = unusable_files(folder, class_names, Path(store), data.max_pixels)
         if bad and data.on_bad_image == "error":
             path, why = bad[0]
             more = f" and {len(bad) - 1} more" if len(bad) > 1 else ""
@@ -101,6 +108,7 @@ def resolve_splits(data: DictConfig, image_size: int, store: Path, with_test: bo
             skipped += [str(path) for path, _ in bad]
             _warn_skipped(keys[split], bad)
         _require_images_in_every_class(folders[split], class_names, keys[split])
+    _warn_few_training_images(folders["train"], class_names, keys["train"])
     if data.train_fraction < 1:
         folders["train"] = training_subset(
             folders["train"], class_names, data.train_fraction, data.split_seed, Path(store)
@@ -191,10 +199,13 @@ _CHECKED: dict[tuple, str | None] = {}  # file_identity → why it is unusable, 
 _WARNED: set[tuple] = set()
 
 
-def unusable_files(folder: Path, class_names: tuple[str, ...], store: Path) -> list[tuple[Path, str]]:
+def unusable_files(
+    folder: Path, class_names: tuple[str, ...], store: Path, max_pixels: int = 0
+) -> list[tuple[Path, str]]:
     """Files in the class folders that would not train: not an image Keras reads, empty,
-    undecodable (corrupt, truncated), a broken symbolic link or a link loop, or a symlinked
-    sub-folder (Keras does not enter one). Hidden files are ignored unless Keras reads them.
+    undecodable (corrupt, truncated), in a format Keras cannot decode whatever the name, over
+    `max_pixels` (data.max_pixels; 0: no limit), a broken symbolic link or a link loop, or a
+    symlinked sub-folder (Keras does not enter one). Hidden files are ignored unless Keras reads them.
 
     It checks exactly the files Keras reads (`image_files`: sub-folders included), so nothing it
     passes can crash a run. A bad link is treated like a corrupt file: data.on_bad_image=skip
@@ -218,7 +229,8 @@ def unusable_files(folder: Path, class_names: tuple[str, ...], store: Path) -> l
                 why = f"is not an image file Keras reads (it takes {', '.join(IMAGE_SUFFIXES)})"
             if why:
                 found.append((path, why))
-    memo = store / "cache" / "image-checks" / f"{folder_fingerprint(folder, class_names)}.json"
+    name = f"{folder_fingerprint(folder, class_names)}-v{IMAGE_CHECKS_VERSION}-{max_pixels}.json"
+    memo = store / "cache" / "image-checks" / name
     if memo.is_file():
         verdicts = json.loads(memo.read_text())
     else:
@@ -227,7 +239,7 @@ def unusable_files(folder: Path, class_names: tuple[str, ...], store: Path) -> l
         files = [path for _, _, path in _listing(folder, class_names) if path not in unreadable]
         with progress.steps(f"checking images in {folder}", len(files)) as advance:
             for path in files:
-                why = _decode_problem(path)
+                why = _decode_problem(path, max_pixels)
                 if why:
                     verdicts[path.relative_to(folder).as_posix()] = why
                 advance()
@@ -236,26 +248,52 @@ def unusable_files(folder: Path, class_names: tuple[str, ...], store: Path) -> l
     return sorted(found)
 
 
-def _decode_problem(path: Path) -> str | None:
-    """Why Keras could not decode this image (None: it can)."""
-    from PIL import Image
+def _decode_problem(path: Path, max_pixels: int = 0) -> str | None:
+    """Why Keras could not decode this image, or should not (None: it can).
 
+    PIL reads the header first: an image over max_pixels is refused before it is decoded (a
+    12,000 x 12,000 PNG takes 432 MB decoded and trains at 128 px anyway), and PIL's own
+    decompression-bomb warning is kept from the user, who gets the sentence instead.
+    """
     stat = path.stat()
-    key = file_identity(stat)
+    key = (*file_identity(stat), max_pixels)
     if key not in _CHECKED:
         if not path.is_file():  # a pipe would block the decoder (and Keras) forever
             _CHECKED[key] = "is not a regular file (a pipe or a device)"
         elif stat.st_size == 0:
             _CHECKED[key] = "is an empty (zero-byte) file"
         else:
-            try:
-                with Image.open(path) as image:
-                    image.load()
-                _CHECKED[key] = None
-            except Exception as error:  # PIL raises many types for broken files
-                first = str(error).splitlines()[0] if str(error) else type(error).__name__
-                _CHECKED[key] = f"cannot be decoded as an image ({first})"
+            _CHECKED[key] = _image_problem(path, max_pixels)
     return _CHECKED[key]
+
+
+def _image_problem(path: Path, max_pixels: int) -> str | None:
+    from PIL import Image
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+        try:
+            with Image.open(path) as image:
+                width, height = image.size
+                if max_pixels and width * height > max_pixels:
+                    return (
+                        f"is {width:,} x {height:,} pixels, over data.max_pixels={max_pixels:,}: "
+                        "downscale it (it trains at model.image_size anyway), or raise data.max_pixels"
+                    )
+                if image.format not in KERAS_DECODES:
+                    return (
+                        f"is a {image.format} image, which Keras cannot decode whatever the file is named: "
+                        "convert it to JPEG or PNG"
+                    )
+                image.load()
+            return None
+        except Image.DecompressionBombError as error:  # over twice PIL's own limit: refused at open
+            pixels = re.search(r"\((\d+) pixels\)", str(error))
+            size = f"{int(pixels.group(1)):,} pixels" if pixels else "larger"
+            return f"is {size}, more than PIL opens (twice its decompression-bomb limit): downscale it"
+        except Exception as error:  # PIL raises many types for broken files
+            first = str(error).splitlines()[0] if str(error) else type(error).__name__
+            return f"cannot be decoded as an image ({first})"
 
 
 def _link_problem(path: Path) -> str | None:
@@ -332,6 +370,24 @@ def _warn_skipped(key: str, bad: list[tuple[Path, str]]) -> None:
     lines = "".join(f"\n  {path}: {why}" for path, why in bad)
     print(
         f"regsweep: warning: data.on_bad_image=skip leaves out {len(bad)} file(s) of {key}:{lines}",
+        file=sys.stderr,
+        flush=True,
+    )
+
+
+def _warn_few_training_images(folder: Path, class_names: tuple[str, ...], key: str) -> None:
+    """One line naming the classes with fewer than FEW_TRAINING_IMAGES training images: they
+    train, but a class the model has seen once or twice is mostly guessed, and the learning
+    curve's smaller shares keep at least one image a class."""
+    few = {c: n for c in class_names if (n := len(image_files(folder, c))) < FEW_TRAINING_IMAGES}
+    marker = (key, tuple(few.items()))
+    if not few or marker in _WARNED:  # once per process: not again for every trial
+        return
+    _WARNED.add(marker)
+    listed = ", ".join(f"{c} ({n})" for c, n in few.items())
+    print(
+        f"regsweep: warning: {len(few)} class(es) in {key}={folder} have fewer than {FEW_TRAINING_IMAGES} "
+        f"training images: {listed}; they will mostly be guessed: add photos of them if you can",
         file=sys.stderr,
         flush=True,
     )
