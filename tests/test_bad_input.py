@@ -123,14 +123,15 @@ CASES = [
         "sweep",
         lambda r, g: folders(r, g, tiff_named_jpg),
         "circle/scan.jpg in data.train_dir=",
-        "is a TIFF image, which Keras cannot decode whatever the file is named: convert it to JPEG or PNG",
+        "is a TIFF image, which Keras cannot decode whatever the file is named: convert it to JPEG or PNG, or set",
     ),
     (
         "image over data.max_pixels",
         "sweep",
         lambda r, g: [*folders(r, g), "data.max_pixels=1000"],
         "in data.train_dir=",
-        "is 32 x 32 pixels, over data.max_pixels=1,000: downscale it",
+        "is 32 x 32 pixels, over data.max_pixels=1,000 and 8 more: downscale it (it trains at model.image_size "
+        "anyway) or raise data.max_pixels, or set data.on_bad_image=skip",
     ),
     (
         "truncated PNG",

@@ -98,9 +98,8 @@ def resolve_splits(data: DictConfig, image_size: int, store: Path, with_test: bo
         if bad and data.on_bad_image == "error":
             path, why = bad[0]
             more = f" and {len(bad) - 1} more" if len(bad) > 1 else ""
-            fix = "repair or remove the link" if "symbolic link" in why else "fix or remove the file"
             raise RegsweepError(
-                f"{path} in {keys[split]}={folder} {why}{more}: {fix}(s), "
+                f"{path} in {keys[split]}={folder} {why}{more}: {_fix_for(why)}, "
                 "or set data.on_bad_image=skip to leave them out with a warning"
             )
         if bad:
@@ -199,6 +198,17 @@ _CHECKED: dict[tuple, str | None] = {}  # file_identity → why it is unusable, 
 _WARNED: set[tuple] = set()
 
 
+def _fix_for(why: str) -> str:
+    """What to do about an unusable file, by what is wrong with it."""
+    if "symbolic link" in why:
+        return "repair or remove the link(s)"
+    if "data.max_pixels" in why or "decompression-bomb" in why:
+        return "downscale it (it trains at model.image_size anyway) or raise data.max_pixels"
+    if "Keras cannot decode" in why:
+        return "convert it to JPEG or PNG"
+    return "fix or remove the file(s)"
+
+
 def unusable_files(
     folder: Path, class_names: tuple[str, ...], store: Path, max_pixels: int = 0
 ) -> list[tuple[Path, str]]:
@@ -276,21 +286,15 @@ def _image_problem(path: Path, max_pixels: int) -> str | None:
             with Image.open(path) as image:
                 width, height = image.size
                 if max_pixels and width * height > max_pixels:
-                    return (
-                        f"is {width:,} x {height:,} pixels, over data.max_pixels={max_pixels:,}: "
-                        "downscale it (it trains at model.image_size anyway), or raise data.max_pixels"
-                    )
+                    return f"is {width:,} x {height:,} pixels, over data.max_pixels={max_pixels:,}"
                 if image.format not in KERAS_DECODES:
-                    return (
-                        f"is a {image.format} image, which Keras cannot decode whatever the file is named: "
-                        "convert it to JPEG or PNG"
-                    )
+                    return f"is a {image.format} image, which Keras cannot decode whatever the file is named"
                 image.load()
             return None
         except Image.DecompressionBombError as error:  # over twice PIL's own limit: refused at open
             pixels = re.search(r"\((\d+) pixels\)", str(error))
             size = f"{int(pixels.group(1)):,} pixels" if pixels else "larger"
-            return f"is {size}, more than PIL opens (twice its decompression-bomb limit): downscale it"
+            return f"is {size}, more than PIL opens (twice its decompression-bomb limit)"
         except Exception as error:  # PIL raises many types for broken files
             first = str(error).splitlines()[0] if str(error) else type(error).__name__
             return f"cannot be decoded as an image ({first})"
