@@ -374,6 +374,47 @@ def test_ui_refuses_a_port_in_use_in_one_sentence(tmp_path):
     ]
 
 
+def test_sigterm_while_the_mlflow_ui_starts_leaves_nothing_running_or_listening(tmp_path):
+    """The server is stopped with regsweep on every exit path: here a SIGTERM as soon as `mlflow
+    server` exists, most likely during its start-up (it used to outlive regsweep and serve the
+    store on its own)."""
+    from test_recovery import descendants, wait_for
+
+    port = free_port()
+    ui = UI(f"paths.store={tmp_path / 'mlruns'}", "--port", str(port), cwd=tmp_path)
+
+    def mlflow_server() -> list[int]:
+        return [
+            pid
+            for pid in descendants(ui.process.pid)
+            if b"mlflow" in Path(f"/proc/{pid}/cmdline").read_bytes() and os.getpgid(pid) == pid
+        ]
+
+    try:
+        [server] = wait_for(mlflow_server, 120, "regsweep ui to start mlflow server")
+    except BaseException:
+        ui.stop()
+        raise
+    ui.process.send_signal(signal.SIGTERM)
+    code = ui.process.wait(timeout=60)
+    ui.reader.join(timeout=10)
+    assert code == 143
+    assert any(line.startswith("regsweep: terminated (SIGTERM)") for line in ui.printed), ui.printed
+    group = [
+        pid for pid in (int(p.name) for p in Path("/proc").iterdir() if p.name.isdigit()) if _group_of(pid) == server
+    ]
+    assert group == [], f"the server's process group outlived regsweep ui: {group}"
+    with socket.socket() as probe:
+        assert probe.connect_ex(("127.0.0.1", port)) != 0, f"something still listens on port {port}"
+
+
+def _group_of(pid: int) -> int | None:
+    try:
+        return os.getpgid(pid)
+    except ProcessLookupError:
+        return None
+
+
 def test_ui_finds_the_studies_the_store_holds_whatever_their_names(tmp_path):
     """No study named `regularization` here: one study, `fashion`, swept into this store (its Optuna study
     and its MLflow parent run, no training needed), and one whose runs went to another tracking store."""

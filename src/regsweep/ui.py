@@ -72,7 +72,7 @@ def serve(options: Options) -> None:
     servers: list[subprocess.Popen] = []
     try:
         if local:
-            servers.append(start_mlflow_ui(cfg, options, auth))
+            start_mlflow_ui(cfg, options, servers, auth)
             base_url = f"http://{_display_host(options.host)}:{options.port}"
         else:
             base_url = _without_credentials(tracking_uri)
@@ -98,7 +98,7 @@ def serve(options: Options) -> None:
                     "Compare)"
                 )
         if options.optuna:
-            servers.append(start_optuna_dashboard(cfg, options))
+            start_optuna_dashboard(cfg, options, servers)
             dashboard = f"http://{_display_host(options.host)}:{options.optuna_port}/dashboard/studies"
             in_storage = [one for one in found if one.study_id is not None]
             if not in_storage:
@@ -108,6 +108,10 @@ def serve(options: Options) -> None:
         if not servers:
             return
         _wait(servers)
+    except KeyboardInterrupt as stop:  # Ctrl-C or SIGTERM before _wait took them over: during a start-up
+        if servers:
+            stop.add_note(f"{' and '.join(Path(server.args[0]).name for server in servers)} stopped while starting")
+        raise
     finally:
         _stop(servers)
 
@@ -184,9 +188,12 @@ def compare_page(base_url: str, experiment_id: str, run_ids: list[str]) -> str:
     return f"{base_url}/#/compare-runs?runs={runs}&experiments={experiments}&{MODEL_TRAINING}"
 
 
-def start_mlflow_ui(cfg: DictConfig, options: Options, auth: Auth | None = None) -> subprocess.Popen:
-    """`mlflow server` on the local store. Artifacts stay where the runs logged them (the
-    experiment's artifact location under mlruns/), read by this server from disk."""
+def start_mlflow_ui(
+    cfg: DictConfig, options: Options, servers: list[subprocess.Popen], auth: Auth | None = None
+) -> subprocess.Popen:
+    """`mlflow server` on the local store, added to `servers` (see `_launch`). Artifacts stay
+    where the runs logged them (the experiment's artifact location under mlruns/), read by this
+    server from disk."""
     artifacts = Path(cfg.tracking.artifact_root).resolve()
     app = ["--app-name", "basic-auth"] if auth else []
     return _launch(
@@ -209,6 +216,7 @@ def start_mlflow_ui(cfg: DictConfig, options: Options, auth: Auth | None = None)
         ],
         f"{_connect_host(options.host)}:{options.port}/health",
         "the MLflow UI",
+        servers,
         auth.env if auth else None,
     )
 
@@ -289,22 +297,33 @@ def _check_admin_password(database: Path, password: str) -> None:
         users.engine.dispose()
 
 
-def start_optuna_dashboard(cfg: DictConfig, options: Options) -> subprocess.Popen:
+def start_optuna_dashboard(cfg: DictConfig, options: Options, servers: list[subprocess.Popen]) -> subprocess.Popen:
     return _launch(
         cfg,
         "optuna-dashboard",
         [_absolute_sqlite(str(cfg.sweep.storage)), "--host", options.host, "--port", str(options.optuna_port)],
         f"{_connect_host(options.host)}:{options.optuna_port}/api/studies",
         "optuna-dashboard",
+        servers,
     )
 
 
 def _launch(
-    cfg: DictConfig, script: str, args: list[str], health: str, what: str, env: dict[str, str] | None = None
+    cfg: DictConfig,
+    script: str,
+    args: list[str],
+    health: str,
+    what: str,
+    servers: list[subprocess.Popen],
+    env: dict[str, str] | None = None,
 ) -> subprocess.Popen:
     """Starts the console script installed beside this Python (the project's virtualenv), in
     its own process group so its workers stop with it (see _stop), logging to <store>/ui/,
-    and waits until `health` answers."""
+    and waits until `health` answers.
+
+    The server joins `servers` as soon as it exists, before its start-up wait: a SIGTERM or
+    Ctrl-C during the start-up (half a minute for `mlflow server`) then stops it with the rest,
+    where it used to outlive regsweep and serve the store on its own."""
     executable = Path(sys.executable).parent / script
     if not executable.is_file():
         raise RegsweepError(f"{script} is not installed beside {sys.executable}: install it with pip install {script}")
@@ -314,6 +333,7 @@ def _launch(
         server = subprocess.Popen(
             [str(executable), *args], stdout=output, stderr=subprocess.STDOUT, start_new_session=True, env=env
         )
+    servers.append(server)
     _wait_until_up(server, f"http://{health}", what, log)
     return server
 
