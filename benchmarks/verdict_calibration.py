@@ -230,6 +230,42 @@ def one_verdict(world: World, seeds: int, effect: tuple[float, float], repeats: 
 # --- the whole re-evaluation: candidates, the choice, the rounds -----------------------------------
 
 
+class Runs:
+    """One simulated study's re-evaluation runs: trained once per (setting, seed), as regsweep
+    logs them, and the rounds replayed from them as `regsweep.reevaluate` does."""
+
+    def __init__(self, simulation: Simulation, settings: dict[str, Setting]):
+        self.simulation, self.settings = simulation, settings
+        self.made: dict[str, dict[int, dict]] = {label: {} for label in settings}
+
+    @property
+    def count(self) -> int:
+        return sum(len(runs) for runs in self.made.values())
+
+    def train(self, label: str, seeds: list[int]) -> Summary:
+        """The setting's runs at these seeds, training the missing ones. A/A: every setting on its
+        own seeds' luck; with effects, paired seeds share theirs."""
+        setting, made = self.settings[label], self.made[label]
+        offset = 1 if setting.shape_seed == 0 and label != BASELINE else 0
+        missing = [seed for seed in seeds if seed not in made]
+        if missing:
+            for run in self.simulation.runs(setting, offset, missing).runs:
+                made[run["seed"]] = run
+        return Summary(label, [made[seed] for seed in seeds])
+
+    def rounds(
+        self, labels: list[str], design: Design, epsilon: float, searched: dict[str, float] | None = None
+    ) -> results.Rounds:
+        """Trains what each round asks for until the rounds stop; their final state."""
+        while True:
+            logged = [Summary(label, [self.made[label][seed] for seed in sorted(self.made[label])]) for label in labels]
+            state = results.rounds(labels, logged, design, epsilon, searched)
+            if not state.todo:
+                return state
+            for label, seeds in state.todo.items():
+                self.train(label, seeds)
+
+
 def whole_decision(
     world: World, design: Design, effects: list[float], repeats: int, rng: np.random.Generator, epsilon: float = 0.1
 ) -> dict:
@@ -250,27 +286,9 @@ def whole_decision(
     best = max(effects)
     best_label = labels[1 + effects.index(best)]
     for _ in range(repeats):
-        simulation = Simulation(world, rng)
-        made: dict[str, dict[int, dict]] = {label: {} for label in labels}
-
-        def train(label: str, seeds: list[int], simulation=simulation, made=made) -> Summary:
-            # A/A: every setting on its own seeds' luck; with effects, paired seeds share theirs.
-            setting = by_label[label]
-            offset = 1 if setting.shape_seed == 0 and label != BASELINE else 0
-            missing = [seed for seed in seeds if seed not in made[label]]
-            if missing:
-                for run in simulation.runs(setting, offset, missing).runs:
-                    made[label][run["seed"]] = run
-            return Summary(label, [made[label][seed] for seed in seeds])
-
-        while True:
-            logged = [Summary(label, [made[label][seed] for seed in sorted(made[label])]) for label in labels]
-            state = results.rounds(labels, logged, design, epsilon)
-            if not state.todo:
-                break
-            for label, seeds in state.todo.items():
-                train(label, seeds)
-        counts["runs"] += sum(len(runs) for runs in made.values())
+        runs = Runs(Simulation(world, rng), by_label)
+        state = runs.rounds(labels, design, epsilon)
+        counts["runs"] += runs.count
         case = state.verdict.case if state.verdict else results.CANT_TELL
         counts["adopt"] += case in ADOPTING
         counts["claim"] += case in CLAIMING
@@ -281,7 +299,7 @@ def whole_decision(
         counts["detect"] += adopted_effect is not None and adopted_effect > 0
         counts["wrong"] += adopted_effect is not None and adopted_effect <= 0 < best
         seeds = design.confirmation_seeds(design.max_seeds)
-        counts["limit"] += paired_t_finds(train(BASELINE, seeds), train(best_label, seeds))
+        counts["limit"] += paired_t_finds(runs.train(BASELINE, seeds), runs.train(best_label, seeds))
     return {key: value / repeats for key, value in counts.items()}
 
 
@@ -324,18 +342,9 @@ def search_decision(
         picked = results.candidates(rows, epsilon, top_k, screen)
         labels = [BASELINE] + [f"#{row.number}" for row in picked]
         searched = {f"#{row.number}": row.val_accuracy for row in picked}
-        made: dict[str, dict[int, dict]] = {label: {} for label in labels}
-        while True:
-            logged = [Summary(label, [made[label][seed] for seed in sorted(made[label])]) for label in labels]
-            state = results.rounds(labels, logged, plan, epsilon, searched)
-            if not state.todo:
-                break
-            for label, seeds in state.todo.items():
-                setting = by_label[label]
-                offset = 1 if setting.shape_seed == 0 and label != BASELINE else 0
-                for run in simulation.runs(setting, offset, seeds).runs:
-                    made[label][run["seed"]] = run
-        counts["runs"] += sum(len(runs) for runs in made.values())
+        runs = Runs(simulation, by_label)
+        state = runs.rounds(labels, plan, epsilon, searched)
+        counts["runs"] += runs.count
         racing = [e.label for e in state.race if not e.left.startswith("screened out")]
         counts["raced"] += any(effect_of[label] == best for label in racing)
         choice = state.race[0].label if state.race else BASELINE

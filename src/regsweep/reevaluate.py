@@ -3,8 +3,8 @@ the untouched test split, in rounds, until the verdict against the baseline is d
 
 A search scored on the validation set overfits it (Cawley & Talbot, JMLR 2010), and one run
 carries seed noise. So the re-evaluation re-trains settings with seeds no trial used, in the
-stages of `regsweep.results.rounds`: the screening (up to sweep.reevaluate.screen trials within
-noise of the best single run, one seed each), the race of the top_k on validation (up to
+stages of `regsweep.results.rounds`: the screening (the first sweep.reevaluate.screen trials
+in the rule's order, one seed each), the race of the top_k on validation (up to
 race_seeds), then the confirmation of the race's choice against the unregularized baseline
 (sweeps/baselines/<name>.yaml) on the test split, with more seeds while the verdict can't tell,
 up to max_seeds. Each round is what the rounds ask for, replayed from the runs logged so far.

@@ -12,12 +12,11 @@ The rule: held-out accuracy first, the gap second.
   set of that size (the "one-standard-error rule" of model selection). Among tied trials the
   ones with gap ≤ ε come first, then the smallest gap, then the higher val_accuracy, then the
   unregularized baseline, then the earlier trial. The baseline trial competes like any other.
-- Across seeds, after re-evaluation: when more trials are within noise of the best single run
-  than race, each gets one seed and the best over two runs race (`screening`); the candidates
-  race on validation (`race`), those within
-  noise of the leader getting more seeds, and the same rule on the mean val_accuracy chooses
-  among those left (`stable_choice`), with the standard error of the difference measured over
-  seeds and validation images (`difference`).
+- Across seeds, after re-evaluation: the first trials in rule order get one seed each and the
+  best over two runs race (`screening`); the candidates race on validation (`race`), those
+  within noise of the leader getting more seeds, and the same rule on the mean val_accuracy
+  chooses among those left (`stable_choice`), with the standard error of the difference
+  measured over seeds and validation images (`difference`).
 - Adopting it: the choice is compared with the baseline on the untouched test split, on seeds
   the race never used (`verdict`), by confidence intervals of the paired differences in test
   accuracy and test gap, in one of five cases. Test accuracy never picks among settings; it
@@ -847,9 +846,9 @@ def screening(
         return f"{mine}, tied with the last of the {design.entrants} that raced, which was ahead on gap or rule order"
 
     ranked = sorted(now, key=lambda s: (-two_runs(s), s.mean(GAP), labels.index(s.label)))
-    racing, last = ranked[: design.entrants], two_runs(ranked[design.entrants - 1])
+    racing, last = {s.label for s in ranked[: design.entrants]}, two_runs(ranked[design.entrants - 1])
     out = [Entrant(s.label, s, why(s)) for s in ranked[design.entrants :]]
-    return {}, [label for label in labels if any(s.label == label for s in racing)], out
+    return {}, [label for label in labels if label in racing], out
 
 
 def race(labels: list[str], by_label: dict[str, Summary], design: Design, epsilon: float) -> tuple[dict, list[Entrant]]:
