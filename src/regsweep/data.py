@@ -106,8 +106,9 @@ def resolve_splits(data: DictConfig, image_size: int, store: Path, with_test: bo
             folders[split] = without_files(folder, class_names, [path for path, _ in bad], Path(store))
             skipped += [str(path) for path, _ in bad]
             _warn_skipped(keys[split], bad)
-        _require_images_in_every_class(folders[split], class_names, keys[split])
-    _warn_few_training_images(folders["train"], class_names, keys["train"])
+        counts = _require_images_in_every_class(folders[split], class_names, keys[split])
+        if split == "train":
+            _warn_few_training_images(counts, folders[split], keys[split])
     if data.train_fraction < 1:
         folders["train"] = training_subset(
             folders["train"], class_names, data.train_fraction, data.split_seed, Path(store)
@@ -379,11 +380,11 @@ def _warn_skipped(key: str, bad: list[tuple[Path, str]]) -> None:
     )
 
 
-def _warn_few_training_images(folder: Path, class_names: tuple[str, ...], key: str) -> None:
-    """One line naming the classes with fewer than FEW_TRAINING_IMAGES training images: they
-    train, but a class the model has seen once or twice is mostly guessed, and the learning
-    curve's smaller shares keep at least one image a class."""
-    few = {c: n for c in class_names if (n := len(image_files(folder, c))) < FEW_TRAINING_IMAGES}
+def _warn_few_training_images(counts: dict[str, int], folder: Path, key: str) -> None:
+    """One line naming the classes with fewer than FEW_TRAINING_IMAGES training images (`counts`:
+    class → images): they train, but a class the model has seen once or twice is mostly
+    guessed, and the learning curve's smaller shares keep at least one image a class."""
+    few = {c: n for c, n in counts.items() if n < FEW_TRAINING_IMAGES}
     marker = (key, tuple(few.items()))
     if not few or marker in _WARNED:  # once per process: not again for every trial
         return
@@ -397,13 +398,16 @@ def _warn_few_training_images(folder: Path, class_names: tuple[str, ...], key: s
     )
 
 
-def _require_images_in_every_class(folder: Path, class_names: tuple[str, ...], key: str) -> None:
-    for class_name in class_names:
-        if not image_files(folder, class_name):
+def _require_images_in_every_class(folder: Path, class_names: tuple[str, ...], key: str) -> dict[str, int]:
+    """Each class's number of images, once every class has some."""
+    counts = {class_name: len(image_files(folder, class_name)) for class_name in class_names}
+    for class_name, count in counts.items():
+        if not count:
             raise RegsweepError(
                 f"class folder {class_name} in {key}={folder} has no usable images: "
                 "add images to it, or remove the folder from every split"
             )
+    return counts
 
 
 def image_files(folder: Path, class_name: str) -> list[Path]:
