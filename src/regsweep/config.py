@@ -317,7 +317,8 @@ def validate(cfg: DictConfig) -> None:
     _check(data.batch_size >= 1, f"data.batch_size={data.batch_size} must be at least 1")
     _check(
         isinstance(data.max_pixels, int) and data.max_pixels >= 1,
-        f"data.max_pixels={data.max_pixels} must be a whole number of pixels, such as 89478485 (PIL's limit)",
+        f"data.max_pixels={data.max_pixels} must be a whole number of pixels of at least 1, such as 89478485 "
+        "(PIL's limit)",
     )
     _check(
         0 < data.val_fraction < 1 and 0 <= data.test_fraction < 1 and data.val_fraction + data.test_fraction < 1,
