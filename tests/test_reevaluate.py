@@ -64,6 +64,11 @@ def test_the_html_report_is_well_formed_and_embeds_its_plots(tmp_path):
 
 @pytest.mark.slow
 def test_a_sweep_never_touches_the_test_split_and_reevaluation_is_nested_tagged_and_reported(store, monkeypatch):
+    """The whole path a user's study takes, once: 4 trials, then every stage of the re-evaluation
+    (screening, race, confirmation), the learning curve, the report, the registry and a second
+    report that trains nothing. About 90 s on 2 cores (9 re-evaluation and 2 curve runs): each
+    stage must really train and log for the seeds, tags and means checked here to mean anything,
+    and splitting it would train the shared first part twice."""
     loaded = []
     real_load = data.load_images
 
