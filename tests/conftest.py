@@ -85,6 +85,32 @@ def finished_study(tmp_path_factory, demo_store) -> Path:
     return store
 
 
+def tracking_client(store: Path):
+    """An MLflow client on a test store, opened under regsweep's own creation lock.
+
+    A test that polls a store while a sweep in another process creates it would otherwise create
+    MLflow's tables too, and the sweep can die on "table ... already exists" (it did in CI).
+    """
+    import mlflow
+
+    from regsweep import tracking
+
+    url = f"sqlite:///{store}/mlflow.db"
+    with tracking.creating(url):
+        return mlflow.MlflowClient(url)
+
+
+def stored_trials(store: Path, study: str) -> list:
+    """The study's Optuna trials, read under the creation lock for the same reason."""
+    import optuna
+
+    from regsweep import tracking
+
+    url = f"sqlite:///{store}/optuna.db"
+    with tracking.creating(url):
+        return optuna.load_study(study_name=study, storage=url).get_trials()
+
+
 def new_store(root: Path, demo_store: Path) -> Path:
     """<root>/mlruns, empty but for the session's demo cache (a machine of its own, in scale-out tests)."""
     store = root / "mlruns"

@@ -25,7 +25,7 @@ import mlflow
 import optuna
 import pytest
 
-from conftest import write_class_folders
+from conftest import stored_trials, tracking_client, write_class_folders
 from regsweep import cli, sweep, tracking
 from regsweep import study as studies
 from regsweep.config import RegsweepError
@@ -47,7 +47,7 @@ TINY = [
 
 
 def runs(store: Path, study: str | None = None) -> list:
-    client = mlflow.MlflowClient(f"sqlite:///{store}/mlflow.db")
+    client = tracking_client(store)
     experiment = client.get_experiment_by_name("regsweep")
     if experiment is None:
         return []
@@ -56,7 +56,7 @@ def runs(store: Path, study: str | None = None) -> list:
 
 
 def trials(store: Path, study: str) -> list[optuna.trial.FrozenTrial]:
-    return optuna.load_study(study_name=study, storage=f"sqlite:///{store}/optuna.db").get_trials()
+    return stored_trials(store, study)
 
 
 def assert_sound_and_nothing_running(store: Path, study: str) -> None:

@@ -10,9 +10,9 @@ import subprocess
 import time
 from pathlib import Path
 
-import mlflow
 import pytest
 
+from conftest import tracking_client
 from regsweep import sweep
 from test_recovery import REGSWEEP, descendants
 
@@ -29,7 +29,7 @@ ENV = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3"}
 
 
 def reevaluation_runs(store: Path, study: str) -> list:
-    client = mlflow.MlflowClient(f"sqlite:///{store}/mlflow.db")
+    client = tracking_client(store)
     experiment = client.get_experiment_by_name("regsweep").experiment_id
     return client.search_runs([experiment], f"tags.`regsweep.study` = '{study}' and tags.`regsweep.role` = 'reeval'")
 

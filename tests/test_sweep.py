@@ -12,10 +12,10 @@ import sys
 import threading
 import time
 
-import mlflow
 import optuna
 import pytest
 
+from conftest import tracking_client
 from regsweep import space, sweep, train
 from regsweep import study as studies
 from regsweep import trial as trials_module
@@ -34,7 +34,7 @@ def sweep_args(store, *extra):
 
 
 def client(store):
-    return mlflow.MlflowClient(f"sqlite:///{store}/mlflow.db")
+    return tracking_client(store)
 
 
 def runs_of(store):

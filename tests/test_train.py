@@ -11,7 +11,7 @@ import mlflow
 import numpy as np
 import pytest
 
-from conftest import SHARED_WEIGHTS, quick_cfg, write_class_folders
+from conftest import SHARED_WEIGHTS, quick_cfg, tracking_client, write_class_folders
 from regsweep import data, train
 from regsweep import model as models
 from test_recovery import REGSWEEP
@@ -21,7 +21,7 @@ pytestmark = pytest.mark.slow
 
 def client(store) -> mlflow.MlflowClient:
     # An explicit client: mlflow.set_tracking_uri would export the URI to later runs' configs.
-    return mlflow.MlflowClient(f"sqlite:///{store}/mlflow.db")
+    return tracking_client(store)
 
 
 def all_runs(store):
