@@ -26,8 +26,9 @@ import optuna
 import pytest
 
 from conftest import stored_trials, tracking_client, write_class_folders
-from regsweep import cli, sweep, tracking
+from regsweep import cli, faults, sweep, tracking, train
 from regsweep import study as studies
+from regsweep import trial as trial_module
 from regsweep.config import RegsweepError
 
 REGSWEEP = str(Path(sys.executable).with_name("regsweep"))
@@ -415,3 +416,125 @@ def test_a_stop_that_tensorflow_replaces_with_its_own_error_still_ends_the_run_k
     assert isinstance(stopped.value.__cause__, AssertionError)
     ended = mlflow.MlflowClient(f"sqlite:///{store}/mlflow.db").get_run(run.info.run_id)
     assert ended.info.status == "KILLED" and ended.data.tags["regsweep.error"] == "terminated (SIGTERM)"
+
+
+# --- a stop at each step of a trial's end (#34, item 1) ---------------------------------------------
+
+
+def _then_stop(function):
+    """`function`, then SIGTERM to this process: the stop lands exactly there, on any machine."""
+
+    def stopped(*args, **kwargs):
+        result = function(*args, **kwargs)
+        os.kill(os.getpid(), signal.SIGTERM)
+        return result
+
+    return stopped
+
+
+def _stop_then(function):
+    """SIGTERM to this process, then `function` (never reached: the stop raises first)."""
+
+    def stopped(*args, **kwargs):
+        os.kill(os.getpid(), signal.SIGTERM)
+        return function(*args, **kwargs)
+
+    return stopped
+
+
+# Where the stop lands, and whether the trial's result was recorded by then.
+TRIAL_END_STEPS = {
+    "after fit": (train, "fit_two_phases", _then_stop, False),
+    "after evaluation": (tracking, "log_trained", _stop_then, False),
+    "after logging": (tracking, "log_results", _then_stop, False),
+    "after its run ended": (train, "RunResult", _stop_then, False),
+    "before Optuna's tell": (trial_module.Progress, "finish", _then_stop, True),
+}
+
+
+@pytest.fixture
+def stops_on_signals():
+    """SIGTERM raises in this process as in `regsweep sweep`; the test's own handlers come back after."""
+    saved = signal.getsignal(signal.SIGTERM), signal.getsignal(signal.SIGINT)
+    faults.stop_on_signals()
+    yield
+    signal.signal(signal.SIGTERM, saved[0])
+    signal.signal(signal.SIGINT, saved[1])
+    faults.forget_stops()
+
+
+def assert_stores_agree(store: Path, study: str) -> None:
+    """Optuna's state of every trial is its MLflow run's: finished runs for COMPLETE trials, KILLED
+    or FAILED ones with the same reason for FAIL trials."""
+    by_id = {r.info.run_id: r for r in runs(store, study)}
+    for trial in trials(store, study):
+        run = by_id[trial.user_attrs["mlflow_run_id"]]
+        assert run.data.tags["regsweep.trial_state"] == trial.state.name, trial.number
+        if trial.state.name == "COMPLETE":
+            assert run.info.status == "FINISHED" and trial.user_attrs["fail_reason"] == ""
+        else:
+            assert run.info.status in ("KILLED", "FAILED"), trial.number
+            assert run.data.tags["regsweep.error"] == trial.user_attrs["fail_reason"] != ""
+
+
+@pytest.mark.parametrize("step", TRIAL_END_STEPS)
+def test_a_stop_at_each_step_of_a_trials_end_leaves_both_stores_agreeing_and_the_baseline_runs_first_on_resume(
+    store, monkeypatch, stops_on_signals, capsys, step
+):
+    """The stop lands by injection at each step of the baseline trial's end. Before its result is
+    recorded, the trial is FAIL with the stop's reason in both stores, the report gives no answer
+    without it, and the resume runs it again first; once recorded, it stays COMPLETE in both and the
+    sweep still stops at once."""
+    owner, name, inject, recorded = TRIAL_END_STEPS[step]
+    args = [
+        f"paths.store={store}",
+        *TINY,
+        "sweep.trials_per_worker=0",
+        "sweep.study=ends",
+        "sweep.n_trials=1",
+        "sweep.reevaluate.seeds=0",
+    ]
+    monkeypatch.setattr(owner, name, inject(getattr(owner, name)))
+    with pytest.raises(faults.Terminated) as stopped:
+        sweep.run_study(args)
+    monkeypatch.undo()
+    assert f"trial #0 ended {'COMPLETE' if recorded else 'FAIL'}" in " ".join(stopped.value.__notes__)
+    (baseline,) = trials(store, "ends")
+    assert baseline.user_attrs["baseline"] and baseline.state.name == ("COMPLETE" if recorded else "FAIL")
+    assert baseline.user_attrs["fail_reason"] == ("" if recorded else "terminated (SIGTERM)")
+    assert_stores_agree(store, "ends")
+    assert_sound_and_nothing_running(store, "ends")
+    capsys.readouterr()
+
+    if not recorded:
+        sweep.report_study("ends", [f"paths.store={store}"])
+        assert "No answer yet: the baseline trial #0 (your config as given) failed (terminated (SIGTERM))" in (
+            capsys.readouterr().out
+        )
+    signal.signal(signal.SIGTERM, faults.raise_terminated)  # the handler ignores a second SIGTERM: re-armed
+    sweep.run_study(args)
+    assert ("runs again first" in capsys.readouterr().out) is not recorded
+    ended = trials(store, "ends")
+    assert [(t.state.name, t.user_attrs["baseline"]) for t in ended] == [
+        *([("FAIL", True)] * (not recorded)),
+        ("COMPLETE", True),
+    ]
+    assert_stores_agree(store, "ends")
+    assert_sound_and_nothing_running(store, "ends")
+    assert "Keep your baseline" in (store / "reports" / "ends" / "report.md").read_text()
+
+
+def test_a_stop_while_the_worker_records_a_finished_trial_waits_until_the_sweep_has_recorded_it(stops_on_signals):
+    """In the worker's child a finished trial holds stops while it records itself; the sweep passes
+    its SIGTERM on, gets the result, and raises the stop only when told it has recorded it."""
+    from regsweep.worker import TrialWorker
+    from worker_calls import stop_the_sweep_while_recording
+
+    worker = TrialWorker(calls_per_child=1)
+    try:
+        assert worker.call(stop_the_sweep_while_recording) == "recorded"
+        assert isinstance(faults.held_stop(), faults.Terminated)
+        with pytest.raises(faults.Terminated):
+            faults.release_stops()
+    finally:
+        worker.close()

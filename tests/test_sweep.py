@@ -16,7 +16,7 @@ import optuna
 import pytest
 
 from conftest import tracking_client
-from regsweep import space, sweep, train
+from regsweep import faults, space, sweep, train
 from regsweep import study as studies
 from regsweep import trial as trials_module
 from regsweep.config import RegsweepError
@@ -366,6 +366,7 @@ def test_a_trial_whose_worker_dies_is_recorded_failed_and_the_next_trial_gets_a_
         metrics = trials_module.run_in_worker(worker, prepared, survivor, {"model.dropout": 0.1}, parent)
         study.tell(survivor, metrics["val_accuracy"])
     finally:
+        faults.release_stops()  # as the sweep does once Optuna has recorded the trial
         worker.close()
     doomed_trial, survivor_trial = study.get_trials()
     assert "worker process died" in doomed_trial.user_attrs["fail_reason"]

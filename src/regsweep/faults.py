@@ -31,6 +31,7 @@ class Terminated(KeyboardInterrupt):
 
 
 _REQUESTED: list[KeyboardInterrupt] = []  # the stop requests this process (or this worker call) received
+_HELD: list[KeyboardInterrupt | None] = []  # while held, [the request that came meanwhile, or None]
 
 
 def stop_on_signals() -> None:
@@ -42,7 +43,36 @@ def stop_on_signals() -> None:
 
 def _stop(request: KeyboardInterrupt):
     _REQUESTED.append(request)
+    if _HELD:  # a trial's results are being recorded: the stop waits until they are (see hold_stops)
+        _HELD[0] = _HELD[0] or request
+        return
     raise request
+
+
+def hold_stops() -> None:
+    """From here a stop request waits instead of raising, until `release_stops`.
+
+    A trial whose run has finished is recorded on its MLflow run, on its Optuna trial and then
+    told COMPLETE by Optuna; a stop in between would leave the two stores disagreeing (Optuna
+    FAIL, MLflow FINISHED) and lose a trained trial, the baseline among them. Holding is for
+    that short stretch of bookkeeping only, never for training.
+    """
+    if not _HELD:
+        _HELD.append(None)
+
+
+def held_stop() -> KeyboardInterrupt | None:
+    """The stop request that came while stops were held, if any."""
+    return _HELD[0] if _HELD else None
+
+
+def release_stops(raising: bool = True) -> None:
+    """Ends the hold; raises the stop that came meanwhile (`raising`), now that the trial's
+    outcome is recorded everywhere."""
+    pending = held_stop()
+    _HELD.clear()
+    if pending is not None and raising:
+        raise pending
 
 
 def raise_terminated(signum, frame):
@@ -71,8 +101,9 @@ def requested_stop() -> KeyboardInterrupt | None:
 
 
 def forget_stops() -> None:
-    """A worker child starts each call with no stop request: the sweep decided the last one."""
+    """A worker child starts and ends each call with no stop request: the sweep decides them."""
     _REQUESTED.clear()
+    _HELD.clear()
 
 
 def stop_reason(stop: KeyboardInterrupt) -> str:

@@ -262,7 +262,7 @@ def answer_lines(facts: Facts) -> list[str]:
         else []
     )
     if answer is None:
-        return [*provisional, "No trial has completed yet."]
+        return [*provisional, results.missing_baseline(facts.rows) or "No trial has completed yet."]
     return provisional + _answer_lines(facts, answer)
 
 

@@ -1075,6 +1075,23 @@ def fixed_rounds(summaries: list[Summary], epsilon: float) -> Rounds:
     return Rounds(design, entrants, baseline, chosen, judged, {}, reason, 1)
 
 
+def missing_baseline(rows: list[TrialRow]) -> str:
+    """Why no answer stands yet though trials have completed: the study's baseline trial (the
+    config as given) has not, and every answer is measured against it. "" when it has, or when
+    the study has none (the config lies outside the searched ranges)."""
+    baselines = [r for r in rows if r.baseline]
+    if not baselines or any(r.state == "COMPLETE" for r in baselines):
+        return ""
+    last = baselines[-1]
+    how = {"RUNNING": "is still running", "WAITING": "has not started yet", "PRUNED": "was pruned"}.get(
+        last.state, f"failed ({last.fail_reason or 'no reason was recorded'})"
+    )
+    return (
+        f"No answer yet: the baseline trial #{last.number} (your config as given) {how}, and every answer is "
+        "measured against it; re-run the same command, which runs the baseline before any other trial."
+    )
+
+
 def answer(
     rows: list[TrialRow],
     reevaluated: Rounds | list[Summary],
@@ -1095,7 +1112,7 @@ def answer(
         )
     if state.verdict is None:
         row = recommend(rows, epsilon)
-        if row is None:
+        if row is None or missing_baseline(rows):
             return None
         label = BASELINE if row.baseline else f"#{row.number}"
         warnings += caveats(rows, row, epsilon)

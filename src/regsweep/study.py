@@ -260,20 +260,24 @@ def open_study(sweep: Sweep) -> optuna.Study:
     return study
 
 
-STOPPED_REASONS = ("terminated", "stopped", "interrupted", "no space left")  # a trial that did not end by itself
+def baseline_unfinished(study: optuna.Study) -> bool:
+    """Whether the study's baseline trial has only failed or is still marked running (a killed
+    command's, which the next command marks FAIL): this command will run it again."""
+    states = {t.state for t in study.get_trials(deepcopy=False) if t.user_attrs.get(BASELINE_ATTR)}
+    return bool(states) and states <= {optuna.trial.TrialState.FAIL, optuna.trial.TrialState.RUNNING}
 
 
-def requeue_stopped_baseline(study: optuna.Study, sweep: Sweep) -> None:
-    """Runs the baseline trial again when it was stopped before it ended (Ctrl-C, SIGTERM, a
-    kill, a full disk): every answer is measured against it, so a resume must not go without."""
+def requeue_failed_baseline(study: optuna.Study, sweep: Sweep) -> bool:
+    """Runs the baseline trial again, first, when every run of it failed (Ctrl-C, SIGTERM, a kill,
+    a full disk, memory, or an error that may since be fixed): every answer is measured against
+    it, so a resume must not go on without. Returns whether it was queued."""
     baselines = [t for t in study.get_trials(deepcopy=False) if t.user_attrs.get(BASELINE_ATTR)]
     if not baselines or any(t.state != optuna.trial.TrialState.FAIL for t in baselines):
-        return
-    if not str(baselines[-1].user_attrs.get(FAIL_REASON_ATTR, "")).startswith(STOPPED_REASONS):
-        return  # it failed by itself: running it again would fail again
+        return False
     values = space.baseline_values(sweep.space, sweep.base)
     if values:
         study.enqueue_trial(values, user_attrs={BASELINE_ATTR: True}, skip_if_exists=False)
+    return bool(values)
 
 
 def _comparable(record: dict) -> dict:

@@ -99,21 +99,24 @@ def run_study(args: list[str]) -> optuna.Study:
     optuna_study = study.open_study(sweep)
     done = len(optuna_study.get_trials(deepcopy=False, states=study.COUNTED))
     remaining = s.n_trials - done
-    worker = TrialWorker(s.trials_per_worker) if remaining > 0 and s.trials_per_worker > 0 else None
+    training = remaining > 0 or study.baseline_unfinished(optuna_study)
+    worker = TrialWorker(s.trials_per_worker) if training and s.trials_per_worker > 0 else None
     if worker is not None:
         worker.start()  # it imports TensorFlow while this process sets up the MLflow parent run
-    elif remaining > 0:
+    elif training:
         import_tensorflow_quietly()  # trials run in this process
     parent_run_id = None
     try:
         parent_run_id = study.parent_run(optuna_study, sweep)
         study.fail_stale_trials(optuna_study)  # a killed earlier run's trial: FAIL, and its MLflow run FAILED
         study.record_budget(optuna_study, s.n_trials, sweep.has_test_split)
-        if remaining > 0:
-            study.requeue_stopped_baseline(optuna_study, sweep)
+        baseline_again = study.requeue_failed_baseline(optuna_study, sweep)
+        if remaining > 0 or baseline_again:
+            again = " The baseline trial never completed: it runs again first." if baseline_again else ""
             print(
                 f"Study '{s.study}' ({s.objective}, epsilon {s.epsilon}): {done} of "
-                f"{s.n_trials} trials done, running {remaining} more. Storage: {redact(str(s.storage))}",
+                f"{s.n_trials} trials done, running {max(remaining, 1)} more.{again} Storage: "
+                f"{redact(str(s.storage))}",
                 flush=True,
             )
             _optimize(optuna_study, sweep, parent_run_id, worker)
@@ -157,13 +160,25 @@ def _optimize(optuna_study: optuna.Study, sweep: Sweep, parent_run_id: str, work
             if len(failed) >= s.max_failures:
                 stopping_study.stop()
 
+    def stop_once_recorded(stopping_study: optuna.Study, trial: optuna.trial.FrozenTrial) -> None:
+        """A stop that came while the trial's result was being recorded, now that Optuna has it."""
+        try:
+            faults.release_stops()
+        except KeyboardInterrupt as stop:
+            stop.add_note(f"trial #{trial.number} ended {trial.state.name} (recorded before stopping)")
+            raise
+
     optuna.logging.set_verbosity(optuna.logging.ERROR)  # each trial prints its own line, failures too
     try:
         optuna_study.optimize(
             make_objective(sweep, parent_run_id, worker, store_faults),
             n_trials=s.n_trials + s.max_failures,  # an upper bound: the callbacks stop it
             catch=(Exception,),
-            callbacks=[optuna.study.MaxTrialsCallback(s.n_trials, states=study.COUNTED), count_failures],
+            callbacks=[
+                stop_once_recorded,
+                optuna.study.MaxTrialsCallback(s.n_trials, states=study.COUNTED),
+                count_failures,
+            ],
         )
     except Exception as error:  # Optuna could not record a trial's end: the store failed under it
         found = faults.sentence(error, str(sweep.base.paths.store))
@@ -171,6 +186,7 @@ def _optimize(optuna_study: optuna.Study, sweep: Sweep, parent_run_id: str, work
             raise
         raise RegsweepError(found) from error
     finally:
+        faults.release_stops(raising=False)  # never left held: the error going up says what happened
         optuna.logging.set_verbosity(optuna.logging.WARNING)
     if store_faults:
         raise RegsweepError(store_faults[0])

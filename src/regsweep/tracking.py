@@ -282,6 +282,13 @@ def fail_run(run_id: str, reason: str) -> None:
     client.set_terminated(run_id, "FAILED")
 
 
+def stop_run(run_id: str, reason: str) -> None:
+    """Ends a run KILLED with the stop's reason (as `training_run` does for a stop inside it)."""
+    client = mlflow.MlflowClient()
+    client.set_tag(run_id, ERROR_TAG, reason)
+    client.set_terminated(run_id, "KILLED")
+
+
 def error_summary(error: BaseException) -> str:
     """`Type: first line of the message`, secrets masked, short enough for a tag; a full or
     read-only disk is said as such ("no space left on device: <path>")."""

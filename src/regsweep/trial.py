@@ -139,7 +139,9 @@ def run_trial(sweep: Sweep, trial: optuna.Trial | TrialInStorage, values: dict, 
         from regsweep import train  # lazy: Keras and TensorFlow, in the process that trains
 
         cfg = compose(overrides)
-        monitor = TrialMonitor(trial, single and s.pruner.name != "none", progress)
+        # The baseline is never pruned: every answer is measured against it, so it must complete.
+        baseline = bool(trial.user_attrs.get(study.BASELINE_ATTR))
+        monitor = TrialMonitor(trial, single and s.pruner.name != "none" and not baseline, progress)
         callback = keras.callbacks.LambdaCallback(on_epoch_end=monitor.on_epoch_end)
         result = train.train_and_log(
             cfg,
@@ -150,6 +152,7 @@ def run_trial(sweep: Sweep, trial: optuna.Trial | TrialInStorage, values: dict, 
             leads=lambda metrics: leads(trial, metrics),
             label=f"#{trial.number}",
         )
+        faults.hold_stops()  # trained and logged: record it everywhere before any stop (released once Optuna has)
     except optuna.TrialPruned as pruned:
         trial.set_user_attr(FAIL_REASON_ATTR, "")
         set_state("PRUNED")
@@ -160,7 +163,7 @@ def run_trial(sweep: Sweep, trial: optuna.Trial | TrialInStorage, values: dict, 
         raise
     except Exception as error:
         if (stop := faults.requested_stop()) is not None:  # stopped, though TensorFlow's clean-up said otherwise
-            _record_stop(trial, stop, set_state)
+            _record_stop(trial, stop, set_state, run_ids)
             raise stop from error
         reason = tracking.error_summary(error)
         if faults.problem(error) is not None:  # the store itself failed: record what it still takes
@@ -181,7 +184,7 @@ def run_trial(sweep: Sweep, trial: optuna.Trial | TrialInStorage, values: dict, 
         progress.finish("FAIL", reason)
         raise
     except KeyboardInterrupt as stop:
-        _record_stop(trial, stop, set_state)
+        _record_stop(trial, stop, set_state, run_ids)
         raise
     metrics = result.metrics
     trial.set_user_attr(FAIL_REASON_ATTR, "")
@@ -196,10 +199,14 @@ def run_trial(sweep: Sweep, trial: optuna.Trial | TrialInStorage, values: dict, 
     return metrics
 
 
-def _record_stop(trial: optuna.Trial, stop: KeyboardInterrupt, set_state) -> None:
+def _record_stop(trial: optuna.Trial, stop: KeyboardInterrupt, set_state, run_ids: list[str]) -> None:
+    """Both stores say the trial was stopped, and why: its MLflow run too, though the stop may
+    have come just after the run ended FINISHED (Optuna records the trial FAIL)."""
     with contextlib.suppress(Exception):  # the stop must go on even if the store refuses these
         trial.set_user_attr(FAIL_REASON_ATTR, faults.stop_reason(stop))
         set_state("FAIL")
+        if run_ids:
+            tracking.stop_run(run_ids[0], faults.stop_reason(stop))
 
 
 def _record_store_fault(trial: optuna.Trial, run_ids: list[str], reason: str) -> None:
@@ -279,6 +286,8 @@ def make_objective(sweep: Sweep, parent_run_id: str, worker: TrialWorker | None,
             else:
                 metrics = run_in_worker(worker, sweep, trial, values, parent_run_id)
         except KeyboardInterrupt as stop:
+            with contextlib.suppress(Exception):  # also when it came before the trial's run began
+                trial.set_user_attr(FAIL_REASON_ATTR, faults.stop_reason(stop))
             stop.add_note(f"trial #{trial.number} ended FAIL")  # here or in the worker: Optuna records it FAIL
             raise
         except Exception as error:

@@ -18,8 +18,12 @@ import time
 from concurrent.futures import ProcessPoolExecutor
 from concurrent.futures.process import BrokenProcessPool
 
+from regsweep import faults
 from regsweep.config import quiet_libraries
 from regsweep.faults import Terminated, forget_stops, raise_interrupted_once, raise_terminated
+
+# How long a stopped call may take to record its stop in the child before the sweep goes on without it.
+STOP_GRACE_SECONDS = 60
 
 
 class ChildDied(Exception):
@@ -92,6 +96,7 @@ def _interruptible(function, *args):
     finally:
         signal.signal(signal.SIGINT, signal.SIG_IGN)  # idle between calls: the parent decides
         signal.signal(signal.SIGTERM, signal.SIG_IGN)
+        forget_stops()  # a stop held while the call recorded its result: the sweep raises its own
 
 
 class TrialWorker:
@@ -122,23 +127,40 @@ class TrialWorker:
         """`function(*args)` in the child; raises ChildDied if the child dies meanwhile.
 
         `function` must be importable by name (a module-level function), as must its arguments.
+        It returns with stops held (regsweep.faults.hold_stops): the caller releases them once it
+        has recorded the result.
         """
         if self.pool is None or self.calls >= self.calls_per_child:
             self.pool = self._fresh_pool()
         self.calls += 1
         future = self.pool.submit(_interruptible, function, *args)
+        # Stops are held for the whole call: one that comes while the child is recording a finished
+        # trial must not make the sweep call that trial failed. It is passed on to the child here,
+        # and raised here once the child has ended by it, or, when the child finished the call
+        # anyway, by the caller's faults.release_stops once the result is recorded.
+        faults.hold_stops()
         try:
-            return future.result()
-        except KeyboardInterrupt as stop:
-            _forward(stop)
-            try:  # let the child record its run as KILLED first
-                future.exception(timeout=60)
-            except BaseException:
-                pass
+            return self._wait(future)
+        except BaseException:
+            faults.release_stops()  # the stop, if one came: the call ended because of it
             raise
-        except BrokenProcessPool:
-            self.close()
-            raise ChildDied("the trial's worker process died (killed, or out of memory)") from None
+
+    def _wait(self, future):
+        forwarded_at = None
+        while True:
+            try:
+                return future.result(timeout=0.2)
+            except TimeoutError:
+                pass
+            except BrokenProcessPool:
+                self.close()
+                raise ChildDied("the trial's worker process died (killed, or out of memory)") from None
+            stop = faults.held_stop()
+            if stop is not None and forwarded_at is None:
+                _forward(stop)  # the child records its run as KILLED, then its call ends
+                forwarded_at = time.monotonic()
+            elif forwarded_at is not None and time.monotonic() - forwarded_at > STOP_GRACE_SECONDS:
+                raise stop
 
     def close(self) -> None:
         """Stops the child and waits until it has exited."""
