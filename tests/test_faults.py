@@ -538,3 +538,84 @@ def test_a_stop_while_the_worker_records_a_finished_trial_waits_until_the_sweep_
             faults.release_stops()
     finally:
         worker.close()
+
+
+# --- out of memory (#34, item 6) --------------------------------------------------------------------
+
+
+def test_a_trial_out_of_memory_says_what_to_lower_in_both_stores_and_the_same_command_resumes(store, monkeypatch):
+    """Python's MemoryError (TensorFlow's ResourceExhaustedError reads the same) mid-fit, by injection."""
+    args = [
+        f"paths.store={store}",
+        *TINY,
+        "sweep.trials_per_worker=0",
+        "sweep.study=memory",
+        "sweep.n_trials=1",
+        "sweep.max_failures=1",
+        "sweep.reevaluate.seeds=0",
+    ]
+
+    def exhausted(*args, **kwargs):
+        raise MemoryError("Unable to allocate 3.21 GiB for an array with shape (431, 128, 128, 3)")
+
+    monkeypatch.setattr(train, "fit_two_phases", exhausted)
+    with pytest.raises(RegsweepError, match=r"\(sweep.max_failures=1\): 1× out of memory: lower data.batch_size"):
+        sweep.run_study(args)
+    monkeypatch.undo()
+    (failed,) = trials(store, "memory")
+    assert failed.user_attrs["fail_reason"] == faults.OUT_OF_MEMORY
+    assert_stores_agree(store, "memory")
+    assert_sound_and_nothing_running(store, "memory")
+    sweep.run_study(args)
+    assert [t.state.name for t in trials(store, "memory")] == ["FAIL", "COMPLETE"]  # the baseline, again
+
+
+def _memory_cgroup(tmp_path) -> Path | None:
+    """A new memory cgroup beside this process's own (v2, or v1's memory controller), where root
+    may make one; None elsewhere."""
+    for line in Path("/proc/self/cgroup").read_text().splitlines():
+        _, controllers, path = line.split(":", 2)
+        root = {"": Path("/sys/fs/cgroup/unified"), "memory": Path("/sys/fs/cgroup/memory")}.get(controllers)
+        if controllers == "" and not (root / "cgroup.controllers").exists():
+            root = Path("/sys/fs/cgroup")
+        if root is None or not (root / path.lstrip("/")).is_dir():
+            continue
+        created = root / path.lstrip("/") / f"regsweep-test-{os.getpid()}-{tmp_path.name}"
+        try:
+            created.mkdir()
+        except OSError:
+            continue
+        if (created / "memory.max").exists() or (created / "memory.limit_in_bytes").exists():
+            return created
+        created.rmdir()
+    return None
+
+
+@pytest.mark.parametrize("how", ["killed in a memory cgroup", "killed, the kernel's count injected"])
+def test_a_worker_killed_for_memory_is_one_sentence_naming_memory_and_what_to_lower(tmp_path, monkeypatch, how):
+    """The kernel's OOM killer, for real where this machine lets root make a memory cgroup, and by
+    injection everywhere: its count of kills rises while the trial's worker dies by SIGKILL."""
+    import worker_calls
+    from regsweep.worker import ChildDied, TrialWorker
+
+    cgroup = None
+    if how.startswith("killed in"):
+        cgroup = _memory_cgroup(tmp_path)
+        if cgroup is None:
+            pytest.skip("no memory cgroup can be made here (needs root and a writable cgroup file system)")
+        call = (worker_calls.use_memory_in, str(cgroup), 300_000_000)
+    else:
+        counts = iter([7, 8])
+        monkeypatch.setattr(faults, "oom_kills", lambda: next(counts))
+        call = (worker_calls.die_by_sigkill,)
+    worker = TrialWorker(calls_per_child=1)
+    try:
+        with pytest.raises(ChildDied) as died:
+            worker.call(*call)
+    finally:
+        worker.close()
+        if cgroup is not None:
+            cgroup.rmdir()  # empty now: its one process is gone
+    assert str(died.value) == (
+        f"the trial's worker process was killed for memory (the kernel's OOM killer): {faults.MEMORY_FIX}"
+    )

@@ -164,6 +164,37 @@ def problem(error: BaseException) -> tuple[str, str | None] | None:
     return None
 
 
+# --- memory ----------------------------------------------------------------------------------------
+
+# What to lower when a trial runs out of memory, in the words of the config.
+MEMORY_FIX = (
+    "lower data.batch_size, model.image_size or cache.augmented_views, or sweep.trials_per_worker (a fresh "
+    "worker frees what TensorFlow keeps), or close what else uses memory on this machine"
+)
+OUT_OF_MEMORY = f"out of memory: {MEMORY_FIX}"
+
+
+def out_of_memory(error: BaseException) -> bool:
+    """Python's MemoryError or TensorFlow's ResourceExhaustedError (named, not imported: the
+    sweep's own process has no TensorFlow), anywhere in `error`."""
+    return any(
+        isinstance(current, MemoryError) or type(current).__name__ == "ResourceExhaustedError"
+        for current in _chain(error)
+    )
+
+
+def oom_kills() -> int | None:
+    """How many processes the kernel's out-of-memory killer has killed since boot (Linux), or None."""
+    try:
+        for line in Path("/proc/vmstat").read_text().splitlines():
+            name, _, count = line.partition(" ")
+            if name == "oom_kill":
+                return int(count)
+    except (OSError, ValueError):
+        pass
+    return None
+
+
 def reason(error: BaseException) -> str | None:
     """A trial's or a run's short reason, when the error is a full or read-only disk."""
     found = problem(error)

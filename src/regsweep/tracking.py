@@ -294,6 +294,8 @@ def error_summary(error: BaseException) -> str:
     read-only disk is said as such ("no space left on device: <path>")."""
     if (disk := faults.reason(error)) is not None:
         return redact(disk)[:500]
+    if faults.out_of_memory(error):
+        return faults.OUT_OF_MEMORY
     lines = str(error).strip().splitlines()
     return redact(f"{type(error).__name__}: {lines[0] if lines else ''}")[:500]
 

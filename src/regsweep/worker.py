@@ -30,6 +30,19 @@ class ChildDied(Exception):
     """The child process died mid-call (killed, or out of memory)."""
 
 
+def _death(oom_kills_before: int | None) -> ChildDied:
+    """Why the child died, as far as this machine can tell: the kernel counts the processes its
+    out-of-memory killer ends, and a kill during the call is taken for the child's."""
+    after = faults.oom_kills()
+    if oom_kills_before is not None and after is not None and after > oom_kills_before:
+        return ChildDied(
+            f"the trial's worker process was killed for memory (the kernel's OOM killer): {faults.MEMORY_FIX}"
+        )
+    return ChildDied(
+        f"the trial's worker process died (killed by a signal, or out of memory); if it was memory: {faults.MEMORY_FIX}"
+    )
+
+
 def _forward(stop: KeyboardInterrupt) -> None:
     """Passes a stop request on to this process's children: SIGTERM (and `kill -INT <pid>`)
     reaches only the process it is sent to, not its process group as a terminal's Ctrl-C does."""
@@ -133,6 +146,7 @@ class TrialWorker:
         if self.pool is None or self.calls >= self.calls_per_child:
             self.pool = self._fresh_pool()
         self.calls += 1
+        oom_kills = faults.oom_kills()
         future = self.pool.submit(_interruptible, function, *args)
         # Stops are held for the whole call: one that comes while the child is recording a finished
         # trial must not make the sweep call that trial failed. It is passed on to the child here,
@@ -140,12 +154,12 @@ class TrialWorker:
         # anyway, by the caller's faults.release_stops once the result is recorded.
         faults.hold_stops()
         try:
-            return self._wait(future)
+            return self._wait(future, oom_kills)
         except BaseException:
             faults.release_stops()  # the stop, if one came: the call ended because of it
             raise
 
-    def _wait(self, future):
+    def _wait(self, future, oom_kills: int | None):
         forwarded_at = None
         while True:
             try:
@@ -154,7 +168,7 @@ class TrialWorker:
                 pass
             except BrokenProcessPool:
                 self.close()
-                raise ChildDied("the trial's worker process died (killed, or out of memory)") from None
+                raise _death(oom_kills) from None
             stop = faults.held_stop()
             if stop is not None and forwarded_at is None:
                 _forward(stop)  # the child records its run as KILLED, then its call ends
