@@ -15,17 +15,20 @@ import hashlib
 import os
 import shutil
 import signal
+import socket
 import sqlite3
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
+from urllib.parse import urlsplit
 
 import mlflow
 import optuna
 import pytest
 
-from conftest import stored_trials, tracking_client, write_class_folders
+from conftest import service_url, stored_trials, tracking_client, write_class_folders
 from regsweep import cli, faults, sweep, tracking, train
 from regsweep import study as studies
 from regsweep import trial as trial_module
@@ -619,3 +622,109 @@ def test_a_worker_killed_for_memory_is_one_sentence_naming_memory_and_what_to_lo
     assert str(died.value) == (
         f"the trial's worker process was killed for memory (the kernel's OOM killer): {faults.MEMORY_FIX}"
     )
+
+
+# --- a tracking server that stops answering (#34, item 5) --------------------------------------------
+
+
+class Gate:
+    """A relay on 127.0.0.1 to a real mlflow server that can go silent: connections open and
+    requests go in, but nothing comes through (a hung server, a network dropping packets)."""
+
+    def __init__(self, upstream: str):
+        address = urlsplit(upstream)
+        self.upstream = (address.hostname, address.port)
+        self.listener = socket.create_server(("127.0.0.1", 0))
+        self.url = f"http://127.0.0.1:{self.listener.getsockname()[1]}"
+        self.answering = threading.Event()
+        self.answering.set()
+        threading.Thread(target=self._accept, daemon=True).start()
+
+    def _accept(self) -> None:
+        while True:
+            client, _ = self.listener.accept()
+            server = socket.create_connection(self.upstream)
+            for source, target in ((client, server), (server, client)):
+                threading.Thread(target=self._relay, args=(source, target), daemon=True).start()
+
+    def _relay(self, source: socket.socket, target: socket.socket) -> None:
+        try:
+            while data := source.recv(65536):
+                if self.answering.is_set():  # silent: what comes is dropped, never delivered late
+                    target.sendall(data)
+        except OSError:
+            pass
+        finally:
+            for end in (source, target):
+                end.close()
+
+
+def _logged(caplog, text: str, count: int = 1) -> None:
+    deadline = time.monotonic() + 120
+    while sum(text in r.getMessage() for r in caplog.records) < count:
+        assert time.monotonic() < deadline, f"no log line with {text!r}: {[r.getMessage() for r in caplog.records]}"
+        time.sleep(0.05)
+
+
+def test_a_tracking_server_that_stops_answering_is_said_and_said_back_then_stops_the_sweep_in_one_sentence(
+    store, tmp_path, monkeypatch, caplog
+):
+    """Silenced by injection just after the baseline's fit: a line when the server stops answering
+    and one when it is back; silenced again, MLflow gives up (about 20 × tracking.connect_timeout),
+    the trial is FAIL with the reason and the sweep stops in one sentence; the same command then
+    ends the trial's orphaned run FAILED with that reason and runs the baseline again."""
+    server = service_url("REGSWEEP_TEST_MLFLOW_URL", "The mlflow server")
+    for name in (
+        "MLFLOW_HTTP_REQUEST_TIMEOUT",
+        "MLFLOW_HTTP_REQUEST_MAX_RETRIES",
+        "MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR",
+    ):
+        monkeypatch.setenv(name, "")  # regsweep sets them from connect_timeout; the other tests get theirs back
+    gate = Gate(server)
+    experiment = f"silent-{tmp_path.name}"
+    args = [
+        f"paths.store={store}",
+        f"tracking.uri={gate.url}",
+        f"tracking.experiment={experiment}",
+        "tracking.connect_timeout=1",
+        *TINY,
+        "sweep.trials_per_worker=0",
+        "sweep.study=silent",
+        "sweep.n_trials=1",
+        "sweep.reevaluate.seeds=0",
+    ]
+    fit = train.fit_two_phases
+
+    def fit_then_go_silent(*args, **kwargs):
+        fitted = fit(*args, **kwargs)
+        gate.answering.clear()
+        _logged(caplog, "stopped answering")
+        gate.answering.set()
+        _logged(caplog, "answers again")
+        gate.answering.clear()
+        return fitted
+
+    monkeypatch.setattr(train, "fit_two_phases", fit_then_go_silent)
+    with pytest.raises(RegsweepError) as stopped:
+        sweep.run_study(args)
+    assert str(stopped.value).startswith(
+        f"the tracking server {gate.url} stopped answering, and MLflow gave up after about 20 × "
+        "tracking.connect_timeout: check that it runs"
+    )
+    assert "the same command resumes" in str(stopped.value)
+    (failed,) = trials(store, "silent")
+    assert failed.state.name == "FAIL"
+    assert failed.user_attrs["fail_reason"] == f"the tracking server stopped answering: {gate.url}"
+
+    gate.answering.set()
+    monkeypatch.setattr(train, "fit_two_phases", fit)
+    sweep.run_study(args)
+    client = mlflow.MlflowClient(server)
+    found = client.search_runs([client.get_experiment_by_name(experiment).experiment_id], "")
+    by_id = {r.info.run_id: r for r in found}
+    ended = trials(store, "silent")
+    assert [(t.state.name, t.user_attrs["baseline"]) for t in ended] == [("FAIL", True), ("COMPLETE", True)]
+    orphan = by_id[failed.user_attrs["mlflow_run_id"]]
+    assert orphan.info.status == "FAILED" and orphan.data.tags["regsweep.error"] == failed.user_attrs["fail_reason"]
+    assert by_id[ended[1].user_attrs["mlflow_run_id"]].info.status == "FINISHED"
+    assert "RUNNING" not in {r.info.status for r in found}

@@ -41,6 +41,9 @@ def quiet_libraries() -> None:
     # MLflow logs every database error with its traceback before it raises it: regsweep says
     # what went wrong in one sentence (a full or damaged store: regsweep.faults).
     logging.getLogger("mlflow.store.db.utils").setLevel(logging.CRITICAL)
+    # urllib3 warns at each of MLflow's retries to a tracking server that does not answer:
+    # regsweep says it once, and again when the server is back (regsweep.tracking.watch).
+    logging.getLogger("urllib3.connectionpool").setLevel(logging.ERROR)
     warnings.filterwarnings("ignore", message=MISSING_CONFIGS_WARNING)  # `regsweep train`'s own composition
 
 

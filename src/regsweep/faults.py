@@ -146,9 +146,36 @@ def _chain(error: BaseException):
         todo += [current.__cause__, current.__context__]
 
 
+SILENT = "silent"  # the tracking server stopped answering and MLflow gave up
+# About how many times tracking.connect_timeout MLflow's client keeps trying a silent tracking
+# server before it gives up, and the command with it (see regsweep.tracking.bound_patience).
+SILENCE_FACTOR = 20
+
+
+def _server_gone(error: BaseException) -> str | None:
+    """The address of the server a `requests` call could not reach (MLflow's client is the only
+    user of requests here), or None when `error` is not one."""
+    import requests  # lazy: an MLflow dependency
+
+    if not isinstance(error, (requests.ConnectionError, requests.Timeout, requests.exceptions.RetryError)):
+        return None
+    url = getattr(getattr(error, "request", None), "url", None) or ""
+    scheme, _, rest = url.partition("://")
+    return f"{scheme}://{rest.split('/', 1)[0]}" if rest else ""
+
+
+def kind(error: BaseException) -> str | None:
+    """The kind of `problem`, or None."""
+    found = problem(error)
+    return found[0] if found else None
+
+
 def problem(error: BaseException) -> tuple[str, str | None] | None:
     """("full" | "read-only" | "not writable" | "damaged", the path when the error names one), or
-    None when the error is none of these."""
+    (SILENT, the server's address), or None when the error is none of these."""
+    for current in _chain(error):
+        if (server := _server_gone(current)) is not None:
+            return SILENT, server
     for current in _chain(error):
         if isinstance(current, OSError) and current.errno in _FULL + _READ_ONLY + _NOT_WRITABLE:
             kind = "full" if current.errno in _FULL else "read-only" if current.errno in _READ_ONLY else "not writable"
@@ -201,9 +228,12 @@ def reason(error: BaseException) -> str | None:
     if found is None or found[0] == "damaged":
         return None
     kind, path = found
-    return {"full": NO_SPACE, "read-only": "read-only file system", "not writable": "permission denied"}[kind] + (
-        f": {path}" if path else ""
-    )
+    return {
+        "full": NO_SPACE,
+        "read-only": "read-only file system",
+        "not writable": "permission denied",
+        SILENT: "the tracking server stopped answering",
+    }[kind] + (f": {path}" if path else "")
 
 
 def sentence(error: BaseException, store: str = "mlruns") -> str | None:
@@ -215,6 +245,12 @@ def sentence(error: BaseException, store: str = "mlruns") -> str | None:
     if found is None:
         return None
     kind, path = found
+    if kind == SILENT:
+        return (
+            f"the tracking server{f' {path}' if path else ''} stopped answering, and MLflow gave up after about "
+            f"{SILENCE_FACTOR} × tracking.connect_timeout: check that it runs and that this machine reaches it (or "
+            "raise tracking.connect_timeout to wait longer); what was recorded is kept, and the same command resumes"
+        )
     where = path or f"the store {store}/"
     if kind == "full":
         return (

@@ -434,6 +434,27 @@ def end_stale_trial(study: optuna.Study, trial: optuna.trial.FrozenTrial, tracki
         tracking.fail_run(run_id, trial.user_attrs.get(FAIL_REASON_ATTR) or INTERRUPTED)
 
 
+def end_orphaned_runs(study: optuna.Study, tracking_cfg: DictConfig) -> None:
+    """A trial that failed while its tracking server was silent could not end its MLflow run: the
+    next command ends it FAILED, with the trial's reason, so the two stores agree again."""
+    failed = {
+        t.user_attrs[RUN_ID_ATTR]: t
+        for t in study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.FAIL,))
+        if t.user_attrs.get(RUN_ID_ATTR)
+    }
+    if not failed:
+        return
+    tracking.use_store(tracking_cfg)
+    experiment = mlflow.get_experiment_by_name(tracking_cfg.experiment)
+    running = mlflow.MlflowClient().search_runs(
+        [experiment.experiment_id],
+        f"tags.`{tracking.STUDY_TAG}` = '{study.study_name}' and attributes.status = 'RUNNING'",
+    )
+    for run in running:
+        if (trial := failed.get(run.info.run_id)) is not None:
+            tracking.fail_run(run.info.run_id, trial.user_attrs.get(FAIL_REASON_ATTR) or INTERRUPTED)
+
+
 def fail_stale_trials(study: optuna.Study) -> None:
     """Optuna's own check for silent trials, which study.optimize runs before each new trial; run
     also at the start and while waiting for other workers. (Experimental in Optuna 5, like the

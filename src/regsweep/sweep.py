@@ -106,9 +106,11 @@ def run_study(args: list[str]) -> optuna.Study:
     elif training:
         import_tensorflow_quietly()  # trials run in this process
     parent_run_id = None
+    watching = tracking.watch(sweep.base.tracking)  # one line when the tracking server goes silent, one when back
     try:
         parent_run_id = study.parent_run(optuna_study, sweep)
         study.fail_stale_trials(optuna_study)  # a killed earlier run's trial: FAIL, and its MLflow run FAILED
+        study.end_orphaned_runs(optuna_study, sweep.cfg.tracking)
         study.record_budget(optuna_study, s.n_trials, sweep.has_test_split)
         baseline_again = study.requeue_failed_baseline(optuna_study, sweep)
         if remaining > 0 or baseline_again:
@@ -142,6 +144,7 @@ def run_study(args: list[str]) -> optuna.Study:
             _end_parent(parent_run_id, error, Path(sweep.base.paths.store))
         raise
     finally:
+        watching.set()
         if worker is not None:
             worker.close()
     return optuna_study
@@ -202,7 +205,7 @@ def _end_parent(parent_run_id: str, error: BaseException, store: Path) -> None:
     """The study's parent run is never left RUNNING: KILLED on a stop request, FAILED otherwise
     (a resume sets it RUNNING again). A store that refuses even this is ended by the next command."""
     stopped = isinstance(error, KeyboardInterrupt)
-    with contextlib.suppress(Exception):
+    with contextlib.suppress(Exception), tracking.one_try():  # a silent tracking server: one try, not its patience
         faults.free_reserve(store, error)
         client = mlflow.MlflowClient()
         client.set_tag(

@@ -11,6 +11,7 @@ from __future__ import annotations
 import contextlib
 import importlib.metadata
 import io
+import logging
 import math
 import os
 import tempfile
@@ -42,6 +43,8 @@ REEVAL_KEY_TAG = "regsweep.reeval_key"  # (setting, seed): what a later report f
 RECOMMENDED_TRIAL_TAG = "regsweep.recommended_trial"  # on the parent run, after the report
 SKIPPED_FILES_TAG = "regsweep.skipped_files"
 PARENT_TAG = "mlflow.parentRunId"  # MLflow's own: nests a run under the study's parent run
+
+log = logging.getLogger(__name__)
 
 LIBRARIES = ("regsweep", "tensorflow", "keras", "hydra-core", "optuna", "mlflow", "numpy", "scikit-learn")
 
@@ -86,9 +89,11 @@ def check_reachable(tracking: DictConfig) -> None:
     Any HTTP answer counts, even a 401 or a 404: the server is there.
     """
     uri = str(tracking.uri)
+    timeout = float(tracking.connect_timeout)
+    if uri.startswith(("http://", "https://")):
+        bound_patience(timeout)
     if uri in _REACHED:
         return
-    timeout = float(tracking.connect_timeout)
     if uri.startswith(("http://", "https://")):
         _check_server(uri, timeout)
     elif _backend(uri) in DATABASES:
@@ -96,6 +101,93 @@ def check_reachable(tracking: DictConfig) -> None:
     else:
         return
     _REACHED.add(uri)
+
+
+# --- a tracking server that stops answering ----------------------------------------------------
+
+_HTTP_SETTINGS = (
+    "MLFLOW_HTTP_REQUEST_TIMEOUT",
+    "MLFLOW_HTTP_REQUEST_MAX_RETRIES",
+    "MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR",
+)
+_SET_BY_USER = {name for name in _HTTP_SETTINGS if name in os.environ}
+
+
+def bound_patience(timeout: float) -> None:
+    """MLflow's client waits 120 s for each answer and tries 8 times with doubling pauses, so a
+    tracking server that stopped answering kept a trial RUNNING and the sweep silent for over 15
+    minutes. Here each try waits tracking.connect_timeout (T), and 4 retries pause 0, 2T, 4T and
+    8T: a server that refuses (restarting) is retried for about 14 T, 2 min 20 s by default, and
+    a silent one is given up on after at most about 19 T (faults.SILENCE_FACTOR). Read by MLflow at each
+    request, and inherited by the worker processes. A variable the user set wins."""
+    seconds = max(1, math.ceil(timeout))
+    wanted = {
+        "MLFLOW_HTTP_REQUEST_TIMEOUT": seconds,
+        "MLFLOW_HTTP_REQUEST_MAX_RETRIES": 4,
+        "MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR": seconds,
+    }
+    for name, value in wanted.items():
+        if name not in _SET_BY_USER:
+            os.environ[name] = str(value)
+
+
+@contextmanager
+def one_try():
+    """MLflow calls with no retry: the best-effort writes after the server has gone silent (ending
+    the run locally must not wait out the whole patience again)."""
+    saved = os.environ.get("MLFLOW_HTTP_REQUEST_MAX_RETRIES")
+    os.environ["MLFLOW_HTTP_REQUEST_MAX_RETRIES"] = "0"
+    try:
+        yield
+    finally:
+        if saved is None:
+            os.environ.pop("MLFLOW_HTTP_REQUEST_MAX_RETRIES", None)
+        else:
+            os.environ["MLFLOW_HTTP_REQUEST_MAX_RETRIES"] = saved
+
+
+def watch(tracking: DictConfig) -> threading.Event:
+    """Watches a tracking server for the command's length: one line when it stops answering, one
+    when it answers again. Set the returned event to stop watching (nothing to watch locally).
+
+    MLflow's client retries in silence; without these lines a user sees a sweep that seems to hang.
+    """
+    done = threading.Event()
+    uri = str(tracking.uri)
+    if uri.startswith(("http://", "https://")):
+        seconds = float(tracking.connect_timeout)
+        threading.Thread(target=_watch, args=(uri, seconds, done), name="regsweep-watch", daemon=True).start()
+    return done
+
+
+def _watch(uri: str, seconds: float, done: threading.Event) -> None:
+    import requests  # lazy: an MLflow dependency, needed only for a server URL
+
+    silent_since = None
+    while not done.wait(seconds):
+        try:
+            requests.get(f"{uri.rstrip('/')}/health", timeout=seconds)
+            answered = True
+        except requests.RequestException:
+            answered = False
+        if done.is_set():
+            return
+        if not answered and silent_since is None:
+            silent_since = time.monotonic()
+            log.warning(
+                "regsweep: the tracking server %s stopped answering (nothing within tracking.connect_timeout, %g s); "
+                "MLflow keeps trying for about %d × that, then the command stops and the same command resumes",
+                redact(uri),
+                seconds,
+                faults.SILENCE_FACTOR,
+            )
+        elif answered and silent_since is not None:
+            log.warning(
+                "regsweep: the tracking server %s answers again, after %.0f s",
+                redact(uri),
+                time.monotonic() - silent_since,
+            )
+            silent_since = None
 
 
 def _backend(url: str) -> str:
@@ -256,9 +348,11 @@ def training_run(
     except BaseException as error:
         faults.free_reserve(Path(cfg.paths.store), error)
         stop = error if isinstance(error, KeyboardInterrupt) else faults.requested_stop()
+        silent = faults.kind(error) == faults.SILENT  # nothing reaches the server: the next command ends the run
         with contextlib.suppress(Exception):  # a full disk may refuse it: the run's end still matters more
-            mlflow.set_tag(ERROR_TAG, faults.stop_reason(stop) if stop else error_summary(error))
-        with contextlib.suppress(Exception):  # a full disk may refuse it too: the next command ends the run
+            if not silent:
+                mlflow.set_tag(ERROR_TAG, faults.stop_reason(stop) if stop else error_summary(error))
+        with contextlib.suppress(Exception), one_try():  # refused too: the next command ends the run
             mlflow.end_run("KILLED" if stop else "FAILED")
         if stop is None:
             raise

@@ -166,9 +166,10 @@ def run_trial(sweep: Sweep, trial: optuna.Trial | TrialInStorage, values: dict, 
             _record_stop(trial, stop, set_state, run_ids)
             raise stop from error
         reason = tracking.error_summary(error)
-        if faults.problem(error) is not None:  # the store itself failed: record what it still takes
+        if (fault := faults.kind(error)) is not None:  # the store itself failed: record what it still takes
             faults.free_reserve(Path(sweep.base.paths.store), error)
-            _record_store_fault(trial, run_ids, reason)
+            # A silent tracking server takes nothing: the next command ends the run (study.end_orphaned_runs).
+            _record_store_fault(trial, [] if fault == faults.SILENT else run_ids, reason)
             raise
         trial.set_user_attr(FAIL_REASON_ATTR, reason)
         if not run_ids:  # failed before training started (bad value, bad data): record it anyway
