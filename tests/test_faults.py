@@ -445,8 +445,10 @@ def _stop_then(function):
     return stopped
 
 
-# Where the stop lands, and whether the trial's result was recorded by then.
+# Where the stop lands, and whether the trial's result was recorded by then. (Optuna's ask creates
+# the trial RUNNING before its heartbeat starts: a stop there left it RUNNING for good.)
 TRIAL_END_STEPS = {
+    "while Optuna creates it": (optuna.study.Study, "ask", _then_stop, False),
     "after fit": (train, "fit_two_phases", _then_stop, False),
     "after evaluation": (tracking, "log_trained", _stop_then, False),
     "after logging": (tracking, "log_results", _then_stop, False),
@@ -471,6 +473,9 @@ def assert_stores_agree(store: Path, study: str) -> None:
     or FAILED ones with the same reason for FAIL trials."""
     by_id = {r.info.run_id: r for r in runs(store, study)}
     for trial in trials(store, study):
+        if "mlflow_run_id" not in trial.user_attrs:  # stopped before its run began
+            assert trial.state.name == "FAIL" and trial.user_attrs["fail_reason"] != ""
+            continue
         run = by_id[trial.user_attrs["mlflow_run_id"]]
         assert run.data.tags["regsweep.trial_state"] == trial.state.name, trial.number
         if trial.state.name == "COMPLETE":
@@ -484,7 +489,7 @@ def assert_stores_agree(store: Path, study: str) -> None:
 def test_a_stop_at_each_step_of_a_trials_end_leaves_both_stores_agreeing_and_the_baseline_runs_first_on_resume(
     store, monkeypatch, stops_on_signals, capsys, step
 ):
-    """The stop lands by injection at each step of the baseline trial's end. Before its result is
+    """The stop lands by injection at each step of the baseline trial's end (and its start). Before its result is
     recorded, the trial is FAIL with the stop's reason in both stores, the report gives no answer
     without it, and the resume runs it again first; once recorded, it stays COMPLETE in both and the
     sweep still stops at once."""

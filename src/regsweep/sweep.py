@@ -164,7 +164,11 @@ def _optimize(optuna_study: optuna.Study, sweep: Sweep, parent_run_id: str, work
                 stopping_study.stop()
 
     def stop_once_recorded(stopping_study: optuna.Study, trial: optuna.trial.FrozenTrial) -> None:
-        """A stop that came while the trial's result was being recorded, now that Optuna has it."""
+        """A stop that came while the trial's result was being recorded, now that Optuna has it;
+        else stops stay held while Optuna sets up the next trial (see below)."""
+        if faults.held_stop() is None:
+            faults.hold_stops()
+            return
         try:
             faults.release_stops()
         except KeyboardInterrupt as stop:
@@ -172,6 +176,9 @@ def _optimize(optuna_study: optuna.Study, sweep: Sweep, parent_run_id: str, work
             raise
 
     optuna.logging.set_verbosity(optuna.logging.ERROR)  # each trial prints its own line, failures too
+    # Held until the objective starts: a stop while Optuna creates a trial would leave it RUNNING
+    # with no heartbeat, so that no later command could ever tell it was abandoned.
+    faults.hold_stops()
     try:
         optuna_study.optimize(
             make_objective(sweep, parent_run_id, worker, store_faults),
@@ -189,8 +196,11 @@ def _optimize(optuna_study: optuna.Study, sweep: Sweep, parent_run_id: str, work
             raise
         raise RegsweepError(found) from error
     finally:
-        faults.release_stops(raising=False)  # never left held: the error going up says what happened
+        after_the_last = faults.held_stop()
+        faults.release_stops(raising=False)  # never left held; an error going up says what happened
         optuna.logging.set_verbosity(optuna.logging.WARNING)
+    if after_the_last is not None:  # a stop that came after the last trial was recorded
+        raise after_the_last
     if store_faults:
         raise RegsweepError(store_faults[0])
     if len(failed) >= s.max_failures:

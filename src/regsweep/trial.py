@@ -280,8 +280,9 @@ def make_objective(sweep: Sweep, parent_run_id: str, worker: TrialWorker | None,
     """
 
     def objective(trial: optuna.Trial):
-        values = {key: space.suggest(trial, key, distribution) for key, distribution in sweep.space.items()}
         try:
+            faults.release_stops()  # one that came while Optuna set this trial up ends it here, recorded
+            values = {key: space.suggest(trial, key, distribution) for key, distribution in sweep.space.items()}
             if worker is None:
                 metrics = run_trial(sweep, trial, values, parent_run_id)
             else:
