@@ -578,6 +578,20 @@ def test_a_trial_out_of_memory_says_what_to_lower_in_both_stores_and_the_same_co
     assert [t.state.name for t in trials(store, "memory")] == ["FAIL", "COMPLETE"]  # the baseline, again
 
 
+@pytest.mark.parametrize("command", ["train", "report", "export"])
+def test_a_command_out_of_memory_is_one_sentence_with_what_to_lower(command, monkeypatch, capsys):
+    """Whichever command trains (train, report --reevaluate) or builds a model (export)."""
+
+    def exhausted(args):
+        raise MemoryError("Unable to allocate 3.21 GiB for an array with shape (431, 128, 128, 3)")
+
+    monkeypatch.setitem(cli.COMMANDS, command, exhausted)
+    with pytest.raises(SystemExit) as exit_code:
+        cli.main([command])
+    assert exit_code.value.code == 2
+    assert one_sentence(capsys.readouterr().err) == f"regsweep: error: {faults.OUT_OF_MEMORY}"
+
+
 def _memory_cgroup(tmp_path) -> Path | None:
     """A new memory cgroup beside this process's own (v2, or v1's memory controller), where root
     may make one; None elsewhere."""

@@ -372,8 +372,10 @@ def main(argv: list[str] | None = None) -> None:
     except BrokenPipeError:  # `regsweep cache info | head`: the reader left, nothing is wrong
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
         sys.exit(0)
-    except Exception as error:  # a full, read-only or damaged store: one sentence too
-        found = faults.sentence(error, _store_given(args))
+    except Exception as error:  # a full, read-only or damaged store, or memory: one sentence too
+        found = faults.sentence(error, _store_given(args)) or (
+            faults.OUT_OF_MEMORY if faults.out_of_memory(error) else None
+        )
         if found is None or os.environ.get("REGSWEEP_VERBOSE"):
             raise
         _fail(RegsweepError(found))
