@@ -99,7 +99,11 @@ def test_stopped_mid_trial_and_mid_reevaluation_each_stop_ends_everything_and_th
     """Ctrl-C to a sweep a script started in the background (Ctrl-C is ignored there unless
     regsweep listens for it), then SIGTERM, as a scheduler sends it, during the re-evaluation:
     each time one line, exit 130 or 143, nothing RUNNING, the claim released; then the same
-    command finishes at once, without waiting out a lease."""
+    command finishes at once, without waiting out a lease.
+
+    About 70 s on 2 cores: it needs real processes (a background script's Ctrl-C and a
+    scheduler's SIGTERM reach a process, not a function), three command starts with TensorFlow,
+    and a trial long enough (30 epochs) that the first stop lands mid-trial on a fast machine too."""
     command = [
         REGSWEEP,
         "sweep",

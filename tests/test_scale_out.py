@@ -86,6 +86,10 @@ def table(markdown: str, heading: str) -> list[list[str]]:
 
 @pytest.mark.slow
 def test_two_machines_complete_one_study_and_any_machine_reports_it(tmp_path, demo_store):
+    """Two real `regsweep sweep` processes on one PostgreSQL study and one mlflow server, as two
+    machines run it. About 70 s on 2 cores (68 s at 8dfce39): each process starts Python, MLflow,
+    Optuna and a TensorFlow worker, and together they train a 6-trial study and its re-evaluation
+    against real servers. What it checks happens between processes, so it cannot run in one."""
     postgres = service_url("REGSWEEP_TEST_POSTGRES_URL", "PostgreSQL")
     server = service_url("REGSWEEP_TEST_MLFLOW_URL", "The mlflow server")
     study, budget = f"scale-{uuid.uuid4().hex[:8]}", 6
