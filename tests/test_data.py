@@ -343,11 +343,11 @@ def test_class_names_in_the_confusion_matrix_draw_without_missing_glyphs(names):
 
     from matplotlib import font_manager
 
-    from regsweep import tracking
+    from regsweep import plots
 
     with warnings.catch_warnings():
         warnings.simplefilter("error")  # "Glyph … missing from font(s)" is a UserWarning
-        figure = tracking.confusion_figure(np.eye(len(names), dtype=int), names)
+        figure = plots.confusion_figure(np.eye(len(names), dtype=int), names)
         figure.savefig(io.BytesIO(), format="png")
     axis = figure.axes[0]
     labels = [label.get_text() for label in axis.get_xticklabels()]

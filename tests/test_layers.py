@@ -31,6 +31,7 @@ LAYERS = [
     "demo",
     "model",
     "tracking",
+    "plots",
     "files",
     "progress",
     "faults",

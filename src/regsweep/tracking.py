@@ -23,11 +23,10 @@ from pathlib import Path
 
 import mlflow
 import numpy as np
-from matplotlib.figure import Figure
 from mlflow.entities import Metric
 from omegaconf import DictConfig, OmegaConf
 
-from regsweep import faults
+from regsweep import faults, plots
 from regsweep.config import RegsweepError, flatten, redact
 from regsweep.files import file_lock
 
@@ -161,15 +160,9 @@ def watch(tracking: DictConfig) -> threading.Event:
 
 
 def _watch(uri: str, seconds: float, done: threading.Event) -> None:
-    import requests  # lazy: an MLflow dependency, needed only for a server URL
-
     silent_since = None
     while not done.wait(seconds):
-        try:
-            requests.get(f"{uri.rstrip('/')}/health", timeout=seconds)
-            answered = True
-        except requests.RequestException:
-            answered = False
+        answered = unanswered(f"{uri.rstrip('/')}/health", seconds) is None
         if done.is_set():
             return
         if not answered and silent_since is None:
@@ -195,21 +188,27 @@ def _backend(url: str) -> str:
     return url.split("://", 1)[0].split("+", 1)[0]
 
 
-def _check_server(uri: str, timeout: float) -> None:
+def unanswered(url: str, timeout: float) -> str | None:
+    """Why nothing answered an HTTP GET of `url` within `timeout` seconds, or None when something
+    did: any answer counts, even a 401 or a 404 (the server is there). Every probe of a server
+    regsweep makes goes through here."""
     import requests  # lazy: an MLflow dependency, needed only for a server URL
 
     try:
-        requests.get(f"{uri.rstrip('/')}/health", timeout=timeout)
-    except requests.RequestException as error:
-        why = (
-            f"no answer within {timeout:g} s"
-            if isinstance(error, requests.Timeout)
-            else "the connection was refused or the host is unknown"
-        )
+        requests.get(url, timeout=timeout)
+    except requests.Timeout:
+        return f"no answer within {timeout:g} s"
+    except requests.RequestException:
+        return "the connection was refused or the host is unknown"
+    return None
+
+
+def _check_server(uri: str, timeout: float) -> None:
+    if (why := unanswered(f"{uri.rstrip('/')}/health", timeout)) is not None:
         raise RegsweepError(
             f"tracking.uri={redact(uri)} cannot be reached ({why}): start the server or fix the URL, "
             "or raise tracking.connect_timeout for a slow network"
-        ) from None
+        )
 
 
 # The pip package of each database driver SQLAlchemy may import, where it is not the module's name.
@@ -475,9 +474,9 @@ def log_results(
     phase2_start: int | None,
     confusion: np.ndarray,
     class_names,
-    plots: bool,
+    with_plots: bool,
 ) -> None:
-    """Final metrics and the confusion matrix (as numbers); with `plots`, the learning curve
+    """Final metrics and the confusion matrix (as numbers); `with_plots`, the learning curve
     and the confusion matrix as pictures.
 
     Rendering the plots takes most of a cached trial's logging time, so a sweep keeps them for
@@ -487,10 +486,10 @@ def log_results(
     mlflow.log_dict(
         {"class_names": list(class_names), "rows_true_columns_predicted": confusion.tolist()}, "confusion_matrix.json"
     )
-    if not plots:
+    if not with_plots:
         return
-    mlflow.log_figure(learning_curve_figure(history, phase2_start), "plots/learning_curve.png")
-    mlflow.log_figure(confusion_figure(confusion, class_names), "plots/confusion_matrix.png")
+    mlflow.log_figure(plots.learning_curve_figure(history, phase2_start), "plots/learning_curve.png")
+    mlflow.log_figure(plots.confusion_figure(confusion, class_names), "plots/confusion_matrix.png")
 
 
 # --- what a run trained, and the Model Registry --------------------------------------------------
@@ -618,79 +617,3 @@ def registry_error(what: str, name: str, error: mlflow.exceptions.MlflowExceptio
         f"{what} failed in {redact(mlflow.get_tracking_uri())} ({error.error_code}: {reason}): {fix}, "
         f"then run regsweep report {name} again to register the answer's model"
     )
-
-
-def learning_curve_figure(history: dict[str, list[float]], phase2_start: int | None):
-    figure = Figure(figsize=(10, 4))  # matplotlib's object API: no pyplot state, no backend switch
-    loss_axis, accuracy_axis = figure.subplots(1, 2)
-    epochs = np.arange(1, len(history["loss"]) + 1)
-    for axis, metric in ((loss_axis, "loss"), (accuracy_axis, "accuracy")):
-        axis.plot(epochs, history[metric], label="train (running, augmented, dropout on)")
-        axis.plot(epochs, history[f"val_{metric}"], label="validation")
-        if phase2_start is not None:
-            axis.axvline(phase2_start + 0.5, color="grey", linestyle=":", label="fine-tuning starts")
-        axis.set_xlabel("epoch")
-        axis.set_title(metric)
-    accuracy_axis.legend(loc="lower right", fontsize="small")
-    figure.tight_layout()
-    return figure
-
-
-_FONT_CHARACTERS: dict[str, set[int]] = {}  # font file → the code points it has glyphs for
-
-
-def _class_labels(class_names, width_inches: float) -> tuple[list[str], dict, str]:
-    """Tick labels, their text properties and the x-axis label, so that no class name draws a
-    missing glyph (a box, and a warning per character): the names in the default font when it
-    has every character, else in an installed font that has them all, else the class indices,
-    with the x-axis label mapping each to its name (characters no font draws as \\u escapes)."""
-    import textwrap
-
-    from matplotlib import font_manager
-
-    def characters(fname: str) -> set[int]:
-        if fname not in _FONT_CHARACTERS:
-            _FONT_CHARACTERS[fname] = set(font_manager.get_font(fname).get_charmap())
-        return _FONT_CHARACTERS[fname]
-
-    plain = {"parse_math": False}  # a "$" in a folder name is not mathtext
-    needed = {ord(c) for name in class_names for c in name if not c.isspace()}
-    drawn = characters(str(font_manager.findfont(font_manager.FontProperties())))
-    if needed <= drawn:
-        return list(class_names), plain, "predicted"
-    regular_first = sorted(
-        font_manager.fontManager.ttflist,
-        key=lambda entry: (entry.style != "normal", str(entry.weight) not in ("400", "normal")),
-    )
-    for entry in regular_first:
-        if not entry.name.startswith("Last Resort") and needed <= characters(entry.fname):  # Last Resort: boxes
-            font = font_manager.FontProperties(fname=entry.fname)
-            return list(class_names), {**plain, "fontproperties": font}, "predicted"
-    mapping = ", ".join(
-        f"{index} = " + "".join(c if ord(c) in drawn or c.isspace() else f"\\u{ord(c):04x}" for c in name)
-        for index, name in enumerate(class_names)
-    )
-    caption = textwrap.fill(
-        f"classes by index (no installed font draws their names): {mapping}", int(10 * width_inches)
-    )  # about 10 characters an inch fit
-    return [str(index) for index in range(len(class_names))], plain, f"predicted\n{caption}"
-
-
-def confusion_figure(confusion: np.ndarray, class_names):
-    width = 1.2 + 0.6 * len(class_names)
-    figure = Figure(figsize=(width, width))
-    axis = figure.subplots()
-    axis.imshow(confusion, cmap="Blues")
-    ticks = np.arange(len(class_names))
-    labels, label_font, xlabel = _class_labels(class_names, width)
-    axis.set_xticks(ticks, labels, rotation=45, ha="right", **label_font)
-    axis.set_yticks(ticks, labels, **label_font)
-    for (row, col), count in np.ndenumerate(confusion):
-        axis.text(
-            col, row, int(count), ha="center", va="center", color="white" if count > confusion.max() / 2 else "black"
-        )
-    axis.set_xlabel(xlabel, parse_math=False)
-    axis.set_ylabel("true")
-    axis.set_title("validation confusion matrix")
-    figure.tight_layout()
-    return figure

@@ -18,7 +18,6 @@ import socket
 import subprocess
 import sys
 import time
-import urllib.request
 import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -404,11 +403,9 @@ def _wait_until_up(server: subprocess.Popen, url: str, what: str, log: Path, sec
     while time.monotonic() < deadline:
         if server.poll() is not None:
             raise RegsweepError(f"{what} stopped at start-up (exit code {server.returncode}): its log is {log}")
-        try:
-            with urllib.request.urlopen(url, timeout=2):
-                return
-        except OSError:
-            time.sleep(0.5)
+        if tracking.unanswered(url, timeout=2) is None:
+            return
+        time.sleep(0.5)
     raise RegsweepError(f"{what} did not answer {url} within {seconds:.0f} s: its log is {log}")
 
 
