@@ -21,6 +21,7 @@ import subprocess
 import sys
 import threading
 import time
+import uuid
 from pathlib import Path
 from urllib.parse import urlsplit
 
@@ -704,7 +705,7 @@ def test_a_tracking_server_that_stops_answering_is_said_and_said_back_then_stops
     ):
         monkeypatch.setenv(name, "")  # regsweep sets them from connect_timeout; the other tests get theirs back
     gate = Gate(server)
-    experiment = f"silent-{tmp_path.name}"
+    experiment = f"silent-{uuid.uuid4().hex[:8]}"  # the server is shared
     args = [
         f"paths.store={store}",
         f"tracking.uri={gate.url}",
