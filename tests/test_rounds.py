@@ -42,7 +42,11 @@ def the_answer(store: Path, study: str) -> str:
 def test_killed_during_an_adaptive_round_the_same_command_resumes_with_the_same_answer(store):
     """kill -9 in the middle of a round: re-running trains only what is missing (the runs that
     had finished keep their ids), nothing stays RUNNING, and the answer is the one the runs give
-    whenever it is read again. (A seed's run replays exactly: test_train.py.)"""
+    whenever it is read again. (A seed's run replays exactly: test_train.py.)
+
+    About 60 s on 2 cores (61 s at c6d9636): kill -9 must hit a real process tree mid-round, so
+    the round runs in a subprocess that imports TensorFlow, and the kill must land in a second
+    round (2 seeds a round, up to 4: see below), after 5 of the 8 runs have finished."""
     sweep.run_study([f"paths.store={store}", *TINY, "sweep.study=rounds", "sweep.reevaluate.seeds=0"])  # trials only
     # Two seeds a round, up to 4: at 2 seeds the seed-to-seed spread rests on one degree of
     # freedom, so the first verdict can't tell and a second round follows.
