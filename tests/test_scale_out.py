@@ -29,7 +29,7 @@ import pytest
 
 from conftest import new_store, service_url
 from regsweep import study as studies
-from test_recovery import REGSWEEP, trials
+from test_recovery import REGSWEEP, trials, wait_for
 
 TINY = [
     "train.epochs=6",
@@ -335,10 +335,16 @@ def test_a_claim_lives_as_long_as_its_holder_renews_it_and_dies_three_heartbeats
     """A holder on another machine (its pid cannot be asked) that is killed mid-run: the next
     worker takes over within three heartbeats, not a fixed 10 minutes."""
     study = optuna.create_study(study_name="lease", storage=f"sqlite:///{tmp_path}/optuna.db")
-    token, _ = studies.claim(study, heartbeat_seconds=0.2, settle_seconds=0.0)
+    heartbeat = 0.5  # the lease: 1.5 s
+    token, _ = studies.claim(study, heartbeat_seconds=heartbeat, settle_seconds=0.0)
     study.set_user_attr(studies.CLAIM_ATTR, {**study.user_attrs[studies.CLAIM_ATTR], "host": "elsewhere"})
-    with studies.keeping(study, token, heartbeat_seconds=0.2):
-        time.sleep(1.5)  # longer than the lease (0.6 s): only the heartbeat keeps it
+    claimed = study.user_attrs[studies.CLAIM_ATTR]["renewed"]
+
+    def renewed_past_the_first_lease() -> bool:
+        return study.user_attrs[studies.CLAIM_ATTR]["renewed"] > claimed + 3 * heartbeat
+
+    with studies.keeping(study, token, heartbeat_seconds=heartbeat):
+        wait_for(renewed_past_the_first_lease, 60, "renewals past the first lease")  # only the heartbeat keeps it
         assert studies.claim_holder(study) is not None
-    time.sleep(0.8)  # the holder stopped renewing, as a killed one does
-    assert studies.claim_holder(study) is None
+    wait_for(lambda: studies.claim_holder(study) is None, 60, "the lease to run out")  # as for a killed holder
+    assert time.time() >= study.user_attrs[studies.CLAIM_ATTR]["renewed"] + 3 * heartbeat
