@@ -36,7 +36,7 @@ IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".gif")  # what Keras's loade
 # formats: a WebP photo named .jpg trains; a TIFF named .jpg would crash the loading.
 KERAS_DECODES = frozenset({"JPEG", "MPO", "PNG", "GIF", "BMP", "WEBP"})
 FEW_TRAINING_IMAGES = 3  # a class with fewer training images than this gets a warning
-IMAGE_CHECKS_VERSION = 2  # the memo of image verdicts is kept per version of what is checked
+IMAGE_CHECKS_VERSION = 3  # the memo of image verdicts is kept per version of what is checked
 
 
 @dataclass(frozen=True)
@@ -99,7 +99,7 @@ def resolve_splits(data: DictConfig, image_size: int, store: Path, with_test: bo
             path, why = bad[0]
             more = f" and {len(bad) - 1} more" if len(bad) > 1 else ""
             raise RegsweepError(
-                f"{path} in {keys[split]}={folder} {why}{more}: {_fix_for(why)}, "
+                f"{path} in {keys[split]}={folder} {why}{more}: {why.fix}, "
                 "or set data.on_bad_image=skip to leave them out with a warning"
             )
         if bad:
@@ -199,20 +199,25 @@ _CHECKED: dict[tuple, str | None] = {}  # file_identity → why it is unusable, 
 _WARNED: set[tuple] = set()
 
 
-def _fix_for(why: str) -> str:
-    """What to do about an unusable file, by what is wrong with it."""
-    if "symbolic link" in why:
-        return "repair or remove the link(s)"
-    if "data.max_pixels" in why or "decompression-bomb" in why:
-        return "downscale it (it trains at model.image_size anyway) or raise data.max_pixels"
-    if "Keras cannot decode" in why:
-        return "convert it to JPEG or PNG"
-    return "fix or remove the file(s)"
+class Unusable(str):
+    """Why a file would not train, with what to do about it (`fix`), said by the check that
+    found it."""
+
+    fix: str
+
+    def __new__(cls, why: str, fix: str = "fix or remove the file(s)") -> Unusable:
+        found = super().__new__(cls, why)
+        found.fix = fix
+        return found
+
+
+FIX_LINK = "repair or remove the link(s)"
+FIX_SIZE = "downscale it (it trains at model.image_size anyway) or raise data.max_pixels"
 
 
 def unusable_files(
     folder: Path, class_names: tuple[str, ...], store: Path, max_pixels: int = 0
-) -> list[tuple[Path, str]]:
+) -> list[tuple[Path, Unusable]]:
     """Files in the class folders that would not train: not an image Keras reads, empty,
     undecodable (corrupt, truncated), in a format Keras cannot decode whatever the name, over
     `max_pixels` (data.max_pixels; 0: no limit), a broken symbolic link or a link loop, or a
@@ -226,7 +231,7 @@ def unusable_files(
     by the folder's content fingerprint (which covers every listed file, so it changed when
     nested files joined the listing); links are checked afresh each time, at the cost of a stat.
     """
-    found: list[tuple[Path, str]] = []
+    found: list[tuple[Path, Unusable]] = []
     for class_name in class_names:
         class_dir = _class_dir(folder, class_name)
         for path, kind in _class_entries(folder, class_name):
@@ -235,15 +240,17 @@ def unusable_files(
             elif any(part.startswith(".") for part in path.relative_to(class_dir).parts):
                 why = None
             elif kind == "linked folder":
-                why = "is a symbolic link to a folder, which Keras does not enter (put the folder itself there)"
+                why = Unusable(
+                    "is a symbolic link to a folder, which Keras does not enter (put the folder itself there)", FIX_LINK
+                )
             else:
-                why = f"is not an image file Keras reads (it takes {', '.join(IMAGE_SUFFIXES)})"
+                why = Unusable(f"is not an image file Keras reads (it takes {', '.join(IMAGE_SUFFIXES)})")
             if why:
                 found.append((path, why))
     name = f"{folder_fingerprint(folder, class_names)}-v{IMAGE_CHECKS_VERSION}-{max_pixels}.json"
     memo = store / "cache" / "image-checks" / name
     if memo.is_file():
-        verdicts = json.loads(memo.read_text())
+        verdicts = {name: Unusable(*verdict) for name, verdict in json.loads(memo.read_text()).items()}
     else:
         verdicts = {}
         unreadable = {path for path, _ in found}
@@ -254,12 +261,12 @@ def unusable_files(
                 if why:
                     verdicts[path.relative_to(folder).as_posix()] = why
                 advance()
-        write_text_atomically(memo, json.dumps(verdicts))
+        write_text_atomically(memo, json.dumps({name: [why, why.fix] for name, why in verdicts.items()}))
     found += [(folder / name, why) for name, why in verdicts.items()]
     return sorted(found)
 
 
-def _decode_problem(path: Path, max_pixels: int = 0) -> str | None:
+def _decode_problem(path: Path, max_pixels: int = 0) -> Unusable | None:
     """Why Keras could not decode this image, or should not (None: it can).
 
     PIL reads the header first: an image over max_pixels is refused before it is decoded (a
@@ -270,15 +277,15 @@ def _decode_problem(path: Path, max_pixels: int = 0) -> str | None:
     key = (*file_identity(stat), max_pixels)
     if key not in _CHECKED:
         if not path.is_file():  # a pipe would block the decoder (and Keras) forever
-            _CHECKED[key] = "is not a regular file (a pipe or a device)"
+            _CHECKED[key] = Unusable("is not a regular file (a pipe or a device)")
         elif stat.st_size == 0:
-            _CHECKED[key] = "is an empty (zero-byte) file"
+            _CHECKED[key] = Unusable("is an empty (zero-byte) file")
         else:
             _CHECKED[key] = _image_problem(path, max_pixels)
     return _CHECKED[key]
 
 
-def _image_problem(path: Path, max_pixels: int) -> str | None:
+def _image_problem(path: Path, max_pixels: int) -> Unusable | None:
     from PIL import Image
 
     with warnings.catch_warnings():
@@ -287,32 +294,35 @@ def _image_problem(path: Path, max_pixels: int) -> str | None:
             with Image.open(path) as image:
                 width, height = image.size
                 if max_pixels and width * height > max_pixels:
-                    return f"is {width:,} x {height:,} pixels, over data.max_pixels={max_pixels:,}"
+                    return Unusable(f"is {width:,} x {height:,} pixels, over data.max_pixels={max_pixels:,}", FIX_SIZE)
                 if image.format not in KERAS_DECODES:
-                    return f"is a {image.format} image, which Keras cannot decode whatever the file is named"
+                    return Unusable(
+                        f"is a {image.format} image, which Keras cannot decode whatever the file is named",
+                        "convert it to JPEG or PNG",
+                    )
                 image.load()
             return None
         except Image.DecompressionBombError as error:  # over twice PIL's own limit: refused at open
             pixels = re.search(r"\((\d+) pixels\)", str(error))
             size = f"{int(pixels.group(1)):,} pixels" if pixels else "larger"
-            return f"is {size}, more than PIL opens (twice its decompression-bomb limit)"
+            return Unusable(f"is {size}, more than PIL opens (twice its decompression-bomb limit)", FIX_SIZE)
         except Exception as error:  # PIL raises many types for broken files
             first = str(error).splitlines()[0] if str(error) else type(error).__name__
-            return f"cannot be decoded as an image ({first})"
+            return Unusable(f"cannot be decoded as an image ({first})")
 
 
-def _link_problem(path: Path) -> str | None:
+def _link_problem(path: Path) -> Unusable | None:
     """Why Keras could not open this listed file through its symbolic link (None: it can)."""
     try:
         os.stat(path)
         return None
     except OSError as error:
         if not os.path.islink(path):
-            return f"cannot be read ({error.strerror})"
+            return Unusable(f"cannot be read ({error.strerror})")
         target = os.readlink(path)
         if error.errno == errno.ELOOP:
-            return f"is a symbolic link loop (it points to {target}, which leads back to itself)"
-        return f"is a broken symbolic link (it points to {target}, which leads to no file)"
+            return Unusable(f"is a symbolic link loop (it points to {target}, which leads back to itself)", FIX_LINK)
+        return Unusable(f"is a broken symbolic link (it points to {target}, which leads to no file)", FIX_LINK)
 
 
 def without_files(folder: Path, class_names: tuple[str, ...], left_out: list[Path], store: Path) -> Path:
