@@ -136,10 +136,7 @@ def override_syntax_problem(override: str) -> str:
     )
     stops = f" (it cannot read {', '.join(repr(c) for c in odd)} unquoted)" if odd else ""
     if key.lstrip("+~") == "sweep.study":
-        return (
-            f"{override!r} is not a study name regsweep can use{stops}: use up to 100 ASCII letters, digits, '.', "
-            "'_' or '-', such as sweep.study=my-study (the name becomes file names under the store)"
-        )
+        return f"{override!r} is not a study name regsweep can use{stops}: {STUDY_NAME_RULE}"
     return (
         f"{override!r} is not an override Hydra can read{stops}: quote the value, as in \"{key}='{value}'\" "
         "(single quotes inside the shell's double quotes)"
@@ -210,16 +207,18 @@ def compose_study(overrides: list[str]) -> DictConfig:
 
 
 SAFE_STUDY_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,99}")
+# SAFE_STUDY_NAME in words, for every sentence that refuses a name.
+STUDY_NAME_RULE = (
+    "use up to 100 ASCII letters, digits, '.', '_' or '-', starting with a letter or digit, such as "
+    "sweep.study=my-study (the name becomes file names under the store)"
+)
 
 
 def check_study_name(name: str) -> None:
     """A study's name becomes file names under the store (reports/<name>/, <name>_best.yaml), and
     on a shared storage someone else chooses it: it may not reach outside the store."""
     if not SAFE_STUDY_NAME.fullmatch(name):
-        raise RegsweepError(
-            f"sweep.study={name!r} is not a safe study name: use up to 100 letters, digits, '.', '_' or '-', "
-            "starting with a letter or digit (the name becomes file names under the store)"
-        )
+        raise RegsweepError(f"sweep.study={name!r} is not a safe study name: {STUDY_NAME_RULE}")
 
 
 def override_key(override: str) -> str:
