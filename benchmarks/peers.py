@@ -5,7 +5,7 @@ Per case, four searches over the same four knobs (read from sweeps/regularizatio
 
 - **Keras Tuner** `BayesianOptimization` and `RandomSearch`, each in its own process, on a
   `keras_tuner.HyperModel` whose `build(hp)` is regsweep's own classifier builder and whose
-  `fit(hp, model)` is regsweep's own two-phase fit (`train.fit_two_phases` on the whole
+  `fit(hp, model)` is regsweep's own two-phase fit (`fit.online` and `fit.two_phases` on the whole
   classifier with online augmentation, exactly as `cache=off` trains; phase 2 unfreezes the top
   blocks at lr × fine_tune_factor and keeps phase 1's weights unless it beats phase 1's best
   val_loss). Its objective is the trained model's val_accuracy (max); its pick is
@@ -209,17 +209,9 @@ def _plain(value):
 def build_trial_model(cfg, num_classes: int, weights):
     """The classifier exactly as train_and_log builds it: a reused, reset backbone and the head
     seeded by train.seed. Returns (classifier, backbone)."""
-    import keras
+    from regsweep import fit
 
-    from regsweep import model as models
-
-    seed = cfg.train.seed
-    keras.utils.set_random_seed(seed)  # a random-init backbone draws from it
-    base = models.reusable_backbone(cfg.model.backbone, cfg.model.image_size, weights, seed)
-    keras.utils.set_random_seed(seed)
-    classifier = models.build_classifier(
-        cfg.model.backbone, base, num_classes, cfg.model.pooling, cfg.model.head_units, cfg.model.dropout, seed
-    )
+    base, classifier = fit.seeded_classifier(cfg, num_classes, weights)
     return classifier, base
 
 
@@ -227,16 +219,12 @@ def fit_trial(cfg, classifier, base, splits, callbacks: tuple = ()):
     """regsweep's two phases on the whole classifier with online augmentation in the tf.data
     pipeline (train_and_log with cache=off). Returns the kept model's val_accuracy (inference
     mode), the history, phase 2's first epoch and the phase that was evaluated."""
-    from regsweep import cache, data, train
+    from regsweep import fit, train
 
-    seed = cfg.train.seed
-    augmenter = data.build_augmenter(cfg.augment.strength, cfg.data.flip, cfg.augment, seed)
-    datasets = data.make_datasets(splits, cfg.model.image_size, cfg.data.batch_size, augmenter, seed)
-    head = cache.Phase(classifier, datasets)
-    tune = head if cfg.model.unfrozen_blocks > 0 else None
-    history, phase2_start, final = train.fit_two_phases(head, tune, base, cfg, callbacks)
+    fitted = fit.two_phases(fit.online(cfg, splits, classifier), base, cfg, callbacks)
+    final = fitted.final
     val_accuracy = train.score(final.model, final.datasets.val, len(splits.class_names))[0]
-    return val_accuracy, history, phase2_start, final
+    return val_accuracy, fitted.history, fitted.phase2_start, final
 
 
 def declare(hp, distributions: dict) -> dict:
@@ -285,12 +273,12 @@ def kt_child(spec_path: Path) -> None:
     import_tensorflow_quietly()
     import keras_tuner
 
-    from regsweep import data, space, train
+    from regsweep import data, demo, space
 
     cfg = compose(spec["overrides"])
     store = Path(cfg.paths.store)
     splits = data.resolve_splits(cfg.data, cfg.model.image_size, store, with_test=False)  # never the test split
-    weights = train.resolve_weights(cfg, store)
+    weights = demo.resolve_weights(cfg.model, store)
     distributions = space.parse_space(spec["params"])
     common = {
         "objective": keras_tuner.Objective("val_accuracy", "max"),
@@ -436,11 +424,11 @@ def measure_levels(cfg, levels: list[int], epochs: int) -> dict:
     phase-1 epochs (phase 1 costs the same at every level), the others 1 + `epochs`."""
     import keras
 
-    from regsweep import data, train
+    from regsweep import data, demo, train
 
     store = Path(cfg.paths.store)
     splits = data.resolve_splits(cfg.data, cfg.model.image_size, store, with_test=False)
-    weights = train.resolve_weights(cfg, store)
+    weights = demo.resolve_weights(cfg.model, store)
     start = time.perf_counter()
     for folder in (splits.train, splits.val):
         data.load_images(folder, splits.class_names, cfg.model.image_size)

@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 
 from conftest import QUICK, write_class_folders
-from regsweep import cache, data
+from regsweep import cache, data, fit
 from regsweep import model as models
 from regsweep.config import compose
 
@@ -52,7 +52,12 @@ def prepare(cfg):
     classifier = models.build_classifier(
         cfg.model.backbone, base, len(splits.class_names), cfg.model.pooling, 8, 0.0, 0
     )
-    return cache.prepare(cfg, splits, base, classifier)
+    return fit.cached(cfg, splits, base, classifier)
+
+
+def counts(trainer) -> tuple[int, int]:
+    """(hits, misses) of the entries a run asked for."""
+    return trainer.cache_metrics["cache_hits"], trainer.cache_metrics["cache_misses"]
 
 
 def entry_names(store: Path) -> set[str]:
@@ -62,10 +67,10 @@ def entry_names(store: Path) -> set[str]:
 def test_every_input_of_the_numbers_is_in_the_key(tmp_path, images):
     store = tmp_path / "mlruns"
     first = prepare(folders_cfg(store, images, "augment.strength=0.5", "cache.augmented_views=2"))
-    assert (first.hits, first.misses) == (0, 4)  # clean train, clean validation, 2 views
+    assert counts(first) == (0, 4)  # clean train, clean validation, 2 views
     known = entry_names(store)
     again = prepare(folders_cfg(store, images, "augment.strength=0.5", "cache.augmented_views=2"))
-    assert (again.hits, again.misses) == (4, 0) and entry_names(store) == known
+    assert counts(again) == (4, 0) and entry_names(store) == known
 
     changes = {  # override → entries that must be new
         "augment.strength=0.6": 2,  # the two views
@@ -101,11 +106,11 @@ def test_every_input_of_the_numbers_is_in_the_key(tmp_path, images):
     image = images / "train" / "a" / "a_000.png"
     before = entry_names(store)
     os.utime(image, (time.time() + 5, time.time() + 5))
-    assert prepare(folders_cfg(store, images)).misses == 0
+    assert counts(prepare(folders_cfg(store, images)))[1] == 0
     write_class_folders(tmp_path / "other", 1, classes=("a",), seed=7)
     image.write_bytes((tmp_path / "other" / "a" / "a_000.png").read_bytes())
     result = prepare(folders_cfg(store, images, "augment.strength=0.5", "cache.augmented_views=2"))
-    assert (result.hits, result.misses) == (1, 3)  # validation hits; clean train and 2 views recompute
+    assert counts(result) == (1, 3)  # validation hits; clean train and 2 views recompute
     assert len(entry_names(store) - before) == 3
 
 
@@ -115,7 +120,7 @@ def test_a_hit_gives_bit_identical_features_to_a_fresh_computation(tmp_path, ima
     prepare(cfg_a)
     hit = prepare(cfg_a)
     fresh = prepare(cfg_b)
-    assert hit.misses == 0 and fresh.hits == 0
+    assert counts(hit)[1] == 0 and counts(fresh)[0] == 0
 
     def arrays(result):
         return [
@@ -137,7 +142,7 @@ def test_a_hit_gives_bit_identical_features_to_a_fresh_computation(tmp_path, ima
 
 def test_a_fill_reports_progress_in_a_log_and_a_hit_reports_none(tmp_path, images, monkeypatch, capfd):
     monkeypatch.setenv("REGSWEEP_PROGRESS_SECONDS", "0")  # a line per batch, as a long fill prints one every 10 s
-    monkeypatch.setattr(cache, "COMPUTE_BATCH", 4)  # 8 training images: two batches
+    monkeypatch.setattr(fit, "COMPUTE_BATCH", 4)  # 8 training images: two batches
     cfg = folders_cfg(tmp_path / "mlruns", images, "augment.strength=0.5", "cache.augmented_views=2")
     prepare(cfg)
     filled = capfd.readouterr().err.splitlines()
@@ -164,17 +169,17 @@ def test_the_cached_features_are_the_prefix_of_the_un_augmented_images(tmp_path,
 def test_one_pass_over_the_images_stores_every_cut_up_to_the_top(tmp_path, images, monkeypatch):
     """A study mixes unfrozen-block counts: the pass a deep cut needs serves the shallower ones."""
     passes = []
-    write = cache.write_features
+    write = fit.write_features
     monkeypatch.setattr(
-        cache, "write_features", lambda folders, *args, **kw: (passes.append(len(folders)), write(folders, *args, **kw))
+        fit, "write_features", lambda folders, *args, **kw: (passes.append(len(folders)), write(folders, *args, **kw))
     )
     store = tmp_path / "mlruns"
     views = ("augment.strength=0.5", "cache.augmented_views=2")
     deep = prepare(folders_cfg(store, images, *views, "model.unfrozen_blocks=2"))
-    assert (deep.hits, deep.misses) == (0, 12) and passes == [3, 3, 3, 3]  # 4 views × cuts 0, 1, 2
+    assert counts(deep) == (0, 12) and passes == [3, 3, 3, 3]  # 4 views × cuts 0, 1, 2
     for unfrozen in (1, 0):
         shallow = prepare(folders_cfg(store, images, *views, f"model.unfrozen_blocks={unfrozen}"))
-        assert (shallow.hits, shallow.misses) == (4 * (unfrozen + 1), 0)
+        assert counts(shallow) == (4 * (unfrozen + 1), 0)
     assert len(passes) == 4
 
 
@@ -197,7 +202,7 @@ def test_a_damaged_or_half_written_entry_is_detected_and_recomputed(tmp_path, im
         for path in entry.iterdir():
             path.write_bytes(path.read_bytes()[: path.stat().st_size // 2])
     result = prepare(cfg)
-    assert result.misses == 1 and result.hits == 1  # train hits; validation is recomputed
+    assert counts(result) == (1, 1)  # train hits; validation is recomputed
     assert np.concatenate([x for x, _ in result.head.datasets.val]).tobytes() == good.tobytes()
     assert json.loads((entry / "meta.json").read_text())["files"]["features.npy"]["bytes"] == features.stat().st_size
 

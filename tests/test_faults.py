@@ -30,7 +30,7 @@ import optuna
 import pytest
 
 from conftest import service_url, stored_trials, tracking_client, write_class_folders
-from regsweep import cli, faults, sweep, tracking, train
+from regsweep import cli, faults, fit, sweep, tracking, train
 from regsweep import study as studies
 from regsweep import trial as trial_module
 from regsweep.config import RegsweepError
@@ -454,7 +454,7 @@ def _stop_then(function):
 # the trial RUNNING before its heartbeat starts: a stop there left it RUNNING for good.)
 TRIAL_END_STEPS = {
     "while Optuna creates it": (optuna.study.Study, "ask", _then_stop, False),
-    "after fit": (train, "fit_two_phases", _then_stop, False),
+    "after fit": (fit, "two_phases", _then_stop, False),
     "after evaluation": (tracking, "log_trained", _stop_then, False),
     "after logging": (tracking, "log_results", _then_stop, False),
     "after its run ended": (train, "RunResult", _stop_then, False),
@@ -571,7 +571,7 @@ def test_a_trial_out_of_memory_says_what_to_lower_in_both_stores_and_the_same_co
     def exhausted(*args, **kwargs):
         raise MemoryError("Unable to allocate 3.21 GiB for an array with shape (431, 128, 128, 3)")
 
-    monkeypatch.setattr(train, "fit_two_phases", exhausted)
+    monkeypatch.setattr(fit, "two_phases", exhausted)
     with pytest.raises(RegsweepError, match=r"\(sweep.max_failures=1\): 1× out of memory: lower data.batch_size"):
         sweep.run_study(args)
     monkeypatch.undo()
@@ -717,10 +717,10 @@ def test_a_tracking_server_that_stops_answering_is_said_and_said_back_then_stops
         "sweep.n_trials=1",
         "sweep.reevaluate.seeds=0",
     ]
-    fit = train.fit_two_phases
+    two_phases = fit.two_phases
 
     def fit_then_go_silent(*args, **kwargs):
-        fitted = fit(*args, **kwargs)
+        fitted = two_phases(*args, **kwargs)
         gate.answering.clear()
         _logged(caplog, "stopped answering")
         gate.answering.set()
@@ -728,7 +728,7 @@ def test_a_tracking_server_that_stops_answering_is_said_and_said_back_then_stops
         gate.answering.clear()
         return fitted
 
-    monkeypatch.setattr(train, "fit_two_phases", fit_then_go_silent)
+    monkeypatch.setattr(fit, "two_phases", fit_then_go_silent)
     with pytest.raises(RegsweepError) as stopped:
         sweep.run_study(args)
     assert str(stopped.value).startswith(
@@ -741,7 +741,7 @@ def test_a_tracking_server_that_stops_answering_is_said_and_said_back_then_stops
     assert failed.user_attrs["fail_reason"] == f"the tracking server stopped answering: {gate.url}"
 
     gate.answering.set()
-    monkeypatch.setattr(train, "fit_two_phases", fit)
+    monkeypatch.setattr(fit, "two_phases", two_phases)
     sweep.run_study(args)
     client = mlflow.MlflowClient(server)
     found = client.search_runs([client.get_experiment_by_name(experiment).experiment_id], "")

@@ -26,6 +26,7 @@ LAYERS = [
     "results",
     "export",
     "train",
+    "fit",
     "cache",
     "data",
     "demo",

@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 
 from conftest import SHARED_WEIGHTS, quick_cfg, tracking_client, write_class_folders
-from regsweep import data, train
+from regsweep import data, fit, train
 from regsweep import model as models
 from test_recovery import REGSWEEP
 
@@ -177,7 +177,7 @@ def test_a_run_that_crashes_ends_failed_not_running(store, monkeypatch):
     def crash(*args, **kwargs):
         raise FloatingPointError("the loss became NaN in epoch 3")
 
-    monkeypatch.setattr(train, "fit_two_phases", crash)
+    monkeypatch.setattr(fit, "two_phases", crash)
     with pytest.raises(FloatingPointError):
         train.train_and_log(quick_cfg(store))
     [run] = all_runs(store)
@@ -283,8 +283,7 @@ def test_trials_in_one_process_train_exactly_as_each_would_alone(store):
 
     in_sequence = [train.train_and_log(quick_cfg(store, *quick, *overrides)) for overrides in trials]
     for overrides, earlier in zip(trials, in_sequence):
-        models._HEAD_TRAINERS.clear()  # as a fresh worker process starts
-        models._REUSABLE.clear()
+        fit.forget()  # as a fresh worker process starts
         alone = train.train_and_log(quick_cfg(store, *quick, *overrides))
         assert alone.metrics["val_accuracy"] == earlier.metrics["val_accuracy"]
         assert alone.metrics["train_accuracy"] == earlier.metrics["train_accuracy"]
@@ -298,7 +297,7 @@ def test_cached_epochs_run_in_one_call_train_exactly_as_step_by_step(store, monk
     overrides = ("train.epochs=4", "train.fine_tune_epochs=2", "tracking.artifacts=none")
     overrides += ("model.dropout=0.5", "model.unfrozen_blocks=1", "augment.strength=0.5")
 
-    models._HEAD_TRAINERS.clear()
+    fit.forget()
     one_call = train.train_and_log(quick_cfg(store, *overrides))
     compile_as_given = keras.Model.compile
 
@@ -306,7 +305,7 @@ def test_cached_epochs_run_in_one_call_train_exactly_as_step_by_step(store, monk
         return compile_as_given(model, *args, **kwargs)
 
     monkeypatch.setattr(keras.Model, "compile", compile_step_by_step)
-    models._HEAD_TRAINERS.clear()
+    fit.forget()
     step_by_step = train.train_and_log(quick_cfg(store, *overrides))
     assert one_call.metrics["epochs_trained"] > 4  # phase 2 ran: both phases' models are covered
     assert val_loss_curve(store, one_call) == val_loss_curve(store, step_by_step)

@@ -252,10 +252,7 @@ def cache_command(args: list[str]) -> None:
     if options.action is None:
         raise RegsweepError("regsweep cache needs a subcommand: info or clear")
     store = cache.store_for(compose(options.overrides))
-    if options.action == "clear":
-        cache.clear_and_print(store)
-    else:
-        cache.print_info(store)
+    print(cache.clear(store) if options.action == "clear" else cache.info(store))
 
 
 def ui_command(args: list[str]) -> None:

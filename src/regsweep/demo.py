@@ -24,6 +24,7 @@ import tempfile
 from pathlib import Path
 
 import numpy as np
+from omegaconf import DictConfig
 
 from regsweep.files import publish_folder, write_atomically
 
@@ -112,3 +113,14 @@ def ensure_pretrained_backbone(store: Path, image_size: int) -> Path:
 
     write_atomically(path, base.save_weights)
     return path
+
+
+def resolve_weights(model: DictConfig, store: Path) -> str | None:
+    """model.weights as a backbone loader takes it: 'digits' means the demo CNN pretrained (once,
+    cached) on digits 8 and 9; 'imagenet' and None pass through; a path is expanded."""
+    weights = model.weights
+    if weights == "digits":
+        return str(ensure_pretrained_backbone(store, model.image_size))
+    if weights in (None, "imagenet"):
+        return weights
+    return str(Path(weights).expanduser())

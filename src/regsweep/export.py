@@ -20,8 +20,8 @@ from mlflow.exceptions import MlflowException
 from mlflow.models import ModelSignature
 from mlflow.types import Schema, TensorSpec
 
-from regsweep import cache, tracking
 from regsweep import model as models
+from regsweep import tracking
 from regsweep.config import RegsweepError
 
 
@@ -42,7 +42,7 @@ def rebuild(run_id: str, weights: str | None = None) -> tuple[keras.Model, dict]
         )
     keras.utils.set_random_seed(seed)  # a random-init backbone draws the same numbers as in training
     base = models.load_backbone(backbone, recipe["image_size"], source)
-    if cache.prefix_digests(base, backbone, [unfrozen])[unfrozen] != recipe["frozen_sha256"]:
+    if models.prefix_digests(base, backbone, [unfrozen])[unfrozen] != recipe["frozen_sha256"]:
         raise RegsweepError(
             f"the backbone weights {source} are not the ones run {run_id} was trained on "
             "(their digest differs): pass --weights <path to the file the run used>"

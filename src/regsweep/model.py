@@ -9,9 +9,9 @@ layers (MobileNetV2's `Conv_1`, EfficientNet's `top_conv`) belong to the last bl
 
 from __future__ import annotations
 
+import hashlib
 import os
 import re
-import weakref
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -110,40 +110,6 @@ def load_backbone(backbone: str, image_size: int, weights: str | None) -> keras.
         raise
 
 
-_REUSABLE: dict[tuple, tuple[keras.Model, list]] = {}
-_FINE_TUNED: weakref.WeakSet = weakref.WeakSet()  # backbones whose blocks were unfrozen since they were loaded or reset
-
-
-def reusable_backbone(backbone: str, image_size: int, weights: str | None, seed: int) -> keras.Model:
-    """`load_backbone`, built once per process and reset to its loaded weights on later calls.
-
-    Building MobileNetV2 and reading its weights takes about a second, which a sweep's worker
-    would otherwise pay again in every trial for the same trunk. Fine-tuning changes the top
-    blocks' weights, so a call after fine-tuning puts all of them back. A random init (weights None) is
-    keyed by the seed that drew it; a weights file by its size and modification time.
-    """
-    source = Path(weights) if weights not in (None, "imagenet") else None
-    stat = source.stat() if source is not None and source.is_file() else None
-    key = (
-        backbone,
-        image_size,
-        weights,
-        seed if weights is None else None,
-        (stat.st_size, stat.st_mtime_ns) if stat else None,
-    )
-    if key in _REUSABLE:
-        base, values = _REUSABLE[key]
-        if base in _FINE_TUNED:  # only fine-tuning changes a backbone's weights
-            base.set_weights(values)
-            _FINE_TUNED.discard(base)
-    else:
-        _REUSABLE.clear()  # one trunk per process: a sweep's trials share one
-        base = load_backbone(backbone, image_size, weights)
-        _REUSABLE[key] = (base, base.get_weights())
-    base.trainable = False
-    return base
-
-
 def block_layers(base: keras.Model, backbone: str) -> dict[str, list[keras.layers.Layer]]:
     """Maps each block name (bottom to top) to its layers; the stem is under the key ''."""
     blocks = BACKBONES[backbone].blocks
@@ -171,7 +137,6 @@ def unfreeze_top_blocks(base: keras.Model, backbone: str, n: int) -> list[str]:
     unfrozen = []
     if n <= 0:
         return unfrozen
-    _FINE_TUNED.add(base)
     layers_by_block = block_layers(base, backbone)
     for block in names[len(names) - n :]:
         for layer in layers_by_block[block]:
@@ -250,54 +215,23 @@ def classifier_on_features(
     return keras.Model(inputs, x, name=f"{classifier.name}_on_features")
 
 
-_HEAD_TRAINERS: dict[tuple, keras.Model] = {}
-
-
-def reusable_head(classifier: keras.Model, feature_shape: tuple, steps_per_epoch: int) -> keras.Model:
-    """Phase 1's model on cut 0 (pooled vectors → head), built and compiled once per process.
-
-    A new Keras model traces new train, test and predict functions, about a third of a cached
-    frozen trial's fit. This one keeps its compiled optimizer and its test and predict
-    functions (inference mode: no dropout) from trial to trial. `start_head` gives it a
-    trial's fresh head and rate; `finish_head` hands the trained weights back to the
-    classifier that gets logged. Everything that sets a result is copied in, so a trial trains
-    exactly as a new model would.
-    """
-    dense, dropout, predictions = (classifier.get_layer(name) for name in HEAD_LAYERS[1:])
-    # It runs an epoch's steps per call (train._fit), so a training set of another size needs its own.
-    shape = (tuple(feature_shape), steps_per_epoch, dense.units, predictions.units, dropout.seed, classifier.name)
-    key = (*shape, dropout.rate > 0)  # Keras's Dropout draws no seed state at rate 0: another model
-    if key not in _HEAD_TRAINERS:
-        for other in [k for k in _HEAD_TRAINERS if k[:-1] != shape]:  # a sweep's trials share one head shape
-            del _HEAD_TRAINERS[other]
-        inputs = keras.Input(feature_shape, name="features")
-        x = keras.layers.Dense(dense.units, activation=dense.activation, name=dense.name)(inputs)
-        x = keras.layers.Dropout(dropout.rate, seed=dropout.seed, name=dropout.name)(x)
-        outputs = keras.layers.Dense(predictions.units, activation=predictions.activation, name=predictions.name)(x)
-        _HEAD_TRAINERS[key] = keras.Model(inputs, outputs, name=f"{classifier.name}_head")
-    return _HEAD_TRAINERS[key]
-
-
-def start_head(trainer: keras.Model, classifier: keras.Model) -> bool:
-    """Copies the classifier's fresh head (weights, dropout rate, dropout seed state) into the
-    trainer. Returns whether the rate changed, which makes the train function stale: the rate
-    is a constant of its graph."""
-    _copy_head(classifier, trainer)
-    source, target = classifier.get_layer(HEAD_LAYERS[2]), trainer.get_layer(HEAD_LAYERS[2])
-    changed = source.rate != target.rate
-    target.rate = source.rate
-    return changed
-
-
-def finish_head(trainer: keras.Model, classifier: keras.Model) -> None:
-    """The trained head goes back into the classifier, which phase 2 and the logged model use."""
-    _copy_head(trainer, classifier)
-
-
-def _copy_head(source: keras.Model, target: keras.Model) -> None:
-    for name in HEAD_LAYERS[1:]:
-        for value, variable in zip(source.get_layer(name).variables, target.get_layer(name).variables, strict=True):
-            variable.assign(value)
+def prefix_digests(base, backbone: str, cuts: list[int]) -> dict[int, str]:
+    """Identifies each cut's prefix weights by value: a file, 'imagenet' or a seeded random init
+    all hash to what the numbers actually are. One pass over the layers, bottom to top."""
+    blocks = BACKBONES[backbone].blocks
+    owners = block_layers(base, backbone)
+    frozen_blocks = {cut: len(blocks) - cut for cut in cuts}
+    digest, digests = hashlib.sha256(), {}
+    for depth, block in enumerate(["", *blocks]):  # the stem, then the blocks
+        for layer in owners[block]:
+            for weight in layer.weights:
+                value = np.ascontiguousarray(weight.numpy())
+                digest.update(f"{weight.path}:{value.dtype}:{value.shape}\0".encode())
+                digest.update(value.tobytes())
+        for cut, frozen in frozen_blocks.items():
+            if frozen == depth:
+                digests[cut] = digest.copy().hexdigest()[:24]
+    return digests
 
 
 def build_classifier(

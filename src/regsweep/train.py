@@ -7,7 +7,6 @@ rises even when nothing generalizes better, so it is logged but never called the
 
 from __future__ import annotations
 
-import math
 import time
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -17,7 +16,7 @@ import keras
 import numpy as np
 from omegaconf import DictConfig
 
-from regsweep import cache, data, demo, faults, tracking
+from regsweep import data, demo, faults, fit, tracking
 from regsweep import model as models
 from regsweep.config import RegsweepError, redact, run_name, validate
 from regsweep.metrics import (
@@ -68,31 +67,14 @@ def train_and_log(
         tracking.check_reachable(cfg.tracking)  # before any data work: an unreachable server fails in seconds
         store = Path(cfg.paths.store)
         faults.keep_reserve(store)  # room to record this run's end if the disk fills up under it
-        seed = cfg.train.seed
         splits = data.resolve_splits(cfg.data, cfg.model.image_size, store, with_test=with_test)
         by_split = data.split_fingerprints(splits)  # listed once: the cache keys on them too
         dataset_fingerprint = data.fingerprint(splits, by_split)
-        weights = resolve_weights(cfg, store)  # may pretrain the demo backbone: before seeding
-
-        # Nothing from an earlier run in this process leaks in. The garbage collection that
-        # clear_session would also run costs ~0.4 s a trial; the sweep's worker processes are
-        # replaced every sweep.trials_per_worker trials, which bounds memory instead.
-        keras.backend.clear_session(free_memory=False)
-        keras.utils.set_random_seed(seed)  # a random-init backbone draws from it
-        base = models.reusable_backbone(cfg.model.backbone, cfg.model.image_size, weights, seed)
-        keras.utils.set_random_seed(seed)  # the head's init: the same whether base was built or reused
-        classifier = models.build_classifier(
-            cfg.model.backbone,
-            base,
-            len(splits.class_names),
-            cfg.model.pooling,
-            cfg.model.head_units,
-            cfg.model.dropout,
-            seed,
-        )
+        weights = demo.resolve_weights(cfg.model, store)  # may pretrain the demo backbone: before seeding
+        base, classifier = fit.seeded_classifier(cfg, len(splits.class_names), weights)
         # Each cut's frozen-weight digest, in one pass: the feature cache's key, and (for the run's
         # own cut) what `regsweep export` checks before putting the trained layers back.
-        digests = cache.prefix_digests(base, cfg.model.backbone, list(range(cfg.model.unfrozen_blocks + 1)))
+        digests = models.prefix_digests(base, cfg.model.backbone, list(range(cfg.model.unfrozen_blocks + 1)))
     # The test split's fingerprint is recorded by every run, though only re-evaluation scores it.
     fingerprints = {"data.fingerprint": dataset_fingerprint, "data.test_fingerprint": by_split.get("test", "none")}
     with tracking.training_run(
@@ -107,23 +89,15 @@ def train_and_log(
             raise RegsweepError(
                 "re-evaluation needs a test split: give data.test_dir, or data.test_fraction > 0 with data=split"
             )
-        with timer("features"):
-            if cfg.cache.enabled:  # the head, then suffix + head, on cached prefix outputs
-                cached = cache.prepare(cfg, splits, base, classifier, by_split, digests)
-                head, tune = cached.head, cached.tune
-                cache_metrics = {"cache_hits": cached.hits, "cache_misses": cached.misses}
-            else:  # the whole classifier on freshly augmented images, every epoch
-                augmenter = data.build_augmenter(cfg.augment.strength, cfg.data.flip, cfg.augment, seed)
-                datasets = data.make_datasets(splits, cfg.model.image_size, cfg.data.batch_size, augmenter, seed)
-                head = cache.Phase(classifier, datasets)
-                tune = head if cfg.model.unfrozen_blocks > 0 else None
-                cache_metrics = {}
+        with timer("features"):  # cached prefix outputs (cache=on), or augmented images online
+            trainer = fit.prepare(cfg, splits, base, classifier, by_split, digests)
         # seconds_fit includes seconds_callbacks: MLflow's epoch logging, pruning, progress (the
         # epochs still held when fit ends are written after it, as harness)
         with tracking.EpochLog(mlflow_run.info.run_id) as epochs, timer("fit"):
             epoch_logger = keras.callbacks.LambdaCallback(on_epoch_end=epochs.epoch_end)
             harness = timer.around("callbacks", (epoch_logger, *callbacks))
-            history, phase2_start, final = fit_two_phases(head, tune, base, cfg, harness)
+            fitted = fit.two_phases(trainer, base, cfg, harness)
+        history, final = fitted.history, fitted.final
         best_epoch = int(np.argmin(history["val_loss"]))
         with timer("evaluate"):
             num_classes = len(splits.class_names)
@@ -162,12 +136,12 @@ def train_and_log(
             "best_epoch": best_epoch + 1,
             "epochs_trained": len(history["loss"]),
             **test_metrics,
-            **cache_metrics,
+            **trainer.cache_metrics,
             **{f"seconds_{name}": value for name, value in timer.seconds.items()},
         }
         artifacts = cfg.tracking.artifacts
         plots = artifacts == "all" or (artifacts == "best" and (leads is None or leads(metrics)))
-        tracking.log_results(metrics, history, phase2_start, confusion, splits.class_names, plots)
+        tracking.log_results(metrics, history, fitted.phase2_start, confusion, splits.class_names, plots)
 
     return RunResult(mlflow_run.info.run_id, metrics, classifier)
 
@@ -222,89 +196,6 @@ def rebuild_recipe(cfg: DictConfig, class_names, weights: str | None, frozen_sha
         "seed": cfg.train.seed,
         "class_names": list(class_names),
     }
-
-
-def resolve_weights(cfg: DictConfig, store: Path) -> str | None:
-    """'digits' means the demo CNN pretrained (once, cached) on digits 8 and 9 (regsweep.demo)."""
-    weights = cfg.model.weights
-    if weights == "digits":
-        return str(demo.ensure_pretrained_backbone(store, cfg.model.image_size))
-    if weights in (None, "imagenet"):
-        return weights
-    return str(Path(weights).expanduser())
-
-
-def fit_two_phases(
-    head: cache.Phase, tune: cache.Phase | None, base, cfg: DictConfig, callbacks: tuple = ()
-) -> tuple[dict[str, list[float]], int | None, cache.Phase]:
-    """Phase 1 trains the head on the frozen backbone; phase 2 fine-tunes the top blocks.
-
-    Phase 2 starts from the trained head (never a random one) at optim.lr × fine_tune_factor.
-    Each phase stops early on val_loss and restores its best weights; if fine-tuning never
-    beats phase 1's best val_loss, phase 1's weights are kept. With the feature cache the two
-    phases are two models over shared layers (head on backbone outputs; suffix + head on cut
-    outputs); online, both are the whole classifier. Returns the history of both phases end
-    to end, the epoch index where phase 2 began (None without it) and the phase to evaluate.
-    """
-    train_cfg = cfg.train
-    history = _fit(head, cfg.optim.lr, 0, train_cfg.epochs, train_cfg, callbacks)
-    if tune is None:
-        return history, None, head
-
-    phase1_weights = tune.model.get_weights()
-    phase1_best = min(history["val_loss"])
-    models.unfreeze_top_blocks(base, cfg.model.backbone, cfg.model.unfrozen_blocks)
-    start = len(history["loss"])
-    lr = cfg.optim.lr * cfg.optim.fine_tune_factor
-    phase2 = _fit(tune, lr, start, start + train_cfg.fine_tune_epochs, train_cfg, callbacks)
-    if min(phase2["val_loss"]) >= phase1_best:
-        tune.model.set_weights(phase1_weights)
-    for key, values in phase2.items():
-        history[key] = history[key] + values
-    return history, start, tune
-
-
-def _fit(
-    phase: cache.Phase, lr: float, initial_epoch: int, epochs: int, train_cfg, callbacks: tuple
-) -> dict[str, list[float]]:
-    classifier, datasets = phase.model, phase.datasets
-    if phase.head_of is not None and classifier.compiled:  # the reusable head: as new, without retracing
-        if models.start_head(classifier, phase.head_of):
-            classifier.train_function = None  # traced with the old dropout rate
-        for variable in classifier.optimizer.variables:  # a new Adam's state: step 0, no moments
-            variable.assign(np.zeros(variable.shape, variable.dtype))
-        classifier.optimizer.learning_rate = lr
-    else:
-        if phase.head_of is not None:
-            models.start_head(classifier, phase.head_of)
-        classifier.compile(
-            optimizer=keras.optimizers.Adam(lr),
-            loss="sparse_categorical_crossentropy",
-            metrics=["accuracy"],
-            # On cached features a step is a few small matrix products, and Keras's per-step dispatch
-            # cost more than them: run each epoch's steps in one call (the same steps, in the same
-            # order, so the same weights). Online data keeps one step a call.
-            steps_per_execution=datasets.train_steps or 1,
-        )
-    early_stopping = keras.callbacks.EarlyStopping(
-        monitor="val_loss", patience=train_cfg.early_stopping_patience, restore_best_weights=True
-    )
-    fitted = classifier.fit(
-        datasets.train,
-        validation_data=datasets.val,
-        initial_epoch=initial_epoch,
-        epochs=epochs,
-        steps_per_epoch=datasets.train_steps,
-        callbacks=[early_stopping, keras.callbacks.TerminateOnNaN(), *callbacks],
-        shuffle=False,  # the dataset reshuffles itself every epoch
-        verbose=train_cfg.verbose,
-    )
-    if phase.head_of is not None:
-        models.finish_head(classifier, phase.head_of)
-    history = {k: [float(v) for v in values] for k, values in fitted.history.items()}
-    if any(math.isnan(v) for v in history["loss"]):
-        raise FloatingPointError(f"training diverged (loss became NaN) at learning rate {lr:g}: lower optim.lr")
-    return history
 
 
 def summary(result: RunResult, cfg: DictConfig) -> str:
