@@ -73,7 +73,7 @@ def summarize(store: Path, names: list[str]) -> None:
         rows = study.trial_rows(stored)
         settings = study.study_settings(stored, cfg)
         parent = stored.user_attrs.get(study.PARENT_RUN_ATTR)
-        state = reevaluate.progress_of(stored, cfg, settings, parent, [f"paths.store={store}"]).rounds
+        state = reevaluate.Reevaluation(stored, cfg, settings, parent, [f"paths.store={store}"]).look().rounds
         answer = results.answer(rows, state, settings.epsilon)
         baseline = answer.baseline if answer else None
         adopted = (baseline if answer.keep_baseline else answer.chosen) if answer and answer.verdict else None

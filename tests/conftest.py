@@ -46,6 +46,19 @@ def pytest_collection_modifyitems(items):
 QUICK = ["train.epochs=3", "train.fine_tune_epochs=2", "train.early_stopping_patience=10"]
 
 
+@pytest.fixture(autouse=True, scope="session")
+def printing_as_the_cli_does():
+    """regsweep's lines reach the test's captured stdout and stderr as the `regsweep` command prints
+    them, and (propagated) pytest's caplog too: the command stops them there, where a host's root
+    handlers would print each twice."""
+    import logging
+
+    from regsweep import progress
+
+    progress.configure(logging.INFO)
+    logging.getLogger(progress.LOGGER).propagate = True
+
+
 @pytest.fixture(scope="session")
 def demo_store(tmp_path_factory) -> Path:
     """One store for the session, so the demo backbone is pretrained once."""

@@ -62,6 +62,18 @@ def test_the_html_report_is_well_formed_and_embeds_its_plots(tmp_path):
     assert "<table>" in page and "x &lt; y" in page and "regsweep &lt;study&gt;" in page
 
 
+def count_calls(monkeypatch, module, name: str) -> list:
+    """A list that grows by one each time module.name is called (it still runs)."""
+    calls, real = [], getattr(module, name)
+
+    def counted(*args, **kwargs):
+        calls.append(args)
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(module, name, counted)
+    return calls
+
+
 @pytest.mark.slow
 def test_a_sweep_never_touches_the_test_split_and_reevaluation_is_nested_tagged_and_reported(store, monkeypatch):
     """The whole path a user's study takes, once: 4 trials, then every stage of the re-evaluation
@@ -115,10 +127,13 @@ def test_a_sweep_never_touches_the_test_split_and_reevaluation_is_nested_tagged_
 
     monkeypatch.setattr(data, "image_files", listing_spy)
     monkeypatch.setattr(train, "train_and_log", train_spy)
+    reads, rounds = count_calls(monkeypatch, reevaluate, "collect"), count_calls(monkeypatch, reevaluate, "_round_line")
     # The 3 candidates are screened, the best 2 over two runs race.
     reevaluation = [*FIXED_2, "sweep.reevaluate.top_k=2", "sweep.reevaluate.screen=3", "sweep.reevaluate.curve=[0.5]"]
     path = sweep.report_study("reeval", [f"paths.store={store}", *TINY, *reevaluation], reevaluate_first=True)
     monkeypatch.setattr(data, "image_files", real_image_files)
+    # The runs are read once per look: before the claim, after it, after each round, after the curve.
+    assert len(rounds) == 3 and len(reads) == 2 + len(rounds) + 1  # screening, race, confirmation
     curve_reads = [reads for role, reads in reads_by_role if role == "curve"]
     assert curve_reads and curve_reads == [0] * len(curve_reads)
     assert all(reads > 0 for role, reads in reads_by_role if role == "reeval")
@@ -174,7 +189,7 @@ def test_a_sweep_never_touches_the_test_split_and_reevaluation_is_nested_tagged_
     cfg = compose_study([f"paths.store={store}", "sweep.study=reeval"])
     summaries = reevaluate.collect(cfg, parent)
     settings = studies.study_settings(study, cfg)
-    state = reevaluate.progress_of(study, cfg, settings, parent, [f"paths.store={store}"]).rounds
+    state = reevaluate.Reevaluation(study, cfg, settings, parent, [f"paths.store={store}"]).look().rounds
     found = results.answer(studies.trial_rows(study), state, settings.epsilon)
     recommended = client.get_model_version_by_alias("reeval", "recommended")
     adopted = found.baseline if found.keep_baseline else found.chosen
@@ -186,8 +201,10 @@ def test_a_sweep_never_touches_the_test_split_and_reevaluation_is_nested_tagged_
     assert "`models:/reeval@recommended`" in text
     versions = len(client.search_model_versions("name = 'reeval'"))
 
-    # Again: nothing new is trained or registered, the same numbers come back.
+    # Again: nothing new is trained or registered, the same numbers come back, from one read.
+    reads.clear()
     again = sweep.report_study("reeval", [f"paths.store={store}", *TINY, *reevaluation], reevaluate_first=True)
+    assert len(reads) == 1
     assert len(client.search_runs([experiment], "tags.`regsweep.role` = 'reeval'")) == 9
     assert len(client.search_runs([experiment], "tags.`regsweep.role` = 'curve'")) == len(curve_runs)
     assert re.findall(r"± [0-9.]+", again.read_text()) == re.findall(r"± [0-9.]+", text)
@@ -239,9 +256,9 @@ def test_a_test_split_unlike_validation_is_flagged_and_the_answer_never_loses_te
     assert "Validation and test disagree on the baseline" in answer
 
     cfg = sweep.prepare(args).cfg
-    state = reevaluate.progress_of(
-        study, cfg, studies.study_settings(study, cfg), study.user_attrs["mlflow_parent_run_id"], args
-    ).rounds
+    settings = studies.study_settings(study, cfg)
+    parent = study.user_attrs["mlflow_parent_run_id"]
+    state = reevaluate.Reevaluation(study, cfg, settings, parent, args).look().rounds
     found = results.answer(studies.trial_rows(study), state, epsilon=0.1)
     adopted = found.baseline if found.keep_baseline else found.chosen
     baseline = found.baseline

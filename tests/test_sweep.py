@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import math
 import multiprocessing
 import os
@@ -16,7 +17,7 @@ import optuna
 import pytest
 
 from conftest import tracking_client
-from regsweep import faults, space, sweep, train
+from regsweep import cli, faults, progress, space, sweep, train
 from regsweep import study as studies
 from regsweep import trial as trials_module
 from regsweep.config import RegsweepError
@@ -213,6 +214,28 @@ def test_sweep_logs_one_parent_and_a_tagged_child_per_trial_then_reports_and_rep
         assert float(replayed[0].data.params[key]) == pytest.approx(value)
     assert replayed[0].data.params["train.epochs"] == "2"
     assert replayed[0].data.metrics["val_accuracy"] == pytest.approx(chosen.val_accuracy)  # replays exactly
+
+
+def test_quiet_prints_only_the_answer_and_verbose_adds_each_runs_details(store, capsys, monkeypatch):
+    """What `--quiet` and `--verbose` promise: the answer and where the report is, without the
+    progress lines; and, verbose, also each run's epochs and stage seconds and each look the
+    re-evaluation takes at its runs."""
+    monkeypatch.setenv("REGSWEEP_VERBOSE", "")  # --verbose sets them; put back after the test
+    monkeypatch.setenv("HYDRA_FULL_ERROR", "")
+    args = ["sweep", *sweep_args(store, IN_PROCESS, "sweep.study=talk")]
+    try:
+        cli.main([*args, "sweep.n_trials=1", "--quiet"])
+        quiet = capsys.readouterr().out
+        cli.main([*args, "sweep.n_trials=2", "--verbose"])
+        verbose = capsys.readouterr().out
+    finally:
+        progress.configure(logging.INFO)  # as conftest has it
+        logging.getLogger(progress.LOGGER).propagate = True
+    assert "The answer" in quiet and f"Report: {store / 'reports' / 'talk' / 'report.md'}" in quiet
+    assert "trial 1/1" not in quiet and "Study 'talk' (" not in quiet
+    assert "trial 2/2 (#1)" in verbose and "Report: " in verbose
+    assert re.search(r"run [0-9a-f]{32}: \d+ epochs; seconds: setup [0-9.]+, features", verbose)
+    assert "re-evaluation: 0 finished runs of 0 settings" in verbose
 
 
 @pytest.mark.slow

@@ -504,19 +504,21 @@ def test_ui_served_to_other_machines_answers_to_this_machines_name():
     assert "*" not in hosts  # other names stay refused (DNS-rebinding protection)
 
 
-def test_ui_served_beyond_this_machine_warns_in_one_line_that_anyone_can_change_the_store():
+def test_ui_served_beyond_this_machine_warns_in_one_line_that_anyone_can_change_the_store(capsys):
     from regsweep import ui
 
     assert ui.exposure_warning("127.0.0.1") == "" and ui.exposure_warning("localhost") == ""
     warning = ui.exposure_warning("0.0.0.0")
-    assert warning.startswith("regsweep: warning: --host 0.0.0.0 serves the store to anyone who can reach this machine")
+    assert warning.startswith("--host 0.0.0.0 serves the store to anyone who can reach this machine")
     assert "delete runs and experiments" in warning and "add --auth" in warning and "\n" not in warning
+    ui.log.warning(warning)  # as ui_command says it: one line on stderr
+    assert capsys.readouterr().err == f"regsweep: warning: {warning}\n"
 
     # Behind MLflow's login: still reachable by all, and the password crosses the network as plain HTTP.
     assert ui.exposure_warning("127.0.0.1", auth=True) == ""
     behind_login = ui.exposure_warning("0.0.0.0", auth=True)
     assert behind_login.startswith(
-        "regsweep: warning: --host 0.0.0.0 serves the MLflow UI to anyone who can reach "
+        "--host 0.0.0.0 serves the MLflow UI to anyone who can reach "
         "this machine, behind MLflow's login"
     )
     assert "unencrypted" in behind_login and "without a login" not in behind_login and "optuna" not in behind_login

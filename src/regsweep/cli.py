@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import argparse
 import importlib.metadata
+import logging
 import os
 import sys
 from pathlib import Path
@@ -17,7 +18,7 @@ from pathlib import Path
 import hydra
 from omegaconf import DictConfig, OmegaConf
 
-from regsweep import cache, faults
+from regsweep import cache, faults, progress
 from regsweep.config import (
     CONF_DIR,
     RegsweepError,
@@ -45,8 +46,9 @@ commands:
   ui       the MLflow UI on the store, and each study's pages in it (regsweep ui --help)
   export   any run's whole model as an MLflow Model (regsweep export --help)
 
-  --version  print regsweep's version
-  --verbose  with any command: show the Python traceback behind an error
+  --version      print regsweep's version
+  --quiet, -q    with any command: print only the answer (or where to look), warnings and errors
+  --verbose      with any command: print more of what happens, and the Python traceback behind an error
 """
 
 SWEEP_DESCRIPTION = """Runs (or continues) the Optuna study defined by sweeps/<name>.yaml (default: regularization).
@@ -344,10 +346,17 @@ COMMANDS = {
 
 def main(argv: list[str] | None = None) -> None:
     args = list(sys.argv[1:] if argv is None else argv)
+    level = logging.INFO
     if "--verbose" in args:
         args.remove("--verbose")
         os.environ["REGSWEEP_VERBOSE"] = "1"
         os.environ["HYDRA_FULL_ERROR"] = "1"
+        level = logging.DEBUG
+    for flag in ("--quiet", "-q"):
+        while flag in args:
+            args.remove(flag)
+            level = progress.ANSWER if level == logging.INFO else level  # --verbose wins
+    progress.configure(level)
     if not args or args[0] in ("-h", "--help"):
         print(USAGE, end="")
         return

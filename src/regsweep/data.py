@@ -10,10 +10,10 @@ from __future__ import annotations
 import errno
 import hashlib
 import json
+import logging
 import math
 import os
 import re
-import sys
 import tempfile
 import unicodedata
 import warnings
@@ -27,6 +27,8 @@ from omegaconf import DictConfig
 from regsweep import demo, progress
 from regsweep.config import RegsweepError
 from regsweep.files import publish_folder, write_text_atomically
+
+log = logging.getLogger(__name__)
 
 if TYPE_CHECKING:  # TensorFlow loads when the first pipeline is built, not on import
     import tensorflow as tf
@@ -383,11 +385,7 @@ def _warn_skipped(key: str, bad: list[tuple[Path, str]]) -> None:
         return
     _WARNED.add(marker)
     lines = "".join(f"\n  {path}: {why}" for path, why in bad)
-    print(
-        f"regsweep: warning: data.on_bad_image=skip leaves out {len(bad)} file(s) of {key}:{lines}",
-        file=sys.stderr,
-        flush=True,
-    )
+    log.warning(f"data.on_bad_image=skip leaves out {len(bad)} file(s) of {key}:{lines}")
 
 
 def _warn_few_training_images(counts: dict[str, int], folder: Path, key: str) -> None:
@@ -400,11 +398,9 @@ def _warn_few_training_images(counts: dict[str, int], folder: Path, key: str) ->
         return
     _WARNED.add(marker)
     listed = ", ".join(f"{c} ({n})" for c, n in few.items())
-    print(
-        f"regsweep: warning: {len(few)} class(es) in {key}={folder} have fewer than {FEW_TRAINING_IMAGES} "
-        f"training images: {listed}; they will mostly be guessed: add photos of them if you can",
-        file=sys.stderr,
-        flush=True,
+    log.warning(
+        f"{len(few)} class(es) in {key}={folder} have fewer than {FEW_TRAINING_IMAGES} "
+        f"training images: {listed}; they will mostly be guessed: add photos of them if you can"
     )
 
 

@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import logging
 import tempfile
 from pathlib import Path
 
@@ -27,6 +28,8 @@ import numpy as np
 from omegaconf import DictConfig
 
 from regsweep.files import publish_folder, write_atomically
+
+log = logging.getLogger(__name__)
 
 SOURCE_CLASSES = (8, 9)  # pretrain the backbone on these
 TARGET_CLASSES = (0, 1, 2, 3, 4)  # the demo's classification task
@@ -91,10 +94,8 @@ def ensure_pretrained_backbone(store: Path, image_size: int) -> Path:
 
     from regsweep.model import build_demo_cnn, preprocess  # lazy: Keras (TensorFlow)
 
-    print(
-        f"Pretraining the demo backbone on digits {' and '.join(map(str, SOURCE_CLASSES))} "
-        f"(once; cached at {path}) ...",
-        flush=True,
+    log.info(
+        f"Pretraining the demo backbone on digits {' and '.join(map(str, SOURCE_CLASSES))} (once; cached at {path}) ..."
     )
     images, labels = digit_images(image_size)
     source = np.isin(labels, SOURCE_CLASSES)

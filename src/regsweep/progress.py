@@ -1,6 +1,12 @@
-"""Progress of long steps (checking, fingerprinting and decoding images, filling the feature
-cache, the re-evaluation's runs), on stderr: tqdm's bar on a terminal, a plain line now and
-then in a log.
+"""What regsweep prints while it works: its log lines, the live line of a trial, and progress
+of long steps (checking, fingerprinting and decoding images, filling the feature cache, the
+re-evaluation's runs) on stderr: tqdm's bar on a terminal, a plain line now and then in a log.
+
+Library modules log through `logging` (loggers under "regsweep"); the CLI calls `configure`,
+which decides what is shown: INFO and up by default, only the answer, warnings and errors with
+`--quiet` (the ANSWER level), DEBUG too with `--verbose`. A sweep's worker child is configured
+with the sweep's level. Without `configure` (regsweep used as a library) nothing is printed but
+what Python's logging prints for warnings.
 
 A bar redrawn in place is noise in a CI job's or a worker's log, so when stderr is not a
 terminal a line such as `checking images in …: 4,000 / 20,000 images, 00:12 elapsed, ~00:48
@@ -15,6 +21,7 @@ process runs one trial at a time, and a bar is gone before the trial's epoch lin
 
 from __future__ import annotations
 
+import logging
 import os
 import sys
 import time
@@ -23,6 +30,8 @@ from contextlib import contextmanager
 
 from tqdm import tqdm
 
+LOGGER = "regsweep"
+ANSWER = logging.INFO + 5  # the answer and where the report is: shown even with --quiet
 EVERY_SECONDS = 10.0  # between lines in a log; REGSWEEP_PROGRESS_SECONDS overrides it
 BAR_DELAY_SECONDS = 2.0  # before a bar appears on a terminal (shorter if the line interval is)
 
@@ -34,6 +43,9 @@ def steps(
     """Yields `advance(n=1)`, to call as items of the `total` are done. `stream` (stderr) and
     `clock` are for tests."""
     stream = sys.stderr if stream is None else stream
+    if not shown():  # --quiet
+        yield lambda n=1: None
+        return
     every = float(os.environ.get("REGSWEEP_PROGRESS_SECONDS", EVERY_SECONDS))
     if getattr(stream, "isatty", lambda: False)():
         # leave=False: the bar goes when the step ends, and a trial's own progress line takes its place
@@ -83,6 +95,49 @@ class _Lines:
 
 
 def say(line: str) -> None:
-    """Prints a line on stdout; on a terminal, a bar on stderr is lifted out of its way and redrawn below."""
-    with tqdm.external_write_mode(file=sys.stdout):
-        print(line, flush=True)
+    """A line of progress on stdout (not with --quiet)."""
+    logging.getLogger(__name__).info(line)
+
+
+def live(text: str) -> None:
+    """A line a terminal redraws in place (a trial's epochs); not shown with --quiet."""
+    if shown():
+        print(f"\r{text}\033[K", end="", flush=True)
+
+
+class Console(logging.Handler):
+    """regsweep's log records as the CLI shows them: info lines and the answer on stdout, warnings
+    and errors on stderr as `regsweep: warning: …`. On a terminal a progress bar on stderr is
+    lifted out of the way and redrawn below. The streams are looked up at each line, so a
+    test's captured streams (and a redirected stdout) get them."""
+
+    def emit(self, record: logging.LogRecord) -> None:
+        try:
+            message = self.format(record)
+            stream = sys.stdout
+            if record.levelno >= logging.WARNING:
+                stream, message = sys.stderr, f"regsweep: warning: {message}"
+            with tqdm.external_write_mode(file=stream):
+                print(message, file=stream, flush=True)
+        except Exception:  # logging's own rule: a broken stream never raises into the caller
+            self.handleError(record)
+
+
+def configure(level: int = logging.INFO) -> None:
+    """Shows regsweep's lines at `level` and up (logging.INFO, ANSWER for --quiet, logging.DEBUG for
+    --verbose). Called by the CLI, and by each worker child with the sweep's level."""
+    logger = logging.getLogger(LOGGER)
+    for handler in [h for h in logger.handlers if isinstance(h, Console)]:
+        logger.removeHandler(handler)
+    logger.addHandler(Console())
+    logger.setLevel(level)
+    logger.propagate = False  # a host application's root handlers would print each line twice
+
+
+def level() -> int:
+    return logging.getLogger(LOGGER).getEffectiveLevel()
+
+
+def shown(at: int = logging.INFO) -> bool:
+    """Whether a line at this level is shown (False for progress with --quiet)."""
+    return logging.getLogger(LOGGER).isEnabledFor(at)

@@ -24,6 +24,7 @@ stable recommendation and the verdict are decided in regsweep.results.
 from __future__ import annotations
 
 import hashlib
+import logging
 import statistics
 from dataclasses import dataclass
 from pathlib import Path
@@ -46,6 +47,8 @@ from regsweep.metrics import (
 )
 from regsweep.results import BASELINE, Summary
 from regsweep.worker import import_tensorflow_quietly
+
+log = logging.getLogger(__name__)
 
 METRICS = (TEST_ACCURACY, VAL_ACCURACY, TEST_GAP, GAP, TRAIN_ACCURACY)
 SIZES = (TRAIN_IMAGES, VAL_IMAGES, TEST_IMAGES)  # logged since the noise is measured per image
@@ -109,64 +112,136 @@ def design(cfg: DictConfig, settings: DictConfig) -> results.Design:
 
 
 @dataclass
-class Progress:
-    """The re-evaluation as it stands: what it plans, and the rounds replayed from its runs."""
+class Reevaluation:
+    """One study's re-evaluation: what every step of it reads from."""
 
+    optuna_study: optuna.Study
+    cfg: DictConfig
+    settings: DictConfig  # the study's own (regsweep.study.study_settings)
+    parent_run_id: str | None
+    base_overrides: list[str]  # the caller's overrides (where the store is, passwords)
+
+    def look(self) -> Look:
+        """The re-evaluation as its runs stand now, read from Optuna and MLflow once: the rounds
+        (regsweep.results.rounds) replayed from every finished run, and the learning curve's runs."""
+        settings, parent = self.settings, self.parent_run_id
+        rows = study.trial_rows(self.optuna_study)
+        reevaluated = int(settings.reevaluate.seeds) > 0 and any(row.state == "COMPLETE" for row in rows)
+        planned = settings_to_run(rows, settings, self.base_overrides) if reevaluated else []  # seeds=0: none
+        # A setting's runs are found by its label and seed, wherever they were trained (paths differ by machine).
+        labels = [setting.label for setting in planned]
+        summaries = [s for s in collect(self.cfg, parent) if s.label in labels]
+        searched = {f"#{row.number}": row.val_accuracy for row in rows}  # each trial's single run, for the screening
+        rounds = results.rounds(labels, summaries, design(self.cfg, settings), settings.epsilon, searched)
+        curve_runs = logged_runs(self.cfg, parent, CURVE) if parent is not None else []
+        finished = sum(len(summary.runs) for summary in summaries)
+        log.debug(
+            f"re-evaluation: {finished} finished runs of {len(planned)} settings and {len(curve_runs)} learning-curve "
+            f"runs read from MLflow; the next round holds {sum(map(len, rounds.todo.values()))} runs"
+        )
+        return Look(self, rows, planned, rounds, summaries, curve_runs)
+
+
+@dataclass
+class Look:
+    """The re-evaluation at one look: what it plans, the rounds replayed from its runs, and what
+    is left to train. Everything here is computed from what `Reevaluation.look` read."""
+
+    study: Reevaluation
+    rows: list[results.TrialRow]
     planned: list[Setting]
     rounds: results.Rounds
     summaries: list[Summary]  # every finished run, per setting (the rounds read their looks from these)
+    curve_runs: list  # the learning curve's finished MLflow runs
 
     def todo(self) -> list[tuple[Setting, int]]:
         by_label = {setting.label: setting for setting in self.planned}
         return [(by_label[label], seed) for label, seeds in self.rounds.todo.items() for seed in seeds]
 
+    def work_left(self) -> bool:
+        """Whether any re-evaluation or learning-curve run is still to train."""
+        return bool(self.todo() or self.missing_curve())
 
-def progress_of(
-    optuna_study: optuna.Study,
-    cfg: DictConfig,
-    settings: DictConfig,
-    parent_run_id: str | None,
-    base_overrides: list[str],
-) -> Progress:
-    """Replays the re-evaluation from the runs logged under the parent (regsweep.results.rounds)."""
-    rows = study.trial_rows(optuna_study)
-    reevaluated = int(settings.reevaluate.seeds) > 0 and any(row.state == "COMPLETE" for row in rows)
-    planned = settings_to_run(rows, settings, base_overrides) if reevaluated else []  # seeds=0: none planned
-    # A setting's runs are found by its label and seed, wherever they were trained (paths differ by machine).
-    labels = [setting.label for setting in planned]
-    summaries = [s for s in collect(cfg, parent_run_id) if s.label in labels]
-    plan = design(cfg, settings)
-    searched = {f"#{row.number}": row.val_accuracy for row in rows}  # each trial's single run, for the screening
-    return Progress(planned, results.rounds(labels, summaries, plan, settings.epsilon, searched), summaries)
+    def missing_curve(self) -> list[tuple[Setting, int]]:
+        """The learning curve's (setting, seed) pairs with no FINISHED run yet: the answer's
+        setting (the adopted one, or the baseline) at each share of sweep.reevaluate.curve, with
+        the first round's seeds. Empty until the rounds have stopped."""
+        settings, base_overrides = self.study.settings, self.study.base_overrides
+        found = results.answer(self.rows, self.rounds, settings.epsilon)
+        if found is None or found.verdict is None or self.rounds.todo or not settings.reevaluate.curve:
+            return []
+        by_label = {f"#{row.number}": row for row in self.rows}
+        curve = (
+            baseline_setting(settings, base_overrides)
+            if found.keep_baseline
+            else trial_setting(by_label[found.label], base_overrides)
+        )
+        points = [
+            Setting(curve.label, merge(curve.overrides, [f"data.train_fraction={fraction}"]), curve.trial_number)
+            for fraction in settings.reevaluate.curve
+        ]
+        done = {
+            (
+                run.data.tags.get(tracking.REEVAL_TAG),
+                float(run.data.params.get("data.train_fraction", "nan")),
+                int(run.data.params.get("train.seed", -1)),
+            )
+            for run in self.curve_runs
+        }
+        seeds = self.rounds.design.selection_seeds(self.rounds.design.seeds)
+        return [
+            (point, seed)
+            for point, fraction in zip(points, settings.reevaluate.curve)
+            for seed in seeds
+            if (point.label, float(fraction), seed) not in done
+        ]
+
+    def curves(self) -> dict[str, list[results.CurvePoint]]:
+        """Each learning curve's points: mean val_accuracy over seeds per training-set size, the
+        full-size point taken from the re-evaluation runs."""
+        by_label: dict[str, dict[int, list[float]]] = {}
+        for logged in self.curve_runs:
+            metrics = logged.data.metrics
+            if VAL_ACCURACY in metrics and TRAIN_IMAGES in metrics:
+                sizes = by_label.setdefault(logged.data.tags[tracking.REEVAL_TAG], {})
+                sizes.setdefault(int(metrics[TRAIN_IMAGES]), []).append(metrics[VAL_ACCURACY])
+        for summary in self.summaries:
+            if summary.label in by_label and all(TRAIN_IMAGES in run for run in summary.runs):
+                by_label[summary.label].setdefault(summary.runs[0][TRAIN_IMAGES], []).extend(
+                    run[VAL_ACCURACY] for run in summary.runs
+                )
+        return {
+            label: [
+                results.CurvePoint(size, statistics.fmean(values), statistics.stdev(values) if len(values) > 1 else 0.0)
+                for size, values in sorted(sizes.items())
+            ]
+            for label, sizes in by_label.items()
+        }
 
 
-def run_rounds(
-    optuna_study: optuna.Study,
-    cfg: DictConfig,
-    settings: DictConfig,
-    parent_run_id: str,
-    base_overrides: list[str],
-    token: str,
-) -> bool:
-    """Trains round after round until the rounds stop, then the learning curve; False when this
-    worker lost its claim on the way (the new holder goes on).
+def run_rounds(reevaluation: Reevaluation, token: str) -> Look | None:
+    """Trains round after round until the rounds stop, then the learning curve, and returns the
+    last look; None when this worker lost its claim on the way (the new holder goes on).
 
     Each round is what `regsweep.results.rounds` asks for, given every run logged so far, so a
     worker killed mid-round leaves finished runs that the next one counts and never re-trains.
+    The first look is taken here, after the claim: another worker may have trained until then.
     """
-    end_interrupted_runs(cfg, parent_run_id)
-    state = progress_of(optuna_study, cfg, settings, parent_run_id, base_overrides)
-    while todo := state.todo():
-        print(_round_line(state.rounds, todo), flush=True)
-        if not _train(optuna_study, cfg, todo, parent_run_id, token, REEVAL):
-            return False
-        state = progress_of(optuna_study, cfg, settings, parent_run_id, base_overrides)
-    todo = missing_curve_runs(optuna_study, cfg, settings, parent_run_id, base_overrides)
+    end_interrupted_runs(reevaluation.cfg, reevaluation.parent_run_id)
+    look = reevaluation.look()
+    while todo := look.todo():
+        log.info(_round_line(look.rounds, todo))
+        if not _train(reevaluation, todo, token, REEVAL):
+            return None
+        look = reevaluation.look()
+    todo = look.missing_curve()
     if todo:
-        fractions = ", ".join(f"{100 * f:g} %" for f in settings.reevaluate.curve)
-        print(f"Learning curve: {len(todo)} runs on {fractions} of the training images (validation only)", flush=True)
-        return _train(optuna_study, cfg, todo, parent_run_id, token, CURVE)
-    return True
+        fractions = ", ".join(f"{100 * f:g} %" for f in reevaluation.settings.reevaluate.curve)
+        log.info(f"Learning curve: {len(todo)} runs on {fractions} of the training images (validation only)")
+        if not _train(reevaluation, todo, token, CURVE):
+            return None
+        look = reevaluation.look()
+    return look
 
 
 def _round_line(rounds: results.Rounds, todo: list[tuple[Setting, int]]) -> str:
@@ -222,53 +297,9 @@ def end_interrupted_runs(cfg: DictConfig, parent_run_id: str) -> None:
             )
 
 
-def missing_curve_runs(
-    optuna_study: optuna.Study, cfg: DictConfig, settings: DictConfig, parent_run_id: str, base_overrides: list[str]
-) -> list[tuple[Setting, int]]:
-    """The learning curve's (setting, seed) pairs with no FINISHED run yet: the answer's setting
-    (the adopted one, or the baseline) at each share of sweep.reevaluate.curve, with the first
-    round's seeds. Empty until the rounds have stopped."""
-    state = progress_of(optuna_study, cfg, settings, parent_run_id, base_overrides)
-    rows = study.trial_rows(optuna_study)
-    found = results.answer(rows, state.rounds, settings.epsilon)
-    if found is None or found.verdict is None or state.rounds.todo or not settings.reevaluate.curve:
-        return []
-    by_label = {f"#{row.number}": row for row in rows}
-    curve = (
-        baseline_setting(settings, base_overrides)
-        if found.keep_baseline
-        else trial_setting(by_label[found.label], base_overrides)
-    )
-    points = [
-        Setting(curve.label, merge(curve.overrides, [f"data.train_fraction={fraction}"]), curve.trial_number)
-        for fraction in settings.reevaluate.curve
-    ]
-    done = {
-        (
-            run.data.tags.get(tracking.REEVAL_TAG),
-            float(run.data.params.get("data.train_fraction", "nan")),
-            int(run.data.params.get("train.seed", -1)),
-        )
-        for run in logged_runs(cfg, parent_run_id, CURVE)
-    }
-    seeds = state.rounds.design.selection_seeds(state.rounds.design.seeds)
-    return [
-        (point, seed)
-        for point, fraction in zip(points, settings.reevaluate.curve)
-        for seed in seeds
-        if (point.label, float(fraction), seed) not in done
-    ]
-
-
-def _train(
-    optuna_study: optuna.Study,
-    cfg: DictConfig,
-    todo: list[tuple[Setting, int]],
-    parent_run_id: str,
-    token: str,
-    role: str,
-) -> bool:
+def _train(reevaluation: Reevaluation, todo: list[tuple[Setting, int]], token: str, role: str) -> bool:
     """Trains each (setting, seed) while this worker holds the claim; False when it lost it."""
+    optuna_study, parent_run_id = reevaluation.optuna_study, reevaluation.parent_run_id
     import_tensorflow_quietly()
     from regsweep import train  # lazy: TensorFlow, only in the process that re-evaluates
 
@@ -354,33 +385,6 @@ def _per_image(logged) -> dict[str, str]:
     before they were (its noise then falls back to binomial bounds)."""
     return {
         f"{split}_correct": value for split, value in tracking.load_per_image_correct(logged.info.artifact_uri).items()
-    }
-
-
-def collect_curve(
-    cfg: DictConfig, parent_run_id: str | None, summaries: list[Summary]
-) -> dict[str, list[results.CurvePoint]]:
-    """Each learning curve's points: mean val_accuracy over seeds per training-set size, the
-    full-size point taken from the re-evaluation runs."""
-    if parent_run_id is None:
-        return {}
-    by_label: dict[str, dict[int, list[float]]] = {}
-    for logged in logged_runs(cfg, parent_run_id, CURVE):
-        metrics = logged.data.metrics
-        if VAL_ACCURACY in metrics and TRAIN_IMAGES in metrics:
-            sizes = by_label.setdefault(logged.data.tags[tracking.REEVAL_TAG], {})
-            sizes.setdefault(int(metrics[TRAIN_IMAGES]), []).append(metrics[VAL_ACCURACY])
-    for summary in summaries:
-        if summary.label in by_label and all(TRAIN_IMAGES in run for run in summary.runs):
-            by_label[summary.label].setdefault(summary.runs[0][TRAIN_IMAGES], []).extend(
-                run[VAL_ACCURACY] for run in summary.runs
-            )
-    return {
-        label: [
-            results.CurvePoint(size, statistics.fmean(values), statistics.stdev(values) if len(values) > 1 else 0.0)
-            for size, values in sorted(sizes.items())
-        ]
-        for label, sizes in by_label.items()
     }
 
 

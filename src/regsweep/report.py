@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import base64
 import html
+import logging
 import math
 import shlex
 import webbrowser
@@ -24,7 +25,7 @@ from markdown_it import MarkdownIt
 from matplotlib.figure import Figure
 from omegaconf import DictConfig, OmegaConf
 
-from regsweep import results
+from regsweep import progress, results
 from regsweep.config import config_groups
 from regsweep.metrics import GAP, TEST_ACCURACY, TEST_GAP, TEST_IMAGES, VAL_ACCURACY
 from regsweep.results import (
@@ -41,6 +42,8 @@ from regsweep.results import (
     pareto_front,
     pruned_by_level,
 )
+
+log = logging.getLogger(__name__)
 
 
 def replay_command(overrides: list[str]) -> str:
@@ -696,6 +699,6 @@ def open_in_browser(path: Path) -> None:
     try:
         webbrowser.get()
     except webbrowser.Error:
-        print(f"No browser found here; open {path} on a machine with one.")
+        log.log(progress.ANSWER, f"No browser found here; open {path} on a machine with one.")
         return
     webbrowser.open(path.resolve().as_uri())

@@ -9,6 +9,7 @@ attributes named once below.
 from __future__ import annotations
 
 import functools
+import logging
 import math
 import os
 import random
@@ -30,6 +31,8 @@ from regsweep import faults, space, tracking
 from regsweep.config import RegsweepError, override_key, redact
 from regsweep.metrics import GAP, TRAIN_ACCURACY, VAL_ACCURACY, VAL_IMAGES
 from regsweep.results import TrialRow
+
+log = logging.getLogger(__name__)
 
 COUNTED = (optuna.trial.TrialState.COMPLETE, optuna.trial.TrialState.PRUNED)
 
@@ -475,10 +478,9 @@ def wait_for_other_workers(study: optuna.Study, poll_seconds: float = 2.0) -> No
             return
         if not announced:
             numbers = ", ".join(f"#{t.number}" for t in running)
-            print(
+            log.info(
                 f"Waiting for {len(running)} trial(s) still running in other workers ({numbers}) "
-                "before the re-evaluation and report.",
-                flush=True,
+                "before the re-evaluation and report."
             )
             announced = True
         time.sleep(poll_seconds)

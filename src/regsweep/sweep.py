@@ -15,9 +15,9 @@ from __future__ import annotations
 
 import collections
 import contextlib
+import logging
 import math
 import shlex
-import sys
 import warnings
 from pathlib import Path
 
@@ -25,12 +25,14 @@ import mlflow
 import optuna
 from omegaconf import DictConfig, OmegaConf
 
-from regsweep import data, faults, reevaluate, report, results, space, study, tracking, ui
+from regsweep import data, faults, progress, reevaluate, report, results, space, study, tracking, ui
 from regsweep.config import RegsweepError, compose, compose_study, override_key, redact, training_overrides, validate
 from regsweep.metrics import GAP, TRAIN_ACCURACY, VAL_ACCURACY
 from regsweep.study import Sweep
 from regsweep.trial import make_objective
 from regsweep.worker import TrialWorker, import_tensorflow_quietly
+
+log = logging.getLogger(__name__)
 
 
 def prepare(args: list[str]) -> Sweep:
@@ -62,11 +64,9 @@ def prepare(args: list[str]) -> Sweep:
     if shared:
         listed = "".join(f"\n  {' = '.join(group)}" for group in shared[:10])
         more = f"\n  … and {len(shared) - 10} more" if len(shared) > 10 else ""
-        print(
-            f"regsweep: warning: {len(shared)} image(s) appear in more than one split (same content), so held-out "
-            f"scores are inflated; remove the copies:{listed}{more}",
-            file=sys.stderr,
-            flush=True,
+        log.warning(
+            f"{len(shared)} image(s) appear in more than one split (same content), so held-out "
+            f"scores are inflated; remove the copies:{listed}{more}"
         )
     return Sweep(
         settings,
@@ -92,7 +92,7 @@ def run_study(args: list[str]) -> optuna.Study:
         and isinstance(strength, optuna.distributions.FloatDistribution)
         and strength.step is None
     ):
-        print(
+        log.info(
             "Note: augment.strength is searched without a step, so each augmented trial computes its own "
             "cached views; declare one to share them, e.g. 'augment.strength=range(0.0, 1.0, step=0.25)'."
         )
@@ -115,19 +115,18 @@ def run_study(args: list[str]) -> optuna.Study:
         baseline_again = study.requeue_failed_baseline(optuna_study, sweep)
         if remaining > 0 or baseline_again:
             again = " The baseline trial never completed: it runs again first." if baseline_again else ""
-            print(
+            log.info(
                 f"Study '{s.study}' ({s.objective}, epsilon {s.epsilon}): {done} of "
                 f"{s.n_trials} trials done, running {max(remaining, 1)} more.{again} Storage: "
-                f"{redact(str(s.storage))}",
-                flush=True,
+                f"{redact(str(s.storage))}"
             )
             _optimize(optuna_study, sweep, parent_run_id, worker)
         else:
-            print(f"Study '{s.study}' already has {done} trials (sweep.n_trials={s.n_trials}); reporting.", flush=True)
+            log.info(f"Study '{s.study}' already has {done} trials (sweep.n_trials={s.n_trials}); reporting.")
         if worker is not None:
             worker.close()
         if s.reevaluate.seeds > 0 and not sweep.has_test_split:
-            print(
+            log.info(
                 "No test split, so no re-evaluation: give data.test_dir (data=folders) or data.test_fraction "
                 "(data=split) to measure the recommendation against a baseline on untouched images."
             )
@@ -256,14 +255,15 @@ def end_study(
         study.wait_for_other_workers(optuna_study)
     unfinished = study.in_progress(optuna_study)
     if unfinished:  # `regsweep report` mid-study: an answer to look at, nothing to act on or move
-        print(
+        log.info(
             f"Study '{optuna_study.study_name}' is {unfinished}: the answer below is provisional, and it is "
-            "re-evaluated, registered and logged when the study is complete.",
-            flush=True,
+            "re-evaluated, registered and logged when the study is complete."
         )
     reevaluating = reevaluating and parent_run_id is not None and not unfinished
     settings = study.study_settings(optuna_study, cfg, reevaluating=reevaluating)
-    if reevaluating and _work_left(optuna_study, cfg, settings, parent_run_id, base_overrides):
+    reevaluation = reevaluate.Reevaluation(optuna_study, cfg, settings, parent_run_id, base_overrides)
+    look = reevaluation.look()  # one read of the runs per look: here, after each round, after the curve
+    if reevaluating and look.work_left():
         token, holder = study.claim(optuna_study, settings.heartbeat_seconds)
         if token is None:
             _leave_to(holder)
@@ -271,7 +271,8 @@ def end_study(
         try:
             with study.keeping(optuna_study, token, settings.heartbeat_seconds):
                 study.record_reevaluation(optuna_study, settings.reevaluate)
-                if not reevaluate.run_rounds(optuna_study, cfg, settings, parent_run_id, base_overrides, token):
+                look = reevaluate.run_rounds(reevaluation, token)
+                if look is None:
                     _leave_to("the worker that took over the claim")
                     return None
         except KeyboardInterrupt as stop:
@@ -285,7 +286,7 @@ def end_study(
         return None
     elif reevaluating:  # nothing left to train under these settings: they define the verdict from now on
         study.record_reevaluation(optuna_study, settings.reevaluate)
-    facts = gather(optuna_study, cfg, settings, parent_run_id, base_overrides, provisional=unfinished)
+    facts = gather(look, provisional=unfinished)
     if parent_run_id is not None and not unfinished:
         tracking.use_store(cfg.tracking)
         try:
@@ -298,8 +299,8 @@ def end_study(
         _log_report(parent_run_id, out_dir, facts.answer)
         if finishing:
             mlflow.MlflowClient().set_terminated(parent_run_id, "FINISHED")
-    print(report.terminal_summary(facts))
-    print(f"Report: {path} (and report.html)")
+    log.log(progress.ANSWER, report.terminal_summary(facts))
+    log.log(progress.ANSWER, f"Report: {path} (and report.html)")
     if open_html:
         report.open_in_browser(out_dir / "report.html")
     if facts.not_registered:  # the report stands and says why; the command fails, so a script notices
@@ -308,40 +309,24 @@ def end_study(
 
 
 def _leave_to(holder: str) -> None:
-    print(f"Another worker ({holder}) is re-evaluating this study; it writes the report when it is done.", flush=True)
-
-
-def _work_left(
-    optuna_study: optuna.Study, cfg: DictConfig, settings: DictConfig, parent_run_id: str, base_overrides: list[str]
-) -> bool:
-    """Whether any re-evaluation or learning-curve run is still to train: only then is the claim
-    worth its few seconds' settling."""
-    return bool(
-        reevaluate.progress_of(optuna_study, cfg, settings, parent_run_id, base_overrides).todo()
-        or reevaluate.missing_curve_runs(optuna_study, cfg, settings, parent_run_id, base_overrides)
+    log.log(
+        progress.ANSWER, f"Another worker ({holder}) is re-evaluating this study; it writes the report when it is done."
     )
 
 
-def gather(
-    optuna_study: optuna.Study,
-    cfg: DictConfig,
-    settings: DictConfig,
-    parent_run_id: str | None,
-    base_overrides: list[str],
-    provisional: str = "",
-) -> report.Facts:
-    """Everything the report shows, read once from the study and its runs, and decided.
+def gather(look: reevaluate.Look, provisional: str = "") -> report.Facts:
+    """Everything the report shows, from one look at the study and its runs, and decided.
     The best-settings file is written only for a complete study (`provisional` empty)."""
+    optuna_study, cfg, settings = look.study.optuna_study, look.study.cfg, look.study.settings
+    parent_run_id, rows = look.study.parent_run_id, look.rows
     searched = space.parse_space(optuna_study.user_attrs.get(study.SEARCH_SPACE_ATTR, {}))
-    rows = study.trial_rows(optuna_study)
-    progress = reevaluate.progress_of(optuna_study, cfg, settings, parent_run_id, base_overrides)
-    curves = reevaluate.collect_curve(cfg, parent_run_id, progress.summaries)
+    curves = look.curves()
     shared = optuna_study.user_attrs.get(study.SHARED_IMAGES_ATTR, [])
     recorded = list(optuna_study.user_attrs.get(study.BASE_OVERRIDES_ATTR, []))
     baseline_overrides = space.baseline_overrides(settings.reevaluate.baseline)
     found = results.answer(
         rows,
-        progress.rounds,
+        look.rounds,
         settings.epsilon,
         curves,
         len(shared),
@@ -354,7 +339,7 @@ def gather(
         rows,
         found,
         results.recommend(rows, settings.epsilon),
-        [s for s in progress.summaries if s.runs],
+        [s for s in look.summaries if s.runs],
         curves,
         shared,
         baseline_overrides,

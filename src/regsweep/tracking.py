@@ -168,7 +168,7 @@ def _watch(uri: str, seconds: float, done: threading.Event) -> None:
         if not answered and silent_since is None:
             silent_since = time.monotonic()
             log.warning(
-                "regsweep: the tracking server %s stopped answering (nothing within tracking.connect_timeout, %g s); "
+                "the tracking server %s stopped answering (nothing within tracking.connect_timeout, %g s); "
                 "MLflow keeps trying for about %d × that, then the command stops and the same command resumes",
                 redact(uri),
                 seconds,
@@ -176,7 +176,7 @@ def _watch(uri: str, seconds: float, done: threading.Event) -> None:
             )
         elif answered and silent_since is not None:
             log.warning(
-                "regsweep: the tracking server %s answers again, after %.0f s",
+                "the tracking server %s answers again, after %.0f s",
                 redact(uri),
                 time.monotonic() - silent_since,
             )

@@ -7,6 +7,7 @@ rises even when nothing generalizes better, so it is logged but never called the
 
 from __future__ import annotations
 
+import logging
 import time
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -31,6 +32,8 @@ from regsweep.metrics import (
     VAL_ACCURACY,
     VAL_IMAGES,
 )
+
+log = logging.getLogger(__name__)
 
 
 @dataclass
@@ -143,6 +146,9 @@ def train_and_log(
         plots = artifacts == "all" or (artifacts == "best" and (leads is None or leads(metrics)))
         tracking.log_results(metrics, history, fitted.phase2_start, confusion, splits.class_names, plots)
 
+    stages = ", ".join(f"{name} {value:.1f}" for name, value in timer.seconds.items())
+    cached = "".join(f", {name} {value}" for name, value in trainer.cache_metrics.items())
+    log.debug(f"run {mlflow_run.info.run_id}: {len(history['loss'])} epochs; seconds: {stages}{cached}")
     return RunResult(mlflow_run.info.run_id, metrics, classifier)
 
 

@@ -19,6 +19,7 @@ from omegaconf import DictConfig
 from regsweep import faults, results, space, study, tracking
 from regsweep.config import compose, redact
 from regsweep.metrics import GAP, RUNNING_TRAIN_ACCURACY, TRAIN_ACCURACY, VAL_ACCURACY, VAL_IMAGES
+from regsweep.progress import live, say
 from regsweep.study import FAIL_REASON_ATTR, INTERRUPTED, RUN_ID_ATTR, Sweep
 from regsweep.worker import ChildDied, TrialWorker
 
@@ -82,11 +83,11 @@ class Progress:
 
     def epoch(self, epoch: int, val_accuracy: float) -> None:
         if self.live:
-            print(f"\r{self.header} | epoch {epoch} val {val_accuracy:.3f} | {self.best}\033[K", end="", flush=True)
+            live(f"{self.header} | epoch {epoch} val {val_accuracy:.3f} | {self.best}")
 
     def finish(self, state: str, detail: str, just_completed: results.TrialRow | None = None) -> None:
         line = f"{self.header} | {state} {detail} | {self._best(just_completed)}"
-        print(f"\r{line}\033[K" if self.live else line, flush=True)
+        say(f"\r{line}\033[K" if self.live else line)
 
 
 def finished_row(trial: optuna.Trial, metrics: dict) -> results.TrialRow:

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import logging
 import os
 import secrets
 import signal
@@ -27,8 +28,16 @@ import mlflow
 import optuna
 from omegaconf import DictConfig
 
-from regsweep import study, tracking
+from regsweep import progress, study, tracking
 from regsweep.config import RegsweepError, compose_study, redact, require_extra
+
+log = logging.getLogger(__name__)
+
+
+def tell(line: str) -> None:
+    """What `regsweep ui` tells its user (where to look, how to stop): shown even with --quiet."""
+    log.log(progress.ANSWER, line)
+
 
 # MLflow 3's UI starts in its GenAI (traces) mode, whose experiment page is a traces overview;
 # this query parameter switches it to its model-training mode, whose pages are the runs.
@@ -62,7 +71,7 @@ def serve(options: Options) -> None:
     if local:
         _check_free(options.host, options.port, "--port")
     if warning := exposure_warning(options.host, options.auth, options.optuna):
-        print(warning, file=sys.stderr, flush=True)
+        log.warning(warning)
     if options.optuna:
         _check_free(options.host, options.optuna_port, "--optuna-port")
     experiment_id = tracking.use_store(cfg.tracking)  # a new local store gets its tables and experiment here
@@ -75,23 +84,23 @@ def serve(options: Options) -> None:
             base_url = f"http://{_display_host(options.host)}:{options.port}"
         else:
             base_url = _without_credentials(tracking_uri)
-        print(f"MLflow UI: {base_url}/#/experiments/{experiment_id}/runs?{MODEL_TRAINING}")
+        tell(f"MLflow UI: {base_url}/#/experiments/{experiment_id}/runs?{MODEL_TRAINING}")
         if auth:
-            print(f"Log in as {ADMIN} with the password in {PASSWORD_VARIABLE}; the users are kept in {auth.database}.")
+            tell(f"Log in as {ADMIN} with the password in {PASSWORD_VARIABLE}; the users are kept in {auth.database}.")
         if not found:
             which = f"study '{cfg.sweep.study}'" if named else "study"
-            print(
+            tell(
                 f"No {which} in {redact(str(cfg.sweep.storage))} yet: "
                 "the runs table shows `regsweep train` runs; a sweep adds its study's parent run."
             )
         for one in found:
             if one.experiment_id is None:
-                print(
+                tell(
                     f"Study '{one.name}': no MLflow runs in tracking.uri={redact(tracking_uri)}: "
                     "point tracking.uri at the store its sweep logged to"
                 )
             else:
-                print(
+                tell(
                     f"Study '{one.name}': {runs_page(base_url, one.experiment_id, one.name)} "
                     "(its parent run and, nested under it, the trials and re-evaluations; select two or more and "
                     "Compare)"
@@ -101,9 +110,9 @@ def serve(options: Options) -> None:
             dashboard = f"http://{_display_host(options.host)}:{options.optuna_port}/dashboard/studies"
             in_storage = [one for one in found if one.study_id is not None]
             if not in_storage:
-                print(f"optuna-dashboard: {dashboard}")
+                tell(f"optuna-dashboard: {dashboard}")
             for one in in_storage:
-                print(f"optuna-dashboard: {dashboard}/{one.study_id} (study '{one.name}')")
+                tell(f"optuna-dashboard: {dashboard}/{one.study_id} (study '{one.name}')")
         if not servers:
             return
         _wait(servers)
@@ -349,12 +358,12 @@ def exposure_warning(host: str, auth: bool = False, optuna: bool = False) -> str
     tunnel = "prefer the default --host 127.0.0.1 with an SSH tunnel (ssh -L 5000:127.0.0.1:5000 <this machine>)"
     if not auth:
         return (
-            f"regsweep: warning: --host {host} serves the store to anyone who can reach this machine, without a "
+            f"--host {host} serves the store to anyone who can reach this machine, without a "
             f"login, and the MLflow UI can delete runs and experiments; add --auth for MLflow's login, or {tunnel}"
         )
     dashboard = ", and optuna-dashboard (--optuna) has no login at all" if optuna else ""
     return (
-        f"regsweep: warning: --host {host} serves the MLflow UI to anyone who can reach this machine, behind "
+        f"--host {host} serves the MLflow UI to anyone who can reach this machine, behind "
         f"MLflow's login, whose password crosses the network unencrypted (plain HTTP){dashboard}; on a network "
         f"you do not trust, {tunnel}"
     )
@@ -418,11 +427,11 @@ def _wait(servers: list[subprocess.Popen]) -> None:
     signal.signal(signal.SIGTERM, _interrupt)
     signal.signal(signal.SIGINT, _interrupt)
     try:
-        print("Press Ctrl-C to stop.", flush=True)  # once Ctrl-C is handled: a stop right after it is a clean stop
+        tell("Press Ctrl-C to stop.")  # once Ctrl-C is handled: a stop right after it is a clean stop
         while all(server.poll() is None for server in servers):
             time.sleep(0.5)
     except KeyboardInterrupt:
-        print("\nregsweep ui: stopped.")
+        tell("\nregsweep ui: stopped.")
         return
     stopped = next(server for server in servers if server.poll() is not None)
     raise RegsweepError(

@@ -18,7 +18,7 @@ import time
 from concurrent.futures import ProcessPoolExecutor
 from concurrent.futures.process import BrokenProcessPool
 
-from regsweep import faults
+from regsweep import faults, progress
 from regsweep.config import quiet_libraries
 from regsweep.faults import Terminated, forget_stops, raise_interrupted_once, raise_terminated
 
@@ -72,9 +72,11 @@ def import_tensorflow_quietly() -> None:
         os.close(devnull)
 
 
-def _start_child() -> None:
-    """Start-up of a child: quiet TensorFlow, leave Ctrl-C and SIGTERM to the call in progress
-    (the sweep decides what happens between calls), and die with the sweep."""
+def _start_child(log_level: int) -> None:
+    """Start-up of a child: quiet TensorFlow, print what the sweep prints (`log_level`), leave
+    Ctrl-C and SIGTERM to the call in progress (the sweep decides what happens between calls),
+    and die with the sweep."""
+    progress.configure(log_level)
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     signal.signal(signal.SIGTERM, signal.SIG_IGN)
     threading.Thread(target=_exit_with_parent, args=(os.getppid(),), daemon=True).start()
@@ -127,7 +129,10 @@ class TrialWorker:
         self.close()
         self.calls = 0
         return ProcessPoolExecutor(
-            max_workers=1, mp_context=multiprocessing.get_context("spawn"), initializer=_start_child
+            max_workers=1,
+            mp_context=multiprocessing.get_context("spawn"),
+            initializer=_start_child,
+            initargs=(progress.level(),),
         )
 
     def start(self) -> None:
