@@ -23,7 +23,7 @@ PIP_INSTALL := $(BIN)/pip install --quiet $(CONSTRAIN)
 UV_INSTALL  := $(BIN)/uv pip install --quiet --compile-bytecode --python $(BIN)/python $(CONSTRAIN)
 PROJECT     := -e '.[$(EXTRAS)]'
 
-.PHONY: setup run test lint docs pins check-pins clean
+.PHONY: setup run test lint docs pins check-pins readme-answer clean
 
 $(BIN)/regsweep: pyproject.toml $(CONSTRAINTS)
 	$(PYTHON) -m venv $(VENV)
@@ -53,6 +53,11 @@ lint: setup
 
 docs: setup
 	$(BIN)/mkdocs build --strict --site-dir build/site
+
+# The README's answer block, regenerated from `make run` on a fresh clone of HEAD (committed
+# work only), naming the commit, the date and the wall time: review the diff and commit it.
+readme-answer: setup
+	$(BIN)/python benchmarks/readme_answer.py
 
 # The venv holds exactly the pinned set, nothing more or less: pip freeze hides pip, setuptools
 # and wheel on Python < 3.12 unless given --all, and they are pinned too. A venv that an older

@@ -143,3 +143,47 @@ def test_the_code_tour_lists_every_module():
     tour = (DOCS / "architecture.md").read_text()
     modules = sorted(p.name for p in (REPO / "src" / "regsweep").glob("*.py") if p.name != "__init__.py")
     assert [m for m in modules if f"`{m}`" not in tour] == []
+
+
+def _readme_answer():
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("readme_answer", REPO / "benchmarks" / "readme_answer.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_the_readme_answer_block_is_cut_from_make_runs_output_and_names_its_commit():
+    """`make readme-answer` keeps the README's answer what `make run` prints: the block is the
+    answer's lines verbatim, under a sentence naming the commit and date it was measured at."""
+    readme_answer = _readme_answer()
+    output = "\n".join(
+        [
+            "trial 24/24 (#23) ... | COMPLETE val 0.953 gap 0.047 | best #9: val 0.953 gap 0.047",
+            "",
+            "Study 'regularization': 24 complete, 0 pruned, 0 failed",
+            "",
+            "The answer",
+            "  Use trial #9: model.dropout=0.1.",
+            "  Verdict on the test split (701 images): Better.",
+            "Top trials, in the rule's order:   #  val_acc   gap    knobs",
+            "              9  0.9533  +0.0467  dropout=0.1",
+            "Report: mlruns/reports/regularization/report.md (and report.html)",
+        ]
+    )
+    answer = readme_answer.answer_lines(output)
+    assert answer == [
+        "The answer",
+        "  Use trial #9: model.dropout=0.1.",
+        "  Verdict on the test split (701 images): Better.",
+    ]
+    readme = (REPO / "README.md").read_text()
+    new = readme_answer.replace_block(readme, readme_answer.block(answer, "abc1234", "2026-12-07", 412.0))
+    assert "at commit abc1234, 2026-12-07; 412 s with set-up" in new
+    assert "```\nThe answer\n  Use trial #9: model.dropout=0.1.\n" in new
+    assert new.replace(new[new.index(readme_answer.BEGIN) : new.index(readme_answer.END)], "") == readme.replace(
+        readme[readme.index(readme_answer.BEGIN) : readme.index(readme_answer.END)], ""
+    )  # nothing else of the README changes
+    current = readme[readme.index(readme_answer.BEGIN) : readme.index(readme_answer.END)]
+    assert re.search(r"at commit [0-9a-f]{7,}, 20\d\d-\d\d-\d\d", current), "the block names its commit and date"
