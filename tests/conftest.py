@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import shutil
 from pathlib import Path
 
 import numpy as np
@@ -59,10 +60,30 @@ def printing_as_the_cli_does():
     logging.getLogger(progress.LOGGER).propagate = True
 
 
+def built_once(tmp_path_factory, worker_id: str, name: str, build) -> Path:
+    """The folder `name`, filled by `build(folder)` once per test run and shared by pytest-xdist's
+    workers (`make test` runs two): what one worker built, the other waits for and reads."""
+    from regsweep.files import file_lock
+
+    if worker_id == "master":  # not distributed: this process is the whole run
+        folder = tmp_path_factory.mktemp(name)
+        build(folder)
+        return folder
+    root = tmp_path_factory.getbasetemp().parent  # this run's, shared by its workers
+    folder, built = root / name, root / f"{name}.built"
+    with file_lock(root / f"{name}.lock"):
+        if not built.exists():
+            shutil.rmtree(folder, ignore_errors=True)  # a worker that died half-way
+            folder.mkdir()
+            build(folder)
+            built.touch()
+    return folder
+
+
 @pytest.fixture(scope="session")
-def demo_store(tmp_path_factory) -> Path:
-    """One store for the session, so the demo backbone is pretrained once."""
-    return tmp_path_factory.mktemp("mlruns")
+def demo_store(tmp_path_factory, worker_id) -> Path:
+    """One store for the test run, so the demo backbone is pretrained once."""
+    return built_once(tmp_path_factory, worker_id, "mlruns", lambda folder: None)
 
 
 @pytest.fixture
@@ -88,14 +109,15 @@ FINISHED_STUDY = [
 
 
 @pytest.fixture(scope="session")
-def finished_study(tmp_path_factory, demo_store) -> Path:
+def finished_study(tmp_path_factory, worker_id, demo_store) -> Path:
     """A store holding one finished demo study, `regularization`, with its report: for the tests
-    that only read a study (the browser test, the bad-input test), so it is swept once."""
+    that only read a study (the browser test, the bad-input test), so it is swept once a run."""
     from regsweep import sweep
 
-    store = new_store(tmp_path_factory.mktemp("finished-study"), demo_store)
-    sweep.run_study([f"paths.store={store}", *FINISHED_STUDY])
-    return store
+    def sweep_once(folder: Path) -> None:
+        sweep.run_study([f"paths.store={new_store(folder, demo_store)}", *FINISHED_STUDY])
+
+    return built_once(tmp_path_factory, worker_id, "finished-study", sweep_once) / "mlruns"
 
 
 def tracking_client(store: Path):

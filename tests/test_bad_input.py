@@ -25,11 +25,14 @@ TINY = ["train.epochs=2", "train.fine_tune_epochs=1", "tracking.artifacts=none",
 
 @pytest.fixture(scope="module")
 def recorded(tmp_path_factory, finished_study):
-    """A store holding a finished study (MLflow runs, Optuna trials, cache entries), and good image folders."""
+    """A store holding a finished study (MLflow runs, Optuna trials, cache entries), and good image
+    folders. The store is this module's copy: the shared one is also read by `regsweep ui`, in
+    another test process, which writes its logs into it."""
     root = tmp_path_factory.mktemp("bad-input")
     write_class_folders(root / "good" / "train", 3, size=32)
     write_class_folders(root / "good" / "val", 2, size=32, seed=1)  # other images than train
-    return finished_study, root / "good"
+    store = shutil.copytree(finished_study, root / "mlruns", symlinks=True)
+    return store, root / "good"
 
 
 def folders(root: Path, good: Path, change=None) -> list[str]:
