@@ -5,6 +5,7 @@ from "The answer" on, under a sentence naming the commit, the date and the wall 
 measured at, so the README never shows an answer that the code no longer gives.
 
     make readme-answer                       # the same as: python benchmarks/readme_answer.py
+    python benchmarks/readme_answer.py --beside "beside a benchmark"   # on a busy machine, say so
     python benchmarks/readme_answer.py --from-output run.log   # re-cut a saved `make run` log
 
 It refuses a checkout with uncommitted changes (the block would name a commit that did not
@@ -41,13 +42,13 @@ def answer_lines(output: str) -> list[str]:
     return block
 
 
-def block(answer: list[str], commit: str, day: str, seconds: float) -> str:
+def block(answer: list[str], commit: str, day: str, seconds: float, beside: str = "") -> str:
     """The README's block: where the answer comes from, then the answer in a code fence."""
     return "\n".join(
         [
             BEGIN,
             f"The end of `make run`, verbatim (the demo study from a fresh clone at commit {commit}, {day}; "
-            f"{seconds:.0f} s with set-up on {os.cpu_count()} CPU cores):",
+            f"{seconds:.0f} s with set-up on {os.cpu_count()} CPU cores{', ' + beside if beside else ''}):",
             "",
             "```",
             *answer,
@@ -89,6 +90,7 @@ def main() -> None:
     parser.add_argument("--from-output", type=Path, help="a saved `make run` log to cut the answer from")
     parser.add_argument("--commit", help="with --from-output: the commit the log was made at")
     parser.add_argument("--seconds", type=float, help="with --from-output: its wall time")
+    parser.add_argument("--beside", default="", help="what else ran meanwhile, said after the time (a busy machine)")
     options = parser.parse_args()
     if options.from_output:
         if not (options.commit and options.seconds):
@@ -103,7 +105,8 @@ def main() -> None:
         output, seconds = fresh_make_run(commit)
     readme = REPO / "README.md"
     day = datetime.date.today().isoformat()
-    readme.write_text(replace_block(readme.read_text(), block(answer_lines(output), commit, day, seconds)))
+    new_block = block(answer_lines(output), commit, day, seconds, options.beside)
+    readme.write_text(replace_block(readme.read_text(), new_block))
     print(f"README.md: the answer block now comes from commit {commit} ({seconds:.0f} s); review and commit it")
 
 
