@@ -21,6 +21,7 @@ import re
 import subprocess
 import sys
 import tempfile
+import textwrap
 import time
 from pathlib import Path
 
@@ -44,11 +45,14 @@ def answer_lines(output: str) -> list[str]:
 
 def block(answer: list[str], commit: str, day: str, seconds: float, beside: str = "") -> str:
     """The README's block: where the answer comes from, then the answer in a code fence."""
+    where = (
+        f"The end of `make run`, verbatim (the demo study from a fresh clone at commit {commit}, {day}; "
+        f"{seconds:.0f} s with set-up on {os.cpu_count()} CPU cores{', ' + beside if beside else ''}):"
+    )
     return "\n".join(
         [
             BEGIN,
-            f"The end of `make run`, verbatim (the demo study from a fresh clone at commit {commit}, {day}; "
-            f"{seconds:.0f} s with set-up on {os.cpu_count()} CPU cores{', ' + beside if beside else ''}):",
+            textwrap.fill(where, width=100),
             "",
             "```",
             *answer,

@@ -180,7 +180,7 @@ def test_the_readme_answer_block_is_cut_from_make_runs_output_and_names_its_comm
     ]
     readme = (REPO / "README.md").read_text()
     new = readme_answer.replace_block(readme, readme_answer.block(answer, "abc1234", "2026-12-07", 412.0))
-    assert "at commit abc1234, 2026-12-07; 412 s with set-up" in new
+    assert "at commit abc1234, 2026-12-07; 412 s with set-up" in " ".join(new.split())
     assert "```\nThe answer\n  Use trial #9: model.dropout=0.1.\n" in new
     assert new.replace(new[new.index(readme_answer.BEGIN) : new.index(readme_answer.END)], "") == readme.replace(
         readme[readme.index(readme_answer.BEGIN) : readme.index(readme_answer.END)], ""

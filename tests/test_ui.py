@@ -518,8 +518,7 @@ def test_ui_served_beyond_this_machine_warns_in_one_line_that_anyone_can_change_
     assert ui.exposure_warning("127.0.0.1", auth=True) == ""
     behind_login = ui.exposure_warning("0.0.0.0", auth=True)
     assert behind_login.startswith(
-        "--host 0.0.0.0 serves the MLflow UI to anyone who can reach "
-        "this machine, behind MLflow's login"
+        "--host 0.0.0.0 serves the MLflow UI to anyone who can reach this machine, behind MLflow's login"
     )
     assert "unencrypted" in behind_login and "without a login" not in behind_login and "optuna" not in behind_login
     assert "optuna-dashboard (--optuna) has no login" in ui.exposure_warning("0.0.0.0", auth=True, optuna=True)
