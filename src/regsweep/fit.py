@@ -49,11 +49,11 @@ def retrace_training(model: keras.Model) -> None:
 
 @dataclass
 class Phase:
-    """A model and the datasets it trains on: features in place of images."""
+    """A model and the datasets it trains on: images online, a cut's cached outputs otherwise."""
 
     model: keras.Model  # shares its layers with the classifier that gets logged, unless head_of is set
     datasets: data.Datasets
-    head_of: keras.Model | None = None  # the classifier whose head this reusable model trains (model.reusable_head)
+    head_of: keras.Model | None = None  # the classifier whose head this reusable model trains (reusable_head)
 
 
 @dataclass
@@ -67,6 +67,8 @@ class Trainer:
 
 @dataclass
 class Fitted:
+    """What a fit leaves for evaluation and logging."""
+
     history: dict[str, list[float]]  # both phases end to end
     phase2_start: int | None  # the epoch index where phase 2 began (None without it)
     final: Phase  # the phase to evaluate
