@@ -147,7 +147,7 @@ class Look:
     """The re-evaluation at one look: what it plans, the rounds replayed from its runs, and what
     is left to train. Everything here is computed from what `Reevaluation.look` read."""
 
-    study: Reevaluation
+    reevaluation: Reevaluation
     rows: list[results.TrialRow]
     planned: list[Setting]
     rounds: results.Rounds
@@ -166,7 +166,7 @@ class Look:
         """The learning curve's (setting, seed) pairs with no FINISHED run yet: the answer's
         setting (the adopted one, or the baseline) at each share of sweep.reevaluate.curve, with
         the first round's seeds. Empty until the rounds have stopped."""
-        settings, base_overrides = self.study.settings, self.study.base_overrides
+        settings, base_overrides = self.reevaluation.settings, self.reevaluation.base_overrides
         found = results.answer(self.rows, self.rounds, settings.epsilon)
         if found is None or found.verdict is None or self.rounds.todo or not settings.reevaluate.curve:
             return []

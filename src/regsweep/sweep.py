@@ -317,8 +317,9 @@ def _leave_to(holder: str) -> None:
 def gather(look: reevaluate.Look, provisional: str = "") -> report.Facts:
     """Everything the report shows, from one look at the study and its runs, and decided.
     The best-settings file is written only for a complete study (`provisional` empty)."""
-    optuna_study, cfg, settings = look.study.optuna_study, look.study.cfg, look.study.settings
-    parent_run_id, rows = look.study.parent_run_id, look.rows
+    where = look.reevaluation
+    optuna_study, cfg, settings, parent_run_id = where.optuna_study, where.cfg, where.settings, where.parent_run_id
+    rows = look.rows
     searched = space.parse_space(optuna_study.user_attrs.get(study.SEARCH_SPACE_ATTR, {}))
     curves = look.curves()
     shared = optuna_study.user_attrs.get(study.SHARED_IMAGES_ATTR, [])
