@@ -11,6 +11,7 @@ import json
 import os
 import queue
 import re
+import shutil
 import signal
 import socket
 import subprocess
@@ -166,7 +167,9 @@ def test_the_mlflow_ui_shows_the_study_its_trials_and_compares_them(tmp_path, fi
     from selenium.webdriver.common.keys import Keys
 
     SCREENSHOTS.mkdir(parents=True, exist_ok=True)
-    store = finished_study  # 3 trials, every artifact logged (conftest.FINISHED_STUDY)
+    # 3 trials, every artifact logged (conftest.FINISHED_STUDY); a copy, as `regsweep ui` writes its
+    # logs into the store, and the shared one is copied by tests in the other test process meanwhile.
+    store = shutil.copytree(finished_study, tmp_path / "mlruns", symlinks=True)
     study = optuna.load_study(study_name="regularization", storage=f"sqlite:///{store}/optuna.db")
     trials = study.get_trials()
     parent = study.user_attrs["mlflow_parent_run_id"]
