@@ -107,7 +107,7 @@ def live(text: str) -> None:
 
 class Console(logging.Handler):
     """regsweep's log records as the CLI shows them: info lines and the answer on stdout, warnings
-    and errors on stderr as `regsweep: warning: …`. On a terminal a progress bar on stderr is
+    and errors on stderr as `regsweep: warning: …` and `regsweep: error: …`. On a terminal a progress bar on stderr is
     lifted out of the way and redrawn below. The streams are looked up at each line, so a
     test's captured streams (and a redirected stdout) get them."""
 
@@ -116,7 +116,8 @@ class Console(logging.Handler):
             message = self.format(record)
             stream = sys.stdout
             if record.levelno >= logging.WARNING:
-                stream, message = sys.stderr, f"regsweep: warning: {message}"
+                kind = "error" if record.levelno >= logging.ERROR else "warning"
+                stream, message = sys.stderr, f"regsweep: {kind}: {message}"
             with tqdm.external_write_mode(file=stream):
                 print(message, file=stream, flush=True)
         except Exception:  # logging's own rule: a broken stream never raises into the caller
