@@ -106,3 +106,37 @@ def test_piped_output_of_a_real_command_shows_the_image_check_as_lines(tmp_path)
 @pytest.fixture(autouse=True)
 def _default_interval(monkeypatch):
     monkeypatch.delenv("REGSWEEP_PROGRESS_SECONDS", raising=False)
+
+
+def test_the_console_prints_info_on_stdout_warnings_and_errors_on_stderr_and_quiet_keeps_only_the_answer(
+    capsys, monkeypatch
+):
+    """What `regsweep --quiet` keeps: the answer and what went wrong, no progress lines or steps."""
+    import logging
+
+    monkeypatch.setenv("REGSWEEP_PROGRESS_SECONDS", "0")  # a step would print a line per item
+    log = logging.getLogger("regsweep.example")
+    try:
+        progress.configure(progress.ANSWER)  # --quiet
+        log.info("trial 1/2 | COMPLETE")
+        log.log(progress.ANSWER, "The answer")
+        log.warning("a class has 1 training image")
+        log.error("the store is damaged")
+        with progress.steps("filling the feature cache", 2) as advance:
+            advance()
+            advance()
+        out, err = capsys.readouterr()
+        assert out == "The answer\n"
+        assert err == "regsweep: warning: a class has 1 training image\nregsweep: error: the store is damaged\n"
+
+        progress.configure(logging.INFO)  # the default
+        log.info("trial 1/2 | COMPLETE")
+        log.debug("run 1234: 3 epochs")
+        with progress.steps("filling the feature cache", 2) as advance:
+            advance()
+            advance()
+        out, err = capsys.readouterr()
+        assert out == "trial 1/2 | COMPLETE\n" and "filling the feature cache: 2 / 2 images, done in" in err
+    finally:
+        progress.configure(logging.INFO)  # as conftest has it
+        logging.getLogger(progress.LOGGER).propagate = True
