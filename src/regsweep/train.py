@@ -147,7 +147,8 @@ def train_and_log(
         tracking.log_results(metrics, history, fitted.phase2_start, confusion, splits.class_names, plots)
 
     stages = ", ".join(f"{name} {value:.1f}" for name, value in timer.seconds.items())
-    cached = "".join(f", {name} {value}" for name, value in trainer.cache_metrics.items())
+    counts = trainer.cache_metrics
+    cached = f"; feature cache: {counts['cache_hits']} hits, {counts['cache_misses']} misses" if counts else ""
     log.debug(f"run {mlflow_run.info.run_id}: {len(history['loss'])} epochs; seconds: {stages}{cached}")
     return RunResult(mlflow_run.info.run_id, metrics, classifier)
 
