@@ -446,16 +446,42 @@ def _interrupt(signum, frame):
 
 def _stop(servers: list[subprocess.Popen], seconds: float = 15) -> None:
     """Stops the servers and the workers they started (their process groups): all are asked
-    at once, then whatever is left after `seconds` is killed."""
+    at once, then whatever is left after `seconds` is killed. A server can exit before its own
+    workers (uvicorn's still shutting down), so it waits for whole groups, not for the servers."""
     _signal_groups(servers, signal.SIGTERM)
     deadline = time.monotonic() + seconds
     for server in servers:
         with contextlib.suppress(subprocess.TimeoutExpired):
             server.wait(timeout=max(0.0, deadline - time.monotonic()))
-    left = [server for server in servers if server.poll() is None]
+    while any(_group_runs(server.pid) for server in servers) and time.monotonic() < deadline:
+        time.sleep(0.1)
+    left = [server for server in servers if server.poll() is None or _group_runs(server.pid)]
     _signal_groups(left, signal.SIGKILL)
     for server in left:
         server.wait()
+    while any(_group_runs(server.pid) for server in left) and time.monotonic() < deadline + seconds:
+        time.sleep(0.1)  # killed: gone as soon as the kernel has torn them down
+
+
+def _group_runs(group: int) -> bool:
+    """Whether a process of this group still runs. A zombie does not: it holds no port or file,
+    only its entry until its new parent reaps it. Without /proc, any member at all."""
+    proc = Path("/proc")
+    if not proc.is_dir():
+        try:
+            os.killpg(group, 0)
+        except (ProcessLookupError, PermissionError):
+            return False
+        return True
+    for entry in proc.iterdir():
+        if entry.name.isdigit():
+            try:
+                state, _, pgrp = (entry / "stat").read_text().rsplit(")", 1)[1].split()[:3]
+            except (OSError, ValueError):  # gone meanwhile
+                continue
+            if int(pgrp) == group and state != "Z":
+                return True
+    return False
 
 
 def _signal_groups(servers: list[subprocess.Popen], sig: int) -> None:
