@@ -41,9 +41,10 @@ run: setup
 	$(BIN)/regsweep sweep
 
 # Two processes, each taking whole test files (module fixtures stay shared): most tests wait on
-# process start-up and I/O, so two cores finish the suite in about half the time.
+# process start-up and I/O, so two cores finish the suite in about half the time. The files go
+# out in conftest's order, longest first (xdist would sort them by their number of tests).
 test: setup
-	$(BIN)/pytest -n 2 --dist loadfile
+	$(BIN)/pytest -n 2 --dist loadfile --no-loadscope-reorder
 
 # What .ci/run checks before the tests: ruff's lint and format (configured in pyproject.toml),
 # and the docs site, where a broken link or a page missing from the nav fails the build.
