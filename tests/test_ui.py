@@ -15,6 +15,7 @@ import shutil
 import signal
 import socket
 import subprocess
+import sys
 import threading
 import urllib.error
 import urllib.request
@@ -414,6 +415,40 @@ def test_sigterm_while_the_mlflow_ui_starts_leaves_nothing_running_or_listening(
     assert all(_state(pid) in ("Z", None) for pid in group), f"a process of the server's group runs on: {group}"
     with socket.socket() as probe:
         assert probe.connect_ex(("127.0.0.1", port)) != 0, f"something still listens on port {port}"
+
+
+def test_a_stop_while_a_server_is_being_started_still_stops_that_server(tmp_path, monkeypatch):
+    """The window the test above hits only sometimes, made certain: a SIGTERM lands inside Popen,
+    after the child exists and before Popen returns. The server must be among those regsweep
+    stops, not left serving the store on its own (it was, 1 run in about 20 of the test above)."""
+    from omegaconf import OmegaConf
+
+    from regsweep import faults
+    from regsweep.faults import Terminated
+
+    real_popen = subprocess.Popen
+
+    def popen_then_sigterm(*args, **kwargs):
+        started = real_popen(*args, **kwargs)
+        os.kill(os.getpid(), signal.SIGTERM)  # handled here, before Popen's caller gets the process
+        return started
+
+    monkeypatch.setattr(ui_pages.subprocess, "Popen", popen_then_sigterm)
+    handlers = signal.getsignal(signal.SIGINT), signal.getsignal(signal.SIGTERM)
+    faults.stop_on_signals()
+    servers: list[subprocess.Popen] = []
+    try:
+        cfg = OmegaConf.create({"paths": {"store": str(tmp_path / "mlruns")}})
+        sleeper = ["-c", "import time; time.sleep(120)"]
+        with pytest.raises(Terminated):
+            ui_pages._launch(cfg, Path(sys.executable).name, sleeper, "127.0.0.1:9", "a server", servers)
+        assert len(servers) == 1 and servers[0].poll() is None  # started, and known
+    finally:
+        signal.signal(signal.SIGINT, handlers[0])
+        signal.signal(signal.SIGTERM, handlers[1])
+        faults.forget_stops()
+        ui_pages._stop(servers)
+    assert servers[0].returncode is not None
 
 
 def _state(pid: int) -> str | None:

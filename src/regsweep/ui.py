@@ -28,7 +28,7 @@ import mlflow
 import optuna
 from omegaconf import DictConfig
 
-from regsweep import progress, study, tracking
+from regsweep import faults, progress, study, tracking
 from regsweep.config import RegsweepError, compose_study, redact, require_extra
 
 log = logging.getLogger(__name__)
@@ -337,11 +337,17 @@ def _launch(
         raise RegsweepError(f"{script} is not installed beside {sys.executable}: install it with pip install {script}")
     log = Path(cfg.paths.store) / "ui" / f"{script}.log"
     log.parent.mkdir(parents=True, exist_ok=True)
-    with open(log, "w") as output:
-        server = subprocess.Popen(
-            [str(executable), *args], stdout=output, stderr=subprocess.STDOUT, start_new_session=True, env=env
-        )
-    servers.append(server)
+    # Stops held from the fork until the server is listed: a SIGTERM between the two (the child
+    # already runs; Popen has not returned) would leave a server no one stops.
+    faults.hold_stops()
+    try:
+        with open(log, "w") as output:
+            server = subprocess.Popen(
+                [str(executable), *args], stdout=output, stderr=subprocess.STDOUT, start_new_session=True, env=env
+            )
+        servers.append(server)
+    finally:
+        faults.release_stops()
     _wait_until_up(server, f"http://{health}", what, log)
     return server
 
