@@ -421,3 +421,11 @@ def test_a_fixed_design_looks_once():
     assert results.Design(seeds=3, max_seeds=3).looks() == [3]
     assert results.Design(seeds=3, max_seeds=12).looks() == [3, 6, 9, 12]
     assert results.Design(seeds=3, max_seeds=10).looks() == [3, 6, 9, 10]
+
+
+def test_the_t_quantile_is_scipys_own_at_every_degree_of_freedom():
+    from scipy import stats
+
+    for df in (1, 1.5, 2, 7.3, 30, 1234.5, math.inf):
+        for alpha in (0.05, 0.045, 0.2):
+            assert results.two_sided_t(alpha, df) == float(stats.t.ppf(1 - alpha / 2, df))
