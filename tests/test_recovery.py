@@ -42,9 +42,19 @@ def sweep_command(store: Path, storage: str, study: str, *extra: str) -> list[st
 
 
 def descendants(pid: int) -> list[int]:
+    """Every process below `pid`, read from /proc. A thread or process that ends while it is
+    read has no children left to list (TensorFlow's threads come and go)."""
     children = []
-    for task in Path(f"/proc/{pid}/task").iterdir():
-        for child in (task / "children").read_text().split():
+    try:
+        tasks = list(Path(f"/proc/{pid}/task").iterdir())
+    except FileNotFoundError:
+        return []
+    for task in tasks:
+        try:
+            listed = (task / "children").read_text().split()
+        except (FileNotFoundError, ProcessLookupError):
+            continue
+        for child in listed:
             children += [int(child), *descendants(int(child))]
     return children
 
