@@ -393,11 +393,14 @@ def test_sigterm_while_the_mlflow_ui_starts_leaves_nothing_running_or_listening(
     ui = UI(f"paths.store={tmp_path / 'mlruns'}", "--port", str(port), cwd=tmp_path)
 
     def mlflow_server() -> list[int]:
-        return [
-            pid
-            for pid in descendants(ui.process.pid)
-            if b"mlflow" in Path(f"/proc/{pid}/cmdline").read_bytes() and os.getpgid(pid) == pid
-        ]
+        found = []
+        for pid in descendants(ui.process.pid):
+            try:  # a process that ends meanwhile is not the server
+                if b"mlflow" in Path(f"/proc/{pid}/cmdline").read_bytes() and os.getpgid(pid) == pid:
+                    found.append(pid)
+            except (FileNotFoundError, ProcessLookupError):
+                continue
+        return found
 
     try:
         [server] = wait_for(mlflow_server, 120, "regsweep ui to start mlflow server")
