@@ -442,7 +442,7 @@ def test_a_stop_while_a_server_is_being_started_still_stops_that_server(tmp_path
     servers: list[subprocess.Popen] = []
     try:
         cfg = OmegaConf.create({"paths": {"store": str(tmp_path / "mlruns")}})
-        sleeper = ["-c", "import time; time.sleep(120)"]
+        sleeper = ["-c", "import signal; signal.pause()"]  # runs until a signal stops it
         with pytest.raises(Terminated):
             ui_pages._launch(cfg, Path(sys.executable).name, sleeper, "127.0.0.1:9", "a server", servers)
         assert len(servers) == 1 and servers[0].poll() is None  # started, and known
