@@ -55,7 +55,8 @@ def hold_stops() -> None:
     A trial whose run has finished is recorded on its MLflow run, on its Optuna trial and then
     told COMPLETE by Optuna; a stop in between would leave the two stores disagreeing (Optuna
     FAIL, MLflow FINISHED) and lose a trained trial, the baseline among them. The sweep also
-    holds stops while Optuna sets up a trial (regsweep.sweep._optimize). Holding is for such
+    holds stops while Optuna sets up a trial (regsweep.sweep._optimize), and `regsweep ui` from a
+    server's fork until it is listed to be stopped (regsweep.ui._launch). Holding is for such
     short stretches of bookkeeping only, never for training.
     """
     if not _HELD:
